@@ -1,0 +1,48 @@
+#pragma once
+// Standardize over reduction sets, then per-channel affine (spec §0). BatchNorm, LayerNorm,
+// InstanceNorm, GroupNorm and RMSNorm are this class with different sets and different sources
+// of (mean, variance); the backward pass is the same for all of them.
+
+#include <string>
+#include <vector>
+
+#include "normlab/normalizer_base.hpp"
+#include "normlab/set_spec.hpp"
+
+namespace normlab {
+
+template <class T>
+class SetNormalizer : public NormalizerBase<T> {
+public:
+    // dx by the generic projection of spec §0 when the statistics came from the input (without
+    // the mean term when not centred), a plain rescale when they were constants; adds dγ, dβ.
+    Array<T> backward(const Array<T>& dy) override;
+
+protected:
+    // center = false: RMS normalization (mean taken as 0, "variance" is the mean square).
+    SetNormalizer(std::string name, std::string spec, std::size_t num_features, bool has_weight,
+                  bool has_bias, SetSpec sets, bool center, double eps);
+
+    struct Moments {
+        std::vector<T> mean;
+        std::vector<T> var;  // biased
+    };
+
+    // Statistics of x per set; throws NonFiniteError (nothing updated) if any is NaN or Inf.
+    Moments batch_moments(const Array<T>& x, const NcsView& v) const;
+
+    // y = γ·(x − mean)/sqrt(var + eps) + β with one (mean, var) per set. batch_stats says whether
+    // they were computed from x (the backward then projects) or are constants.
+    Array<T> normalize(const Array<T>& x, const NcsView& v, const std::vector<T>& mean,
+                       const std::vector<T>& var, bool batch_stats, Grad grad);
+
+    const SetSpec& sets() const { return sets_; }
+    double eps() const { return eps_; }
+
+private:
+    SetSpec sets_;
+    bool center_;
+    double eps_;
+};
+
+}  // namespace normlab

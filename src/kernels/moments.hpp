@@ -1,0 +1,52 @@
+#pragma once
+// The one statistics kernel every normalizer is built from (spec §0).
+//
+// The reduction sets are unions of rows of the [N][C][S] view, described by SetSpec.
+// Work is split into the stages named in STYLE.md: collect_moments, normalize_affine,
+// backward_reduce, backward_apply. Each output element and each set's statistic is computed by
+// one thread in a fixed order, so results do not depend on the number of threads.
+
+#include <cstddef>
+
+#include "normlab/set_spec.hpp"
+#include "normlab/tensor.hpp"
+
+namespace normlab::kernels {
+
+using normlab::SetSpec;
+
+// Stage 1. Per set: mean and biased variance (center = true), or mean = 0 and the mean square
+// (center = false, RMSNorm). Sums are shifted by the set's first value and accumulated in double,
+// so a large common offset (mean 1e4, std 1) costs no precision; there is no E[x²]−E[x]².
+template <class T>
+void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool center, T* mean,
+                     T* var);
+
+// Stage 2. x̂ = (x − shift[k])·scale[k] + offset[k], y = gamma[c]·x̂ + beta[c], with k the set of
+// the element. offset, gamma, beta may be null (0, 1, 0); xhat may be null (not stored).
+template <class T>
+void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T* shift,
+                      const T* scale, const T* offset, const T* gamma, const T* beta, T* xhat,
+                      T* y);
+
+// Stage 3. With g = gamma[c]·dy (gamma null = 1): per set Σg and Σg·x̂; per channel Σdy and
+// Σdy·x̂ (the raw sums behind dβ and dγ). Channel outputs may be null; xhat may be null when
+// only Σg / Σdy are wanted (then set_sum_g_xhat and chan_sum_dy_xhat must be null too).
+template <class T>
+void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+                     const T* gamma, double* set_sum_g, double* set_sum_g_xhat,
+                     double* chan_sum_dy, double* chan_sum_dy_xhat);
+
+// Stage 4. dx = coef_g[k]·(gamma[c]·dy − coef_1[k] − coef_xhat[k]·x̂). coef_1 / coef_xhat null
+// mean 0 (then xhat is not read). With coef_g = s, coef_1 = Σg/M, coef_xhat = Σg·x̂/M this is the
+// generic backward of spec §0.
+template <class T>
+void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+                    const T* gamma, const T* coef_g, const T* coef_1, const T* coef_xhat, T* dx);
+
+// Per channel Σdy and Σdy·x̂ only (dβ, dγ) — for layers whose dx comes from elsewhere.
+template <class T>
+void channel_sums(const T* dy, const T* xhat, const NcsView& v, double* chan_sum_dy,
+                  double* chan_sum_dy_xhat);
+
+}  // namespace normlab::kernels

@@ -1,0 +1,91 @@
+#include "normlab/set_normalizer.hpp"
+
+#include <cmath>
+
+#include "kernels/moments.hpp"
+
+namespace normlab {
+
+template <class T>
+SetNormalizer<T>::SetNormalizer(std::string name, std::string spec, std::size_t num_features,
+                                bool has_weight, bool has_bias, SetSpec sets, bool center,
+                                double eps)
+    : NormalizerBase<T>(std::move(name), std::move(spec), num_features, has_weight, has_bias),
+      sets_(sets),
+      center_(center),
+      eps_(eps) {
+    if (!(eps > 0))
+        throw OptionError(this->label() + ": eps must be > 0, got " + format_value(eps));
+}
+
+template <class T>
+typename SetNormalizer<T>::Moments SetNormalizer<T>::batch_moments(const Array<T>& x,
+                                                                   const NcsView& v) const {
+    const std::size_t k = sets_.num_sets(v);
+    Moments m{std::vector<T>(k), std::vector<T>(k)};
+    kernels::collect_moments(x.data(), v, sets_, center_, m.mean.data(), m.var.data());
+    for (std::size_t i = 0; i < k; ++i) {
+        if (!std::isfinite(m.mean[i]) || !std::isfinite(m.var[i]))
+            throw NonFiniteError(this->label() + ": statistics of the input are not finite (set " +
+                                 std::to_string(i) + " of " + std::to_string(k) +
+                                 "): the input of shape " + format_shape(shape_of(x)) +
+                                 " contains NaN or Inf; nothing was updated");
+    }
+    return m;
+}
+
+template <class T>
+Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
+                                     const std::vector<T>& mean, const std::vector<T>& var,
+                                     bool batch_stats, Grad grad) {
+    SavedNormalization<T> ctx;
+    ctx.batch_stats = batch_stats;
+    ctx.inv_std.resize(var.size());
+    for (std::size_t i = 0; i < var.size(); ++i)
+        ctx.inv_std[i] = T(1.0 / std::sqrt(double(var[i]) + eps_));
+    Array<T> y = Array<T>::from_shape(x.shape());
+    if (grad == Grad::keep) {
+        ctx.shape = shape_of(x);
+        ctx.xhat = Array<T>::from_shape(x.shape());
+    }
+    kernels::normalize_affine(x.data(), v, sets_, mean.data(), ctx.inv_std.data(),
+                              static_cast<const T*>(nullptr), this->gamma(), this->beta(),
+                              grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
+    this->save(std::move(ctx), grad);
+    return y;
+}
+
+template <class T>
+Array<T> SetNormalizer<T>::backward(const Array<T>& dy) {
+    const SavedNormalization<T> ctx = this->take(dy);
+    const NcsView v = this->view_of(ctx.shape);
+    const T* xhat = ctx.xhat.data();
+    std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
+    Array<T> dx = Array<T>::from_shape(dy.shape());
+    if (!ctx.batch_stats) {
+        kernels::channel_sums(dy.data(), xhat, v, sum_dy.data(), sum_dy_xhat.data());
+        kernels::backward_apply(dy.data(), xhat, v, sets_, this->gamma(), ctx.inv_std.data(),
+                                static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                                dx.data());
+    } else {
+        const std::size_t k = sets_.num_sets(v);
+        const double inv_m = 1.0 / double(sets_.set_size(v));
+        std::vector<double> sum_g(k), sum_gx(k);
+        kernels::backward_reduce(dy.data(), xhat, v, sets_, this->gamma(), sum_g.data(),
+                                 sum_gx.data(), sum_dy.data(), sum_dy_xhat.data());
+        std::vector<T> mean_g(k), mean_gx(k);
+        for (std::size_t i = 0; i < k; ++i) {
+            mean_g[i] = center_ ? T(sum_g[i] * inv_m) : T(0);
+            mean_gx[i] = T(sum_gx[i] * inv_m);
+        }
+        kernels::backward_apply(dy.data(), xhat, v, sets_, this->gamma(), ctx.inv_std.data(),
+                                mean_g.data(), mean_gx.data(), dx.data());
+    }
+    this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
+    return dx;
+}
+
+template class SetNormalizer<float>;
+template class SetNormalizer<double>;
+
+}  // namespace normlab

@@ -91,9 +91,21 @@ def make(case, spec, shape, layer, seed):
     np.savez(os.path.join(OUT, case + ".npz"), **out)
 
 
+def write_npz_samples():
+    """Archives as numpy writes them, for the npz reader's tests: stored and deflated members."""
+    arrays = {
+        "floats": np.arange(6, dtype=np.float32).reshape(2, 3) / 7,
+        "doubles": np.linspace(-1, 1, 5),
+        "count": np.array(42, dtype=np.int64),
+    }
+    np.savez(os.path.join(OUT, "..", "numpy_stored.npz"), **arrays)
+    np.savez_compressed(os.path.join(OUT, "..", "numpy_compressed.npz"), **arrays)
+
+
 def main():
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
+    write_npz_samples()
     for i, (case, spec, shape, layer) in enumerate(cases()):
         make(case, spec, shape, layer, seed=1000 + i)
         print("wrote", case)

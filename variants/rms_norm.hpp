@@ -13,7 +13,7 @@
 namespace normlab {
 
 struct RmsNormOptions {
-    std::optional<double> eps;  // none: std::numeric_limits<T>::epsilon(), as PyTorch
+    std::optional<double> eps = std::nullopt;  // none: machine epsilon of T, as PyTorch
     bool affine = true;
     bool bias = false;
 

@@ -4,6 +4,7 @@
 
 // One line per variant below, in the table.
 #include "variants/batch_norm.hpp"
+#include "variants/batch_renorm.hpp"
 #include "variants/group_norm.hpp"
 #include "variants/identity.hpp"
 #include "variants/instance_norm.hpp"
@@ -38,6 +39,7 @@ const std::vector<Entry>& table() {
     static const std::vector<Entry> entries = {
         entry<Identity>(),      entry<BatchNorm>(), entry<LayerNorm>(),
         entry<InstanceNorm>(),  entry<GroupNorm>(), entry<RmsNorm>(),
+        entry<BatchRenorm>(),
     };
     return entries;
 }

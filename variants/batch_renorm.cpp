@@ -1,0 +1,186 @@
+#include "batch_renorm.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/moments.hpp"
+
+namespace normlab {
+namespace {
+
+// Statistics per channel over the batch and the trailing dims, as in BatchNorm.
+constexpr SetSpec kChannelSets{true, 1};
+
+// Position of `step` on a linear ramp that starts at `begin` and reaches 1 at `end`.
+double ramp(std::int64_t step, std::int64_t begin, std::int64_t end) {
+    if (step < begin) return 0.0;
+    if (step >= end) return 1.0;
+    return double(step - begin) / double(end - begin);
+}
+
+}  // namespace
+
+template <class T>
+BatchRenorm<T>::BatchRenorm(std::size_t num_features, Options options)
+    : NormalizerBase<T, SavedRenorm<T>>(kName, canonical_spec(kName, options), num_features,
+                                        options.affine, options.affine),
+      options_(options),
+      moving_mean_(xt::zeros<T>({num_features})),
+      moving_std_(xt::ones<T>({num_features})) {
+    const std::string who = this->label() + ": ";
+    if (!(options.eps > 0))
+        throw OptionError(who + "eps must be > 0, got " + format_value(options.eps));
+    if (!(options.momentum >= 0 && options.momentum <= 1))
+        throw OptionError(who + "momentum must lie in [0, 1], got " +
+                          format_value(options.momentum));
+    if (!(options.rmax >= 1))
+        throw OptionError(who + "rmax must be >= 1 (r is clipped to [1/rmax, rmax]), got " +
+                          format_value(options.rmax));
+    if (!(options.dmax >= 0))
+        throw OptionError(who + "dmax must be >= 0, got " + format_value(options.dmax));
+    // During warm-up r_max = 1, so an interval [rmin, 1] must exist.
+    if (options.rmin && !(*options.rmin >= 0 && *options.rmin <= 1))
+        throw OptionError(who + "rmin must lie in [0, 1] or be none, got " +
+                          format_value(*options.rmin));
+    if (options.warmup < 0)
+        throw OptionError(who + "warmup must be >= 0, got " + format_value(options.warmup));
+    if (options.rmax_steps < options.warmup || options.dmax_steps < options.warmup)
+        throw OptionError(who +
+                          "rmax_steps and dmax_steps must be >= warmup (the ramps start "
+                          "after warm-up), got warmup=" +
+                          format_value(options.warmup) +
+                          ", rmax_steps=" + format_value(options.rmax_steps) +
+                          ", dmax_steps=" + format_value(options.dmax_steps));
+}
+
+template <class T>
+RenormClip BatchRenorm<T>::clip_at(std::int64_t step) const {
+    // The paper gives only the end points of the relaxation; the ramp between them is linear.
+    const double rmax =
+        1.0 + (options_.rmax - 1.0) * ramp(step, options_.warmup, options_.rmax_steps);
+    const double dmax = options_.dmax * ramp(step, options_.warmup, options_.dmax_steps);
+    return {options_.rmin ? *options_.rmin : 1.0 / rmax, rmax, dmax};
+}
+
+template <class T>
+Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
+    const NcsView v = this->check_input(x);
+    const std::size_t channels = v.c;
+    SavedRenorm<T> ctx;
+    ctx.batch_stats = mode == Mode::train;
+    ctx.scale.resize(channels);
+    std::vector<T> shift(channels), offset(channels, T(0));
+    std::vector<T> batch_mean, batch_var;
+
+    if (mode == Mode::eval) {
+        for (std::size_t c = 0; c < channels; ++c) {
+            shift[c] = moving_mean_(c);
+            ctx.scale[c] = T(1.0 / double(moving_std_(c)));
+        }
+    } else {
+        if (v.n * v.s <= 1)
+            throw ShapeError(this->label() +
+                             ": expected more than 1 value per channel when training, got input "
+                             "of shape " +
+                             format_shape(shape_of(x)));
+        batch_mean.resize(channels);
+        batch_var.resize(channels);
+        kernels::collect_moments(x.data(), v, kChannelSets, true, batch_mean.data(),
+                                 batch_var.data());
+        for (std::size_t c = 0; c < channels; ++c)
+            if (!std::isfinite(batch_mean[c]) || !std::isfinite(batch_var[c]))
+                throw NonFiniteError(
+                    this->label() + ": statistics of the input are not finite (channel " +
+                    std::to_string(c) + "): the input of shape " + format_shape(shape_of(x)) +
+                    " contains NaN or Inf; nothing was updated");
+        const RenormClip clip = clip_at(step_);
+        ctx.r.resize(channels);
+        ctx.d.resize(channels);
+        for (std::size_t c = 0; c < channels; ++c) {
+            const double sigma_b = std::sqrt(double(batch_var[c]) + options_.eps);
+            const double sigma = double(moving_std_(c));
+            const double r = std::clamp(sigma_b / sigma, clip.rmin, clip.rmax);
+            // + 0.0 turns a clamped −0 into +0, so d_max = 0 gives exactly BatchNorm.
+            const double d = std::clamp((double(batch_mean[c]) - double(moving_mean_(c))) / sigma,
+                                        -clip.dmax, clip.dmax) +
+                             0.0;
+            ctx.r[c] = r;
+            ctx.d[c] = d;
+            shift[c] = batch_mean[c];
+            ctx.scale[c] = T(r / sigma_b);
+            offset[c] = T(d);
+        }
+    }
+
+    Array<T> y = Array<T>::from_shape(x.shape());
+    if (grad == Grad::keep) {
+        ctx.shape = shape_of(x);
+        ctx.xhat = Array<T>::from_shape(x.shape());
+    }
+    kernels::normalize_affine(x.data(), v, kChannelSets, shift.data(), ctx.scale.data(),
+                              offset.data(), this->gamma(), this->beta(),
+                              grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
+
+    if (mode == Mode::train) {
+        // After r and d: Algorithm 1 corrects with the moving averages of the previous steps.
+        const double a = options_.momentum;
+        for (std::size_t c = 0; c < channels; ++c) {
+            const double sigma_b = std::sqrt(double(batch_var[c]) + options_.eps);
+            moving_mean_(c) =
+                T(double(moving_mean_(c)) + a * (double(batch_mean[c]) - double(moving_mean_(c))));
+            moving_std_(c) = T(double(moving_std_(c)) + a * (sigma_b - double(moving_std_(c))));
+        }
+        ++step_;
+    }
+    this->save(std::move(ctx), grad);
+    return y;
+}
+
+template <class T>
+Array<T> BatchRenorm<T>::backward(const Array<T>& dy) {
+    const SavedRenorm<T> ctx = this->take(dy);
+    const NcsView v = this->view_of(ctx.shape);
+    const T* xhat = ctx.xhat.data();
+    std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
+    Array<T> dx = Array<T>::from_shape(dy.shape());
+    if (!ctx.batch_stats) {
+        kernels::channel_sums(dy.data(), xhat, v, sum_dy.data(), sum_dy_xhat.data());
+        kernels::backward_apply(dy.data(), xhat, v, kChannelSets, this->gamma(), ctx.scale.data(),
+                                static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                                dx.data());
+    } else {
+        std::vector<double> sum_g(v.c), sum_gx(v.c);
+        kernels::backward_reduce(dy.data(), xhat, v, kChannelSets, this->gamma(), sum_g.data(),
+                                 sum_gx.data(), sum_dy.data(), sum_dy_xhat.data());
+        // The projection is on z = (x̂ − d)/r; rewritten on the saved x̂ it reads
+        // dx = (r/σ_B)·(g − [mean g − d·mean(g·z)/r] − x̂·mean(g·z)/r).
+        const double inv_m = 1.0 / double(v.n * v.s);
+        std::vector<T> coef_1(v.c), coef_xhat(v.c);
+        for (std::size_t c = 0; c < v.c; ++c) {
+            const double mean_g = sum_g[c] * inv_m;
+            const double mean_gz = (sum_gx[c] * inv_m - ctx.d[c] * mean_g) / ctx.r[c];
+            const double per_xhat = mean_gz / ctx.r[c];
+            coef_1[c] = T(mean_g - ctx.d[c] * per_xhat);
+            coef_xhat[c] = T(per_xhat);
+        }
+        kernels::backward_apply(dy.data(), xhat, v, kChannelSets, this->gamma(), ctx.scale.data(),
+                                coef_1.data(), coef_xhat.data(), dx.data());
+    }
+    this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
+    return dx;
+}
+
+template <class T>
+std::vector<BufferRef<T>> BatchRenorm<T>::buffers() {
+    return {{"moving_mean", &moving_mean_}, {"moving_std", &moving_std_}};
+}
+
+template <class T>
+std::vector<CounterRef> BatchRenorm<T>::counters() {
+    return {{"step", &step_}};
+}
+
+template class BatchRenorm<float>;
+template class BatchRenorm<double>;
+
+}  // namespace normlab

@@ -18,20 +18,52 @@ SetNormalizer<T>::SetNormalizer(std::string name, std::string spec, std::size_t 
         throw OptionError(this->label() + ": eps must be > 0, got " + format_value(eps));
 }
 
+namespace {
+
+template <class T>
+void check_finite(const std::vector<T>& mean, const std::vector<T>& var, const std::string& label,
+                  const Shape& shape) {
+    for (std::size_t i = 0; i < mean.size(); ++i) {
+        if (!std::isfinite(mean[i]) || !std::isfinite(var[i]))
+            throw NonFiniteError(label + ": statistics of the input are not finite (set " +
+                                 std::to_string(i) + " of " + std::to_string(mean.size()) +
+                                 "): the input of shape " + format_shape(shape) +
+                                 " contains NaN or Inf; nothing was updated");
+    }
+}
+
+}  // namespace
+
 template <class T>
 typename SetNormalizer<T>::Moments SetNormalizer<T>::batch_moments(const Array<T>& x,
                                                                    const NcsView& v) const {
     const std::size_t k = sets_.num_sets(v);
     Moments m{std::vector<T>(k), std::vector<T>(k)};
     kernels::collect_moments(x.data(), v, sets_, center_, m.mean.data(), m.var.data());
-    for (std::size_t i = 0; i < k; ++i) {
-        if (!std::isfinite(m.mean[i]) || !std::isfinite(m.var[i]))
-            throw NonFiniteError(this->label() + ": statistics of the input are not finite (set " +
-                                 std::to_string(i) + " of " + std::to_string(k) +
-                                 "): the input of shape " + format_shape(shape_of(x)) +
-                                 " contains NaN or Inf; nothing was updated");
-    }
+    check_finite(m.mean, m.var, this->label(), shape_of(x));
     return m;
+}
+
+template <class T>
+Array<T> SetNormalizer<T>::standardize_batch(const Array<T>& x, const NcsView& v, Grad grad,
+                                             Moments* stats) {
+    const std::size_t k = sets_.num_sets(v);
+    Moments m{std::vector<T>(k), std::vector<T>(k)};
+    SavedNormalization<T> ctx;
+    ctx.batch_stats = true;
+    ctx.inv_std.resize(k);
+    Array<T> y = Array<T>::from_shape(x.shape());
+    if (grad == Grad::keep) {
+        ctx.shape = shape_of(x);
+        ctx.xhat = Array<T>::from_shape(x.shape());
+    }
+    kernels::standardize(x.data(), v, sets_, center_, eps_, this->gamma(), this->beta(),
+                         m.mean.data(), m.var.data(), ctx.inv_std.data(),
+                         grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
+    check_finite(m.mean, m.var, this->label(), shape_of(x));
+    this->save(std::move(ctx), grad);
+    if (stats) *stats = std::move(m);
+    return y;
 }
 
 template <class T>

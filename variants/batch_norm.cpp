@@ -28,8 +28,8 @@ Array<T> BatchNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
                          ": expected more than 1 value per channel when training, got input of "
                          "shape " +
                          format_shape(shape_of(x)));
-    const auto moments = this->batch_moments(x, v);
-    Array<T> y = this->normalize(x, v, moments.mean, moments.var, true, grad);
+    typename SetNormalizer<T>::Moments moments;
+    Array<T> y = this->standardize_batch(x, v, grad, &moments);
     if (mode == Mode::train && options_.track_running_stats) {
         ++num_batches_tracked_;
         const double f =

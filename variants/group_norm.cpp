@@ -32,8 +32,7 @@ Array<T> GroupNorm<T>::forward(const Array<T>& x, Mode /*mode: same in train and
                                          "shape " +
                          format_shape(shape_of(x)) + " with groups=" +
                          std::to_string(options_.groups));
-    const auto moments = this->batch_moments(x, v);
-    return this->normalize(x, v, moments.mean, moments.var, true, grad);
+    return this->standardize_batch(x, v, grad);
 }
 
 template class GroupNorm<float>;

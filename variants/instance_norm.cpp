@@ -31,8 +31,8 @@ Array<T> InstanceNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
                          ": expected more than 1 spatial element when training, got input of "
                          "shape " +
                          format_shape(shape_of(x)));
-    const auto moments = this->batch_moments(x, v);
-    Array<T> y = this->normalize(x, v, moments.mean, moments.var, true, grad);
+    typename SetNormalizer<T>::Moments moments;
+    Array<T> y = this->standardize_batch(x, v, grad, &moments);
     if (mode == Mode::train && options_.track_running_stats) {
         // As PyTorch: the per-instance statistics (variance unbiased) averaged over the batch.
         ++num_batches_tracked_;

@@ -12,8 +12,7 @@ template <class T>
 Array<T> LayerNorm<T>::forward(const Array<T>& x, Mode /*mode: same in train and eval*/,
                                Grad grad) {
     const NcsView v = this->check_input(x);
-    const auto moments = this->batch_moments(x, v);
-    return this->normalize(x, v, moments.mean, moments.var, true, grad);
+    return this->standardize_batch(x, v, grad);
 }
 
 template class LayerNorm<float>;

@@ -31,6 +31,11 @@ protected:
     // Statistics of x per set; throws NonFiniteError (nothing updated) if any is NaN or Inf.
     Moments batch_moments(const Array<T>& x, const NcsView& v) const;
 
+    // Statistics from x and normalization in one sweep (each set normalized while in cache);
+    // fills *stats when given. Throws NonFiniteError, saving nothing, if a statistic is NaN/Inf.
+    Array<T> standardize_batch(const Array<T>& x, const NcsView& v, Grad grad,
+                               Moments* stats = nullptr);
+
     // y = γ·(x − mean)/sqrt(var + eps) + β with one (mean, var) per set. batch_stats says whether
     // they were computed from x (the backward then projects) or are constants.
     Array<T> normalize(const Array<T>& x, const NcsView& v, const std::vector<T>& mean,

@@ -29,6 +29,13 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
                       const T* scale, const T* offset, const T* gamma, const T* beta, T* xhat,
                       T* y);
 
+// Stages 1 and 2 fused, for statistics taken from x itself: each set's moments, then
+// inv_std = 1/sqrt(var + eps), then its normalization while its values are still in cache.
+// Fills mean, var (biased, or mean square when not centred) and inv_std per set.
+template <class T>
+void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
+                 const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y);
+
 // Stage 3. With g = gamma[c]·dy (gamma null = 1): per set Σg and Σg·x̂; per channel Σdy and
 // Σdy·x̂ (the raw sums behind dβ and dγ). Channel outputs may be null; xhat may be null when
 // only Σg / Σdy are wanted (then set_sum_g_xhat and chan_sum_dy_xhat must be null too).

@@ -1,0 +1,120 @@
+#pragma once
+// What every comparison benchmark shares: the shape suite, the minimal memory traffic of each
+// pass, and the machine's measured memory bandwidth at a given working-set size (a STREAM-style
+// triad run in the same process, same thread count), from which the roofline fraction follows.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+namespace normlab::bench {
+
+struct ShapeCase {
+    std::string name;
+    std::vector<std::size_t> dims;  // channel-first
+    std::size_t elements() const {
+        std::size_t e = 1;
+        for (auto d : dims) e *= d;
+        return e;
+    }
+    bool has_trailing_dims() const { return dims.size() > 2; }
+};
+
+inline const std::vector<ShapeCase>& shape_suite() {
+    static const std::vector<ShapeCase> s = {
+        {"mlp", {256, 1024}},
+        {"conv", {32, 64, 56, 56}},
+        {"conv_small_batch", {2, 64, 56, 56}},
+        {"conv_deep", {8, 256, 14, 14}},
+        {"seq", {64 * 28, 512}},
+        {"transformer", {4096, 768}},
+    };
+    return s;
+}
+
+enum class Pass { fwd_train, fwd_eval, bwd };
+inline const char* pass_name(Pass p) {
+    return p == Pass::fwd_train ? "fwd_train" : p == Pass::fwd_eval ? "fwd_eval" : "bwd";
+}
+
+// The least a pass must move through memory: forward reads x and writes y; backward reads dy
+// and x and writes dx. Statistics and parameters are negligible.
+inline double minimal_bytes(const ShapeCase& shape, Pass pass) {
+    const double tensor = double(shape.elements()) * sizeof(float);
+    return pass == Pass::bwd ? 3 * tensor : 2 * tensor;
+}
+
+// Best-of-several triad bandwidth (bytes/s) with `bytes` moved per sweep, at the current
+// OpenMP thread count; cached per size.
+inline double triad_bandwidth(double bytes) {
+    static std::map<std::size_t, double> cache;
+    const std::size_t n = std::max<std::size_t>(std::size_t(bytes / (3 * sizeof(float))), 1024);
+    const std::size_t key = n * 64 + std::size_t(omp_get_max_threads());
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+    std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
+    auto sweep = [&] {
+#pragma omp parallel for schedule(static)
+        for (std::size_t i = 0; i < n; ++i) a[i] = b[i] + 3.0f * c[i];
+        benchmark::DoNotOptimize(a.data());
+        benchmark::ClobberMemory();
+    };
+    sweep();
+    const int reps = std::clamp(int(2e9 / (3.0 * n * sizeof(float))), 5, 200);
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        sweep();
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return cache[key] = 3.0 * double(n) * sizeof(float) / best;
+}
+
+// Far beyond any last-level cache: 1.5 GB per sweep.
+constexpr double kBeyondCacheBytes = 1.5e9;
+
+// Bytes processed, achieved bandwidth, and the fraction of the triad bandwidth at this pass's
+// working-set size ("roofline") and at a size far beyond the caches ("roofline_dram").
+inline void add_traffic_counters(benchmark::State& state, double bytes) {
+    const double iters = double(state.iterations());
+    state.SetBytesProcessed(std::int64_t(bytes * iters));
+    state.counters["roofline"] =
+        benchmark::Counter(bytes * iters / triad_bandwidth(bytes), benchmark::Counter::kIsRate);
+    state.counters["roofline_dram"] = benchmark::Counter(
+        bytes * iters / triad_bandwidth(kBeyondCacheBytes), benchmark::Counter::kIsRate);
+    state.counters["threads"] = omp_get_max_threads();
+}
+
+// Triad benchmarks at each pass's working set and beyond the caches, 1 and 2 threads.
+inline void register_triad_benchmarks() {
+    std::vector<std::pair<std::string, double>> sizes;
+    for (const auto& s : shape_suite()) {
+        sizes.emplace_back(s.name + "_fwd", minimal_bytes(s, Pass::fwd_train));
+        sizes.emplace_back(s.name + "_bwd", minimal_bytes(s, Pass::bwd));
+    }
+    sizes.emplace_back("beyond_cache", kBeyondCacheBytes);
+    for (const auto& [label, bytes] : sizes) {
+        for (int threads : {1, 2}) {
+            benchmark::RegisterBenchmark(
+                ("triad/" + label + "/threads:" + std::to_string(threads)).c_str(),
+                [bytes = bytes, threads](benchmark::State& state) {
+                    const int previous = omp_get_max_threads();
+                    omp_set_num_threads(threads);
+                    const double bw = triad_bandwidth(bytes);
+                    for (auto _ : state) benchmark::DoNotOptimize(bw);
+                    state.counters["bandwidth_GBps"] = bw / 1e9;
+                    state.counters["bytes"] = bytes;
+                    omp_set_num_threads(previous);
+                })
+                ->Iterations(1);
+        }
+    }
+}
+
+}  // namespace normlab::bench

@@ -1,0 +1,82 @@
+// normlab's normalizers on the comparison shape suite: forward (train), forward (eval) and
+// backward of every variant, with bytes processed and the roofline fraction (bench_common.hpp).
+// Run through benchmarks/run.sh, which also runs the oneDNN and PyTorch peers and writes
+// docs/benchmarks.md.
+#include <chrono>
+
+#include <xtensor/xrandom.hpp>
+
+#include "bench_common.hpp"
+#include "normlab/normlab.hpp"
+
+namespace normlab::bench {
+namespace {
+
+// The spec each registered variant is benchmarked with, or "" where it does not apply.
+std::string spec_for(const std::string& name, const ShapeCase& shape) {
+    if (name == "identity") return "";
+    if (name == "instance_norm" && !shape.has_trailing_dims()) return "";
+    if (name == "group_norm") return "group_norm(groups=32)";
+    if (name == "batch_layer_norm") return "batch_layer_norm(batch_size=" + std::to_string(shape.dims[0]) + ")";
+    return name;
+}
+
+void run(benchmark::State& state, const std::string& spec, const ShapeCase& shape, Pass pass) {
+    xt::random::seed(1);
+    const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
+    const Tensor dy = xt::random::randn<float>(shape.dims);
+    auto norm = make_normalizer(spec, shape.dims[1]);
+    // A few training steps so eval mode has running statistics to use.
+    for (int i = 0; i < 2; ++i) norm->forward(x, Mode::train, Grad::none);
+    for (auto _ : state) {
+        double seconds = 0;
+        if (pass == Pass::bwd) {
+            norm->forward(x, Mode::train, Grad::keep);
+            const auto t0 = std::chrono::steady_clock::now();
+            Tensor dx = norm->backward(dy);
+            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            benchmark::DoNotOptimize(dx.data());
+        } else {
+            const Mode mode = pass == Pass::fwd_train ? Mode::train : Mode::eval;
+            const auto t0 = std::chrono::steady_clock::now();
+            Tensor y = norm->forward(x, mode, Grad::keep);
+            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            benchmark::DoNotOptimize(y.data());
+            norm->clear_saved();
+        }
+        state.SetIterationTime(seconds);
+    }
+    add_traffic_counters(state, minimal_bytes(shape, pass));
+}
+
+void register_all() {
+    register_triad_benchmarks();
+    for (const auto& variant : registered_variants()) {
+        for (const auto& shape : shape_suite()) {
+            const std::string spec = spec_for(variant.name, shape);
+            if (spec.empty()) continue;
+            for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {
+                const std::string name =
+                    "normlab/" + variant.name + "/" + shape.name + "/" + pass_name(pass);
+                benchmark::RegisterBenchmark(name.c_str(),
+                                             [spec, shape, pass](benchmark::State& state) {
+                                                 run(state, spec, shape, pass);
+                                             })
+                    ->UseManualTime()
+                    ->Unit(benchmark::kMicrosecond)
+                    ->MinTime(0.3);
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace normlab::bench
+
+int main(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    normlab::bench::register_all();
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

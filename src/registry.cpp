@@ -3,6 +3,7 @@
 #include "normlab/errors.hpp"
 
 // One line per variant below, in the table.
+#include "variants/batch_layer_norm.hpp"
 #include "variants/batch_norm.hpp"
 #include "variants/batch_renorm.hpp"
 #include "variants/group_norm.hpp"
@@ -39,7 +40,7 @@ const std::vector<Entry>& table() {
     static const std::vector<Entry> entries = {
         entry<Identity>(),      entry<BatchNorm>(), entry<LayerNorm>(),
         entry<InstanceNorm>(),  entry<GroupNorm>(), entry<RmsNorm>(),
-        entry<BatchRenorm>(),
+        entry<BatchRenorm>(),   entry<BatchLayerNorm>(),
     };
     return entries;
 }

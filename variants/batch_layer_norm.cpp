@@ -1,0 +1,414 @@
+#include "batch_layer_norm.hpp"
+
+#include <cmath>
+
+#include "kernels/moments.hpp"
+
+namespace normlab {
+namespace {
+
+// One kernel call covering some of a branch's sets: the data starts at `offset` elements,
+// `view` and `sets` describe it to the kernel, and its sets are numbered from `first_set`.
+struct BranchCall {
+    std::size_t offset;
+    NcsView view;
+    SetSpec sets;
+    std::size_t first_set;
+};
+
+// Batch branch, one set per (c, s) over n: BatchNorm sets on the view [N][C·S][1]. Its sets are
+// numbered c·S + s.
+std::vector<BranchCall> batch_calls(const NcsView& v) {
+    return {{0, NcsView{v.n, v.c * v.s, 1}, SetSpec{true, 1}, 0}};
+}
+
+// Feature branch, one set per (n, s) over c, numbered n·S + s. Without trailing dims these are
+// LayerNorm sets. Otherwise the values of one sample form a C×S matrix whose sets are its
+// columns, i.e. BatchNorm sets with C in the role of the batch: one call per sample, no copy.
+std::vector<BranchCall> feature_calls(const NcsView& v) {
+    if (v.s == 1) return {{0, NcsView{v.n, v.c, 1}, SetSpec{false, v.c}, 0}};
+    std::vector<BranchCall> calls;
+    calls.reserve(v.n);
+    for (std::size_t n = 0; n < v.n; ++n)
+        calls.push_back({n * v.c * v.s, NcsView{v.c, v.s, 1}, SetSpec{true, 1}, n * v.s});
+    return calls;
+}
+
+template <class T>
+struct Moments {
+    std::vector<T> mean, var;  // biased variance
+};
+
+template <class T>
+Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& calls,
+                          std::size_t num_sets) {
+    Moments<T> m{std::vector<T>(num_sets), std::vector<T>(num_sets)};
+    for (const auto& call : calls)
+        kernels::collect_moments(x.data() + call.offset, call.view, call.sets, true,
+                                 m.mean.data() + call.first_set, m.var.data() + call.first_set);
+    return m;
+}
+
+// Shift and scale of one branch from the current moments and the population constants.
+template <class T>
+BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
+                         const T* population_var, bool mean_from_input, bool var_from_input,
+                         std::size_t num_sets, double eps, std::vector<T>& shift) {
+    BlnBranch<T> b;
+    b.mean_from_input = mean_from_input;
+    b.var_from_input = var_from_input;
+    b.inv_std.resize(num_sets);
+    b.delta.assign(num_sets, T(0));
+    shift.resize(num_sets);
+    for (std::size_t k = 0; k < num_sets; ++k) {
+        shift[k] = mean_from_input ? current.mean[k] : population_mean[k];
+        const double var = var_from_input ? double(current.var[k]) : double(population_var[k]);
+        b.inv_std[k] = T(1.0 / std::sqrt(var + eps));
+        if (var_from_input && !mean_from_input)
+            b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(b.inv_std[k]));
+    }
+    return b;
+}
+
+// Writes dx_branch = coef·s·(g − c1 − cx·x̂) with the projection terms of the statistics that
+// came from the input (spec §6.4 for the fully-current case).
+template <class T>
+void branch_backward(const T* g, const T* xhat, const std::vector<BranchCall>& calls,
+                     const BlnBranch<T>& b, T coef, std::size_t num_sets, T* out) {
+    std::vector<T> coef_g(num_sets);
+    for (std::size_t k = 0; k < num_sets; ++k)
+        coef_g[k] = coef * b.inv_std[k];
+    if (!b.mean_from_input && !b.var_from_input) {
+        for (const auto& call : calls)
+            kernels::backward_apply(g + call.offset, xhat + call.offset, call.view, call.sets,
+                                    static_cast<const T*>(nullptr), coef_g.data() + call.first_set,
+                                    static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                                    out + call.offset);
+        return;
+    }
+    std::vector<double> sum_g(num_sets), sum_gx(num_sets);
+    for (const auto& call : calls)
+        kernels::backward_reduce(g + call.offset, xhat + call.offset, call.view, call.sets,
+                                 static_cast<const T*>(nullptr), sum_g.data() + call.first_set,
+                                 sum_gx.data() + call.first_set, nullptr, nullptr);
+    std::vector<T> coef_1(num_sets), coef_xhat(num_sets);
+    const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
+    for (std::size_t k = 0; k < num_sets; ++k) {
+        const double per_xhat = b.var_from_input ? sum_gx[k] * inv_m : 0.0;
+        const double mean_g = b.mean_from_input ? sum_g[k] * inv_m : 0.0;
+        coef_xhat[k] = T(per_xhat);
+        coef_1[k] = T(mean_g + per_xhat * double(b.delta[k]));
+    }
+    for (const auto& call : calls)
+        kernels::backward_apply(g + call.offset, xhat + call.offset, call.view, call.sets,
+                                static_cast<const T*>(nullptr), coef_g.data() + call.first_set,
+                                coef_1.data() + call.first_set, coef_xhat.data() + call.first_set,
+                                out + call.offset);
+}
+
+template <class T>
+void standardize(const Array<T>& x, const std::vector<BranchCall>& calls,
+                 const std::vector<T>& shift, const std::vector<T>& inv_std, Array<T>& out) {
+    for (const auto& call : calls)
+        kernels::normalize_affine(x.data() + call.offset, call.view, call.sets,
+                                  shift.data() + call.first_set, inv_std.data() + call.first_set,
+                                  static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                                  static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
+                                  out.data() + call.offset);
+}
+
+// y = γ_c·(cf·x̂_F + cb·x̂_B) + β_c, where cf = w_F/√C and cb = w_B/√C.
+template <class T>
+void mix_affine(const T* xhat_f, const T* xhat_b, T cf, T cb, const T* gamma, const T* beta,
+                const NcsView& v, T* y) {
+    for (std::size_t n = 0; n < v.n; ++n)
+        for (std::size_t c = 0; c < v.c; ++c) {
+            const std::size_t base = (n * v.c + c) * v.s;
+            const T g = gamma ? gamma[c] : T(1), b = beta ? beta[c] : T(0);
+            for (std::size_t s = 0; s < v.s; ++s)
+                y[base + s] = (cf * xhat_f[base + s] + cb * xhat_b[base + s]) * g + b;
+        }
+}
+
+std::string flag_list(const BatchLayerNormOptions& o) {
+    std::string s;
+    auto add = [&](bool on, const char* name) {
+        if (on) s += (s.empty() ? "" : ", ") + std::string(name) + "=true";
+    };
+    add(o.batch_moving_mean, "batch_moving_mean");
+    add(o.batch_moving_var, "batch_moving_var");
+    add(o.feature_moving_mean, "feature_moving_mean");
+    add(o.feature_moving_var, "feature_moving_var");
+    return s;
+}
+
+}  // namespace
+
+BlnWeights bln_weights(double batch_size) {
+    return {1.0 / batch_size - 1e-4, 1.0 - (1.0 / batch_size + 1e-4)};
+}
+
+template <class T>
+BatchLayerNorm<T>::BatchLayerNorm(std::size_t num_features, Options options)
+    : NormalizerBase<T, SavedBln<T>>(kName, canonical_spec(kName, options), num_features,
+                                     options.affine, options.affine),
+      options_(std::move(options)) {
+    const std::string who = this->label() + ": ";
+    const Options& o = options_;
+    if (!(o.eps > 0)) throw OptionError(who + "eps must be > 0, got " + format_value(o.eps));
+    if (o.batch_size < 0)
+        throw OptionError(who + "batch_size must be >= 1, or 0 for the first call's, got " +
+                          format_value(o.batch_size));
+    if (o.positions < 0)
+        throw OptionError(who + "positions must be >= 1, or 0 for the first call's, got " +
+                          format_value(o.positions));
+    if (o.weights != "configured" && o.weights != "actual")
+        throw OptionError(who + "weights must be 'configured' or 'actual', got '" + o.weights +
+                          "'");
+    const std::string flags = flag_list(o);
+    if (!o.track_running_stats && !flags.empty())
+        throw OptionError(who +
+                          "track_running_stats=false keeps no population statistics, so "
+                          "eval cannot use them; got " +
+                          flags);
+    // B/(B−1) is a division by zero for B = 1: the published layer's population variances are
+    // NaN (batch) and Inf (feature) there.
+    if (o.batch_size == 1 && o.track_running_stats && (o.batch_moving_var || o.feature_moving_var))
+        throw OptionError(who +
+                          "batch_size=1 leaves the population variances undefined (they "
+                          "carry the factor B/(B-1)); set batch_moving_var=false and "
+                          "feature_moving_var=false, got " +
+                          flags);
+    allocate_buffers();
+}
+
+template <class T>
+void BatchLayerNorm<T>::allocate_buffers() {
+    if (!options_.track_running_stats) return;
+    const std::size_t c = this->num_features();
+    const auto b = std::size_t(options_.batch_size);
+    const auto s = std::size_t(options_.positions);
+    moving_batch_mean_ = xt::zeros<T>({c, s});
+    moving_batch_var_ = xt::ones<T>({c, s});
+    moving_feature_mean_ = xt::zeros<T>({b, s});
+    moving_feature_var_ = xt::ones<T>({b, s});
+    clear_sums();
+}
+
+template <class T>
+void BatchLayerNorm<T>::clear_sums() {
+    if (!options_.track_running_stats) return;
+    sum_batch_mean_ = xt::zeros<T>(moving_batch_mean_.shape());
+    sum_batch_var_ = xt::zeros<T>(moving_batch_mean_.shape());
+    sum_feature_mean_ = xt::zeros<T>(moving_feature_mean_.shape());
+    sum_feature_var_ = xt::zeros<T>(moving_feature_mean_.shape());
+    epoch_steps_ = 0;
+}
+
+template <class T>
+BlnWeights BatchLayerNorm<T>::weights_for(std::size_t n) const {
+    const bool configured = options_.weights == "configured" && options_.batch_size > 0;
+    return bln_weights(configured ? double(options_.batch_size) : double(n));
+}
+
+template <class T>
+void BatchLayerNorm<T>::check_call(const Array<T>& x, const NcsView& v, bool train,
+                                   std::size_t batch, std::size_t positions) const {
+    const Options& o = options_;
+    const bool uses_batch_population = !train && (o.batch_moving_mean || o.batch_moving_var);
+    const bool uses_feature_population = !train && (o.feature_moving_mean || o.feature_moving_var);
+    const std::string got = ", got input of shape " + format_shape(shape_of(x));
+    const std::string geometry = "batch_size=" + std::to_string(batch) +
+                                 " samples with positions=" + std::to_string(positions) +
+                                 " values per channel";
+    if (o.track_running_stats && train && (v.n != batch || v.s != positions))
+        throw ShapeError(this->label() + ": training with running statistics needs batches of " +
+                         geometry +
+                         " (the published layer keeps its feature statistics per slot of a "
+                         "fixed-size batch)" +
+                         got + "; drop the last partial batch, or use track_running_stats=false");
+    if (uses_batch_population || uses_feature_population) {
+        if (population_steps_ == 0)
+            throw StateError(this->label() + ": eval with " + flag_list(o) +
+                             " needs population statistics, but no training epoch has ended "
+                             "yet: call end_epoch() after training, or set those flags to false");
+        if (v.s != positions)
+            throw ShapeError(this->label() +
+                             ": the population statistics are kept per position, for positions=" +
+                             std::to_string(positions) + " values per channel" + got);
+        if (uses_feature_population && v.n != batch)
+            throw ShapeError(this->label() +
+                             ": eval with feature_moving_mean or feature_moving_var needs the "
+                             "training batch size, because the population feature statistics "
+                             "are kept per slot of the batch: expected " +
+                             geometry + got);
+    }
+    if (o.track_running_stats && batch == 1 && (o.batch_moving_var || o.feature_moving_var))
+        throw OptionError(this->label() + ": batch_size=1 (taken from the first input, of shape " +
+                          format_shape(shape_of(x)) +
+                          ") leaves the population variances undefined (they carry the factor "
+                          "B/(B-1)); set batch_moving_var=false and feature_moving_var=false, "
+                          "got " +
+                          flag_list(o));
+}
+
+template <class T>
+Array<T> BatchLayerNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
+    const NcsView v = this->check_input(x);
+    const bool train = mode == Mode::train;
+    const bool tracking = options_.track_running_stats;
+    // The geometry this call fixes if the options left it open; committed only after every check.
+    const std::size_t batch = options_.batch_size > 0 ? std::size_t(options_.batch_size) : v.n;
+    const std::size_t positions = options_.positions > 0 ? std::size_t(options_.positions) : v.s;
+    check_call(x, v, train, batch, positions);
+
+    const bool batch_mean_in = train || !options_.batch_moving_mean;
+    const bool batch_var_in = train || !options_.batch_moving_var;
+    const bool feature_mean_in = train || !options_.feature_moving_mean;
+    const bool feature_var_in = train || !options_.feature_moving_var;
+    const auto b_calls = batch_calls(v);
+    const auto f_calls = feature_calls(v);
+    const std::size_t b_sets = v.c * v.s, f_sets = v.n * v.s;
+    Moments<T> b_cur, f_cur;
+    if (batch_mean_in || batch_var_in) b_cur = branch_moments(x, b_calls, b_sets);
+    if (feature_mean_in || feature_var_in) f_cur = branch_moments(x, f_calls, f_sets);
+    auto check_finite = [&](const Moments<T>& m, const char* branch) {
+        for (std::size_t k = 0; k < m.mean.size(); ++k)
+            if (!std::isfinite(m.mean[k]) || !std::isfinite(m.var[k]))
+                throw NonFiniteError(this->label() + ": " + branch +
+                                     " statistics of the input are not finite (set " +
+                                     std::to_string(k) + " of " + std::to_string(m.mean.size()) +
+                                     "): the input of shape " + format_shape(shape_of(x)) +
+                                     " contains NaN or Inf; nothing was updated");
+    };
+    check_finite(b_cur, "batch");
+    check_finite(f_cur, "feature");
+
+    // Every check passed: fix what the first call decides.
+    const bool fixes_buffers = tracking && (options_.batch_size == 0 || options_.positions == 0);
+    if (options_.batch_size == 0 && (tracking || options_.weights == "configured"))
+        options_.batch_size = std::int64_t(batch);
+    if (tracking) options_.positions = std::int64_t(positions);
+    if (fixes_buffers) allocate_buffers();
+
+    SavedBln<T> ctx;
+    std::vector<T> shift;
+    ctx.batch = make_branch(b_cur, moving_batch_mean_.data(), moving_batch_var_.data(),
+                            batch_mean_in, batch_var_in, b_sets, options_.eps, shift);
+    ctx.xhat_batch = Array<T>::from_shape(x.shape());
+    standardize(x, b_calls, shift, ctx.batch.inv_std, ctx.xhat_batch);
+    ctx.feature = make_branch(f_cur, moving_feature_mean_.data(), moving_feature_var_.data(),
+                              feature_mean_in, feature_var_in, f_sets, options_.eps, shift);
+    ctx.xhat_feature = Array<T>::from_shape(x.shape());
+    standardize(x, f_calls, shift, ctx.feature.inv_std, ctx.xhat_feature);
+
+    const BlnWeights w = weights_for(v.n);
+    const double root_c = std::sqrt(double(v.c));
+    ctx.coef_batch = T(w.batch / root_c);
+    ctx.coef_feature = T(w.feature / root_c);
+    Array<T> y = Array<T>::from_shape(x.shape());
+    mix_affine(ctx.xhat_feature.data(), ctx.xhat_batch.data(), ctx.coef_feature, ctx.coef_batch,
+               this->gamma(), this->beta(), v, y.data());
+
+    if (train && tracking) {
+        for (std::size_t k = 0; k < b_sets; ++k) {
+            sum_batch_mean_.data()[k] += b_cur.mean[k];
+            sum_batch_var_.data()[k] += b_cur.var[k];
+        }
+        for (std::size_t k = 0; k < f_sets; ++k) {
+            sum_feature_mean_.data()[k] += f_cur.mean[k];
+            sum_feature_var_.data()[k] += f_cur.var[k];
+        }
+        ++epoch_steps_;
+    }
+    if (grad == Grad::keep) {
+        ctx.shape = shape_of(x);
+        this->save(std::move(ctx), grad);
+    }
+    return y;
+}
+
+template <class T>
+Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
+    const SavedBln<T> ctx = this->take(dy);
+    const NcsView v = this->view_of(ctx.shape);
+    const T* gamma = this->gamma();
+    // g = γ ⊙ dy: both branches see it, and γ is per channel, which the feature branch's
+    // transposed view cannot express as a kernel argument.
+    Array<T> g = dy;
+    if (gamma)
+        for (std::size_t n = 0; n < v.n; ++n)
+            for (std::size_t c = 0; c < v.c; ++c)
+                for (std::size_t s = 0; s < v.s; ++s)
+                    g.data()[(n * v.c + c) * v.s + s] *= gamma[c];
+
+    Array<T> dx = Array<T>::from_shape(dy.shape());
+    Array<T> scratch = Array<T>::from_shape(dy.shape());
+    branch_backward(g.data(), ctx.xhat_batch.data(), batch_calls(v), ctx.batch, ctx.coef_batch,
+                    v.c * v.s, dx.data());
+    branch_backward(g.data(), ctx.xhat_feature.data(), feature_calls(v), ctx.feature,
+                    ctx.coef_feature, v.n * v.s, scratch.data());
+    for (std::size_t i = 0; i < dx.size(); ++i)
+        dx.data()[i] += scratch.data()[i];
+
+    // dγ needs the mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C; scratch is free again.
+    for (std::size_t i = 0; i < dx.size(); ++i)
+        scratch.data()[i] = ctx.coef_feature * ctx.xhat_feature.data()[i] +
+                            ctx.coef_batch * ctx.xhat_batch.data()[i];
+    std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
+    kernels::channel_sums(dy.data(), scratch.data(), v, sum_dy.data(), sum_dy_xhat.data());
+    this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
+    return dx;
+}
+
+template <class T>
+void BatchLayerNorm<T>::begin_epoch() {
+    clear_sums();
+}
+
+template <class T>
+void BatchLayerNorm<T>::end_epoch() {
+    if (!options_.track_running_stats || epoch_steps_ == 0) return;
+    const double inv_steps = 1.0 / double(epoch_steps_);
+    const double b = double(options_.batch_size);
+    // The published update_mm_mv applies B/(B−1) to the feature variance too, although that
+    // variance is over C values; kept as published. For B = 1 the factor does not exist and the
+    // variances keep their previous values (the options then forbid using them).
+    const bool has_bessel = options_.batch_size > 1;
+    const double bessel = has_bessel ? b / (b - 1.0) : 0.0;
+    auto finish = [&](Array<T>& mean, Array<T>& var, const Array<T>& sum_mean,
+                      const Array<T>& sum_var) {
+        for (std::size_t k = 0; k < mean.size(); ++k) {
+            mean.data()[k] = T(double(sum_mean.data()[k]) * inv_steps);
+            if (has_bessel) var.data()[k] = T(double(sum_var.data()[k]) * inv_steps * bessel);
+        }
+    };
+    finish(moving_batch_mean_, moving_batch_var_, sum_batch_mean_, sum_batch_var_);
+    finish(moving_feature_mean_, moving_feature_var_, sum_feature_mean_, sum_feature_var_);
+    population_steps_ = epoch_steps_;
+    clear_sums();
+}
+
+template <class T>
+std::vector<BufferRef<T>> BatchLayerNorm<T>::buffers() {
+    if (!options_.track_running_stats) return {};
+    return {{"moving_batch_mean", &moving_batch_mean_},
+            {"moving_batch_var", &moving_batch_var_},
+            {"moving_feature_mean", &moving_feature_mean_},
+            {"moving_feature_var", &moving_feature_var_},
+            {"epoch_sum_batch_mean", &sum_batch_mean_},
+            {"epoch_sum_batch_var", &sum_batch_var_},
+            {"epoch_sum_feature_mean", &sum_feature_mean_},
+            {"epoch_sum_feature_var", &sum_feature_var_}};
+}
+
+template <class T>
+std::vector<CounterRef> BatchLayerNorm<T>::counters() {
+    if (!options_.track_running_stats) return {};
+    return {{"epoch_steps", &epoch_steps_}, {"population_steps", &population_steps_}};
+}
+
+template class BatchLayerNorm<float>;
+template class BatchLayerNorm<double>;
+
+}  // namespace normlab

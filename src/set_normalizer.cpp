@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/moments.hpp"
+#include "kernels/set_backward.hpp"
 
 namespace normlab {
 
@@ -90,29 +91,16 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
 template <class T>
 Array<T> SetNormalizer<T>::backward(const Array<T>& dy) {
     const SavedNormalization<T> ctx = this->take(dy);
-    const NcsView v = this->view_of(ctx.shape);
-    const T* xhat = ctx.xhat.data();
-    std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
-    Array<T> dx = Array<T>::from_shape(dy.shape());
-    if (!ctx.batch_stats) {
-        kernels::channel_sums(dy.data(), xhat, v, sum_dy.data(), sum_dy_xhat.data());
-        kernels::backward_apply(dy.data(), xhat, v, sets_, this->gamma(), ctx.inv_std.data(),
-                                static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                                dx.data());
-    } else {
-        const std::size_t k = sets_.num_sets(v);
-        const double inv_m = 1.0 / double(sets_.set_size(v));
-        std::vector<double> sum_g(k), sum_gx(k);
-        kernels::backward_reduce(dy.data(), xhat, v, sets_, this->gamma(), sum_g.data(),
-                                 sum_gx.data(), sum_dy.data(), sum_dy_xhat.data());
-        std::vector<T> mean_g(k), mean_gx(k);
-        for (std::size_t i = 0; i < k; ++i) {
-            mean_g[i] = center_ ? T(sum_g[i] * inv_m) : T(0);
-            mean_gx[i] = T(sum_gx[i] * inv_m);
-        }
-        kernels::backward_apply(dy.data(), xhat, v, sets_, this->gamma(), ctx.inv_std.data(),
-                                mean_g.data(), mean_gx.data(), dx.data());
-    }
+    std::vector<double> sum_dy, sum_dy_xhat;
+    const bool center = center_;
+    Array<T> dx = kernels::set_backward(
+        dy, ctx.xhat, this->view_of(ctx.shape), sets_, this->gamma(), ctx.inv_std,
+        ctx.batch_stats,
+        [center](std::size_t, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
+            coef_1 = center ? T(mean_g) : T(0);
+            coef_xhat = T(mean_g_xhat);
+        },
+        sum_dy, sum_dy_xhat);
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

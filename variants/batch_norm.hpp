@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "normlab/running_stats.hpp"
 #include "normlab/set_normalizer.hpp"
 
 namespace normlab {
@@ -47,15 +48,13 @@ public:
     bool uses_batch_statistics() const override { return true; }
 
     const Options& options() const { return options_; }
-    const Array<T>& running_mean() const { return running_mean_; }
-    const Array<T>& running_var() const { return running_var_; }
-    std::int64_t num_batches_tracked() const { return num_batches_tracked_; }
+    const Array<T>& running_mean() const { return running_.mean; }
+    const Array<T>& running_var() const { return running_.var; }
+    std::int64_t num_batches_tracked() const { return running_.batches; }
 
 private:
     Options options_;
-    Array<T> running_mean_;  // zeros
-    Array<T> running_var_;   // ones; unbiased (M/(M-1)) batch variances, as PyTorch stores them
-    std::int64_t num_batches_tracked_ = 0;
+    RunningStats<T> running_;
 };
 
 }  // namespace normlab

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/moments.hpp"
+#include "kernels/set_backward.hpp"
 
 namespace normlab {
 namespace {
@@ -139,33 +140,19 @@ Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 template <class T>
 Array<T> BatchRenorm<T>::backward(const Array<T>& dy) {
     const SavedRenorm<T> ctx = this->take(dy);
-    const NcsView v = this->view_of(ctx.shape);
-    const T* xhat = ctx.xhat.data();
-    std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
-    Array<T> dx = Array<T>::from_shape(dy.shape());
-    if (!ctx.batch_stats) {
-        kernels::channel_sums(dy.data(), xhat, v, sum_dy.data(), sum_dy_xhat.data());
-        kernels::backward_apply(dy.data(), xhat, v, kChannelSets, this->gamma(), ctx.scale.data(),
-                                static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                                dx.data());
-    } else {
-        std::vector<double> sum_g(v.c), sum_gx(v.c);
-        kernels::backward_reduce(dy.data(), xhat, v, kChannelSets, this->gamma(), sum_g.data(),
-                                 sum_gx.data(), sum_dy.data(), sum_dy_xhat.data());
-        // The projection is on z = (x̂ − d)/r; rewritten on the saved x̂ it reads
-        // dx = (r/σ_B)·(g − [mean g − d·mean(g·z)/r] − x̂·mean(g·z)/r).
-        const double inv_m = 1.0 / double(v.n * v.s);
-        std::vector<T> coef_1(v.c), coef_xhat(v.c);
-        for (std::size_t c = 0; c < v.c; ++c) {
-            const double mean_g = sum_g[c] * inv_m;
-            const double mean_gz = (sum_gx[c] * inv_m - ctx.d[c] * mean_g) / ctx.r[c];
+    std::vector<double> sum_dy, sum_dy_xhat;
+    Array<T> dx = kernels::set_backward(
+        dy, ctx.xhat, this->view_of(ctx.shape), kChannelSets, this->gamma(), ctx.scale,
+        ctx.batch_stats,
+        [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
+            // The projection is on z = (x̂ − d)/r; rewritten on the saved x̂ it reads
+            // dx = (r/σ_B)·(g − [mean g − d·mean(g·z)/r] − x̂·mean(g·z)/r).
+            const double mean_gz = (mean_g_xhat - ctx.d[c] * mean_g) / ctx.r[c];
             const double per_xhat = mean_gz / ctx.r[c];
-            coef_1[c] = T(mean_g - ctx.d[c] * per_xhat);
-            coef_xhat[c] = T(per_xhat);
-        }
-        kernels::backward_apply(dy.data(), xhat, v, kChannelSets, this->gamma(), ctx.scale.data(),
-                                coef_1.data(), coef_xhat.data(), dx.data());
-    }
+            coef_1 = T(mean_g - ctx.d[c] * per_xhat);
+            coef_xhat = T(per_xhat);
+        },
+        sum_dy, sum_dy_xhat);
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

@@ -7,11 +7,8 @@ InstanceNorm<T>::InstanceNorm(std::size_t num_features, Options options)
     : SetNormalizer<T>(kName, canonical_spec(kName, options), num_features, options.affine,
                        options.affine, SetSpec{false, 1}, true, options.eps),
       options_(options),
-      running_mean_(xt::zeros<T>({num_features})),
-      running_var_(xt::ones<T>({num_features})) {
-    if (options.momentum && !(*options.momentum >= 0 && *options.momentum <= 1))
-        throw OptionError(this->label() + ": momentum must lie in [0, 1] or be none, got " +
-                          format_value(*options.momentum));
+      running_(num_features) {
+    RunningStats<T>::check_momentum(this->label(), options.momentum);
 }
 
 template <class T>
@@ -21,8 +18,8 @@ Array<T> InstanceNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         // Every sample uses its channel's running statistics.
         std::vector<T> mean(v.n * v.c), var(v.n * v.c);
         for (std::size_t n = 0; n < v.n; ++n) {
-            std::copy(running_mean_.begin(), running_mean_.end(), mean.begin() + n * v.c);
-            std::copy(running_var_.begin(), running_var_.end(), var.begin() + n * v.c);
+            std::copy(running_.mean.begin(), running_.mean.end(), mean.begin() + n * v.c);
+            std::copy(running_.var.begin(), running_.var.end(), var.begin() + n * v.c);
         }
         return this->normalize(x, v, mean, var, false, grad);
     }
@@ -35,19 +32,14 @@ Array<T> InstanceNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     Array<T> y = this->standardize_batch(x, v, grad, &moments);
     if (mode == Mode::train && options_.track_running_stats) {
         // As PyTorch: the per-instance statistics (variance unbiased) averaged over the batch.
-        ++num_batches_tracked_;
-        const double f =
-            options_.momentum ? *options_.momentum : 1.0 / double(num_batches_tracked_);
         const double bessel = double(v.s) / double(v.s - 1);
-        for (std::size_t c = 0; c < v.c; ++c) {
-            double mean_c = 0, var_c = 0;
-            for (std::size_t n = 0; n < v.n; ++n) {
-                mean_c += double(moments.mean[n * v.c + c]);
-                var_c += double(moments.var[n * v.c + c]) * bessel;
+        std::vector<double> mean(v.c, 0.0), var(v.c, 0.0);
+        for (std::size_t n = 0; n < v.n; ++n)
+            for (std::size_t c = 0; c < v.c; ++c) {
+                mean[c] += double(moments.mean[n * v.c + c]) / double(v.n);
+                var[c] += double(moments.var[n * v.c + c]) * bessel / double(v.n);
             }
-            running_mean_(c) = T((1 - f) * double(running_mean_(c)) + f * mean_c / double(v.n));
-            running_var_(c) = T((1 - f) * double(running_var_(c)) + f * var_c / double(v.n));
-        }
+        running_.update(options_.momentum, mean, var);
     }
     return y;
 }
@@ -55,13 +47,13 @@ Array<T> InstanceNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 template <class T>
 std::vector<BufferRef<T>> InstanceNorm<T>::buffers() {
     if (!options_.track_running_stats) return {};
-    return {{"running_mean", &running_mean_}, {"running_var", &running_var_}};
+    return running_.buffers();
 }
 
 template <class T>
 std::vector<CounterRef> InstanceNorm<T>::counters() {
     if (!options_.track_running_stats) return {};
-    return {{"num_batches_tracked", &num_batches_tracked_}};
+    return running_.counters();
 }
 
 template class InstanceNorm<float>;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "normlab/running_stats.hpp"
 #include "normlab/set_normalizer.hpp"
 
 namespace normlab {
@@ -47,14 +48,12 @@ public:
     bool uses_batch_statistics() const override { return false; }
 
     const Options& options() const { return options_; }
-    const Array<T>& running_mean() const { return running_mean_; }
-    const Array<T>& running_var() const { return running_var_; }
+    const Array<T>& running_mean() const { return running_.mean; }
+    const Array<T>& running_var() const { return running_.var; }
 
 private:
     Options options_;
-    Array<T> running_mean_;
-    Array<T> running_var_;
-    std::int64_t num_batches_tracked_ = 0;
+    RunningStats<T> running_;
 };
 
 }  // namespace normlab

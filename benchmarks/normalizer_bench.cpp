@@ -26,8 +26,10 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
     const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
     const Tensor dy = xt::random::randn<float>(shape.dims);
     auto norm = make_normalizer(spec, shape.dims[1]);
-    // A few training steps so eval mode has running statistics to use.
+    // A training epoch of a few steps so eval mode has running statistics to use.
+    norm->begin_epoch();
     for (int i = 0; i < 2; ++i) norm->forward(x, Mode::train, Grad::none);
+    norm->end_epoch();
     for (auto _ : state) {
         double seconds = 0;
         if (pass == Pass::bwd) {

@@ -1,5 +1,6 @@
 // The API example of the README: build a normalizer from a spec, run forward and backward,
 // read the gradients, save and reload the state.
+#include <filesystem>
 #include <iostream>
 
 #include <xtensor/xrandom.hpp>
@@ -16,8 +17,9 @@ int main() {
     for (auto& p : norm->parameters())
         std::cout << p.name << ": grad[0] = " << (*p.grad)(0) << "\n";
 
-    normlab::save_state(*norm, "batch_norm_state.npz");
-    auto restored = normlab::load_normalizer("batch_norm_state.npz");
+    const auto path = std::filesystem::temp_directory_path() / "normlab_batch_norm_state.npz";
+    normlab::save_state(*norm, path.string());
+    auto restored = normlab::load_normalizer(path.string());
     normlab::Tensor y_eval = restored->forward(x, normlab::Mode::eval, normlab::Grad::none);
     std::cout << restored->spec() << ": eval output[0] = " << y_eval(0, 0, 0, 0) << "\n";
     return 0;

@@ -1,0 +1,126 @@
+#pragma once
+// The small-batch stress test: a grid of normalizer × batch size × seed × workload runs under one
+// fair protocol (docs/stress-test.md), each result written as one JSON line the moment it
+// finishes, so an interrupted grid resumes where it stopped.
+
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace normlab::stress {
+
+struct GridOptions {
+    std::vector<std::string> normalizers;
+    std::vector<std::size_t> batch_sizes;
+    std::vector<unsigned> seeds;
+    std::vector<std::string> workloads;  // mlp, cnn, lstm, lstm-varlen
+    std::string data = "fashion-mnist";  // or synthetic
+    std::string data_dir = "/usr/share/datasets/fashion-mnist";
+    std::size_t train_examples = 6000;   // every run sees this many, whatever its batch size
+    std::size_t test_examples = 2000;
+    std::size_t validation_examples = 0; // held out of the training set, for --lr-sweep
+    std::size_t epochs = 1;
+    std::string optimizer = "sgd";       // sgd (momentum 0.9) or adam
+    double base_lr = 0.05;               // at base_batch
+    std::size_t base_batch = 32;
+    std::string lr_rule = "linear";      // linear, sqrt or none (GN paper: linear)
+    std::vector<double> lr_sweep;        // multipliers tried on the validation split; empty: none
+    bool skip_undefined = true;          // drop (normalizer, workload) pairs that cannot work
+};
+
+// One cell of the grid, fully determined: rerunning it reproduces the result.
+struct RunConfig {
+    std::string workload;
+    std::string data;
+    std::string normalizer;
+    std::size_t batch_size = 0;
+    unsigned seed = 0;
+    double lr = 0;
+    std::size_t train_examples = 0;
+    std::size_t test_examples = 0;
+    std::size_t validation_examples = 0;
+    std::size_t epochs = 1;
+    std::string optimizer;
+    std::vector<double> lr_sweep;
+    std::string data_dir;
+
+    // Identifies the run in results.jsonl (everything that changes the result).
+    std::string key() const;
+    nlohmann::json to_json() const;
+};
+
+struct RunResult {
+    std::string status = "ok";  // ok | diverged | error
+    std::string message;        // why, when not ok
+    double lr = 0;              // the learning rate used (after a sweep, the chosen one)
+    double test_accuracy = 0;   // eval mode (running statistics where kept)
+    double test_loss = 0;
+    double test_accuracy_train_mode = 0;  // batch statistics, batches of the run's size
+    double final_train_loss = 0;
+    std::vector<double> loss_curve;       // mean training loss per tenth of the run
+    double examples_per_second = 0;
+    double wall_seconds = 0;
+    nlohmann::json to_json() const;
+};
+
+// Lr for a batch size under the rule: linear base·b/B, sqrt base·sqrt(b/B), none base.
+double scaled_lr(const GridOptions& options, std::size_t batch_size);
+
+// Expands and validates the grid before anything runs: unknown normalizers or options, batch
+// size 0, unknown workloads or data, and normalizers undefined for a workload are OptionErrors
+// (undefined pairs are dropped instead when skip_undefined, e.g. instance_norm on the MLP).
+std::vector<RunConfig> expand_grid(const GridOptions& options);
+
+// Whether `normalizer` can run on `workload` at all, and if not, why.
+std::string undefined_reason(const std::string& normalizer, const std::string& workload);
+
+// Appends one JSON object per line and flushes it to disk before returning. A last line cut
+// short by a crash is ignored on loading and cut off before the next append.
+class ResultStore {
+public:
+    explicit ResultStore(std::string path);
+    bool contains(const std::string& key) const;
+    void append(const nlohmann::json& line);
+    const std::vector<nlohmann::json>& lines() const { return lines_; }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+    std::vector<nlohmann::json> lines_;
+    std::optional<std::size_t> truncate_to_;  // an incomplete last line starts here
+};
+
+// Progress of a grid on a terminal: "run k/n  spec b=8 seed=1  epoch 1/2  loss 0.53  ETA 3m".
+// Silent when standard error is not a terminal.
+class Progress {
+public:
+    explicit Progress(std::size_t total_runs);
+    void start_run(std::size_t index, const RunConfig& run);
+    void update(double fraction_of_run, double loss);
+    void finish_run(const RunResult& result);
+    void done();
+
+private:
+    void draw(const std::string& text);
+    bool enabled_;
+    std::size_t total_;
+    std::size_t index_ = 0;
+    std::string label_;
+    double started_ = 0;        // seconds, steady clock
+    double run_started_ = 0;
+    std::size_t finished_ = 0;
+    double finished_seconds_ = 0;
+};
+
+using RunFunction = std::function<RunResult(const RunConfig&, Progress&)>;
+
+// Runs every configuration whose key is not in the store yet, appending each result as it
+// finishes; returns how many ran. `meta` (commit, machine, command) is stored with each line.
+std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
+                     const RunFunction& run_one, const nlohmann::json& meta);
+
+}  // namespace normlab::stress

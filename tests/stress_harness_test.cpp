@@ -1,0 +1,166 @@
+// The stress-test harness itself: grid validation before any run, the learning-rate rule,
+// results that survive a crash mid-write, and resuming an interrupted grid.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "normlab/errors.hpp"
+#include "normlab/stress.hpp"
+
+namespace normlab::stress {
+namespace {
+
+GridOptions small_grid() {
+    GridOptions o;
+    o.normalizers = {"batch_norm", "layer_norm", "instance_norm"};
+    o.batch_sizes = {1, 4};
+    o.seeds = {0, 1};
+    o.workloads = {"mlp"};
+    o.data = "synthetic";
+    o.train_examples = 64;
+    o.test_examples = 32;
+    return o;
+}
+
+std::string scratch(const std::string& name) {
+    const auto p = std::filesystem::temp_directory_path() / ("normlab_stress_" + name);
+    std::filesystem::remove(p);
+    return p.string();
+}
+
+std::string error_of(const GridOptions& o) {
+    try {
+        expand_grid(o);
+    } catch (const OptionError& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+TEST(StressGrid, ExpandsEveryCellAndDropsUndefinedPairs) {
+    const auto runs = expand_grid(small_grid());
+    EXPECT_EQ(runs.size(), 2u * 2u * 2u);  // instance_norm is undefined on the MLP
+    for (const auto& r : runs) EXPECT_NE(r.normalizer, "instance_norm");
+    auto strict = small_grid();
+    strict.skip_undefined = false;
+    EXPECT_NE(error_of(strict).find("instance_norm needs trailing dimensions"), std::string::npos);
+}
+
+TEST(StressGrid, InvalidOptionsAreErrorsBeforeAnyRun) {
+    auto o = small_grid();
+    o.normalizers.push_back("batchnorm");
+    EXPECT_NE(error_of(o).find("unknown normalizer 'batchnorm'"), std::string::npos);
+    o = small_grid();
+    o.normalizers.push_back("batch_norm(momentun=0.1)");
+    EXPECT_NE(error_of(o).find("unknown option 'momentun'"), std::string::npos);
+    o = small_grid();
+    o.batch_sizes.push_back(0);
+    EXPECT_EQ(error_of(o), "stress: batch sizes must be at least 1, got 0");
+    o = small_grid();
+    o.workloads = {"transformer"};
+    EXPECT_NE(error_of(o).find("unknown workload 'transformer'"), std::string::npos);
+    o = small_grid();
+    o.data = "fashion-mnist";
+    o.data_dir = "/nonexistent";
+    EXPECT_NE(error_of(o).find("Fashion-MNIST not found in /nonexistent"), std::string::npos);
+    o = small_grid();
+    o.batch_sizes = {128};
+    EXPECT_NE(error_of(o).find("exceeds the 64 training examples"), std::string::npos);
+}
+
+TEST(StressGrid, LearningRateScalesLinearlyWithTheBatchByDefault) {
+    GridOptions o;
+    o.base_lr = 0.1;
+    o.base_batch = 32;
+    EXPECT_DOUBLE_EQ(scaled_lr(o, 8), 0.025);
+    EXPECT_DOUBLE_EQ(scaled_lr(o, 64), 0.2);
+    o.lr_rule = "sqrt";
+    EXPECT_DOUBLE_EQ(scaled_lr(o, 8), 0.05);
+    o.lr_rule = "none";
+    EXPECT_DOUBLE_EQ(scaled_lr(o, 8), 0.1);
+}
+
+TEST(StressStore, ALineCutShortByACrashIsDroppedAndTheNextLineStartsFresh) {
+    const std::string path = scratch("store.jsonl");
+    {
+        ResultStore store(path);
+        store.append({{"key", "a"}, {"value", 1}});
+        store.append({{"key", "b"}, {"value", 2}});
+    }
+    std::ofstream(path, std::ios::app) << R"({"key": "c", "val)";  // killed mid-write
+    ResultStore reopened(path);
+    EXPECT_EQ(reopened.lines().size(), 2u);
+    EXPECT_TRUE(reopened.contains("b"));
+    EXPECT_FALSE(reopened.contains("c"));
+    reopened.append({{"key", "c"}, {"value", 3}});
+    EXPECT_EQ(ResultStore(path).lines().size(), 3u);
+    std::filesystem::remove(path);
+}
+
+TEST(StressStore, DamageBeforeTheLastLineIsAnError) {
+    const std::string path = scratch("damaged.jsonl");
+    std::ofstream(path) << "{\"key\": 1}\nnot json\n{\"key\": 2}\n";
+    EXPECT_THROW(ResultStore{path}, IoError);
+    std::filesystem::remove(path);
+}
+
+// A deterministic stand-in for training: the result is a function of the configuration.
+RunResult fake_run(const RunConfig& r, Progress&) {
+    RunResult out;
+    out.lr = r.lr;
+    out.test_accuracy = 0.5 + 0.01 * double(r.batch_size) + 0.001 * r.seed;
+    return out;
+}
+
+TEST(StressGrid, AnInterruptedGridResumesToTheSameLines) {
+    const auto runs = expand_grid(small_grid());
+    const std::string full_path = scratch("full.jsonl"), resumed_path = scratch("resumed.jsonl");
+    ResultStore full(full_path);
+    EXPECT_EQ(run_grid(runs, full, fake_run, {}), runs.size());
+
+    struct Killed {};
+    std::size_t calls = 0;
+    ResultStore first(resumed_path);
+    EXPECT_THROW(run_grid(
+                     runs, first,
+                     [&](const RunConfig& r, Progress& p) {
+                         if (++calls == 4) throw Killed{};  // not a std::exception: escapes
+                         return fake_run(r, p);
+                     },
+                     {}),
+                 Killed);
+    EXPECT_EQ(first.lines().size(), 3u);
+    ResultStore second(resumed_path);
+    EXPECT_EQ(run_grid(runs, second, fake_run, {}), runs.size() - 3);
+    EXPECT_EQ(run_grid(runs, second, fake_run, {}), 0u);  // nothing left to do
+
+    ResultStore a(full_path), b(resumed_path);
+    ASSERT_EQ(a.lines().size(), b.lines().size());
+    for (std::size_t i = 0; i < a.lines().size(); ++i) EXPECT_EQ(a.lines()[i], b.lines()[i]);
+    std::filesystem::remove(full_path);
+    std::filesystem::remove(resumed_path);
+}
+
+TEST(StressGrid, ARunThatThrowsIsRecordedAsAnError) {
+    auto o = small_grid();
+    o.normalizers = {"batch_norm"};
+    o.batch_sizes = {1};
+    o.seeds = {0};
+    const std::string path = scratch("errors.jsonl");
+    ResultStore store(path);
+    run_grid(expand_grid(o), store,
+             [](const RunConfig&, Progress&) -> RunResult {
+                 throw ShapeError("batch_norm(100): expected more than 1 value per channel");
+             },
+             {});
+    ASSERT_EQ(store.lines().size(), 1u);
+    EXPECT_EQ(store.lines()[0]["result"]["status"], "error");
+    EXPECT_NE(store.lines()[0]["result"]["message"].get<std::string>().find("more than 1 value"),
+              std::string::npos);
+    std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace normlab::stress

@@ -8,6 +8,7 @@
 
 #include "bench_common.hpp"
 #include "normlab/normlab.hpp"
+#include "normlab/runtime.hpp"
 
 namespace normlab::bench {
 namespace {
@@ -77,6 +78,7 @@ void register_all() {
 
 int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
+    normlab::reuse_freed_memory();
     normlab::bench::register_all();
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();

@@ -20,8 +20,9 @@ cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench
 mkdir -p "$OUT"
 export OMP_NUM_THREADS="$THREADS" OMP_PROC_BIND=close
 # Freed tensors are reused instead of being handed back to the kernel and faulted in again on
-# the next call; the same setting applies to all three implementations.
-export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
+# the next call (normlab::reuse_freed_memory() in normalizer_bench); the environment gives
+# oneDNN and PyTorch the same malloc settings.
+export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824
 GB_ARGS=(--benchmark_format=json --benchmark_repetitions=1)
 [ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER|triad")
 ./build-bench/benchmarks/normalizer_bench "${GB_ARGS[@]}" > "$OUT/normlab.json"

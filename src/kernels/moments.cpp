@@ -67,27 +67,21 @@ void finish_moments(bool center, double inv_m, double shift, double s1, double s
     var = T(std::max(m2, 0.0) * inv_m);
 }
 
-// Normalizes the runs of set k whose first run starts at `first` (see collect_moments).
+// Normalizes set k of a per-sample SetSpec: one contiguous run of channels_per_set·S values.
 template <class T>
 void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_t k, T m, T sc,
-                   T off, const T* g, const T* b, T* xhat, T* y) {
+                   const T* g, const T* b, T* xhat, T* y) {
     const std::size_t cps = sets.channels_per_set;
-    const std::size_t block_len = cps * v.s;
-    const std::size_t blocks = sets.across_batch ? v.n : 1;
+    const std::size_t start = k * cps * v.s;
     const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
-    for (std::size_t blk = 0; blk < blocks; ++blk) {
-        const std::size_t start = k * block_len + blk * v.c * v.s;
-        if (v.s == 1) {
-            rows::affine(x + start, cps, m, sc, off, g + c0, b + c0, 1, xhat ? xhat + start : nullptr,
-                         y + start);
-            continue;
-        }
-        for (std::size_t j = 0; j < cps; ++j) {
-            const std::size_t base = start + j * v.s;
-            rows::affine(x + base, v.s, m, sc, off, g + c0 + j, b + c0 + j, 0,
-                         xhat ? xhat + base : nullptr, y + base);
-        }
+    T* h = xhat ? xhat + start : nullptr;
+    if (v.s == 1) {
+        rows::affine(x + start, cps, m, sc, T(0), g + c0, b + c0, 1, h, y + start);
+        return;
     }
+    for (std::size_t j = 0; j < cps; ++j)
+        rows::affine(x + start + j * v.s, v.s, m, sc, T(0), g + c0 + j, b + c0 + j, 0,
+                     h ? h + j * v.s : nullptr, y + start + j * v.s);
 }
 
 }  // namespace
@@ -149,16 +143,33 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     }
 
     const std::size_t block_len = cps * v.s;
-    const std::size_t blocks_per_set = sets.across_batch ? v.n : 1;
+    if (sets.across_batch) {
+        // Sets spread over every sample: sum each run of S values in memory order (threads
+        // stream through contiguous memory), each shifted by its set's first value, then add
+        // the runs of a set in a fixed order.
+        const std::size_t runs = v.n * v.c;
+        std::vector<double> run1(runs, 0.0), run2(runs, 0.0), shift(num_sets);
+        for (std::size_t k = 0; k < num_sets; ++k) shift[k] = center ? double(x[k * block_len]) : 0.0;
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+        for (std::size_t r = 0; r < runs; ++r)
+            rows::shifted_sums(x + r * v.s, v.s, shift[(r % v.c) / cps], run1[r], run2[r]);
+        for (std::size_t k = 0; k < num_sets; ++k) {
+            double s1 = 0, s2 = 0;
+            for (std::size_t n = 0; n < v.n; ++n)
+                for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
+                    s1 += run1[n * v.c + c];
+                    s2 += run2[n * v.c + c];
+                }
+            finish_moments(center, inv_m, shift[k], s1, s2, mean[k], var[k]);
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
     for (std::size_t k = 0; k < num_sets; ++k) {
-        // The first run of set k starts at k·block_len in both the per-sample and the
-        // across-batch case; across the batch, the set's other runs follow one sample apart.
         const T* first = x + k * block_len;
         const double shift = center ? double(first[0]) : 0.0;
         double s1 = 0, s2 = 0;
-        for (std::size_t b = 0; b < blocks_per_set; ++b)
-            rows::shifted_sums(first + b * v.c * v.s, block_len, shift, s1, s2);
+        rows::shifted_sums(first, block_len, shift, s1, s2);
         finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
     }
 }
@@ -203,8 +214,8 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
 template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
                  const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y) {
-    if (dense_across_batch(v, sets)) {
-        // Column sets: every row holds a piece of every set, so the two passes cannot be fused.
+    if (sets.across_batch) {
+        // Sets spread over the whole batch: statistics in memory order, then a second pass.
         collect_moments(x, v, sets, center, mean, var);
         for (std::size_t k = 0; k < sets.num_sets(v); ++k)
             inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
@@ -217,19 +228,18 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     const T* b = or_constant(beta, zeros, v.c, T(0));
     const std::size_t num_sets = sets.num_sets(v);
     const std::size_t block_len = sets.channels_per_set * v.s;
-    const std::size_t blocks_per_set = sets.across_batch ? v.n : 1;
     const double inv_m = 1.0 / double(sets.set_size(v));
-    // Each set is normalized right after its statistics, while its values are still in cache.
+    // Each set (one contiguous run) is normalized right after its statistics, while it is
+    // still in cache.
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
     for (std::size_t k = 0; k < num_sets; ++k) {
         const T* first = x + k * block_len;
         const double shift = center ? double(first[0]) : 0.0;
         double s1 = 0, s2 = 0;
-        for (std::size_t blk = 0; blk < blocks_per_set; ++blk)
-            rows::shifted_sums(first + blk * v.c * v.s, block_len, shift, s1, s2);
+        rows::shifted_sums(first, block_len, shift, s1, s2);
         finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
         inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-        normalize_set(x, v, sets, k, mean[k], inv_std[k], T(0), g, b, xhat, y);
+        normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
     }
 }
 

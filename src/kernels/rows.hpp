@@ -3,9 +3,12 @@
 // Compiled for AVX-512, AVX2 and the baseline ISA, picked at load time (GCC target_clones), so
 // portable binaries still use the host's vector width. Sums are kept in kLanes independent
 // double accumulators — enough parallel chains to hide add latency, and a fixed order, so the
-// result does not depend on how runs are split across threads.
+// result does not depend on how runs are split across threads (it may differ in the last bits
+// between machines whose clones differ).
 
 #include <cstddef>
+#include <cstring>
+#include <type_traits>
 
 #define NORMLAB_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
@@ -13,47 +16,85 @@ namespace normlab::kernels::rows {
 
 constexpr std::size_t kLanes = 16;
 
+// The lane helpers below are always inlined into the ISA clones, so the vector-ABI note GCC
+// gives for them does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// Sixteen lanes as two vectors of eight doubles (GCC vector extensions: one AVX-512 register,
+// two AVX2 or four SSE2 registers each), so every ISA clone vectorizes the same fixed order.
+using Lanes = double __attribute__((vector_size(64)));
+using FloatLanes = float __attribute__((vector_size(32)));
+
+template <class T>
+__attribute__((always_inline)) inline Lanes load_lanes(const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+        FloatLanes f;
+        std::memcpy(&f, p, sizeof f);
+        return __builtin_convertvector(f, Lanes);
+    } else {
+        Lanes d;
+        std::memcpy(&d, p, sizeof d);
+        return d;
+    }
+}
+
+__attribute__((always_inline)) inline double sum_lanes(Lanes a, Lanes b) {
+    double s = 0;
+    for (int j = 0; j < 8; ++j) s += a[j] + b[j];
+    return s;
+}
+
 // s1 += Σ(p − shift), s2 += Σ(p − shift)².
 template <class T>
 NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, double& s1,
                                      double& s2) {
-    double a[kLanes] = {}, q[kLanes] = {};
+    Lanes a0 = {}, a1 = {}, q0 = {}, q1 = {};
+    const Lanes sh = Lanes{} + shift;
     std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (std::size_t j = 0; j < kLanes; ++j) {
-            const double d = double(p[i + j]) - shift;
-            a[j] += d;
-            q[j] += d * d;
-        }
-    for (std::size_t j = 0; i < n; ++i, ++j) {
+    for (; i + kLanes <= n; i += kLanes) {
+        const Lanes d0 = load_lanes(p + i) - sh, d1 = load_lanes(p + i + 8) - sh;
+        a0 += d0;
+        a1 += d1;
+        q0 += d0 * d0;
+        q1 += d1 * d1;
+    }
+    double ta = sum_lanes(a0, a1), tq = sum_lanes(q0, q1);
+    for (; i < n; ++i) {
         const double d = double(p[i]) - shift;
-        a[j] += d;
-        q[j] += d * d;
+        ta += d;
+        tq += d * d;
     }
-    for (std::size_t j = 0; j < kLanes; ++j) {
-        s1 += a[j];
-        s2 += q[j];
-    }
+    s1 += ta;
+    s2 += tq;
 }
 
 // s1 += Σ w·dy, s2 += Σ w·dy·x̂ with w = gamma[i] (or 1 when gamma is null); xhat may be null.
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, std::size_t n,
                                   double& s1, double& s2) {
-    double a[kLanes] = {}, q[kLanes] = {};
-    auto step = [&](std::size_t i, std::size_t j) {
-        const double g = gamma ? double(gamma[i]) * double(dy[i]) : double(dy[i]);
-        a[j] += g;
-        if (xhat) q[j] += g * double(xhat[i]);
-    };
+    Lanes a0 = {}, a1 = {}, q0 = {}, q1 = {};
     std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (std::size_t j = 0; j < kLanes; ++j) step(i + j, j);
-    for (std::size_t j = 0; i < n; ++i, ++j) step(i, j);
-    for (std::size_t j = 0; j < kLanes; ++j) {
-        s1 += a[j];
-        s2 += q[j];
+    for (; i + kLanes <= n; i += kLanes) {
+        Lanes g0 = load_lanes(dy + i), g1 = load_lanes(dy + i + 8);
+        if (gamma) {
+            g0 *= load_lanes(gamma + i);
+            g1 *= load_lanes(gamma + i + 8);
+        }
+        a0 += g0;
+        a1 += g1;
+        if (xhat) {
+            q0 += g0 * load_lanes(xhat + i);
+            q1 += g1 * load_lanes(xhat + i + 8);
+        }
     }
+    double ta = sum_lanes(a0, a1), tq = sum_lanes(q0, q1);
+    for (; i < n; ++i) {
+        const double g = gamma ? double(gamma[i]) * double(dy[i]) : double(dy[i]);
+        ta += g;
+        if (xhat) tq += g * double(xhat[i]);
+    }
+    s1 += ta;
+    s2 += tq;
 }
 
 // Column sums down a dense block: s1[i] += Σ_rows (x[i] − shift[i]), s2[i] += its square.

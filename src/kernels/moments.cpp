@@ -14,6 +14,18 @@ constexpr std::size_t kParallelMin = std::size_t{1} << 15;
 // Channels reduced together when a dense (N, C) input is reduced down its columns.
 constexpr std::size_t kChannelChunk = 64;
 
+// Per-call temporaries that grow with N·C, kept per calling thread and reused: freshly allocated,
+// each would be mapped and page-faulted in again on every call. Each use has its own slot.
+enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kSlots };
+
+double* scratch(Slot slot, std::size_t n) {
+    thread_local std::vector<double> buffers[kSlots];
+    auto& b = buffers[slot];
+    if (b.size() < n) b.resize(n);
+    std::fill_n(b.data(), n, 0.0);
+    return b.data();
+}
+
 template <class T>
 const T* or_constant(const T* p, std::vector<T>& storage, std::size_t n, T value) {
     if (p) return p;
@@ -57,6 +69,37 @@ void for_each_channel_chunk(const NcsView& v, F&& f) {
     }
 }
 
+// Column sums of a dense (N, C) input, walked in memory order: rows are split into fixed blocks
+// of kRowBlock (independent of the thread count), each block sums its rows into its own C
+// partial sums, and the partials are added in block order. `per_row(n)` runs first on every
+// row, for work that belongs to the row itself.
+constexpr std::size_t kRowBlock = 32;
+
+template <class T, class PerRow>
+void dense_column_sums(const T* dy, const T* xhat, const NcsView& v, double* s1, double* s2,
+                       PerRow&& per_row) {
+    const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
+    double* part1 = scratch(kPart1, blocks * v.c);
+    double* part2 = scratch(kPart2, xhat ? blocks * v.c : 0);
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+    for (std::size_t b = 0; b < blocks; ++b) {
+        for (std::size_t n = b * kRowBlock; n < std::min(v.n, (b + 1) * kRowBlock); ++n) {
+            per_row(n);
+            rows::column_grad_sums(dy + n * v.c, xhat ? xhat + n * v.c : nullptr, v.c,
+                                   part1 + b * v.c, xhat ? part2 + b * v.c : nullptr);
+        }
+    }
+    for (std::size_t c = 0; c < v.c; ++c) {
+        double a = 0, q = 0;
+        for (std::size_t b = 0; b < blocks; ++b) {
+            a += part1[b * v.c + c];
+            if (xhat) q += part2[b * v.c + c];
+        }
+        if (s1) s1[c] = a;
+        if (s2) s2[c] = q;
+    }
+}
+
 // Mean and variance (or mean square) of one set from its shifted sums.
 template <class T>
 void finish_moments(bool center, double inv_m, double shift, double s1, double s2, T& mean,
@@ -90,25 +133,22 @@ template <class T>
 void channel_sums(const T* dy, const T* xhat, const NcsView& v, double* chan_sum_dy,
                   double* chan_sum_dy_xhat) {
     if (v.s == 1) {
-        for_each_channel_chunk(v, [&](std::size_t c0, std::size_t len) {
-            double s1[kChannelChunk] = {}, s2[kChannelChunk] = {};
-            for (std::size_t n = 0; n < v.n; ++n)
-                rows::column_grad_sums(dy + n * v.c + c0, xhat ? xhat + n * v.c + c0 : nullptr, len,
-                                       s1, s2);
-            for (std::size_t i = 0; i < len; ++i) {
-                if (chan_sum_dy) chan_sum_dy[c0 + i] = s1[i];
-                if (chan_sum_dy_xhat) chan_sum_dy_xhat[c0 + i] = s2[i];
-            }
-        });
+        dense_column_sums(dy, xhat, v, chan_sum_dy, chan_sum_dy_xhat, [](std::size_t) {});
         return;
     }
+    // Rows in memory order, then each channel's rows added in sample order.
+    const std::size_t runs = v.n * v.c;
+    double* row1 = scratch(kRow1, runs);
+    double* row2 = scratch(kRow2, runs);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+    for (std::size_t r = 0; r < runs; ++r)
+        rows::grad_sums(dy + r * v.s, xhat ? xhat + r * v.s : nullptr,
+                        static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
     for (std::size_t c = 0; c < v.c; ++c) {
         double s1 = 0, s2 = 0;
         for (std::size_t n = 0; n < v.n; ++n) {
-            const std::size_t off = (n * v.c + c) * v.s;
-            rows::grad_sums(dy + off, xhat ? xhat + off : nullptr, static_cast<const T*>(nullptr),
-                            v.s, s1, s2);
+            s1 += row1[n * v.c + c];
+            s2 += row2[n * v.c + c];
         }
         if (chan_sum_dy) chan_sum_dy[c] = s1;
         if (chan_sum_dy_xhat) chan_sum_dy_xhat[c] = s2;
@@ -148,7 +188,9 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         // stream through contiguous memory), each shifted by its set's first value, then add
         // the runs of a set in a fixed order.
         const std::size_t runs = v.n * v.c;
-        std::vector<double> run1(runs, 0.0), run2(runs, 0.0), shift(num_sets);
+        double* run1 = scratch(kRun1, runs);
+        double* run2 = scratch(kRun2, runs);
+        std::vector<double> shift(num_sets);
         for (std::size_t k = 0; k < num_sets; ++k) shift[k] = center ? double(x[k * block_len]) : 0.0;
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
         for (std::size_t r = 0; r < runs; ++r)
@@ -269,21 +311,26 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
         return;
     }
     if (v.s == 1) {
-        // Each set is a contiguous run of channels of one sample.
-        for_each_block(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
-            double a = 0, b = 0;
-            rows::grad_sums(dy + start, xhat ? xhat + start : nullptr, g + c0, cps, a, b);
-            set_sum_g[k] = a;
-            if (set_sum_g_xhat) set_sum_g_xhat[k] = b;
+        // Each set is a contiguous run of channels of one sample: its sums are taken row by row
+        // in the same pass that adds the rows into the channel sums.
+        const std::size_t spp = sets.sets_per_sample(v);
+        dense_column_sums(dy, xhat, v, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n) {
+            for (std::size_t kk = 0; kk < spp; ++kk) {
+                const std::size_t start = n * v.c + kk * cps;
+                double a = 0, b = 0;
+                rows::grad_sums(dy + start, xhat ? xhat + start : nullptr, g + kk * cps, cps, a,
+                                b);
+                set_sum_g[n * spp + kk] = a;
+                if (set_sum_g_xhat) set_sum_g_xhat[n * spp + kk] = b;
+            }
         });
-        if (chan_sum_dy || chan_sum_dy_xhat)
-            channel_sums(dy, xhat, v, chan_sum_dy, xhat ? chan_sum_dy_xhat : nullptr);
         return;
     }
 
     // S > 1: one pass computes Σdy and Σdy·x̂ per row; sets and channels are sums of rows.
     const std::size_t rows_total = v.n * v.c;
-    std::vector<double> row1(rows_total, 0.0), row2(rows_total, 0.0);
+    double* row1 = scratch(kRow1, rows_total);
+    double* row2 = scratch(kRow2, rows_total);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
     for (std::size_t r = 0; r < rows_total; ++r)
         rows::grad_sums(dy + r * v.s, xhat ? xhat + r * v.s : nullptr,

@@ -43,10 +43,14 @@ int main() {
         auto norm = normlab::make_normalizer(spec, channels);
         normlab::Tensor y_train;
         normlab::Tensor x;
+        // One training epoch of 20 steps; the epoch hooks let variants with population
+        // statistics (batch_layer_norm) finalize them.
+        norm->begin_epoch();
         for (int step = 0; step < 20; ++step) {
             x = 3.0f + 2.0f * xt::random::randn<float>(std::vector<std::size_t>{4, channels, 6, 6});
             y_train = norm->forward(x, normlab::Mode::train, normlab::Grad::none);
         }
+        norm->end_epoch();
         const normlab::Tensor y_eval = norm->forward(x, normlab::Mode::eval, normlab::Grad::none);
         const auto [tm, ts] = channel_stats(y_train);
         const auto [em, es] = channel_stats(y_eval);

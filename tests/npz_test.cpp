@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "scratch_path.hpp"
+
 #include "normlab/npz.hpp"
 
 namespace normlab {
@@ -14,7 +16,7 @@ namespace {
 const std::string kData = NORMLAB_TEST_DATA_DIR;
 
 std::string scratch(const std::string& name) {
-    return (std::filesystem::temp_directory_path() / ("normlab_npz_" + name)).string();
+    return testing::scratch_path("normlab_npz_", name);
 }
 
 std::string read_bytes(const std::string& path) {

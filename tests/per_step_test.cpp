@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "scratch_path.hpp"
+
 #include "gradient_check.hpp"
 #include "normlab/normlab.hpp"
 #include "normlab/per_step.hpp"
@@ -90,7 +92,7 @@ TEST(PerStep, StateRoundTripsWithEveryStep) {
         a.forward(xt::cast<float>(random_array({6, 2}, unsigned(t), double(t))), Mode::train,
                   Grad::none);
     }
-    const auto path = (std::filesystem::temp_directory_path() / "normlab_per_step.npz").string();
+    const auto path = testing::scratch_path("normlab_per_step_", "state.npz");
     save_state(a, path);
     load_state(b, path);
     auto ba = a.buffers(), bb = b.buffers();

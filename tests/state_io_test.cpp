@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "scratch_path.hpp"
+
 #include "gradient_check.hpp"
 #include "normlab/normlab.hpp"
 
@@ -13,7 +15,7 @@ namespace normlab {
 namespace {
 
 std::string scratch(const std::string& name) {
-    return (std::filesystem::temp_directory_path() / ("normlab_state_" + name)).string();
+    return testing::scratch_path("normlab_state_", name);
 }
 
 // A trained-looking layer: random parameters, a few training steps of running statistics.

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "scratch_path.hpp"
+
 #include "normlab/errors.hpp"
 #include "normlab/stress.hpp"
 
@@ -25,9 +27,7 @@ GridOptions small_grid() {
 }
 
 std::string scratch(const std::string& name) {
-    const auto p = std::filesystem::temp_directory_path() / ("normlab_stress_" + name);
-    std::filesystem::remove(p);
-    return p.string();
+    return testing::scratch_path("normlab_stress_", name);
 }
 
 std::string error_of(const GridOptions& o) {

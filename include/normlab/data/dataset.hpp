@@ -1,0 +1,58 @@
+#pragma once
+// Classification data: Fashion-MNIST from Debian's dataset-fashion-mnist package (IDX files,
+// gzip), an in-process synthetic set, and seeded shuffling mini-batches.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "normlab/tensor.hpp"
+
+namespace normlab::data {
+
+struct Dataset {
+    Array<float> images;  // (N, features), standardized
+    std::vector<int> labels;
+    std::size_t classes = 10;
+    std::size_t size() const { return labels.size(); }
+    // The examples [first, first + count), copied.
+    Dataset slice(std::size_t first, std::size_t count) const;
+};
+
+struct Split {
+    Dataset train;
+    Dataset test;
+};
+
+// IDX files, gzip-compressed or not. Throws IoError naming the file when it cannot be read, has
+// the wrong magic number, or holds fewer bytes than its header announces.
+Array<float> read_idx_images(const std::string& path);  // (N, rows·cols) in [0, 1]
+std::vector<int> read_idx_labels(const std::string& path);
+
+// <dir>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, standardized with the training set's
+// pixel mean and standard deviation (the test set uses the same constants).
+Split load_fashion_mnist(const std::string& dir = "/usr/share/datasets/fashion-mnist");
+
+// Ten classes of 784 features, deterministic for a seed: each class is a random smooth 28×28
+// pattern, each example its class's pattern plus independent noise. Learnable, not trivial.
+Split make_synthetic(std::size_t train, std::size_t test, std::uint64_t seed);
+
+// Mini-batches in an order shuffled by (seed, epoch): the same sequence whatever the model.
+// The last partial batch is kept unless drop_last.
+class BatchIterator {
+public:
+    BatchIterator(const Dataset& data, std::size_t batch_size, std::uint64_t seed,
+                  std::size_t epoch, bool drop_last = false, bool shuffle = true);
+    // Fills x with (b, example_shape...) and y with b labels; false when the epoch is done.
+    bool next(Array<float>& x, std::vector<int>& y, const Shape& example_shape);
+    std::size_t batches() const;
+
+private:
+    const Dataset& data_;
+    std::size_t batch_size_;
+    bool drop_last_;
+    std::vector<std::size_t> order_;
+    std::size_t position_ = 0;
+};
+
+}  // namespace normlab::data

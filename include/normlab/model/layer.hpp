@@ -1,0 +1,66 @@
+#pragma once
+// Layers of the model toolkit share the Normalizer interface's shape: forward(x, mode, grad)
+// saves a context, backward(dy) consumes the most recent one and adds parameter gradients.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "normlab/normalizer.hpp"
+
+namespace normlab::model {
+
+template <class T>
+class Layer {
+public:
+    virtual ~Layer() = default;
+    virtual std::string name() const = 0;
+    virtual Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep) = 0;
+    virtual Array<T> backward(const Array<T>& dy) = 0;
+    virtual std::vector<ParamRef<T>> parameters() { return {}; }
+    virtual std::vector<BufferRef<T>> buffers() { return {}; }
+    virtual std::vector<CounterRef> counters() { return {}; }
+    virtual void clear_saved() = 0;
+    // Normalizer layers: their parameters can be excluded from weight decay, and they hear
+    // about epoch boundaries.
+    virtual bool is_normalizer() const { return false; }
+    virtual void begin_epoch() {}
+    virtual void end_epoch() {}
+};
+
+// A parameter of a whole model: its dotted name ("layers.3.weight") and whether it belongs to
+// a normalizer.
+template <class T>
+struct ModelParam {
+    std::string name;
+    Array<T>* value;
+    Array<T>* grad;
+    bool normalizer;
+};
+
+template <class T>
+class Sequential {
+public:
+    Sequential& add(std::unique_ptr<Layer<T>> layer) {
+        layers_.push_back(std::move(layer));
+        return *this;
+    }
+    Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep);
+    Array<T> backward(const Array<T>& dy);
+    std::vector<ModelParam<T>> parameters();
+    std::vector<BufferRef<T>> buffers();    // dotted names
+    std::vector<CounterRef> counters();     // dotted names
+    void zero_grad();
+    void clear_saved();
+    void begin_epoch();
+    void end_epoch();
+    std::size_t size() const { return layers_.size(); }
+    Layer<T>& layer(std::size_t i) { return *layers_.at(i); }
+    // One line per layer: "0 linear(784 -> 100)".
+    std::string describe() const;
+
+private:
+    std::vector<std::unique_ptr<Layer<T>>> layers_;
+};
+
+}  // namespace normlab::model

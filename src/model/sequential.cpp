@@ -1,0 +1,83 @@
+#include "normlab/model/layer.hpp"
+
+namespace normlab::model {
+
+template <class T>
+Array<T> Sequential<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
+    Array<T> h = x;
+    try {
+        for (auto& layer : layers_) h = layer->forward(h, mode, grad);
+    } catch (...) {
+        clear_saved();  // a half-run forward would leave contexts no backward will consume
+        throw;
+    }
+    return h;
+}
+
+template <class T>
+Array<T> Sequential<T>::backward(const Array<T>& dy) {
+    Array<T> g = dy;
+    for (std::size_t i = layers_.size(); i-- > 0;) g = layers_[i]->backward(g);
+    return g;
+}
+
+template <class T>
+std::vector<ModelParam<T>> Sequential<T>::parameters() {
+    std::vector<ModelParam<T>> out;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+        for (auto& p : layers_[i]->parameters())
+            out.push_back({"layers." + std::to_string(i) + "." + p.name, p.value, p.grad,
+                           layers_[i]->is_normalizer()});
+    return out;
+}
+
+template <class T>
+std::vector<BufferRef<T>> Sequential<T>::buffers() {
+    std::vector<BufferRef<T>> out;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+        for (auto& b : layers_[i]->buffers())
+            out.push_back({"layers." + std::to_string(i) + "." + b.name, b.value});
+    return out;
+}
+
+template <class T>
+std::vector<CounterRef> Sequential<T>::counters() {
+    std::vector<CounterRef> out;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+        for (auto& c : layers_[i]->counters())
+            out.push_back({"layers." + std::to_string(i) + "." + c.name, c.value});
+    return out;
+}
+
+template <class T>
+void Sequential<T>::zero_grad() {
+    for (auto& p : parameters()) p.grad->fill(T(0));
+}
+
+template <class T>
+void Sequential<T>::clear_saved() {
+    for (auto& layer : layers_) layer->clear_saved();
+}
+
+template <class T>
+void Sequential<T>::begin_epoch() {
+    for (auto& layer : layers_) layer->begin_epoch();
+}
+
+template <class T>
+void Sequential<T>::end_epoch() {
+    for (auto& layer : layers_) layer->end_epoch();
+}
+
+template <class T>
+std::string Sequential<T>::describe() const {
+    std::string out;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+        out += std::to_string(i) + " " + layers_[i]->name() + "\n";
+    return out;
+}
+
+template class Sequential<float>;
+template class Sequential<double>;
+
+}  // namespace normlab::model

@@ -1,0 +1,252 @@
+#include "normlab/train/trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "normlab/errors.hpp"
+#include "normlab/npz.hpp"
+
+namespace normlab::train {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+model::Optimizer<float> make_optimizer(const TrainConfig& c, model::Sequential<float>& m) {
+    if (c.optimizer == "sgd")
+        return model::Optimizer<float>::sgd(
+            m.parameters(), {c.momentum, c.weight_decay, c.decay_normalizers});
+    if (c.optimizer == "adam") {
+        model::AdamOptions o;
+        o.weight_decay = c.weight_decay;
+        o.decay_normalizers = c.decay_normalizers;
+        return model::Optimizer<float>::adam(m.parameters(), o);
+    }
+    throw OptionError("train: unknown optimizer '" + c.optimizer + "'; expected sgd or adam");
+}
+
+// Snapshot of every running statistic, so a diagnostic pass in train mode changes nothing.
+struct StateSnapshot {
+    std::vector<Array<float>> buffers;
+    std::vector<std::int64_t> counters;
+    explicit StateSnapshot(model::Sequential<float>& m) {
+        for (auto& b : m.buffers()) buffers.push_back(*b.value);
+        for (auto& c : m.counters()) counters.push_back(*c.value);
+    }
+    void restore(model::Sequential<float>& m) const {
+        auto b = m.buffers();
+        for (std::size_t i = 0; i < b.size(); ++i) *b[i].value = buffers[i];
+        auto c = m.counters();
+        for (std::size_t i = 0; i < c.size(); ++i) *c[i].value = counters[i];
+    }
+};
+
+Array<std::uint8_t> text_array(const std::string& s) {
+    return xt::adapt(std::vector<std::uint8_t>(s.begin(), s.end()));
+}
+
+}  // namespace
+
+Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
+                    const Shape& example_shape, Mode mode, std::size_t batch_size) {
+    const StateSnapshot snapshot(model);
+    Evaluation e;
+    data::BatchIterator it(data, batch_size, 0, 0, false, false);
+    Array<float> x;
+    std::vector<int> y;
+    std::size_t correct = 0;
+    double loss_sum = 0;
+    try {
+        while (it.next(x, y, example_shape)) {
+            const auto r = model::softmax_cross_entropy(model.forward(x, mode, Grad::none), y);
+            loss_sum += r.loss * double(y.size());
+            correct += r.correct;
+        }
+    } catch (...) {
+        snapshot.restore(model);
+        throw;
+    }
+    snapshot.restore(model);
+    e.loss = loss_sum / double(data.size());
+    e.accuracy = double(correct) / double(data.size());
+    return e;
+}
+
+Trainer::Trainer(TrainConfig config, const data::Dataset& train, const data::Dataset& test)
+    : config_(std::move(config)),
+      train_(train),
+      test_(test),
+      example_shape_(model::example_shape(config_.workload)),
+      model_(model::build_model<float>(config_.workload, config_.normalizer, config_.seed)),
+      optimizer_(make_optimizer(config_, model_)) {
+    if (config_.batch_size == 0) throw OptionError("train: the batch size must be at least 1, got 0");
+    if (config_.batch_size > train.size())
+        throw OptionError("train: batch size " + std::to_string(config_.batch_size) +
+                          " exceeds the " + std::to_string(train.size()) + " training examples");
+    if (!(config_.lr > 0)) throw OptionError("train: the learning rate must be > 0");
+    const std::size_t per_epoch = config_.drop_last
+                                      ? train.size() / config_.batch_size
+                                      : (train.size() + config_.batch_size - 1) / config_.batch_size;
+    const std::size_t total = per_epoch * config_.epochs;
+    schedule_.base = config_.lr;
+    schedule_.kind = config_.schedule;
+    if (config_.schedule == "step") {
+        schedule_.every = std::max<std::size_t>(total / 2, 1);
+        schedule_.gamma = 0.1;
+    } else if (config_.schedule == "cosine") {
+        schedule_.total = total;
+    } else if (config_.schedule != "constant") {
+        throw OptionError("train: unknown schedule '" + config_.schedule +
+                          "'; expected constant, step or cosine");
+    }
+    curve_sum_.assign(std::max<std::size_t>(config_.loss_points, 1), 0.0);
+    curve_count_.assign(curve_sum_.size(), 0.0);
+}
+
+bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
+    const auto t0 = std::chrono::steady_clock::now();
+    data::BatchIterator it(train_, config_.batch_size, config_.seed, std::size_t(epoch_),
+                           config_.drop_last);
+    const std::size_t total_steps = it.batches() * config_.epochs;
+    Array<float> x, dlogits;
+    std::vector<int> y;
+    double loss_sum = 0;
+    std::size_t batches = 0, examples = 0;
+    model_.begin_epoch();
+    while (it.next(x, y, example_shape_)) {
+        const std::size_t step = std::size_t(optimizer_.steps());
+        model_.zero_grad();
+        const auto r = model::softmax_cross_entropy(model_.forward(x, Mode::train), y, &dlogits);
+        if (!std::isfinite(r.loss)) {
+            model_.clear_saved();
+            result.status = "diverged";
+            result.message = "training loss became " + std::to_string(r.loss) + " at step " +
+                             std::to_string(step);
+            return false;
+        }
+        model_.backward(dlogits);
+        optimizer_.step(schedule_.at(step));
+        loss_sum += r.loss;
+        ++batches;
+        examples += y.size();
+        const std::size_t point = std::min(curve_sum_.size() - 1,
+                                           step * curve_sum_.size() / std::max<std::size_t>(total_steps, 1));
+        curve_sum_[point] += r.loss;
+        curve_count_[point] += 1;
+        if (progress) progress(double(step + 1) / double(total_steps), r.loss);
+    }
+    model_.end_epoch();
+    const double train_seconds = seconds_since(t0);
+    ++epoch_;
+
+    EpochMetrics m;
+    m.epoch = std::size_t(epoch_);
+    m.train_loss = batches ? loss_sum / double(batches) : 0.0;
+    m.test = evaluate(model_, test_, example_shape_, Mode::eval, 256);
+    m.test_train_mode = {std::numeric_limits<double>::quiet_NaN(),
+                         std::numeric_limits<double>::quiet_NaN()};
+    if (config_.evaluate_train_mode) {
+        try {
+            m.test_train_mode =
+                evaluate(model_, test_, example_shape_, Mode::train,
+                         config_.eval_batch_size ? config_.eval_batch_size : config_.batch_size);
+        } catch (const std::exception&) {
+            // e.g. batch statistics of single values: there is no train-mode output to score.
+        }
+    }
+    m.seconds = seconds_since(t0);
+    result.epochs.push_back(m);
+    result.steps += batches;
+    trained_examples_ += double(examples);
+    trained_seconds_ += train_seconds;
+    result.examples_per_second = trained_examples_ / std::max(trained_seconds_, 1e-9);
+    if (!std::isfinite(m.test.loss)) {
+        result.status = "diverged";
+        result.message = "test loss is " + std::to_string(m.test.loss) + " after epoch " +
+                         std::to_string(m.epoch);
+        return false;
+    }
+    return true;
+}
+
+TrainResult Trainer::run(const ProgressFn& progress) {
+    TrainResult result;
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+        while (std::size_t(epoch_) < config_.epochs)
+            if (!run_epoch(result, progress)) break;
+    } catch (const NonFiniteError& e) {
+        model_.clear_saved();
+        result.status = "diverged";
+        result.message = e.what();
+    } catch (const std::exception& e) {
+        model_.clear_saved();
+        result.status = "error";
+        result.message = e.what();
+    }
+    for (std::size_t i = 0; i < curve_sum_.size(); ++i)
+        if (curve_count_[i] > 0) result.loss_curve.push_back(curve_sum_[i] / curve_count_[i]);
+    result.wall_seconds = seconds_since(t0);
+    return result;
+}
+
+std::string Trainer::config_text() const {
+    const auto& c = config_;
+    return "workload=" + c.workload + ";normalizer=" + c.normalizer +
+           ";batch_size=" + std::to_string(c.batch_size) + ";epochs=" + std::to_string(c.epochs) +
+           ";optimizer=" + c.optimizer + ";lr=" + std::to_string(c.lr) +
+           ";momentum=" + std::to_string(c.momentum) +
+           ";weight_decay=" + std::to_string(c.weight_decay) + ";schedule=" + c.schedule +
+           ";seed=" + std::to_string(c.seed) + ";drop_last=" + std::to_string(c.drop_last) +
+           ";train_examples=" + std::to_string(train_.size());
+}
+
+void Trainer::save_checkpoint(const std::string& path) {
+    NpzArchive a;
+    a.put("__config__", text_array(config_text()));
+    a.put("epoch", Array<std::int64_t>(epoch_));
+    a.put("optimizer.steps", Array<std::int64_t>(optimizer_.steps()));
+    for (auto& p : model_.parameters()) a.put("model." + p.name, *p.value);
+    for (auto& b : model_.buffers()) a.put("model." + b.name, *b.value);
+    for (auto& c : model_.counters()) a.put("model." + c.name, Array<std::int64_t>(*c.value));
+    for (auto& s : optimizer_.state()) a.put("optimizer." + s.name, *s.value);
+    a.put("loss_curve.sum", Array<double>(xt::adapt(curve_sum_)));
+    a.put("loss_curve.count", Array<double>(xt::adapt(curve_count_)));
+    a.save(path);
+}
+
+void Trainer::load_checkpoint(const std::string& path) {
+    const NpzArchive a = NpzArchive::load(path);
+    const auto config = a.get<std::uint8_t>("__config__");
+    const std::string text(config.begin(), config.end());
+    if (text != config_text())
+        throw StateError("checkpoint '" + path + "' was written by another configuration:\n  file:    " +
+                         text + "\n  trainer: " + config_text());
+    // Read and check everything, then assign.
+    std::vector<std::pair<Array<float>*, Array<float>>> tensors;
+    auto stage = [&](const std::string& name, Array<float>* target) {
+        Array<float> v = a.get<float>(name);
+        if (shape_of(v) != shape_of(*target))
+            throw StateError("checkpoint '" + path + "': expected '" + name + "' of shape " +
+                             format_shape(shape_of(*target)) + ", got " + format_shape(shape_of(v)));
+        tensors.emplace_back(target, std::move(v));
+    };
+    for (auto& p : model_.parameters()) stage("model." + p.name, p.value);
+    for (auto& b : model_.buffers()) stage("model." + b.name, b.value);
+    for (auto& s : optimizer_.state()) stage("optimizer." + s.name, s.value);
+    std::vector<std::pair<std::int64_t*, std::int64_t>> counts;
+    for (auto& c : model_.counters()) counts.emplace_back(c.value, a.get<std::int64_t>("model." + c.name)());
+    counts.emplace_back(&epoch_, a.get<std::int64_t>("epoch")());
+    counts.emplace_back(optimizer_.steps_counter(), a.get<std::int64_t>("optimizer.steps")());
+    const auto sum = a.get<double>("loss_curve.sum"), count = a.get<double>("loss_curve.count");
+    if (sum.size() != curve_sum_.size() || count.size() != curve_count_.size())
+        throw StateError("checkpoint '" + path + "': loss curve of another resolution");
+    for (auto& [target, value] : tensors) *target = std::move(value);
+    for (auto& [target, value] : counts) *target = value;
+    std::copy(sum.begin(), sum.end(), curve_sum_.begin());
+    std::copy(count.begin(), count.end(), curve_count_.begin());
+}
+
+}  // namespace normlab::train

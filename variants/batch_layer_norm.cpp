@@ -405,7 +405,12 @@ std::vector<BufferRef<T>> BatchLayerNorm<T>::buffers() {
 template <class T>
 std::vector<CounterRef> BatchLayerNorm<T>::counters() {
     if (!options_.track_running_stats) return {};
-    return {{"epoch_steps", &epoch_steps_}, {"population_steps", &population_steps_}};
+    // The geometry is part of the state: the buffers' shapes follow from it, and a layer whose
+    // geometry was left open until the first input must learn it when its state is restored.
+    return {{"epoch_steps", &epoch_steps_},
+            {"population_steps", &population_steps_},
+            {"batch_size", &options_.batch_size},
+            {"positions", &options_.positions}};
 }
 
 template class BatchLayerNorm<float>;

@@ -1,0 +1,251 @@
+// Gradient checks in double for every layer of the model toolkit, and for whole small models
+// with every registered normalizer in the normalizer slot.
+#include <gtest/gtest.h>
+
+#include "gradient_check.hpp"
+#include "normlab/errors.hpp"
+#include "normlab/model/layers.hpp"
+#include "normlab/model/training.hpp"
+#include "normlab/registry.hpp"
+
+namespace normlab {
+namespace {
+
+using testing::ArrayD;
+using model::Layer;
+
+// Running statistics and counters (dropout's call counter, Batch Renorm's step) would change
+// between the perturbed forwards; every forward starts from the same state.
+template <class Net>
+struct FrozenState {
+    std::vector<ArrayD> buffers;
+    std::vector<std::int64_t> counters;
+    explicit FrozenState(Net& net) {
+        for (auto& b : net.buffers()) buffers.push_back(*b.value);
+        for (auto& c : net.counters()) counters.push_back(*c.value);
+    }
+    void restore(Net& net) const {
+        auto b = net.buffers();
+        for (std::size_t i = 0; i < b.size(); ++i) *b[i].value = buffers[i];
+        auto c = net.counters();
+        for (std::size_t i = 0; i < c.size(); ++i) *c[i].value = counters[i];
+    }
+};
+
+std::vector<ParamRef<double>> refs(std::vector<model::ModelParam<double>> params) {
+    std::vector<ParamRef<double>> out;
+    for (auto& p : params) out.push_back({p.name, p.value, p.grad});
+    return out;
+}
+
+void check_layer(Layer<double>& layer, const ArrayD& x, Mode mode = Mode::train,
+                 double tolerance = 1e-7) {
+    const FrozenState<Layer<double>> state(layer);
+    auto params = layer.parameters();
+    for (std::size_t i = 0; i < params.size(); ++i)
+        *params[i].value = testing::random_array(shape_of(*params[i].value), 40 + unsigned(i), 0.0, 0.5);
+    const auto errors = testing::check_gradients(
+        [&](const ArrayD& in, bool keep) {
+            state.restore(layer);
+            return layer.forward(in, mode, keep ? Grad::keep : Grad::none);
+        },
+        [&](const ArrayD& dy) { return layer.backward(dy); }, params, x);
+    testing::expect_gradients_match(errors, tolerance);
+}
+
+TEST(Layers, LinearWithAndWithoutBias) {
+    std::mt19937 rng(1);
+    model::Linear<double> with_bias(7, 5, model::Init::xavier, rng);
+    check_layer(with_bias, testing::random_array({4, 7}, 2));
+    model::Linear<double> no_bias(7, 3, model::Init::gaussian, rng, 0.1, false);
+    EXPECT_EQ(no_bias.parameters().size(), 1u);
+    check_layer(no_bias, testing::random_array({1, 7}, 3));
+}
+
+TEST(Layers, LinearForwardIsXTimesWeightTransposedPlusBias) {
+    std::mt19937 rng(1);
+    model::Linear<double> lin(3, 2, model::Init::xavier, rng);
+    auto p = lin.parameters();
+    *p[0].value = ArrayD{{1, 2, 3}, {-1, 0, 4}};
+    *p[1].value = ArrayD{0.5, -0.5};
+    const ArrayD y = lin.forward(ArrayD{{1, 1, 1}, {2, 0, -1}}, Mode::eval, Grad::none);
+    EXPECT_DOUBLE_EQ(y(0, 0), 6.5);
+    EXPECT_DOUBLE_EQ(y(0, 1), 2.5);
+    EXPECT_DOUBLE_EQ(y(1, 0), -0.5);
+    EXPECT_DOUBLE_EQ(y(1, 1), -6.5);
+}
+
+struct ConvCase {
+    std::size_t kernel, stride, padding, h, w;
+};
+
+class ConvGradient : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(ConvGradient, MatchesFiniteDifferences) {
+    const auto c = GetParam();
+    std::mt19937 rng(4);
+    model::Conv2d<double> conv(2, 3, c.kernel, c.stride, c.padding, model::Init::he, rng);
+    check_layer(conv, testing::random_array({2, 2, c.h, c.w}, 5));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ConvGradient,
+                         ::testing::Values(ConvCase{3, 1, 1, 5, 5}, ConvCase{3, 2, 1, 6, 5},
+                                           ConvCase{1, 1, 0, 4, 3}, ConvCase{1, 2, 0, 5, 5},
+                                           ConvCase{3, 1, 0, 5, 4}));
+
+TEST(Layers, ConvForwardMatchesDirectSum) {
+    std::mt19937 rng(6);
+    model::Conv2d<double> conv(2, 3, 3, 2, 1, model::Init::he, rng);
+    auto p = conv.parameters();
+    *p[1].value = testing::random_array({3}, 8);
+    const ArrayD x = testing::random_array({2, 2, 5, 6}, 7);
+    const ArrayD y = conv.forward(x, Mode::eval, Grad::none);
+    ASSERT_EQ(shape_of(y), (Shape{2, 3, 3, 3}));
+    const ArrayD& w = *p[0].value;
+    for (std::size_t n = 0; n < 2; ++n)
+        for (std::size_t o = 0; o < 3; ++o)
+            for (std::size_t i = 0; i < 3; ++i)
+                for (std::size_t j = 0; j < 3; ++j) {
+                    double s = (*p[1].value)(o);
+                    for (std::size_t c = 0; c < 2; ++c)
+                        for (std::size_t a = 0; a < 3; ++a)
+                            for (std::size_t b = 0; b < 3; ++b) {
+                                const long r = long(2 * i + a) - 1, q = long(2 * j + b) - 1;
+                                if (r >= 0 && r < 5 && q >= 0 && q < 6) s += w(o, c, a, b) * x(n, c, r, q);
+                            }
+                    EXPECT_NEAR(y(n, o, i, j), s, 1e-12);
+                }
+}
+
+TEST(Layers, PoolingAndReshapes) {
+    model::Pool2d<double> max_pool(model::Pool::max, 2), avg_pool(model::Pool::average, 2);
+    const ArrayD x = testing::random_array({2, 3, 4, 6}, 9);  // distinct values: max is unique
+    check_layer(max_pool, x);
+    check_layer(avg_pool, x);
+    model::GlobalAvgPool<double> gap;
+    check_layer(gap, x);
+    model::Flatten<double> flat;
+    check_layer(flat, x);
+    EXPECT_EQ(shape_of(flat.forward(x, Mode::eval, Grad::none)), (Shape{2, 72}));
+    const ArrayD pooled = max_pool.forward(ArrayD{{{{1, 5}, {3, 2}}}}, Mode::eval, Grad::none);
+    EXPECT_EQ(pooled(0, 0, 0, 0), 5.0);
+    EXPECT_THROW(max_pool.forward(testing::random_array({1, 1, 3, 4}, 1), Mode::eval, Grad::none),
+                 ShapeError);
+}
+
+TEST(Layers, Activations) {
+    // ReLU is not differentiable at 0: keep inputs away from it.
+    ArrayD x = testing::random_array({3, 8}, 10);
+    for (auto& v : x) v += v > 0 ? 0.1 : -0.1;
+    for (auto kind : {model::Activation::relu, model::Activation::sigmoid, model::Activation::tanh}) {
+        model::Elementwise<double> act(kind);
+        check_layer(act, x);
+    }
+}
+
+TEST(Layers, DropoutScalesKeptValuesAndIsIdentityInEval) {
+    model::Dropout<double> drop(0.25, 11);
+    const ArrayD x = testing::random_array({50, 40}, 12, 3.0, 0.1);
+    check_layer(drop, x);
+    const ArrayD y = drop.forward(x, Mode::train, Grad::none);
+    std::size_t zeros = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        if (y.data()[i] == 0) ++zeros;
+        else EXPECT_NEAR(y.data()[i], x.data()[i] / 0.75, 1e-12);
+    }
+    EXPECT_NEAR(double(zeros) / double(x.size()), 0.25, 0.03);
+    const ArrayD e = drop.forward(x, Mode::eval, Grad::none);
+    EXPECT_EQ(e, x);
+    EXPECT_THROW(model::Dropout<double>(1.0, 1), OptionError);
+}
+
+TEST(Layers, BackwardWithoutForwardIsAnError) {
+    std::mt19937 rng(1);
+    model::Linear<double> lin(3, 2, model::Init::xavier, rng);
+    EXPECT_THROW(lin.backward(ArrayD::from_shape({1, 2})), StateError);
+    lin.forward(ArrayD::from_shape({1, 3}), Mode::train);
+    EXPECT_THROW(lin.backward(ArrayD::from_shape({1, 5})), ShapeError);
+    EXPECT_THROW(lin.forward(ArrayD::from_shape({1, 4}), Mode::train), ShapeError);
+}
+
+// A whole model: dense and convolutional, with the normalizer spec in every slot.
+model::Sequential<double> small_mlp(const std::string& spec) {
+    std::mt19937 rng(21);
+    model::Sequential<double> m;
+    m.add(std::make_unique<model::Linear<double>>(6, 4, model::Init::xavier, rng));
+    m.add(std::make_unique<model::NormLayer<double>>(spec, 4));
+    m.add(std::make_unique<model::Elementwise<double>>(model::Activation::sigmoid));
+    m.add(std::make_unique<model::Linear<double>>(4, 3, model::Init::xavier, rng));
+    return m;
+}
+
+model::Sequential<double> small_cnn(const std::string& spec) {
+    std::mt19937 rng(22);
+    model::Sequential<double> m;
+    m.add(std::make_unique<model::Conv2d<double>>(2, 4, 3, 1, 1, model::Init::he, rng));
+    m.add(std::make_unique<model::NormLayer<double>>(spec, 4));
+    m.add(std::make_unique<model::Elementwise<double>>(model::Activation::tanh));
+    m.add(std::make_unique<model::Pool2d<double>>(model::Pool::average, 2));
+    m.add(std::make_unique<model::GlobalAvgPool<double>>());
+    m.add(std::make_unique<model::Linear<double>>(4, 3, model::Init::xavier, rng));
+    return m;
+}
+
+void check_model(model::Sequential<double>& m, const ArrayD& x) {
+    const FrozenState<model::Sequential<double>> state(m);
+    const auto errors = testing::check_gradients(
+        [&](const ArrayD& in, bool keep) {
+            state.restore(m);
+            return m.forward(in, Mode::train, keep ? Grad::keep : Grad::none);
+        },
+        [&](const ArrayD& dy) { return m.backward(dy); }, refs(m.parameters()), x);
+    testing::expect_gradients_match(errors, 1e-6);
+}
+
+std::string slot_spec(const std::string& variant) {
+    if (variant == "group_norm") return "group_norm(groups=2)";
+    // Batch Renorm's r and d are constants of the backward pass by design, so only while they
+    // are clipped to 1 and 0 (the warm-up) is its gradient the true derivative.
+    if (variant == "batch_renorm") return "batch_renorm(warmup=100)";
+    return variant;
+}
+
+TEST(WholeModel, GradientsWithEveryNormalizer) {
+    for (const auto& variant : registered_variants()) {
+        SCOPED_TRACE(variant.name);
+        const std::string spec = slot_spec(variant.name);
+        if (variant.name != "instance_norm") {  // (N, C) has no trailing dimension to normalize
+            auto mlp = small_mlp(spec);
+            check_model(mlp, testing::random_array({5, 6}, 23));
+        }
+        auto cnn = small_cnn(spec);
+        check_model(cnn, testing::random_array({3, 2, 4, 4}, 24));
+    }
+}
+
+TEST(WholeModel, SoftmaxCrossEntropyGradientAndStability) {
+    const std::vector<int> labels{2, 0, 1};
+    ArrayD logits = testing::random_array({3, 4}, 25);
+    ArrayD dlogits;
+    model::softmax_cross_entropy(logits, labels, &dlogits);
+    const double h = 1e-6;
+    for (std::size_t i = 0; i < logits.size(); ++i) {
+        const double keep = logits.data()[i];
+        logits.data()[i] = keep + h;
+        const double up = model::softmax_cross_entropy(logits, labels).loss;
+        logits.data()[i] = keep - h;
+        const double down = model::softmax_cross_entropy(logits, labels).loss;
+        logits.data()[i] = keep;
+        EXPECT_NEAR(dlogits.data()[i], (up - down) / (2 * h), 1e-8);
+    }
+    // Logits of 1e4 would overflow exp() without the max subtracted.
+    const ArrayD big{{1e4, 0.0, -1e4}, {1e4, 1e4, 0.0}};
+    const auto r = model::softmax_cross_entropy(big, {0, 2});
+    EXPECT_NEAR(r.loss, (0.0 + (1e4 + std::log(2.0))) / 2, 1e-9);
+    EXPECT_EQ(r.correct, 1u);
+    EXPECT_THROW(model::softmax_cross_entropy(big, {0, 3}), ShapeError);
+    EXPECT_THROW(model::softmax_cross_entropy(big, {0}), ShapeError);
+}
+
+}  // namespace
+}  // namespace normlab

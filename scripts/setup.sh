@@ -8,6 +8,7 @@ PACKAGES=(
   libxtensor-dev libxtensor-blas-dev libxsimd-dev xtl-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
   python3 python3-numpy python3-matplotlib
 )

@@ -15,13 +15,10 @@
 namespace normlab {
 namespace {
 
-template <class T>
-using Factory = std::unique_ptr<BasicNormalizer<T>> (*)(std::size_t, const ParsedSpec&);
-
 struct Entry {
     VariantInfo info;
-    Factory<float> make_float;
-    Factory<double> make_double;
+    NormalizerFactory<float> make_float;
+    NormalizerFactory<double> make_double;
 };
 
 template <template <class> class V, class T>
@@ -45,11 +42,32 @@ const std::vector<Entry>& table() {
     return entries;
 }
 
+// Variants registered at run time by libraries built on normlab (register_variant).
+std::vector<Entry>& extra_table() {
+    static std::vector<Entry> entries;
+    return entries;
+}
+
+std::vector<VariantInfo>& infos() {
+    static std::vector<VariantInfo> out = [] {
+        std::vector<VariantInfo> built_in;
+        for (const auto& e : table()) built_in.push_back(e.info);
+        return built_in;
+    }();
+    return out;
+}
+
+const Entry* find_in(const std::vector<Entry>& entries, const std::string& name) {
+    for (const auto& e : entries)
+        if (e.info.name == name) return &e;
+    return nullptr;
+}
+
 const Entry& find(const std::string& name) {
-    for (const auto& e : table())
-        if (e.info.name == name) return e;
+    if (const Entry* e = find_in(table(), name)) return *e;
+    if (const Entry* e = find_in(extra_table(), name)) return *e;
     std::string valid;
-    for (const auto& e : table()) valid += (valid.empty() ? "" : ", ") + e.info.name;
+    for (const auto& v : infos()) valid += (valid.empty() ? "" : ", ") + v.name;
     throw OptionError("unknown normalizer '" + name + "'; registered normalizers: " + valid);
 }
 
@@ -69,13 +87,27 @@ std::unique_ptr<BasicNormalizer<double>> make_normalizer<double>(const std::stri
     return find(parsed.name).make_double(num_features, parsed);
 }
 
-const std::vector<VariantInfo>& registered_variants() {
-    static const std::vector<VariantInfo> infos = [] {
-        std::vector<VariantInfo> out;
-        for (const auto& e : table()) out.push_back(e.info);
-        return out;
-    }();
-    return infos;
+const std::vector<VariantInfo>& registered_variants() { return infos(); }
+
+void register_variant(VariantInfo info, NormalizerFactory<float> make_float,
+                      NormalizerFactory<double> make_double) {
+    if (find_in(table(), info.name))
+        throw OptionError("register_variant: '" + info.name +
+                          "' is a built-in normalizer and cannot be replaced");
+    if (!make_float || !make_double)
+        throw OptionError("register_variant: '" + info.name +
+                          "' needs both a float and a double factory");
+    auto& extra = extra_table();
+    auto& listed = infos();
+    for (std::size_t i = 0; i < extra.size(); ++i) {
+        if (extra[i].info.name != info.name) continue;
+        for (auto& v : listed)
+            if (v.name == info.name) v = info;
+        extra[i] = {std::move(info), std::move(make_float), std::move(make_double)};
+        return;
+    }
+    listed.push_back(info);
+    extra.push_back({std::move(info), std::move(make_float), std::move(make_double)});
 }
 
 std::string describe_variants() {

@@ -1,0 +1,147 @@
+#include "normlab/mpi/sync_batch_renorm.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/set_backward.hpp"
+#include "sync_statistics.hpp"
+
+namespace normlab::mpi {
+namespace {
+
+// batch_renorm's option errors, renamed to this layer.
+template <class T>
+BatchRenorm<T> checked_schedule(const std::string& label, std::size_t num_features,
+                                const BatchRenormOptions& options) {
+    try {
+        return BatchRenorm<T>(num_features, options);
+    } catch (const OptionError& e) {
+        const std::string inner = e.what();
+        const std::size_t colon = inner.find(": ");
+        throw OptionError(label + inner.substr(colon == std::string::npos ? 0 : colon));
+    }
+}
+
+}  // namespace
+
+template <class T>
+SyncBatchRenorm<T>::SyncBatchRenorm(std::size_t num_features, Options options, Communicator comm)
+    : NormalizerBase<T, SavedSyncRenorm<T>>(kName, canonical_spec(kName, options), num_features,
+                                            options.affine, options.affine),
+      options_(options),
+      comm_(comm),
+      schedule_(checked_schedule<T>(this->label(), num_features, options)),
+      moving_mean_(xt::zeros<T>({num_features})),
+      moving_std_(xt::ones<T>({num_features})) {}
+
+template <class T>
+Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
+    const std::size_t channels = this->num_features();
+    SavedSyncRenorm<T> ctx;
+    ctx.batch_stats = mode == Mode::train;
+    ctx.scale.resize(channels);
+    std::vector<T> shift(channels), offset(channels, T(0));
+    NcsView v;
+    if (mode == Mode::eval) {
+        v = sync_view(this->label(), shape_of(x), channels);
+        for (std::size_t c = 0; c < channels; ++c) {
+            shift[c] = moving_mean_(c);
+            ctx.scale[c] = T(1.0 / double(moving_std_(c)));
+        }
+    } else {
+        const GlobalMoments global =
+            allreduce_moments(comm_, this->label(), x, channels, ++forward_calls_);
+        v = this->view_of(shape_of(x));
+        ctx.count = global.count;
+        // Algorithm 1 of the paper (as in batch_renorm), with the global μ_B and σ_B.
+        const RenormClip clip = schedule_.clip_at(step_);
+        ctx.r.resize(channels);
+        ctx.d.resize(channels);
+        for (std::size_t c = 0; c < channels; ++c) {
+            const double sigma_b = std::sqrt(global.var[c] + options_.eps);
+            const double sigma = double(moving_std_(c));
+            const double r = std::clamp(sigma_b / sigma, clip.rmin, clip.rmax);
+            // + 0.0 turns a clamped −0 into +0, so d_max = 0 gives exactly BatchNorm.
+            const double d = std::clamp((global.mean[c] - double(moving_mean_(c))) / sigma,
+                                        -clip.dmax, clip.dmax) +
+                             0.0;
+            ctx.r[c] = r;
+            ctx.d[c] = d;
+            shift[c] = T(global.mean[c]);
+            ctx.scale[c] = T(r / sigma_b);
+            offset[c] = T(d);
+        }
+        // After r and d: the correction uses the moving averages of the previous steps.
+        const double a = options_.momentum;
+        for (std::size_t c = 0; c < channels; ++c) {
+            const double sigma_b = std::sqrt(global.var[c] + options_.eps);
+            moving_mean_(c) = T(double(moving_mean_(c)) + a * (global.mean[c] - double(moving_mean_(c))));
+            moving_std_(c) = T(double(moving_std_(c)) + a * (sigma_b - double(moving_std_(c))));
+        }
+        ++step_;
+    }
+    Array<T> y = Array<T>::from_shape(x.shape());
+    if (grad == Grad::keep) {
+        ctx.shape = shape_of(x);
+        ctx.xhat = Array<T>::from_shape(x.shape());
+    }
+    if (v.n > 0)
+        kernels::normalize_affine(x.data(), v, kChannelSets, shift.data(), ctx.scale.data(),
+                                  offset.data(), this->gamma(), this->beta(),
+                                  grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
+    this->save(std::move(ctx), grad);
+    return y;
+}
+
+template <class T>
+Array<T> SyncBatchRenorm<T>::backward(const Array<T>& dy) {
+    SavedSyncRenorm<T> ctx;
+    std::exception_ptr failure;
+    try {
+        ctx = this->take(dy);
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    const NcsView v = failure ? NcsView{0, this->num_features(), 0} : this->view_of(ctx.shape);
+    agree_backward(comm_, this->label(), v.c, v.s, ctx.batch_stats, ++backward_calls_, failure);
+
+    std::vector<double> sum_dy, sum_dy_xhat;
+    Array<T> dx;
+    if (ctx.batch_stats) {
+        dx = sync_backward(
+            comm_, dy, ctx.xhat, v, this->gamma(), ctx.scale, ctx.count,
+            [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
+                // As in batch_renorm: the projection is on z = (x̂ − d)/r, rewritten on x̂.
+                const double mean_gz = (mean_g_xhat - ctx.d[c] * mean_g) / ctx.r[c];
+                const double per_xhat = mean_gz / ctx.r[c];
+                coef_1 = T(mean_g - ctx.d[c] * per_xhat);
+                coef_xhat = T(per_xhat);
+            },
+            sum_dy, sum_dy_xhat);
+    } else if (v.n > 0) {
+        dx = kernels::set_backward(
+            dy, ctx.xhat, v, kChannelSets, this->gamma(), ctx.scale, false,
+            [](std::size_t, double, double, T&, T&) {}, sum_dy, sum_dy_xhat);
+    } else {
+        dx = Array<T>::from_shape(dy.shape());
+        sum_dy.assign(v.c, 0.0);
+        sum_dy_xhat.assign(v.c, 0.0);
+    }
+    this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
+    return dx;
+}
+
+template <class T>
+std::vector<BufferRef<T>> SyncBatchRenorm<T>::buffers() {
+    return {{"moving_mean", &moving_mean_}, {"moving_std", &moving_std_}};
+}
+
+template <class T>
+std::vector<CounterRef> SyncBatchRenorm<T>::counters() {
+    return {{"step", &step_}};
+}
+
+template class SyncBatchRenorm<float>;
+template class SyncBatchRenorm<double>;
+
+}  // namespace normlab::mpi

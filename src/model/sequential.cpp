@@ -15,6 +15,20 @@ Array<T> Sequential<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 }
 
 template <class T>
+Array<T> Sequential<T>::forward(const Array<T>& x, const std::vector<std::size_t>& lengths,
+                                Mode mode, Grad grad) {
+    // The lengths belong to this batch only: a later forward without them must not see them.
+    struct Reset {
+        Sequential& model;
+        ~Reset() {
+            for (auto& layer : model.layers_) layer->set_sequence_lengths({});
+        }
+    } reset{*this};
+    for (auto& layer : layers_) layer->set_sequence_lengths(lengths);
+    return forward(x, mode, grad);
+}
+
+template <class T>
 Array<T> Sequential<T>::backward(const Array<T>& dy) {
     Array<T> g = dy;
     for (std::size_t i = layers_.size(); i-- > 0;) g = layers_[i]->backward(g);
@@ -27,7 +41,7 @@ std::vector<ModelParam<T>> Sequential<T>::parameters() {
     for (std::size_t i = 0; i < layers_.size(); ++i)
         for (auto& p : layers_[i]->parameters())
             out.push_back({"layers." + std::to_string(i) + "." + p.name, p.value, p.grad,
-                           layers_[i]->is_normalizer()});
+                           layers_[i]->is_normalizer_parameter(p.name)});
     return out;
 }
 

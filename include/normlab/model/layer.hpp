@@ -24,6 +24,14 @@ public:
     // Normalizer layers: their parameters can be excluded from weight decay, and they hear
     // about epoch boundaries.
     virtual bool is_normalizer() const { return false; }
+    // Whether one of parameters() belongs to a normalizer (layers that hold both kinds, like
+    // a recurrent layer with normalizer slots, answer per parameter).
+    virtual bool is_normalizer_parameter(const std::string& /*name*/) const {
+        return is_normalizer();
+    }
+    // The number of valid steps of each sequence of the forward calls that follow (empty: every
+    // sequence fills the input). Recurrent layers mask the rest; other layers ignore it.
+    virtual void set_sequence_lengths(const std::vector<std::size_t>& /*lengths*/) {}
     virtual void begin_epoch() {}
     virtual void end_epoch() {}
 };
@@ -46,6 +54,9 @@ public:
         return *this;
     }
     Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep);
+    // A batch of variable-length sequences: every layer hears the lengths for this call only.
+    Array<T> forward(const Array<T>& x, const std::vector<std::size_t>& lengths, Mode mode,
+                     Grad grad = Grad::keep);
     Array<T> backward(const Array<T>& dy);
     std::vector<ModelParam<T>> parameters();
     std::vector<BufferRef<T>> buffers();    // dotted names

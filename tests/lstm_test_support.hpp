@@ -1,0 +1,69 @@
+// Small recurrent layers in double for the tests, and the gradient check of a whole recurrent
+// layer (running statistics restored before every forward, so each sees the same state).
+#pragma once
+
+#include <memory>
+#include <random>
+
+#include "gradient_check.hpp"
+#include "normlab/model/recurrent.hpp"
+
+namespace normlab::testing {
+
+constexpr std::size_t kFeatures = 3;
+constexpr std::size_t kHidden = 4;
+
+inline std::unique_ptr<model::RecurrentLayer<double>> make_recurrent(
+    model::RecurrentCell cell, model::RecurrentNorms norms, model::SequenceOutput output,
+    std::size_t max_steps = 6, unsigned seed = 1) {
+    std::mt19937 rng(seed);
+    model::RecurrentOptions o;
+    o.input_size = kFeatures;
+    o.hidden_size = kHidden;
+    o.max_steps = max_steps;
+    o.norms = std::move(norms);
+    o.output = output;
+    return std::make_unique<model::RecurrentLayer<double>>(cell, o, rng);
+}
+
+// Random slot parameters (γ around 1, β around 0.3), so γ ≠ 1 and β ≠ 0 are exercised; the
+// weights keep their initialization.
+inline void randomize(model::RecurrentLayer<double>& layer, unsigned seed) {
+    for (auto& p : layer.parameters())
+        if (layer.is_normalizer_parameter(p.name))
+            *p.value = random_array(shape_of(*p.value), seed++,
+                                    p.name.ends_with("weight") ? 1.0 : 0.3, 0.3);
+}
+
+struct LayerState {
+    std::vector<ArrayD> buffers;
+    std::vector<std::int64_t> counters;
+    explicit LayerState(model::Layer<double>& layer) {
+        for (auto& b : layer.buffers()) buffers.push_back(*b.value);
+        for (auto& c : layer.counters()) counters.push_back(*c.value);
+    }
+    void restore(model::Layer<double>& layer) const {
+        auto b = layer.buffers();
+        for (std::size_t i = 0; i < b.size(); ++i) *b[i].value = buffers[i];
+        auto c = layer.counters();
+        for (std::size_t i = 0; i < c.size(); ++i) *c[i].value = counters[i];
+    }
+};
+
+inline std::vector<NamedError> check_layer_gradients(model::RecurrentLayer<double>& layer,
+                                                     const ArrayD& x,
+                                                     const std::vector<std::size_t>& lengths,
+                                                     Mode mode = Mode::train) {
+    // One forward first: batch_layer_norm fixes its geometry (and the list of its counters) at
+    // its first call, and the snapshot must be of a layer in that state.
+    layer.forward(x, lengths, mode, Grad::none);
+    const LayerState state(layer);
+    return check_gradients(
+        [&](const ArrayD& in, bool keep) {
+            state.restore(layer);
+            return layer.forward(in, lengths, mode, keep ? Grad::keep : Grad::none);
+        },
+        [&](const ArrayD& dy) { return layer.backward(dy); }, layer.parameters(), x);
+}
+
+}  // namespace normlab::testing

@@ -138,6 +138,9 @@ Dataset Dataset::slice(std::size_t first, std::size_t count) const {
               d.images.data());
     d.labels.assign(labels.begin() + std::ptrdiff_t(first),
                     labels.begin() + std::ptrdiff_t(first + count));
+    if (!lengths.empty())
+        d.lengths.assign(lengths.begin() + std::ptrdiff_t(first),
+                         lengths.begin() + std::ptrdiff_t(first + count));
     d.classes = classes;
     return d;
 }
@@ -146,6 +149,10 @@ BatchIterator::BatchIterator(const Dataset& data, std::size_t batch_size, std::u
                              std::size_t epoch, bool drop_last, bool shuffle)
     : data_(data), batch_size_(batch_size), drop_last_(drop_last), order_(data.size()) {
     if (batch_size == 0) throw OptionError("batches: the batch size must be at least 1, got 0");
+    if (!data.lengths.empty() && data.lengths.size() != data.size())
+        throw ShapeError("batches: the data set has " + std::to_string(data.size()) +
+                         " examples but " + std::to_string(data.lengths.size()) +
+                         " sequence lengths");
     for (std::size_t i = 0; i < order_.size(); ++i) order_[i] = i;
     if (shuffle) {
         std::mt19937_64 rng(seed * 1000003ULL + epoch * 7919ULL + 1);
@@ -159,7 +166,8 @@ std::size_t BatchIterator::batches() const {
                       : (order_.size() + batch_size_ - 1) / batch_size_;
 }
 
-bool BatchIterator::next(Array<float>& x, std::vector<int>& y, const Shape& example_shape) {
+bool BatchIterator::next(Array<float>& x, std::vector<int>& y, const Shape& example_shape,
+                         std::vector<std::size_t>* lengths) {
     const std::size_t left = order_.size() - position_;
     if (left == 0 || (drop_last_ && left < batch_size_)) return false;
     const std::size_t b = std::min(batch_size_, left);
@@ -168,6 +176,11 @@ bool BatchIterator::next(Array<float>& x, std::vector<int>& y, const Shape& exam
     shape.insert(shape.end(), example_shape.begin(), example_shape.end());
     x = Array<float>::from_shape(shape);
     y.resize(b);
+    if (lengths) {
+        lengths->clear();
+        if (!data_.lengths.empty())
+            for (std::size_t i = 0; i < b; ++i) lengths->push_back(data_.lengths[order_[position_ + i]]);
+    }
     for (std::size_t i = 0; i < b; ++i) {
         const std::size_t idx = order_[position_ + i];
         std::memcpy(x.data() + i * features, data_.images.data() + idx * features,

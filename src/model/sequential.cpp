@@ -4,6 +4,12 @@ namespace normlab::model {
 
 template <class T>
 Array<T> Sequential<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
+    if (length_rule_) return forward(x, length_rule_(x), mode, grad);
+    return run_layers(x, mode, grad);
+}
+
+template <class T>
+Array<T> Sequential<T>::run_layers(const Array<T>& x, Mode mode, Grad grad) {
     Array<T> h = x;
     try {
         for (auto& layer : layers_) h = layer->forward(h, mode, grad);
@@ -25,7 +31,7 @@ Array<T> Sequential<T>::forward(const Array<T>& x, const std::vector<std::size_t
         }
     } reset{*this};
     for (auto& layer : layers_) layer->set_sequence_lengths(lengths);
-    return forward(x, mode, grad);
+    return run_layers(x, mode, grad);
 }
 
 template <class T>

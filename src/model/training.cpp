@@ -1,8 +1,10 @@
 #include "normlab/model/training.hpp"
 
 #include <cmath>
+#include <cstring>
 
 #include "normlab/errors.hpp"
+#include "normlab/model/recurrent.hpp"
 
 namespace normlab::model {
 
@@ -116,7 +118,32 @@ double Schedule::at(std::size_t step) const {
 
 Shape example_shape(const std::string& workload) {
     if (workload == "cnn") return {1, 28, 28};
+    if (workload == "lstm" || workload == "lstm_varlen") return {28, 28};
     return {784};
+}
+
+template <class T>
+std::vector<std::size_t> varlen_lengths(const Array<T>& batch) {
+    constexpr std::size_t kMinRows = 7, kRows = 28;
+    const std::size_t n = batch.shape()[0], per_example = n ? batch.size() / n : 0;
+    std::vector<std::size_t> lengths(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        // FNV-1a over the float values' bits, then a splitmix64 finish to spread the low bits.
+        std::uint64_t h = 0xcbf29ce484222325ULL;
+        for (std::size_t j = 0; j < per_example; ++j) {
+            const float v = float(batch.data()[i * per_example + j]);
+            std::uint32_t bits;
+            std::memcpy(&bits, &v, sizeof bits);
+            h = (h ^ bits) * 0x100000001b3ULL;
+        }
+        h ^= h >> 30;
+        h *= 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 27;
+        h *= 0x94d049bb133111ebULL;
+        h ^= h >> 31;
+        lengths[i] = kMinRows + std::size_t(h % (kRows - kMinRows + 1));
+    }
+    return lengths;
 }
 
 template <class T>
@@ -151,8 +178,22 @@ Sequential<T> build_model(const std::string& workload, const std::string& normal
         m.add(std::make_unique<Linear<T>>(64, 10, Init::xavier, rng));
         return m;
     }
+    if (workload == "lstm" || workload == "lstm_varlen") {
+        constexpr std::size_t kRows = 28, kPixels = 28, kHidden = 128;
+        RecurrentOptions o;
+        o.input_size = kPixels;
+        o.hidden_size = kHidden;
+        o.max_steps = kRows;
+        o.norms = RecurrentNorms::recipe_for(normalizer, kHidden);
+        o.output = SequenceOutput::last_step;
+        m.add(std::make_unique<TimeMajor<T>>());
+        m.add(std::make_unique<Lstm<T>>(o, rng));
+        m.add(std::make_unique<Linear<T>>(kHidden, 10, Init::xavier, rng));
+        if (workload == "lstm_varlen") m.set_length_rule(&varlen_lengths<T>);
+        return m;
+    }
     throw OptionError("build_model: unknown workload '" + workload +
-                      "'; expected bn_mlp (= mlp), relu_mlp or cnn");
+                      "'; expected bn_mlp (= mlp), relu_mlp, cnn, lstm or lstm_varlen");
 }
 
 template LossResult softmax_cross_entropy<float>(const Array<float>&, const std::vector<int>&,
@@ -161,6 +202,8 @@ template LossResult softmax_cross_entropy<double>(const Array<double>&, const st
                                                   Array<double>*);
 template class Optimizer<float>;
 template class Optimizer<double>;
+template std::vector<std::size_t> varlen_lengths<float>(const Array<float>&);
+template std::vector<std::size_t> varlen_lengths<double>(const Array<double>&);
 template Sequential<float> build_model<float>(const std::string&, const std::string&,
                                               std::uint64_t);
 template Sequential<double> build_model<double>(const std::string&, const std::string&,

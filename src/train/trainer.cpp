@@ -56,11 +56,15 @@ Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
     data::BatchIterator it(data, batch_size, 0, 0, false, false);
     Array<float> x;
     std::vector<int> y;
+    std::vector<std::size_t> lengths;
     std::size_t correct = 0;
     double loss_sum = 0;
     try {
-        while (it.next(x, y, example_shape)) {
-            const auto r = model::softmax_cross_entropy(model.forward(x, mode, Grad::none), y);
+        while (it.next(x, y, example_shape, &lengths)) {
+            const auto r = model::softmax_cross_entropy(
+                lengths.empty() ? model.forward(x, mode, Grad::none)
+                                : model.forward(x, lengths, mode, Grad::none),
+                y);
             loss_sum += r.loss * double(y.size());
             correct += r.correct;
         }
@@ -112,13 +116,16 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
     const std::size_t total_steps = it.batches() * config_.epochs;
     Array<float> x, dlogits;
     std::vector<int> y;
+    std::vector<std::size_t> lengths;
     double loss_sum = 0;
     std::size_t batches = 0, examples = 0;
     model_.begin_epoch();
-    while (it.next(x, y, example_shape_)) {
+    while (it.next(x, y, example_shape_, &lengths)) {
         const std::size_t step = std::size_t(optimizer_.steps());
         model_.zero_grad();
-        const auto r = model::softmax_cross_entropy(model_.forward(x, Mode::train), y, &dlogits);
+        const auto r = model::softmax_cross_entropy(
+            lengths.empty() ? model_.forward(x, Mode::train) : model_.forward(x, lengths, Mode::train),
+            y, &dlogits);
         if (!std::isfinite(r.loss)) {
             model_.clear_saved();
             result.status = "diverged";

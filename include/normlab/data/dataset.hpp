@@ -14,6 +14,9 @@ struct Dataset {
     Array<float> images;  // (N, features), standardized
     std::vector<int> labels;
     std::size_t classes = 10;
+    // Sequence data: the valid steps of each example (the rest is padding). Empty: every
+    // example is full length. Recurrent workloads read them through BatchIterator::next.
+    std::vector<std::size_t> lengths;
     std::size_t size() const { return labels.size(); }
     // The examples [first, first + count), copied.
     Dataset slice(std::size_t first, std::size_t count) const;
@@ -43,8 +46,11 @@ class BatchIterator {
 public:
     BatchIterator(const Dataset& data, std::size_t batch_size, std::uint64_t seed,
                   std::size_t epoch, bool drop_last = false, bool shuffle = true);
-    // Fills x with (b, example_shape...) and y with b labels; false when the epoch is done.
-    bool next(Array<float>& x, std::vector<int>& y, const Shape& example_shape);
+    // Fills x with (b, example_shape...) and y with b labels, and *lengths (when given) with
+    // the batch's sequence lengths (empty when the data set has none); false when the epoch is
+    // done.
+    bool next(Array<float>& x, std::vector<int>& y, const Shape& example_shape,
+              std::vector<std::size_t>* lengths = nullptr);
     std::size_t batches() const;
 
 private:

@@ -2,6 +2,7 @@
 // Layers of the model toolkit share the Normalizer interface's shape: forward(x, mode, grad)
 // saves a context, backward(dy) consumes the most recent one and adds parameter gradients.
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,6 +58,12 @@ public:
     // A batch of variable-length sequences: every layer hears the lengths for this call only.
     Array<T> forward(const Array<T>& x, const std::vector<std::size_t>& lengths, Mode mode,
                      Grad grad = Grad::keep);
+    // For workloads whose examples carry their own lengths (lstm_varlen): the rule reads them
+    // from a batch, and forward() without explicit lengths applies it, so every caller —
+    // trainer, evaluation, stress test — sees the same task.
+    using LengthRule = std::function<std::vector<std::size_t>(const Array<T>& batch)>;
+    void set_length_rule(LengthRule rule) { length_rule_ = std::move(rule); }
+    bool has_length_rule() const { return bool(length_rule_); }
     Array<T> backward(const Array<T>& dy);
     std::vector<ModelParam<T>> parameters();
     std::vector<BufferRef<T>> buffers();    // dotted names
@@ -71,7 +78,10 @@ public:
     std::string describe() const;
 
 private:
+    Array<T> run_layers(const Array<T>& x, Mode mode, Grad grad);
+
     std::vector<std::unique_ptr<Layer<T>>> layers_;
+    LengthRule length_rule_;
 };
 
 }  // namespace normlab::model

@@ -74,11 +74,26 @@ struct Schedule {
 // "relu_mlp": the same with ReLU and He initialization.
 // "cnn": (1, 28, 28) → [conv3×3 16 → norm → ReLU → maxpool2] → [conv3×3 32 → norm → ReLU →
 //        maxpool2] → conv3×3 64 → norm → ReLU → global average pool → linear 10.
+// "lstm": row-by-row images, (N, 28, 28) read as 28 steps of 28 pixels → LSTM with 128 hidden
+//         units → linear 10 on the last hidden state. The normalizer goes into all three slots
+//         (input, recurrent, cell) with the recipe of RecurrentNorms::recipe_for: BN-LSTM's
+//         (γ = 0.1, β_x = β_h = 0) for batch-statistics normalizers, LN-LSTM's otherwise;
+//         "identity" is a plain LSTM. Per-step statistics for the 28 steps.
+// "lstm_varlen": the same network on rows truncated to a per-example length in [7, 28]: the
+//         rows beyond it are padding (present in the input, masked). The length of an example
+//         is drawn from a hash of its pixels (varlen_lengths), so it is the same whatever the
+//         subset, order or caller; the model carries it as its length rule. Data sets with
+//         their own lengths (Dataset::lengths) take precedence.
 template <class T>
 Sequential<T> build_model(const std::string& workload, const std::string& normalizer,
                           std::uint64_t seed);
 
-// The input shape a workload expects per example: (784,) or (1, 28, 28).
+// The input shape a workload expects per example: (784,), (1, 28, 28) or (28, 28).
 Shape example_shape(const std::string& workload);
+
+// The lstm_varlen lengths of a batch (N, 28, 28) (or (N, 784)): for each example, 7 + h % 22
+// with h a 64-bit hash of its pixel values — uniform over [7, 28], fixed by the data alone.
+template <class T>
+std::vector<std::size_t> varlen_lengths(const Array<T>& batch);
 
 }  // namespace normlab::model

@@ -13,7 +13,9 @@
 namespace normlab::train {
 
 struct TrainConfig {
-    std::string workload = "mlp";  // mlp (the BN paper's), relu_mlp, cnn
+    // mlp (the BN paper's), relu_mlp, cnn, lstm (row-by-row), lstm_varlen (rows truncated to
+    // per-example lengths); see model::build_model.
+    std::string workload = "mlp";
     std::string normalizer = "batch_norm";
     std::size_t batch_size = 60;
     std::size_t epochs = 1;
@@ -56,7 +58,8 @@ struct TrainResult {
 using ProgressFn = std::function<void(double fraction, double loss)>;
 
 // Mode::eval: running statistics where kept. Mode::train: batch statistics of batches of
-// batch_size in a fixed order; every running statistic is restored afterwards.
+// batch_size in a fixed order; every running statistic is restored afterwards. Sequence lengths
+// come from data.lengths when it has them, otherwise from the model's length rule (if any).
 Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
                     const Shape& example_shape, Mode mode, std::size_t batch_size);
 

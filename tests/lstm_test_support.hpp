@@ -54,8 +54,8 @@ inline std::vector<NamedError> check_layer_gradients(model::RecurrentLayer<doubl
                                                      const ArrayD& x,
                                                      const std::vector<std::size_t>& lengths,
                                                      Mode mode = Mode::train) {
-    // One forward first: batch_layer_norm fixes its geometry (and the list of its counters) at
-    // its first call, and the snapshot must be of a layer in that state.
+    // One forward first: batch_layer_norm fixes its geometry and allocates its buffers at its
+    // first call; every forward of the check should start from that state.
     layer.forward(x, lengths, mode, Grad::none);
     const LayerState state(layer);
     return check_gradients(

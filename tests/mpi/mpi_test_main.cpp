@@ -24,7 +24,8 @@ private:
     int rank_;
 };
 
-// Every rank: the outcome of each test across ranks.
+// Every rank: the outcome of each test across ranks. On a communicator of its own, so that a
+// rank that left a test early can never pair this collective with one of the test's.
 class RankAgreement : public ::testing::EmptyTestEventListener {
 public:
     explicit RankAgreement(const normlab::mpi::Communicator& comm) : comm_(comm) {}
@@ -53,17 +54,21 @@ int main(int argc, char** argv) {
     normlab::mpi::Session session(argc, argv);
     ::testing::InitGoogleTest(&argc, argv);
     const normlab::mpi::Communicator world = session.world();
+    MPI_Comm harness_comm;
+    normlab::mpi::check(MPI_Comm_dup(MPI_COMM_WORLD, &harness_comm), "MPI_Comm_dup");
+    const normlab::mpi::Communicator harness(harness_comm);
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     if (world.rank() != 0) {
         delete listeners.Release(listeners.default_result_printer());
         listeners.Append(new FailurePrinter(world.rank()));
     }
-    auto* agreement = new RankAgreement(world);
+    auto* agreement = new RankAgreement(harness);
     listeners.Append(agreement);
     if (world.rank() == 0)
         std::printf("normlab MPI tests on %d rank(s)\n", world.size());
     int failed = RUN_ALL_TESTS() != 0 || agreement->any_remote_failure() ? 1 : 0;
     std::int64_t any = failed;
-    world.allreduce_max(std::span<std::int64_t>(&any, 1));
+    harness.allreduce_max(std::span<std::int64_t>(&any, 1));
+    MPI_Comm_free(&harness_comm);
     return any ? 1 : 0;
 }

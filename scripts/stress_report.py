@@ -99,7 +99,9 @@ def main():
 
         def stats(norm, b, field):
             results = by_norm[norm].get(b, [])
-            ok = [x[field] for x in results if x["status"] == "ok"]
+            # A metric that could not be measured (e.g. train-mode accuracy when the last test
+            # batch holds a single example) is null in the JSON and left out of the mean.
+            ok = [x[field] for x in results if x["status"] == "ok" and x.get(field) is not None]
             return ok, sum(x["status"] == "diverged" for x in results), \
                 sum(x["status"] == "error" for x in results), len(results)
 

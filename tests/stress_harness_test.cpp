@@ -162,5 +162,72 @@ TEST(StressGrid, ARunThatThrowsIsRecordedAsAnError) {
     std::filesystem::remove(path);
 }
 
+// The same, with real training on the synthetic set: a resumed grid's results equal an
+// uninterrupted grid's in everything but the timings.
+TEST(StressGrid, RealRunsResumeToTheSameResults) {
+    auto o = small_grid();
+    o.normalizers = {"batch_norm", "group_norm(groups=4)", "batch_renorm(warmup=2)"};
+    o.batch_sizes = {1, 8};
+    o.seeds = {3};
+    o.train_examples = 96;
+    const auto runs = expand_grid(o);
+    ASSERT_EQ(runs.size(), 6u);
+    auto real = [](const RunConfig& r, Progress& p) { return run_configuration(r, p); };
+    const std::string full_path = scratch("real_full.jsonl"), resumed_path = scratch("real_resumed.jsonl");
+    ResultStore full(full_path);
+    run_grid(runs, full, real, {});
+
+    struct Killed {};
+    std::size_t calls = 0;
+    ResultStore first(resumed_path);
+    EXPECT_THROW(run_grid(
+                     runs, first,
+                     [&](const RunConfig& r, Progress& p) {
+                         if (++calls == 3) throw Killed{};
+                         return real(r, p);
+                     },
+                     {}),
+                 Killed);
+    {
+        std::ofstream cut(resumed_path, std::ios::app);
+        cut << R"({"config": {"workload": "mlp", "da)";  // a line cut short by the kill
+    }
+    ResultStore second(resumed_path);
+    EXPECT_EQ(run_grid(runs, second, real, {}), runs.size() - 2);
+
+    ResultStore a(full_path), b(resumed_path);
+    ASSERT_EQ(a.lines().size(), runs.size());
+    ASSERT_EQ(b.lines().size(), runs.size());
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        auto x = a.lines()[i], y = b.lines()[i];
+        for (auto* line : {&x, &y}) {
+            (*line)["result"].erase("wall_seconds");
+            (*line)["result"].erase("examples_per_second");
+        }
+        EXPECT_EQ(x, y) << "run " << i;
+    }
+    // BatchNorm and Batch Renorm cannot train on single examples of (N, C) activations.
+    for (const auto& line : a.lines()) {
+        const bool batch_stats_at_one =
+            line["config"]["normalizer"] != "group_norm(groups=4)" && line["config"]["batch_size"] == 1;
+        EXPECT_EQ(line["result"]["status"], batch_stats_at_one ? "error" : "ok") << line.dump();
+        if (!batch_stats_at_one) {
+            EXPECT_GT(line["result"]["test_accuracy"].get<double>(), 0.0);
+        }
+    }
+}
+
+TEST(StressGrid, OptionsAreCheckedAgainstTheWorkloadsWidths) {
+    auto o = small_grid();
+    o.normalizers = {"group_norm(groups=32)"};  // 32 does not divide the MLP's 100 units
+    EXPECT_NE(error_of(o).find("group_norm(groups=32)"), std::string::npos) << error_of(o);
+    o.normalizers = {"group_norm(groups=4)"};
+    o.workloads = {"mlp", "cnn"};
+    EXPECT_EQ(error_of(o), "no error");
+    o.normalizers = {"instance_norm"};
+    o.skip_undefined = false;
+    EXPECT_NE(error_of(o).find("instance_norm"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace normlab::stress

@@ -75,6 +75,9 @@ double scaled_lr(const GridOptions& options, std::size_t batch_size);
 // (undefined pairs are dropped instead when skip_undefined, e.g. instance_norm on the MLP).
 std::vector<RunConfig> expand_grid(const GridOptions& options);
 
+// The model builder's name of a stress workload ("lstm-varlen" -> "lstm_varlen").
+std::string model_workload(const std::string& workload);
+
 // Whether `normalizer` can run on `workload` at all, and if not, why.
 std::string undefined_reason(const std::string& normalizer, const std::string& workload);
 
@@ -117,6 +120,13 @@ private:
 };
 
 using RunFunction = std::function<RunResult(const RunConfig&, Progress&)>;
+
+// Trains and evaluates one cell of the grid (the protocol of docs/stress-test.md): the first
+// train_examples of the training set (the next validation_examples are the validation split of
+// an lr sweep), the first test_examples of the test set, the seed for weights and batch order.
+// A run that diverges or cannot train (BatchNorm at batch 1) is a result, not an exception.
+// Data sets are loaded once per process and shared by later runs.
+RunResult run_configuration(const RunConfig& run, Progress& progress);
 
 // Runs every configuration whose key is not in the store yet, appending each result as it
 // finishes; returns how many ran. `meta` (commit, machine, command) is stored with each line.

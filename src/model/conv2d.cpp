@@ -17,13 +17,14 @@ struct Geometry {
     std::size_t cols() const { return oh * ow; }
 };
 
-// cols[(c·k + i)·k + j][oy·ow + ox] = x[c][oy·stride + i − pad][ox·stride + j − pad], or 0.
+// cols[(c·k + i)·k + j][oy·ow + ox] = x[c][oy·stride + i − pad][ox·stride + j − pad], or 0;
+// rows are `ld` apart, so the columns of a whole batch sit side by side for one GEMM.
 template <class T>
-void im2col(const T* x, const Geometry& g, T* cols) {
+void im2col(const T* x, const Geometry& g, T* cols, std::size_t ld) {
     for (std::size_t c = 0; c < g.c; ++c)
         for (std::size_t i = 0; i < g.k; ++i)
             for (std::size_t j = 0; j < g.k; ++j) {
-                T* row = cols + ((c * g.k + i) * g.k + j) * g.cols();
+                T* row = cols + ((c * g.k + i) * g.k + j) * ld;
                 for (std::size_t oy = 0; oy < g.oh; ++oy) {
                     const std::ptrdiff_t y = std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
                     for (std::size_t ox = 0; ox < g.ow; ++ox) {
@@ -39,11 +40,11 @@ void im2col(const T* x, const Geometry& g, T* cols) {
 
 // The adjoint of im2col: adds every column entry back to the input position it came from.
 template <class T>
-void col2im(const T* cols, const Geometry& g, T* dx) {
+void col2im(const T* cols, const Geometry& g, T* dx, std::size_t ld) {
     for (std::size_t c = 0; c < g.c; ++c)
         for (std::size_t i = 0; i < g.k; ++i)
             for (std::size_t j = 0; j < g.k; ++j) {
-                const T* row = cols + ((c * g.k + i) * g.k + j) * g.cols();
+                const T* row = cols + ((c * g.k + i) * g.k + j) * ld;
                 for (std::size_t oy = 0; oy < g.oh; ++oy) {
                     const std::ptrdiff_t y = std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
                     if (y < 0 || y >= std::ptrdiff_t(g.h)) continue;
@@ -95,19 +96,29 @@ Array<T> Conv2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
     const Geometry g{in_, s[2], s[3], kernel_, stride_, padding_,
                      (s[2] + 2 * padding_ - kernel_) / stride_ + 1,
                      (s[3] + 2 * padding_ - kernel_) / stride_ + 1};
-    Array<T> y = Array<T>::from_shape({s[0], out_, g.oh, g.ow});
-    Array<T> cols = Array<T>::from_shape({g.rows(), g.cols()});
-    Array<T> out_n = Array<T>::from_shape({out_, g.cols()});
+    // One GEMM for the whole batch: columns of sample n occupy [n·P, (n+1)·P).
+    const std::size_t batch = s[0], positions = g.cols(), ld = batch * positions;
+    // A team of threads costs more than copying a few small images.
+    const bool parallel = batch > 1 && ld * g.rows() >= (std::size_t(1) << 16);
+    Array<T> cols = Array<T>::from_shape({g.rows(), ld});
+    Array<T> out_all = Array<T>::from_shape({out_, ld});
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::size_t n = 0; n < batch; ++n)
+        im2col(x.data() + n * in_ * g.h * g.w, g, cols.data() + n * positions, ld);
     weight_.reshape({out_, g.rows()});
-    for (std::size_t n = 0; n < s[0]; ++n) {
-        im2col(x.data() + n * in_ * g.h * g.w, g, cols.data());
-        xt::blas::gemm(weight_, cols, out_n);
-        T* yn = y.data() + n * out_ * g.cols();
-        for (std::size_t o = 0; o < out_; ++o)
-            for (std::size_t p = 0; p < g.cols(); ++p)
-                yn[o * g.cols() + p] = out_n(o, p) + (has_bias_ ? bias_(o) : T(0));
-    }
+    xt::blas::gemm(weight_, cols, out_all);
     weight_.reshape({out_, in_, kernel_, kernel_});
+    Array<T> y = Array<T>::from_shape({batch, out_, g.oh, g.ow});
+    const T* src = out_all.data();
+    T* dst = y.data();
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::size_t n = 0; n < batch; ++n)
+        for (std::size_t o = 0; o < out_; ++o) {
+            const T b = has_bias_ ? bias_.data()[o] : T(0);
+            const T* from = src + o * ld + n * positions;
+            T* to = dst + (n * out_ + o) * positions;
+            for (std::size_t p = 0; p < positions; ++p) to[p] = from[p] + b;
+        }
     if (grad == Grad::keep) inputs_.push_back(x);
     return y;
 }
@@ -121,23 +132,34 @@ Array<T> Conv2d<T>::backward(const Array<T>& dy) {
                      (s[3] + 2 * padding_ - kernel_) / stride_ + 1};
     check_dy({s[0], out_, g.oh, g.ow}, shape_of(dy), name());
     const Array<T> x = take_saved(inputs_, name());
-    Array<T> dx = xt::zeros<T>(s);
-    Array<T> cols = Array<T>::from_shape({g.rows(), g.cols()});
-    Array<T> dcols = Array<T>::from_shape({g.rows(), g.cols()});
-    Array<T> dy_n = Array<T>::from_shape({out_, g.cols()});
+    const std::size_t batch = s[0], positions = g.cols(), ld = batch * positions;
+    // A team of threads costs more than copying a few small images.
+    const bool parallel = batch > 1 && ld * g.rows() >= (std::size_t(1) << 16);
+    Array<T> cols = Array<T>::from_shape({g.rows(), ld});
+    Array<T> dy_all = Array<T>::from_shape({out_, ld});
+    Array<T> dcols = Array<T>::from_shape({g.rows(), ld});
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::size_t n = 0; n < batch; ++n) {
+        im2col(x.data() + n * in_ * g.h * g.w, g, cols.data() + n * positions, ld);
+        for (std::size_t o = 0; o < out_; ++o)
+            std::copy_n(dy.data() + (n * out_ + o) * positions, positions,
+                        dy_all.data() + o * ld + n * positions);
+    }
     weight_.reshape({out_, g.rows()});
     weight_grad_.reshape({out_, g.rows()});
-    for (std::size_t n = 0; n < s[0]; ++n) {
-        std::copy(dy.data() + n * out_ * g.cols(), dy.data() + (n + 1) * out_ * g.cols(),
-                  dy_n.data());
-        im2col(x.data() + n * in_ * g.h * g.w, g, cols.data());
-        xt::blas::gemm(dy_n, cols, weight_grad_, false, true, T(1), T(1));  // dW += dy·colsᵀ
-        xt::blas::gemm(weight_, dy_n, dcols, true, false);                 // dcols = Wᵀ·dy
-        col2im(dcols.data(), g, dx.data() + n * in_ * g.h * g.w);
-        if (has_bias_)
-            for (std::size_t o = 0; o < out_; ++o)
-                for (std::size_t p = 0; p < g.cols(); ++p) bias_grad_(o) += dy_n(o, p);
-    }
+    xt::blas::gemm(dy_all, cols, weight_grad_, false, true, T(1), T(1));  // dW += dy·colsᵀ
+    xt::blas::gemm(weight_, dy_all, dcols, true, false);                 // dcols = Wᵀ·dy
+    Array<T> dx = xt::zeros<T>(s);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::size_t n = 0; n < batch; ++n)
+        col2im(dcols.data() + n * positions, g, dx.data() + n * in_ * g.h * g.w, ld);
+    if (has_bias_)
+        for (std::size_t o = 0; o < out_; ++o) {
+            const T* row = dy_all.data() + o * ld;
+            T sum = T(0);
+            for (std::size_t p = 0; p < ld; ++p) sum += row[p];
+            bias_grad_.data()[o] += sum;
+        }
     weight_.reshape({out_, in_, kernel_, kernel_});
     weight_grad_.reshape({out_, in_, kernel_, kernel_});
     return dx;

@@ -1,8 +1,10 @@
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
 
 #include "normlab/errors.hpp"
+#include "normlab/model/training.hpp"
 #include "normlab/registry.hpp"
 #include "normlab/stress.hpp"
 
@@ -16,6 +18,12 @@ const std::set<std::string> kData = {"fashion-mnist", "synthetic"};
 constexpr std::size_t kProbeWidth = 20160;
 
 }  // namespace
+
+std::string model_workload(const std::string& workload) {
+    std::string name = workload;
+    std::replace(name.begin(), name.end(), '-', '_');
+    return name;
+}
 
 std::string RunConfig::key() const { return to_json().dump(); }
 
@@ -105,6 +113,14 @@ std::vector<RunConfig> expand_grid(const GridOptions& options) {
             if (!why.empty()) {
                 if (options.skip_undefined) continue;
                 throw OptionError("stress: " + why);
+            }
+            try {
+                // Building the model checks the spec against the workload's real widths (e.g.
+                // groups that must divide 100 hidden units and 16, 32, 64 channels).
+                model::build_model<float>(model_workload(workload), spec, 0);
+            } catch (const OptionError& e) {
+                throw OptionError("stress: normalizer '" + spec + "' cannot be used in the " +
+                                  workload + " workload: " + e.what());
             }
             for (std::size_t b : options.batch_sizes)
                 for (unsigned seed : options.seeds) {

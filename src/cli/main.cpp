@@ -1,0 +1,227 @@
+// The normlab command-line program.
+//   normlab list                      the registered normalizers and their options
+//   normlab stress [--preset quick]   the small-batch stress test (docs/stress-test.md)
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "normlab/errors.hpp"
+#include "normlab/registry.hpp"
+#include "normlab/runtime.hpp"
+#include "normlab/stress.hpp"
+
+namespace {
+
+using normlab::stress::GridOptions;
+
+// The default normalizers: every variant, with group_norm at 4 groups so that it divides the
+// MLP's 100 hidden units and the CNN's 16, 32 and 64 channels.
+const std::vector<std::string> kDefaultNormalizers = {
+    "identity",     "batch_norm",   "batch_renorm", "layer_norm",      "instance_norm",
+    "group_norm(groups=4)", "batch_layer_norm", "rms_norm"};
+
+// Splits "a,b(x=1,y=2),c" at the commas outside parentheses, so specs keep their options.
+std::vector<std::string> split_specs(const std::vector<std::string>& args) {
+    std::vector<std::string> out;
+    for (const auto& arg : args) {
+        std::string current;
+        int depth = 0;
+        for (char ch : arg) {
+            if (ch == '(') ++depth;
+            if (ch == ')') --depth;
+            if (ch == ',' && depth == 0) {
+                if (!current.empty()) out.push_back(current);
+                current.clear();
+            } else {
+                current += ch;
+            }
+        }
+        if (!current.empty()) out.push_back(current);
+    }
+    return out;
+}
+
+std::string machine_description() {
+    std::string model = "unknown CPU";
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    for (std::string line; std::getline(cpuinfo, line);)
+        if (line.rfind("model name", 0) == 0) {
+            model = line.substr(line.find(':') + 2);
+            break;
+        }
+    long mem_kb = 0;
+    std::ifstream meminfo("/proc/meminfo");
+    for (std::string line; std::getline(meminfo, line);)
+        if (line.rfind("MemTotal:", 0) == 0) mem_kb = std::atol(line.c_str() + 9);
+    return model + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores, " +
+           std::to_string(mem_kb / (1024 * 1024)) + " GiB";
+}
+
+std::string utc_now() {
+    const std::time_t t = std::time(nullptr);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+    return buf;
+}
+
+std::string report_script() {
+    for (const auto& p :
+         {std::filesystem::path(NORMLAB_SOURCE_DIR) / "scripts/stress_report.py",
+          std::filesystem::path("scripts/stress_report.py")})
+        if (std::filesystem::exists(p)) return p.string();
+    return "";
+}
+
+// Presets fill the options the user did not give.
+void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd) {
+    auto unset = [&](const char* name) { return cmd.get_option(name)->count() == 0; };
+    if (preset == "quick") {
+        // About five minutes on 2 cores: the BN paper's MLP, every normalizer, batch 1 to 64,
+        // 2 seeds, one pass over 6000 training examples.
+        if (unset("--workloads")) o.workloads = {"mlp"};
+        if (unset("--seeds")) o.seeds = {0, 1};
+        if (unset("--train-examples")) o.train_examples = 6000;
+        if (unset("--test-examples")) o.test_examples = 2000;
+        if (unset("--epochs")) o.epochs = 1;
+    } else if (preset == "paper") {
+        // The grid behind docs/results/: longer training, 3 seeds, MLP and CNN.
+        if (unset("--workloads")) o.workloads = {"mlp", "cnn"};
+        if (unset("--seeds")) o.seeds = {0, 1, 2};
+        if (unset("--train-examples")) o.train_examples = 12000;
+        if (unset("--test-examples")) o.test_examples = 10000;
+        if (unset("--epochs")) o.epochs = 2;
+    } else if (preset != "none") {
+        throw normlab::OptionError("stress: unknown preset '" + preset +
+                                   "'; expected quick, paper or none");
+    }
+}
+
+int run_stress(GridOptions options, const std::string& out_dir, bool report, int threads,
+               const std::string& command) {
+    const auto runs = normlab::stress::expand_grid(options);
+    std::filesystem::create_directories(out_dir);
+    normlab::stress::ResultStore store((std::filesystem::path(out_dir) / "results.jsonl").string());
+    if (threads > 0) omp_set_num_threads(threads);
+    const nlohmann::json meta = {{"commit", NORMLAB_GIT_COMMIT},
+                                 {"machine", machine_description()},
+                                 {"threads", omp_get_max_threads()},
+                                 {"command", command},
+                                 {"date", utc_now()}};
+    std::size_t done = 0;
+    for (const auto& r : runs) done += store.contains(r.key()) ? 1 : 0;
+    std::fprintf(stderr, "normlab stress: %zu runs (%zu already in %s), %d threads\n", runs.size(),
+                 done, store.path().c_str(), omp_get_max_threads());
+    normlab::stress::run_grid(runs, store, normlab::stress::run_configuration, meta);
+
+    if (!report) {
+        std::printf("results: %s\n", store.path().c_str());
+        return 0;
+    }
+    const std::string script = report_script();
+    if (script.empty()) {
+        std::fprintf(stderr, "normlab stress: scripts/stress_report.py not found; results are in %s\n",
+                     store.path().c_str());
+        return 1;
+    }
+    const std::string cmd = "python3 '" + script + "' '" + out_dir + "'";
+    const int rc = std::system(cmd.c_str());
+    if (rc != 0) {
+        std::fprintf(stderr, "normlab stress: the report script failed (%s); results are in %s\n",
+                     cmd.c_str(), store.path().c_str());
+        return 1;
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    normlab::reuse_freed_memory();
+    CLI::App app{"normlab: normalization layers, compared on small batches"};
+    app.require_subcommand(1);
+
+    auto* list = app.add_subcommand("list", "List the registered normalizers and their options");
+
+    auto* stress = app.add_subcommand(
+        "stress", "Train every normalizer at every batch size and seed; write results.jsonl, "
+                  "report.md, results.csv and figures to the output folder (resumable)");
+    GridOptions o;
+    o.normalizers = kDefaultNormalizers;
+    o.batch_sizes = {1, 2, 4, 8, 16, 32, 64};
+    o.seeds = {0, 1, 2};
+    o.workloads = {"mlp"};
+    std::vector<std::string> normalizer_args;
+    std::string preset = "quick", out_dir = "stress-out";
+    bool no_report = false;
+    int threads = 0;
+    stress->add_option("--preset", preset, "quick (about 5 minutes), paper (docs/results/) or none")
+        ->capture_default_str();
+    stress->add_option("--normalizers", normalizer_args,
+                       "Normalizer specs, comma-separated (commas inside parentheses belong to "
+                       "the spec), e.g. batch_norm,group_norm(groups=8)");
+    stress->add_option("--batch-sizes", o.batch_sizes, "Batch sizes")->delimiter(',')
+        ->capture_default_str();
+    stress->add_option("--seeds", o.seeds, "Seeds (weights and batch order)")->delimiter(',');
+    stress->add_option("--workloads", o.workloads, "mlp, cnn, lstm, lstm-varlen")->delimiter(',');
+    stress->add_option("--data", o.data, "fashion-mnist or synthetic")->capture_default_str();
+    stress->add_option("--data-dir", o.data_dir, "Where the Fashion-MNIST IDX files are")
+        ->capture_default_str();
+    stress->add_option("--train-examples", o.train_examples,
+                       "Training examples per run, the same for every batch size");
+    stress->add_option("--test-examples", o.test_examples, "Test examples");
+    stress->add_option("--validation-examples", o.validation_examples,
+                       "Examples held out of the training set to choose the lr (--lr-sweep)")
+        ->capture_default_str();
+    stress->add_option("--epochs", o.epochs, "Passes over the training examples");
+    stress->add_option("--optimizer", o.optimizer, "sgd (momentum 0.9) or adam")
+        ->capture_default_str();
+    stress->add_option("--lr", o.base_lr, "Learning rate at --base-batch")->capture_default_str();
+    stress->add_option("--base-batch", o.base_batch, "Batch size at which --lr applies")
+        ->capture_default_str();
+    stress->add_option("--lr-rule", o.lr_rule, "linear, sqrt or none")->capture_default_str();
+    stress->add_option("--lr-sweep", o.lr_sweep,
+                       "Multipliers of the scaled lr tried on the validation split, e.g. 0.25,1,4")
+        ->delimiter(',');
+    stress->add_option("--out", out_dir, "Output folder")->capture_default_str();
+    stress->add_option("--threads", threads, "OpenMP threads (default: OMP_NUM_THREADS or all)");
+    stress->add_flag("--no-report", no_report, "Write results.jsonl only");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+
+    try {
+        if (list->parsed()) {
+            std::cout << normlab::describe_variants();
+            return 0;
+        }
+        if (stress->parsed()) {
+            if (!normalizer_args.empty()) o.normalizers = split_specs(normalizer_args);
+            apply_preset(preset, o, *stress);
+            std::string command = "normlab";
+            for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+            return run_stress(o, out_dir, !no_report, threads, command);
+        }
+    } catch (const normlab::OptionError& e) {
+        std::fprintf(stderr, "normlab: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "normlab: %s\n", e.what());
+        return 3;
+    }
+    return 0;
+}

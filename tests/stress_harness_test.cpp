@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <gtest/gtest.h>
 
@@ -215,6 +216,32 @@ TEST(StressGrid, RealRunsResumeToTheSameResults) {
             EXPECT_GT(line["result"]["test_accuracy"].get<double>(), 0.0);
         }
     }
+}
+
+// Concurrent runs (--jobs) write the same results, in the order they finish.
+TEST(StressGrid, ConcurrentRunsGiveTheSameResults) {
+    auto o = small_grid();
+    o.normalizers = {"layer_norm", "batch_norm"};
+    o.batch_sizes = {2, 8};
+    o.seeds = {0, 1};
+    o.train_examples = 96;
+    const auto runs = expand_grid(o);
+    auto real = [](const RunConfig& r, Progress& p) { return run_configuration(r, p); };
+    const std::string one_path = scratch("jobs1.jsonl"), two_path = scratch("jobs2.jsonl");
+    ResultStore one(one_path), two(two_path);
+    EXPECT_EQ(run_grid(runs, one, real, {}, 1), runs.size());
+    EXPECT_EQ(run_grid(runs, two, real, {}, 2), runs.size());
+    auto by_key = [](const ResultStore& store) {
+        std::map<std::string, nlohmann::json> out;
+        for (auto line : store.lines()) {
+            line["result"].erase("wall_seconds");
+            line["result"].erase("examples_per_second");
+            out[line["key"].get<std::string>()] = line["result"];
+        }
+        return out;
+    };
+    EXPECT_EQ(by_key(one), by_key(two));
+    EXPECT_EQ(by_key(two).size(), runs.size());
 }
 
 TEST(StressGrid, OptionsAreCheckedAgainstTheWorkloadsWidths) {

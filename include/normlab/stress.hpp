@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -98,10 +99,11 @@ private:
 };
 
 // Progress of a grid on a terminal: "run k/n  spec b=8 seed=1  epoch 1/2  loss 0.53  ETA 3m".
-// Silent when standard error is not a terminal.
+// Silent when standard error is not a terminal. Safe to call from several threads (with
+// concurrent runs it shows the one that reported last, and the ETA divides by `jobs`).
 class Progress {
 public:
-    explicit Progress(std::size_t total_runs);
+    explicit Progress(std::size_t total_runs, std::size_t jobs = 1);
     void start_run(std::size_t index, const RunConfig& run);
     void update(double fraction_of_run, double loss);
     void finish_run(const RunResult& result);
@@ -109,8 +111,11 @@ public:
 
 private:
     void draw(const std::string& text);
+    void update_locked(double fraction_of_run, double loss);
+    std::mutex mutex_;
     bool enabled_;
     std::size_t total_;
+    std::size_t jobs_;
     std::size_t index_ = 0;
     std::string label_;
     double started_ = 0;        // seconds, steady clock
@@ -130,7 +135,11 @@ RunResult run_configuration(const RunConfig& run, Progress& progress);
 
 // Runs every configuration whose key is not in the store yet, appending each result as it
 // finishes; returns how many ran. `meta` (commit, machine, command) is stored with each line.
+// jobs > 1 runs that many configurations at once, each on one thread (small models at small
+// batches use cores better side by side than split across threads); lines are then appended in
+// the order runs finish. run_one must be safe to call concurrently (run_configuration is).
 std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
-                     const RunFunction& run_one, const nlohmann::json& meta);
+                     const RunFunction& run_one, const nlohmann::json& meta,
+                     std::size_t jobs = 1);
 
 }  // namespace normlab::stress

@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -119,21 +120,25 @@ void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd
 }
 
 int run_stress(GridOptions options, const std::string& out_dir, bool report, int threads,
-               const std::string& command) {
+               std::size_t jobs, const std::string& command) {
     const auto runs = normlab::stress::expand_grid(options);
     std::filesystem::create_directories(out_dir);
     normlab::stress::ResultStore store((std::filesystem::path(out_dir) / "results.jsonl").string());
     if (threads > 0) omp_set_num_threads(threads);
+    if (jobs == 0) jobs = std::max(1u, std::thread::hardware_concurrency());
+    const int threads_per_run = jobs > 1 ? 1 : omp_get_max_threads();
     const nlohmann::json meta = {{"commit", NORMLAB_GIT_COMMIT},
                                  {"machine", machine_description()},
-                                 {"threads", omp_get_max_threads()},
+                                 {"threads", threads_per_run},
+                                 {"jobs", jobs},
                                  {"command", command},
                                  {"date", utc_now()}};
     std::size_t done = 0;
     for (const auto& r : runs) done += store.contains(r.key()) ? 1 : 0;
-    std::fprintf(stderr, "normlab stress: %zu runs (%zu already in %s), %d threads\n", runs.size(),
-                 done, store.path().c_str(), omp_get_max_threads());
-    normlab::stress::run_grid(runs, store, normlab::stress::run_configuration, meta);
+    std::fprintf(stderr, "normlab stress: %zu runs (%zu already in %s), %zu at a time, %d thread%s each\n",
+                 runs.size(), done, store.path().c_str(), jobs, threads_per_run,
+                 threads_per_run == 1 ? "" : "s");
+    normlab::stress::run_grid(runs, store, normlab::stress::run_configuration, meta, jobs);
 
     if (!report) {
         std::printf("results: %s\n", store.path().c_str());
@@ -176,6 +181,7 @@ int main(int argc, char** argv) {
     std::string preset = "quick", out_dir = "stress-out";
     bool no_report = false;
     int threads = 0;
+    std::size_t jobs = 0;
     stress->add_option("--preset", preset, "quick (about 5 minutes), paper (docs/results/) or none")
         ->capture_default_str();
     stress->add_option("--normalizers", normalizer_args,
@@ -205,7 +211,11 @@ int main(int argc, char** argv) {
                        "Multipliers of the scaled lr tried on the validation split, e.g. 0.25,1,4")
         ->delimiter(',');
     stress->add_option("--out", out_dir, "Output folder")->capture_default_str();
-    stress->add_option("--threads", threads, "OpenMP threads (default: OMP_NUM_THREADS or all)");
+    stress->add_option("--jobs", jobs,
+                       "Runs at a time, each on one thread (default: one per core); 1 runs one "
+                       "at a time with --threads threads");
+    stress->add_option("--threads", threads,
+                       "OpenMP threads of a run when --jobs 1 (default: OMP_NUM_THREADS or all)");
     stress->add_flag("--no-report", no_report, "Write results.jsonl only");
 
     try {
@@ -224,7 +234,7 @@ int main(int argc, char** argv) {
             apply_preset(preset, o, *stress);
             std::string command = "normlab";
             for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
-            return run_stress(o, out_dir, !no_report, threads, command);
+            return run_stress(o, out_dir, !no_report, threads, jobs, command);
         }
     } catch (const normlab::OptionError& e) {
         std::fprintf(stderr, "normlab: %s\n", e.what());

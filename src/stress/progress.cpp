@@ -1,6 +1,12 @@
 #include <unistd.h>
 
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <exception>
+#include <thread>
 #include <cstdio>
 
 #include "normlab/stress.hpp"
@@ -26,24 +32,33 @@ std::string duration_text(double seconds) {
 
 }  // namespace
 
-Progress::Progress(std::size_t total_runs)
-    : enabled_(::isatty(STDERR_FILENO) != 0), total_(total_runs), started_(now()) {}
+Progress::Progress(std::size_t total_runs, std::size_t jobs)
+    : enabled_(::isatty(STDERR_FILENO) != 0),
+      total_(total_runs),
+      jobs_(std::max<std::size_t>(jobs, 1)),
+      started_(now()) {}
 
 void Progress::start_run(std::size_t index, const RunConfig& run) {
+    const std::lock_guard lock(mutex_);
     index_ = index;
     run_started_ = now();
     label_ = run.workload + " " + run.normalizer + " b=" + std::to_string(run.batch_size) +
              " seed=" + std::to_string(run.seed);
-    update(0.0, -1.0);
+    update_locked(0.0, -1.0);
 }
 
 void Progress::update(double fraction, double loss) {
+    const std::lock_guard lock(mutex_);
+    update_locked(fraction, loss);
+}
+
+void Progress::update_locked(double fraction, double loss) {
     if (!enabled_) return;
     const double elapsed_run = now() - run_started_;
     // Remaining runs are estimated from the runs finished in this session.
     const double per_run = finished_ ? finished_seconds_ / double(finished_)
                                      : (fraction > 0.05 ? elapsed_run / fraction : 0.0);
-    const double eta = per_run * (double(total_ - index_) - fraction);
+    const double eta = per_run * (double(total_ - index_) - fraction) / double(jobs_);
     char buf[256];
     std::snprintf(buf, sizeof buf, "run %zu/%zu  %s  %3.0f%%%s%s", index_ + 1, total_,
                   label_.c_str(), 100 * fraction,
@@ -53,12 +68,14 @@ void Progress::update(double fraction, double loss) {
 }
 
 void Progress::finish_run(const RunResult& result) {
+    const std::lock_guard lock(mutex_);
     ++finished_;
     finished_seconds_ += now() - run_started_;
     (void)result;
 }
 
 void Progress::done() {
+    const std::lock_guard lock(mutex_);
     if (!enabled_) return;
     draw("");
     std::fprintf(stderr, "%zu runs in %s\n", finished_, duration_text(now() - started_).c_str());
@@ -70,12 +87,14 @@ void Progress::draw(const std::string& text) {
 }
 
 std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
-                     const RunFunction& run_one, const nlohmann::json& meta) {
-    Progress progress(runs.size());
-    std::size_t ran = 0;
-    for (std::size_t i = 0; i < runs.size(); ++i) {
-        const std::string key = runs[i].key();
-        if (store.contains(key)) continue;
+                     const RunFunction& run_one, const nlohmann::json& meta, std::size_t jobs) {
+    std::vector<std::size_t> pending;
+    for (std::size_t i = 0; i < runs.size(); ++i)
+        if (!store.contains(runs[i].key())) pending.push_back(i);
+    jobs = std::clamp<std::size_t>(jobs, 1, std::max<std::size_t>(pending.size(), 1));
+    Progress progress(runs.size(), jobs);
+    std::mutex store_mutex;
+    auto run_at = [&](std::size_t i) {
         progress.start_run(i, runs[i]);
         RunResult result;
         try {
@@ -84,13 +103,40 @@ std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
             result.status = "error";
             result.message = e.what();
         }
-        store.append({{"key", key}, {"config", runs[i].to_json()}, {"result", result.to_json()},
-                      {"meta", meta}});
+        {
+            const std::lock_guard lock(store_mutex);
+            store.append({{"key", runs[i].key()}, {"config", runs[i].to_json()},
+                          {"result", result.to_json()}, {"meta", meta}});
+        }
         progress.finish_run(result);
-        ++ran;
+    };
+
+    if (jobs == 1) {
+        for (std::size_t i : pending) run_at(i);
+    } else {
+        std::atomic<std::size_t> next{0};
+        std::exception_ptr failure;
+        std::mutex failure_mutex;
+        std::vector<std::thread> workers;
+        for (std::size_t w = 0; w < jobs; ++w)
+            workers.emplace_back([&] {
+                omp_set_num_threads(1);  // this thread's OpenMP regions: one run, one core
+                for (std::size_t k = next++; k < pending.size(); k = next++) {
+                    try {
+                        run_at(pending[k]);
+                    } catch (...) {  // not a run's failure (e.g. the results file): stop all
+                        const std::lock_guard lock(failure_mutex);
+                        if (!failure) failure = std::current_exception();
+                        next = pending.size();
+                        return;
+                    }
+                }
+            });
+        for (auto& t : workers) t.join();
+        if (failure) std::rethrow_exception(failure);
     }
     progress.done();
-    return ran;
+    return pending.size();
 }
 
 }  // namespace normlab::stress

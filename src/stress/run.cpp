@@ -4,6 +4,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 
 #include "normlab/errors.hpp"
 #include "normlab/stress.hpp"
@@ -22,6 +23,8 @@ struct RunData {
 
 const data::Split& full_split(const RunConfig& run) {
     static std::map<std::string, std::unique_ptr<data::Split>> cache;
+    static std::mutex cache_mutex;  // concurrent runs (--jobs) load each data set once
+    const std::lock_guard lock(cache_mutex);
     const std::size_t wanted = run.train_examples + run.validation_examples;
     const std::string key = run.data == "synthetic"
                                 ? "synthetic:" + std::to_string(wanted) + ":" +

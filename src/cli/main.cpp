@@ -19,6 +19,7 @@
 #include <CLI/CLI.hpp>
 
 #include "normlab/errors.hpp"
+#include "normlab_commit.hpp"
 #include "normlab/registry.hpp"
 #include "normlab/runtime.hpp"
 #include "normlab/stress.hpp"
@@ -150,7 +151,11 @@ int run_stress(GridOptions options, const std::string& out_dir, bool report, int
                      store.path().c_str());
         return 1;
     }
-    const std::string cmd = "python3 '" + script + "' '" + out_dir + "'";
+    // Debian's interpreter, which python3-matplotlib installs into (a python3 earlier on PATH,
+    // e.g. a pyenv one, may not have it).
+    const std::string python =
+        std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+    const std::string cmd = python + " '" + script + "' '" + out_dir + "'";
     const int rc = std::system(cmd.c_str());
     if (rc != 0) {
         std::fprintf(stderr, "normlab stress: the report script failed (%s); results are in %s\n",

@@ -27,8 +27,10 @@ void write_gz(const std::string& path, const std::string& bytes) {
 }
 
 std::string image_file(std::uint32_t count, std::uint32_t rows, std::uint32_t cols) {
-    std::string b = big_endian(0x00000803) + big_endian(count) + big_endian(rows) + big_endian(cols);
-    for (std::uint32_t i = 0; i < count * rows * cols; ++i) b.push_back(char(i % 256));
+    std::string b =
+        big_endian(0x00000803) + big_endian(count) + big_endian(rows) + big_endian(cols);
+    for (std::uint32_t i = 0; i < count * rows * cols; ++i)
+        b.push_back(char(i % 256));
     return b;
 }
 
@@ -53,7 +55,8 @@ TEST(Idx, ReadsImagesAndLabels) {
     EXPECT_EQ(data::read_idx_labels(labels), (std::vector<int>{0, 9, 3, 1}));
     // Uncompressed files are read too.
     const auto plain = testing::scratch_path("normlab_idx_", "labels");
-    std::ofstream(plain, std::ios::binary) << big_endian(0x00000801) + big_endian(2) + std::string{5, 6};
+    std::ofstream(plain, std::ios::binary)
+        << big_endian(0x00000801) + big_endian(2) + std::string{5, 6};
     EXPECT_EQ(data::read_idx_labels(plain), (std::vector<int>{5, 6}));
 }
 
@@ -84,8 +87,10 @@ TEST(Idx, FashionMnistFromTheDebianPackage) {
     ASSERT_EQ(shape_of(split.train.images), (Shape{60000, 784}));
     ASSERT_EQ(shape_of(split.test.images), (Shape{10000, 784}));
     std::vector<std::size_t> per_class(10, 0);
-    for (int label : split.train.labels) ++per_class.at(std::size_t(label));
-    for (auto count : per_class) EXPECT_EQ(count, 6000u);  // the set is balanced
+    for (int label : split.train.labels)
+        ++per_class.at(std::size_t(label));
+    for (auto count : per_class)
+        EXPECT_EQ(count, 6000u);  // the set is balanced
     double sum = 0, sum_sq = 0;
     for (float v : split.train.images) {
         sum += v;
@@ -117,7 +122,8 @@ TEST(BatchIterator, EveryExampleOncePerEpochInASeededOrder) {
         std::vector<std::size_t> sizes;
         while (it.next(x, y, {784})) {
             sizes.push_back(y.size());
-            for (std::size_t i = 0; i < y.size(); ++i) firsts.push_back(x(i, 0));
+            for (std::size_t i = 0; i < y.size(); ++i)
+                firsts.push_back(x(i, 0));
         }
         return std::make_pair(firsts, sizes);
     };

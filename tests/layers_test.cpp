@@ -11,8 +11,8 @@
 namespace normlab {
 namespace {
 
-using testing::ArrayD;
 using model::Layer;
+using testing::ArrayD;
 
 // Running statistics and counters (dropout's call counter, Batch Renorm's step) would change
 // between the perturbed forwards; every forward starts from the same state.
@@ -21,20 +21,25 @@ struct FrozenState {
     std::vector<ArrayD> buffers;
     std::vector<std::int64_t> counters;
     explicit FrozenState(Net& net) {
-        for (auto& b : net.buffers()) buffers.push_back(*b.value);
-        for (auto& c : net.counters()) counters.push_back(*c.value);
+        for (auto& b : net.buffers())
+            buffers.push_back(*b.value);
+        for (auto& c : net.counters())
+            counters.push_back(*c.value);
     }
     void restore(Net& net) const {
         auto b = net.buffers();
-        for (std::size_t i = 0; i < b.size(); ++i) *b[i].value = buffers[i];
+        for (std::size_t i = 0; i < b.size(); ++i)
+            *b[i].value = buffers[i];
         auto c = net.counters();
-        for (std::size_t i = 0; i < c.size(); ++i) *c[i].value = counters[i];
+        for (std::size_t i = 0; i < c.size(); ++i)
+            *c[i].value = counters[i];
     }
 };
 
 std::vector<ParamRef<double>> refs(std::vector<model::ModelParam<double>> params) {
     std::vector<ParamRef<double>> out;
-    for (auto& p : params) out.push_back({p.name, p.value, p.grad});
+    for (auto& p : params)
+        out.push_back({p.name, p.value, p.grad});
     return out;
 }
 
@@ -43,7 +48,8 @@ void check_layer(Layer<double>& layer, const ArrayD& x, Mode mode = Mode::train,
     const FrozenState<Layer<double>> state(layer);
     auto params = layer.parameters();
     for (std::size_t i = 0; i < params.size(); ++i)
-        *params[i].value = testing::random_array(shape_of(*params[i].value), 40 + unsigned(i), 0.0, 0.5);
+        *params[i].value =
+            testing::random_array(shape_of(*params[i].value), 40 + unsigned(i), 0.0, 0.5);
     const auto errors = testing::check_gradients(
         [&](const ArrayD& in, bool keep) {
             state.restore(layer);
@@ -111,7 +117,8 @@ TEST(Layers, ConvForwardMatchesDirectSum) {
                         for (std::size_t a = 0; a < 3; ++a)
                             for (std::size_t b = 0; b < 3; ++b) {
                                 const long r = long(2 * i + a) - 1, q = long(2 * j + b) - 1;
-                                if (r >= 0 && r < 5 && q >= 0 && q < 6) s += w(o, c, a, b) * x(n, c, r, q);
+                                if (r >= 0 && r < 5 && q >= 0 && q < 6)
+                                    s += w(o, c, a, b) * x(n, c, r, q);
                             }
                     EXPECT_NEAR(y(n, o, i, j), s, 1e-12);
                 }
@@ -136,8 +143,10 @@ TEST(Layers, PoolingAndReshapes) {
 TEST(Layers, Activations) {
     // ReLU is not differentiable at 0: keep inputs away from it.
     ArrayD x = testing::random_array({3, 8}, 10);
-    for (auto& v : x) v += v > 0 ? 0.1 : -0.1;
-    for (auto kind : {model::Activation::relu, model::Activation::sigmoid, model::Activation::tanh}) {
+    for (auto& v : x)
+        v += v > 0 ? 0.1 : -0.1;
+    for (auto kind :
+         {model::Activation::relu, model::Activation::sigmoid, model::Activation::tanh}) {
         model::Elementwise<double> act(kind);
         check_layer(act, x);
     }
@@ -150,8 +159,10 @@ TEST(Layers, DropoutScalesKeptValuesAndIsIdentityInEval) {
     const ArrayD y = drop.forward(x, Mode::train, Grad::none);
     std::size_t zeros = 0;
     for (std::size_t i = 0; i < x.size(); ++i) {
-        if (y.data()[i] == 0) ++zeros;
-        else EXPECT_NEAR(y.data()[i], x.data()[i] / 0.75, 1e-12);
+        if (y.data()[i] == 0)
+            ++zeros;
+        else
+            EXPECT_NEAR(y.data()[i], x.data()[i] / 0.75, 1e-12);
     }
     EXPECT_NEAR(double(zeros) / double(x.size()), 0.25, 0.03);
     const ArrayD e = drop.forward(x, Mode::eval, Grad::none);

@@ -43,7 +43,8 @@ std::string error_of(const GridOptions& o) {
 TEST(StressGrid, ExpandsEveryCellAndDropsUndefinedPairs) {
     const auto runs = expand_grid(small_grid());
     EXPECT_EQ(runs.size(), 2u * 2u * 2u);  // instance_norm is undefined on the MLP
-    for (const auto& r : runs) EXPECT_NE(r.normalizer, "instance_norm");
+    for (const auto& r : runs)
+        EXPECT_NE(r.normalizer, "instance_norm");
     auto strict = small_grid();
     strict.skip_undefined = false;
     EXPECT_NE(error_of(strict).find("instance_norm needs trailing dimensions"), std::string::npos);
@@ -124,13 +125,12 @@ TEST(StressGrid, AnInterruptedGridResumesToTheSameLines) {
     struct Killed {};
     std::size_t calls = 0;
     ResultStore first(resumed_path);
-    EXPECT_THROW(run_grid(
-                     runs, first,
-                     [&](const RunConfig& r, Progress& p) {
-                         if (++calls == 4) throw Killed{};  // not a std::exception: escapes
-                         return fake_run(r, p);
-                     },
-                     {}),
+    EXPECT_THROW(run_grid(runs, first,
+                          [&](const RunConfig& r, Progress& p) {
+                              if (++calls == 4) throw Killed{};  // not a std::exception: escapes
+                              return fake_run(r, p);
+                          },
+                          {}),
                  Killed);
     EXPECT_EQ(first.lines().size(), 3u);
     ResultStore second(resumed_path);
@@ -139,7 +139,8 @@ TEST(StressGrid, AnInterruptedGridResumesToTheSameLines) {
 
     ResultStore a(full_path), b(resumed_path);
     ASSERT_EQ(a.lines().size(), b.lines().size());
-    for (std::size_t i = 0; i < a.lines().size(); ++i) EXPECT_EQ(a.lines()[i], b.lines()[i]);
+    for (std::size_t i = 0; i < a.lines().size(); ++i)
+        EXPECT_EQ(a.lines()[i], b.lines()[i]);
     std::filesystem::remove(full_path);
     std::filesystem::remove(resumed_path);
 }
@@ -174,20 +175,20 @@ TEST(StressGrid, RealRunsResumeToTheSameResults) {
     const auto runs = expand_grid(o);
     ASSERT_EQ(runs.size(), 6u);
     auto real = [](const RunConfig& r, Progress& p) { return run_configuration(r, p); };
-    const std::string full_path = scratch("real_full.jsonl"), resumed_path = scratch("real_resumed.jsonl");
+    const std::string full_path = scratch("real_full.jsonl"),
+                      resumed_path = scratch("real_resumed.jsonl");
     ResultStore full(full_path);
     run_grid(runs, full, real, {});
 
     struct Killed {};
     std::size_t calls = 0;
     ResultStore first(resumed_path);
-    EXPECT_THROW(run_grid(
-                     runs, first,
-                     [&](const RunConfig& r, Progress& p) {
-                         if (++calls == 3) throw Killed{};
-                         return real(r, p);
-                     },
-                     {}),
+    EXPECT_THROW(run_grid(runs, first,
+                          [&](const RunConfig& r, Progress& p) {
+                              if (++calls == 3) throw Killed{};
+                              return real(r, p);
+                          },
+                          {}),
                  Killed);
     {
         std::ofstream cut(resumed_path, std::ios::app);
@@ -209,8 +210,8 @@ TEST(StressGrid, RealRunsResumeToTheSameResults) {
     }
     // BatchNorm and Batch Renorm cannot train on single examples of (N, C) activations.
     for (const auto& line : a.lines()) {
-        const bool batch_stats_at_one =
-            line["config"]["normalizer"] != "group_norm(groups=4)" && line["config"]["batch_size"] == 1;
+        const bool batch_stats_at_one = line["config"]["normalizer"] != "group_norm(groups=4)" &&
+                                        line["config"]["batch_size"] == 1;
         EXPECT_EQ(line["result"]["status"], batch_stats_at_one ? "error" : "ok") << line.dump();
         if (!batch_stats_at_one) {
             EXPECT_GT(line["result"]["test_accuracy"].get<double>(), 0.0);

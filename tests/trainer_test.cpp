@@ -31,8 +31,10 @@ train::TrainConfig config(const std::string& normalizer, const std::string& work
 
 std::vector<Array<float>> parameters_of(train::Trainer& t) {
     std::vector<Array<float>> out;
-    for (auto& p : t.model().parameters()) out.push_back(*p.value);
-    for (auto& b : t.model().buffers()) out.push_back(*b.value);
+    for (auto& p : t.model().parameters())
+        out.push_back(*p.value);
+    for (auto& b : t.model().buffers())
+        out.push_back(*b.value);
     return out;
 }
 
@@ -68,7 +70,8 @@ TEST(Trainer, TwoRunsWithTheSameSeedAreIdentical) {
 
 TEST(Trainer, ResumingFromACheckpointGivesTheSameRun) {
     for (const std::string optimizer : {"sgd", "adam"}) {
-        for (const std::string spec : {"batch_norm", "batch_renorm(warmup=5)", "batch_layer_norm"}) {
+        for (const std::string spec :
+             {"batch_norm", "batch_renorm(warmup=5)", "batch_layer_norm"}) {
             SCOPED_TRACE(optimizer + " " + spec);
             auto c = config(spec);
             c.optimizer = optimizer;
@@ -111,7 +114,8 @@ TEST(Trainer, RefusesCheckpointsOfAnotherModelOrDamagedFiles) {
         other.load_checkpoint(path);
         FAIL() << "a checkpoint of another configuration was accepted";
     } catch (const StateError& e) {
-        EXPECT_NE(std::string(e.what()).find("normalizer=layer_norm"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("normalizer=layer_norm"), std::string::npos)
+            << e.what();
     }
     EXPECT_EQ(parameters_of(other), before);
     EXPECT_EQ(other.epoch(), 0u);

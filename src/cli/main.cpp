@@ -19,10 +19,10 @@
 #include <CLI/CLI.hpp>
 
 #include "normlab/errors.hpp"
-#include "normlab_commit.hpp"
 #include "normlab/registry.hpp"
 #include "normlab/runtime.hpp"
 #include "normlab/stress.hpp"
+#include "normlab_commit.hpp"
 
 namespace {
 
@@ -88,9 +88,8 @@ std::string utc_now() {
 }
 
 std::string report_script() {
-    for (const auto& p :
-         {std::filesystem::path(NORMLAB_SOURCE_DIR) / "scripts/stress_report.py",
-          std::filesystem::path("scripts/stress_report.py")})
+    for (const auto& p : {std::filesystem::path(NORMLAB_SOURCE_DIR) / "scripts/stress_report.py",
+                          std::filesystem::path("scripts/stress_report.py")})
         if (std::filesystem::exists(p)) return p.string();
     return "";
 }
@@ -128,15 +127,14 @@ int run_stress(GridOptions options, const std::string& out_dir, bool report, int
     if (threads > 0) omp_set_num_threads(threads);
     if (jobs == 0) jobs = std::max(1u, std::thread::hardware_concurrency());
     const int threads_per_run = jobs > 1 ? 1 : omp_get_max_threads();
-    const nlohmann::json meta = {{"commit", NORMLAB_GIT_COMMIT},
-                                 {"machine", machine_description()},
-                                 {"threads", threads_per_run},
-                                 {"jobs", jobs},
-                                 {"command", command},
-                                 {"date", utc_now()}};
+    const nlohmann::json meta = {{"commit", NORMLAB_GIT_COMMIT}, {"machine", machine_description()},
+                                 {"threads", threads_per_run},   {"jobs", jobs},
+                                 {"command", command},           {"date", utc_now()}};
     std::size_t done = 0;
-    for (const auto& r : runs) done += store.contains(r.key()) ? 1 : 0;
-    std::fprintf(stderr, "normlab stress: %zu runs (%zu already in %s), %zu at a time, %d thread%s each\n",
+    for (const auto& r : runs)
+        done += store.contains(r.key()) ? 1 : 0;
+    std::fprintf(stderr,
+                 "normlab stress: %zu runs (%zu already in %s), %zu at a time, %d thread%s each\n",
                  runs.size(), done, store.path().c_str(), jobs, threads_per_run,
                  threads_per_run == 1 ? "" : "s");
     normlab::stress::run_grid(runs, store, normlab::stress::run_configuration, meta, jobs);
@@ -147,7 +145,8 @@ int run_stress(GridOptions options, const std::string& out_dir, bool report, int
     }
     const std::string script = report_script();
     if (script.empty()) {
-        std::fprintf(stderr, "normlab stress: scripts/stress_report.py not found; results are in %s\n",
+        std::fprintf(stderr,
+                     "normlab stress: scripts/stress_report.py not found; results are in %s\n",
                      store.path().c_str());
         return 1;
     }
@@ -175,8 +174,9 @@ int main(int argc, char** argv) {
     auto* list = app.add_subcommand("list", "List the registered normalizers and their options");
 
     auto* stress = app.add_subcommand(
-        "stress", "Train every normalizer at every batch size and seed; write results.jsonl, "
-                  "report.md, results.csv and figures to the output folder (resumable)");
+        "stress",
+        "Train every normalizer at every batch size and seed; write results.jsonl, "
+        "report.md, results.csv and figures to the output folder (resumable)");
     GridOptions o;
     o.normalizers = kDefaultNormalizers;
     o.batch_sizes = {1, 2, 4, 8, 16, 32, 64};
@@ -192,7 +192,8 @@ int main(int argc, char** argv) {
     stress->add_option("--normalizers", normalizer_args,
                        "Normalizer specs, comma-separated (commas inside parentheses belong to "
                        "the spec), e.g. batch_norm,group_norm(groups=8)");
-    stress->add_option("--batch-sizes", o.batch_sizes, "Batch sizes")->delimiter(',')
+    stress->add_option("--batch-sizes", o.batch_sizes, "Batch sizes")
+        ->delimiter(',')
         ->capture_default_str();
     stress->add_option("--seeds", o.seeds, "Seeds (weights and batch order)")->delimiter(',');
     stress->add_option("--workloads", o.workloads, "mlp, cnn, lstm, lstm-varlen")->delimiter(',');
@@ -202,8 +203,9 @@ int main(int argc, char** argv) {
     stress->add_option("--train-examples", o.train_examples,
                        "Training examples per run, the same for every batch size");
     stress->add_option("--test-examples", o.test_examples, "Test examples");
-    stress->add_option("--validation-examples", o.validation_examples,
-                       "Examples held out of the training set to choose the lr (--lr-sweep)")
+    stress
+        ->add_option("--validation-examples", o.validation_examples,
+                     "Examples held out of the training set to choose the lr (--lr-sweep)")
         ->capture_default_str();
     stress->add_option("--epochs", o.epochs, "Passes over the training examples");
     stress->add_option("--optimizer", o.optimizer, "sgd (momentum 0.9) or adam")
@@ -212,8 +214,9 @@ int main(int argc, char** argv) {
     stress->add_option("--base-batch", o.base_batch, "Batch size at which --lr applies")
         ->capture_default_str();
     stress->add_option("--lr-rule", o.lr_rule, "linear, sqrt or none")->capture_default_str();
-    stress->add_option("--lr-sweep", o.lr_sweep,
-                       "Multipliers of the scaled lr tried on the validation split, e.g. 0.25,1,4")
+    stress
+        ->add_option("--lr-sweep", o.lr_sweep,
+                     "Multipliers of the scaled lr tried on the validation split, e.g. 0.25,1,4")
         ->delimiter(',');
     stress->add_option("--out", out_dir, "Output folder")->capture_default_str();
     stress->add_option("--jobs", jobs,
@@ -238,7 +241,8 @@ int main(int argc, char** argv) {
             if (!normalizer_args.empty()) o.normalizers = split_specs(normalizer_args);
             apply_preset(preset, o, *stress);
             std::string command = "normlab";
-            for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+            for (int i = 1; i < argc; ++i)
+                command += std::string(" ") + argv[i];
             return run_stress(o, out_dir, !no_report, threads, jobs, command);
         }
     } catch (const normlab::OptionError& e) {

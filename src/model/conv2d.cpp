@@ -26,13 +26,15 @@ void im2col(const T* x, const Geometry& g, T* cols, std::size_t ld) {
             for (std::size_t j = 0; j < g.k; ++j) {
                 T* row = cols + ((c * g.k + i) * g.k + j) * ld;
                 for (std::size_t oy = 0; oy < g.oh; ++oy) {
-                    const std::ptrdiff_t y = std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
+                    const std::ptrdiff_t y =
+                        std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
                     for (std::size_t ox = 0; ox < g.ow; ++ox) {
                         const std::ptrdiff_t xx =
                             std::ptrdiff_t(ox * g.stride + j) - std::ptrdiff_t(g.pad);
                         const bool inside = y >= 0 && y < std::ptrdiff_t(g.h) && xx >= 0 &&
                                             xx < std::ptrdiff_t(g.w);
-                        row[oy * g.ow + ox] = inside ? x[(c * g.h + std::size_t(y)) * g.w + std::size_t(xx)] : T(0);
+                        row[oy * g.ow + ox] =
+                            inside ? x[(c * g.h + std::size_t(y)) * g.w + std::size_t(xx)] : T(0);
                     }
                 }
             }
@@ -46,13 +48,15 @@ void col2im(const T* cols, const Geometry& g, T* dx, std::size_t ld) {
             for (std::size_t j = 0; j < g.k; ++j) {
                 const T* row = cols + ((c * g.k + i) * g.k + j) * ld;
                 for (std::size_t oy = 0; oy < g.oh; ++oy) {
-                    const std::ptrdiff_t y = std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
+                    const std::ptrdiff_t y =
+                        std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
                     if (y < 0 || y >= std::ptrdiff_t(g.h)) continue;
                     for (std::size_t ox = 0; ox < g.ow; ++ox) {
                         const std::ptrdiff_t xx =
                             std::ptrdiff_t(ox * g.stride + j) - std::ptrdiff_t(g.pad);
                         if (xx >= 0 && xx < std::ptrdiff_t(g.w))
-                            dx[(c * g.h + std::size_t(y)) * g.w + std::size_t(xx)] += row[oy * g.ow + ox];
+                            dx[(c * g.h + std::size_t(y)) * g.w + std::size_t(xx)] +=
+                                row[oy * g.ow + ox];
                     }
                 }
             }
@@ -69,8 +73,8 @@ Conv2d<T>::Conv2d(std::size_t in, std::size_t out, std::size_t kernel, std::size
       stride_(stride),
       padding_(padding),
       has_bias_(bias),
-      weight_(init_weight<T>({out, in, kernel, kernel}, in * kernel * kernel,
-                             out * kernel * kernel, init, rng, 0.01)),
+      weight_(init_weight<T>({out, in, kernel, kernel}, in * kernel * kernel, out * kernel * kernel,
+                             init, rng, 0.01)),
       bias_(xt::zeros<T>({out})),
       weight_grad_(xt::zeros<T>({out, in, kernel, kernel})),
       bias_grad_(xt::zeros<T>({out})) {
@@ -93,7 +97,12 @@ Array<T> Conv2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
         throw ShapeError(name() + ": expected input of shape (N, " + std::to_string(in_) +
                          ", H, W) with H, W + 2·pad ≥ " + std::to_string(kernel_) + ", got " +
                          format_shape(s));
-    const Geometry g{in_, s[2], s[3], kernel_, stride_, padding_,
+    const Geometry g{in_,
+                     s[2],
+                     s[3],
+                     kernel_,
+                     stride_,
+                     padding_,
                      (s[2] + 2 * padding_ - kernel_) / stride_ + 1,
                      (s[3] + 2 * padding_ - kernel_) / stride_ + 1};
     // One GEMM for the whole batch: columns of sample n occupy [n·P, (n+1)·P).
@@ -117,7 +126,8 @@ Array<T> Conv2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
             const T b = has_bias_ ? bias_.data()[o] : T(0);
             const T* from = src + o * ld + n * positions;
             T* to = dst + (n * out_ + o) * positions;
-            for (std::size_t p = 0; p < positions; ++p) to[p] = from[p] + b;
+            for (std::size_t p = 0; p < positions; ++p)
+                to[p] = from[p] + b;
         }
     if (grad == Grad::keep) inputs_.push_back(x);
     return y;
@@ -127,7 +137,12 @@ template <class T>
 Array<T> Conv2d<T>::backward(const Array<T>& dy) {
     if (inputs_.empty()) take_saved(inputs_, name());
     const Shape s = shape_of(inputs_.back());
-    const Geometry g{in_, s[2], s[3], kernel_, stride_, padding_,
+    const Geometry g{in_,
+                     s[2],
+                     s[3],
+                     kernel_,
+                     stride_,
+                     padding_,
                      (s[2] + 2 * padding_ - kernel_) / stride_ + 1,
                      (s[3] + 2 * padding_ - kernel_) / stride_ + 1};
     check_dy({s[0], out_, g.oh, g.ow}, shape_of(dy), name());
@@ -148,7 +163,7 @@ Array<T> Conv2d<T>::backward(const Array<T>& dy) {
     weight_.reshape({out_, g.rows()});
     weight_grad_.reshape({out_, g.rows()});
     xt::blas::gemm(dy_all, cols, weight_grad_, false, true, T(1), T(1));  // dW += dy·colsᵀ
-    xt::blas::gemm(weight_, dy_all, dcols, true, false);                 // dcols = Wᵀ·dy
+    xt::blas::gemm(weight_, dy_all, dcols, true, false);                  // dcols = Wᵀ·dy
     Array<T> dx = xt::zeros<T>(s);
 #pragma omp parallel for schedule(static) if (parallel)
     for (std::size_t n = 0; n < batch; ++n)
@@ -157,7 +172,8 @@ Array<T> Conv2d<T>::backward(const Array<T>& dy) {
         for (std::size_t o = 0; o < out_; ++o) {
             const T* row = dy_all.data() + o * ld;
             T sum = T(0);
-            for (std::size_t p = 0; p < ld; ++p) sum += row[p];
+            for (std::size_t p = 0; p < ld; ++p)
+                sum += row[p];
             bias_grad_.data()[o] += sum;
         }
     weight_.reshape({out_, in_, kernel_, kernel_});

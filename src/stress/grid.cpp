@@ -25,7 +25,9 @@ std::string model_workload(const std::string& workload) {
     return name;
 }
 
-std::string RunConfig::key() const { return to_json().dump(); }
+std::string RunConfig::key() const {
+    return to_json().dump();
+}
 
 nlohmann::json RunConfig::to_json() const {
     return {{"workload", workload},
@@ -104,7 +106,8 @@ std::vector<RunConfig> expand_grid(const GridOptions& options) {
         throw OptionError("stress: epochs, training and test examples must be at least 1");
     if (!options.lr_sweep.empty() && options.validation_examples == 0)
         throw OptionError("stress: an lr sweep needs --validation-examples > 0");
-    for (const auto& spec : options.normalizers) make_normalizer(spec, kProbeWidth);
+    for (const auto& spec : options.normalizers)
+        make_normalizer(spec, kProbeWidth);
 
     std::vector<RunConfig> runs;
     for (const auto& workload : options.workloads)

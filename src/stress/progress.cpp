@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <exception>
 #include <thread>
-#include <cstdio>
 
 #include "normlab/stress.hpp"
 
@@ -105,14 +105,17 @@ std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
         }
         {
             const std::lock_guard lock(store_mutex);
-            store.append({{"key", runs[i].key()}, {"config", runs[i].to_json()},
-                          {"result", result.to_json()}, {"meta", meta}});
+            store.append({{"key", runs[i].key()},
+                          {"config", runs[i].to_json()},
+                          {"result", result.to_json()},
+                          {"meta", meta}});
         }
         progress.finish_run(result);
     };
 
     if (jobs == 1) {
-        for (std::size_t i : pending) run_at(i);
+        for (std::size_t i : pending)
+            run_at(i);
     } else {
         std::atomic<std::size_t> next{0};
         std::exception_ptr failure;
@@ -132,7 +135,8 @@ std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
                     }
                 }
             });
-        for (auto& t : workers) t.join();
+        for (auto& t : workers)
+            t.join();
         if (failure) std::rethrow_exception(failure);
     }
     progress.done();

@@ -26,10 +26,9 @@ const data::Split& full_split(const RunConfig& run) {
     static std::mutex cache_mutex;  // concurrent runs (--jobs) load each data set once
     const std::lock_guard lock(cache_mutex);
     const std::size_t wanted = run.train_examples + run.validation_examples;
-    const std::string key = run.data == "synthetic"
-                                ? "synthetic:" + std::to_string(wanted) + ":" +
-                                      std::to_string(run.test_examples)
-                                : "fashion-mnist:" + run.data_dir;
+    const std::string key = run.data == "synthetic" ? "synthetic:" + std::to_string(wanted) + ":" +
+                                                          std::to_string(run.test_examples)
+                                                    : "fashion-mnist:" + run.data_dir;
     auto& slot = cache[key];
     if (!slot) {
         if (run.data == "synthetic")
@@ -48,12 +47,11 @@ RunData run_data(const RunConfig& run) {
     const auto& split = full_split(run);
     const std::size_t wanted = run.train_examples + run.validation_examples;
     if (wanted > split.train.size() || run.test_examples > split.test.size())
-        throw OptionError("stress: asked for " + std::to_string(run.train_examples) +
-                          " training + " + std::to_string(run.validation_examples) +
-                          " validation and " + std::to_string(run.test_examples) +
-                          " test examples; " + run.data + " has " +
-                          std::to_string(split.train.size()) + " and " +
-                          std::to_string(split.test.size()));
+        throw OptionError(
+            "stress: asked for " + std::to_string(run.train_examples) + " training + " +
+            std::to_string(run.validation_examples) + " validation and " +
+            std::to_string(run.test_examples) + " test examples; " + run.data + " has " +
+            std::to_string(split.train.size()) + " and " + std::to_string(split.test.size()));
     return {split.train.slice(0, run.train_examples),
             split.train.slice(run.train_examples, run.validation_examples),
             split.test.slice(0, run.test_examples)};
@@ -111,9 +109,8 @@ RunResult run_configuration(const RunConfig& run, Progress& progress) {
             const double lr = run.lr * run.lr_sweep[i];
             auto trainer =
                 std::make_unique<train::Trainer>(trainer_config(run, lr), d.train, d.validation);
-            const auto t = trainer->run([&](double f, double loss) {
-                progress.update((double(i) + f) / parts, loss);
-            });
+            const auto t = trainer->run(
+                [&](double f, double loss) { progress.update((double(i) + f) / parts, loss); });
             const double accuracy = t.status == "ok" ? t.epochs.back().test.accuracy : -1;
             if (accuracy > best_accuracy || !best) {
                 best_accuracy = accuracy;

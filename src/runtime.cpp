@@ -6,6 +6,9 @@
 #include <malloc.h>
 #endif
 
+// OpenBLAS's control; a weak reference, null when another BLAS is linked.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
 namespace normlab {
 
 bool reuse_freed_memory() {
@@ -15,6 +18,12 @@ bool reuse_freed_memory() {
 #else
     return false;
 #endif
+}
+
+bool set_blas_threads(int threads) {
+    if (openblas_set_num_threads == nullptr) return false;
+    openblas_set_num_threads(threads);
+    return true;
 }
 
 }  // namespace normlab

@@ -10,4 +10,10 @@ namespace normlab {
 // Returns false where the C library does not support it.
 bool reuse_freed_memory();
 
+// Sets the number of threads of the BLAS library behind Linear and Conv2d (OpenBLAS keeps its
+// own pool, apart from OpenMP's). Programs that run several models side by side, one per core,
+// need 1: a BLAS pool per run that spins while waiting oversubscribes the cores and slows every
+// run by orders of magnitude. Returns false when the BLAS library offers no such control.
+bool set_blas_threads(int threads);
+
 }  // namespace normlab

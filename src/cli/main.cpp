@@ -127,6 +127,7 @@ int run_stress(GridOptions options, const std::string& out_dir, bool report, int
     if (threads > 0) omp_set_num_threads(threads);
     if (jobs == 0) jobs = std::max(1u, std::thread::hardware_concurrency());
     const int threads_per_run = jobs > 1 ? 1 : omp_get_max_threads();
+    normlab::set_blas_threads(threads_per_run);
     const nlohmann::json meta = {{"commit", NORMLAB_GIT_COMMIT}, {"machine", machine_description()},
                                  {"threads", threads_per_run},   {"jobs", jobs},
                                  {"command", command},           {"date", utc_now()}};

@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
     const std::size_t epochs = argc > 1 ? std::size_t(std::atoi(argv[1])) : 5;
     const std::string workload = argc > 2 ? argv[2] : "lstm";
     std::vector<std::string> specs;
-    for (int i = 3; i < argc; ++i) specs.emplace_back(argv[i]);
+    for (int i = 3; i < argc; ++i)
+        specs.emplace_back(argv[i]);
     if (specs.empty()) specs = {"layer_norm", "batch_norm"};
     try {
         const auto data = normlab::data::load_fashion_mnist();
@@ -35,10 +36,11 @@ int main(int argc, char** argv) {
             normlab::train::TrainResult result;
             while (trainer.epoch() < epochs && trainer.run_epoch(result)) {
                 const auto& m = result.epochs.back();
-                std::printf("  epoch %zu  train loss %.4f  test accuracy %.2f%% (train mode %.2f%%)"
-                            "  %.1f s\n",
-                            m.epoch, m.train_loss, 100 * m.test.accuracy,
-                            100 * m.test_train_mode.accuracy, m.seconds);
+                std::printf(
+                    "  epoch %zu  train loss %.4f  test accuracy %.2f%% (train mode %.2f%%)"
+                    "  %.1f s\n",
+                    m.epoch, m.train_loss, 100 * m.test.accuracy, 100 * m.test_train_mode.accuracy,
+                    m.seconds);
                 std::fflush(stdout);
             }
             if (result.status != "ok")

@@ -48,7 +48,8 @@ std::vector<Case> cases() {
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
     std::string name = info.param.cell == RecurrentCell::lstm ? "lstm_" : "rnn_";
     const std::string& spec = info.param.spec;
-    for (char ch : spec.substr(0, spec.find(','))) name += std::isalnum((unsigned char)ch) ? ch : '_';
+    for (char ch : spec.substr(0, spec.find(',')))
+        name += std::isalnum((unsigned char)ch) ? ch : '_';
     return name;
 }
 
@@ -66,14 +67,17 @@ struct Outcome {
     std::vector<ArrayD> grads, buffers;
 };
 
-Outcome run(const Case& c, const ArrayD& x, const std::vector<std::size_t>& lengths, const ArrayD& dy) {
+Outcome run(const Case& c, const ArrayD& x, const std::vector<std::size_t>& lengths,
+            const ArrayD& dy) {
     auto layer = testing::make_recurrent(c.cell, everywhere(c), SequenceOutput::all_steps, 8);
     testing::randomize(*layer, 5);
     Outcome r;
     r.y = layer->forward(x, lengths, Mode::train);
     r.dx = layer->backward(dy);
-    for (auto& p : layer->parameters()) r.grads.push_back(*p.grad);
-    for (auto& b : layer->buffers()) r.buffers.push_back(*b.value);
+    for (auto& p : layer->parameters())
+        r.grads.push_back(*p.grad);
+    for (auto& b : layer->buffers())
+        r.buffers.push_back(*b.value);
     return r;
 }
 
@@ -83,7 +87,8 @@ ArrayD with_garbage(ArrayD x, const std::vector<std::size_t>& lengths, unsigned 
     for (std::size_t t = 0; t < x.shape()[0]; ++t)
         for (std::size_t n = 0; n < x.shape()[1]; ++n)
             if (t >= lengths[n])
-                for (std::size_t f = 0; f < x.shape()[2]; ++f) x(t, n, f) = noise(t, n, f);
+                for (std::size_t f = 0; f < x.shape()[2]; ++f)
+                    x(t, n, f) = noise(t, n, f);
     return x;
 }
 
@@ -91,7 +96,8 @@ ArrayD with_garbage(ArrayD x, const std::vector<std::size_t>& lengths, unsigned 
 ArrayD sequence(const ArrayD& a, std::size_t n, std::size_t steps) {
     ArrayD out = ArrayD::from_shape({steps, a.shape()[2]});
     for (std::size_t t = 0; t < steps; ++t)
-        for (std::size_t f = 0; f < a.shape()[2]; ++f) out(t, f) = a(t, n, f);
+        for (std::size_t f = 0; f < a.shape()[2]; ++f)
+            out(t, f) = a(t, n, f);
     return out;
 }
 
@@ -108,8 +114,8 @@ void expect_same_sequences(const ArrayD& want, const ArrayD& got,
                            const std::vector<std::size_t>& where, double tol,
                            const std::string& what) {
     for (std::size_t n = 0; n < kBatch; ++n)
-        EXPECT_LE(max_abs_diff(sequence(want, n, kLengths[n]), sequence(got, where[n], kLengths[n])),
-                  tol)
+        EXPECT_LE(
+            max_abs_diff(sequence(want, n, kLengths[n]), sequence(got, where[n], kLengths[n])), tol)
             << what << " of sequence " << n;
 }
 
@@ -129,21 +135,26 @@ TEST_P(Padding, IsInvisibleToOutputsGradientsAndStatistics) {
     for (std::size_t t = 0; t < kSteps; ++t)
         for (std::size_t n = 0; n < kBatch; ++n)
             if (t >= kLengths[n]) {
-                for (std::size_t j = 0; j < kHidden; ++j) EXPECT_EQ(ref.y(t, n, j), 0.0);
-                for (std::size_t f = 0; f < kFeatures; ++f) EXPECT_EQ(ref.dx(t, n, f), 0.0);
+                for (std::size_t j = 0; j < kHidden; ++j)
+                    EXPECT_EQ(ref.y(t, n, j), 0.0);
+                for (std::size_t f = 0; f < kFeatures; ++f)
+                    EXPECT_EQ(ref.dx(t, n, f), 0.0);
             }
 
     auto expect_same_state = [&](const Outcome& other, const std::string& what) {
         ASSERT_EQ(other.grads.size(), ref.grads.size());
         for (std::size_t i = 0; i < ref.grads.size(); ++i)
-            EXPECT_LT(max_abs_diff(ref.grads[i], other.grads[i]), 1e-11) << what << ": gradient " << i;
+            EXPECT_LT(max_abs_diff(ref.grads[i], other.grads[i]), 1e-11)
+                << what << ": gradient " << i;
         ASSERT_EQ(other.buffers.size(), ref.buffers.size());
         for (std::size_t i = 0; i < ref.buffers.size(); ++i)
-            EXPECT_LT(max_abs_diff(ref.buffers[i], other.buffers[i]), 1e-12) << what << ": buffer " << i;
+            EXPECT_LT(max_abs_diff(ref.buffers[i], other.buffers[i]), 1e-12)
+                << what << ": buffer " << i;
     };
 
     {  // Different garbage in the padding, and in dy at padded positions.
-        const Outcome other = run(c, with_garbage(x, kLengths, 7), kLengths, with_garbage(dy, kLengths, 8));
+        const Outcome other =
+            run(c, with_garbage(x, kLengths, 7), kLengths, with_garbage(dy, kLengths, 8));
         expect_same_sequences(ref.y, other.y, same, 0.0, "garbage: y");
         expect_same_sequences(ref.dx, other.dx, same, 0.0, "garbage: dx");
         expect_same_state(other, "garbage");
@@ -159,7 +170,8 @@ TEST_P(Padding, IsInvisibleToOutputsGradientsAndStatistics) {
         expect_same_state(other, "longer");
     }
     {  // Two empty sequences in the batch, and the order of the others reversed.
-        const std::vector<std::size_t> where{5, 3, 2, 0};  // sequence n sits at batch position where[n]
+        const std::vector<std::size_t> where{5, 3, 2,
+                                             0};  // sequence n sits at batch position where[n]
         std::vector<std::size_t> lengths(6, 0);
         ArrayD mixed = random_array({kSteps, 6, kFeatures}, 5, 0.0, 1e3);
         ArrayD dmixed = random_array({kSteps, 6, kHidden}, 6);
@@ -175,7 +187,8 @@ TEST_P(Padding, IsInvisibleToOutputsGradientsAndStatistics) {
         expect_same_state(other, "reordered");
         for (std::size_t n : {1, 4})
             for (std::size_t t = 0; t < kSteps; ++t)
-                for (std::size_t j = 0; j < kHidden; ++j) EXPECT_EQ(other.y(t, n, j), 0.0);
+                for (std::size_t j = 0; j < kHidden; ++j)
+                    EXPECT_EQ(other.y(t, n, j), 0.0);
     }
 }
 
@@ -206,13 +219,17 @@ TEST_P(PerSamplePadding, EachSequenceAloneEqualsItsRowsOfThePaddedBatch) {
     const Outcome batch = run(c, x, kLengths, dy);
     for (std::size_t n = 0; n < kBatch; ++n) {
         const std::size_t len = kLengths[n];
-        ArrayD xn = ArrayD::from_shape({len, 1, kFeatures}), dyn = ArrayD::from_shape({len, 1, kHidden});
+        ArrayD xn = ArrayD::from_shape({len, 1, kFeatures}),
+               dyn = ArrayD::from_shape({len, 1, kHidden});
         xt::view(xn, xt::all(), 0) = sequence(x, n, len);
         xt::view(dyn, xt::all(), 0) = sequence(dy, n, len);
         const Outcome alone = run(c, xn, {}, dyn);
-        EXPECT_LT(max_abs_diff(ArrayD(xt::view(alone.y, xt::all(), 0)), sequence(batch.y, n, len)), 1e-13)
+        EXPECT_LT(max_abs_diff(ArrayD(xt::view(alone.y, xt::all(), 0)), sequence(batch.y, n, len)),
+                  1e-13)
             << "sequence " << n;
-        EXPECT_LT(max_abs_diff(ArrayD(xt::view(alone.dx, xt::all(), 0)), sequence(batch.dx, n, len)), 1e-13)
+        EXPECT_LT(
+            max_abs_diff(ArrayD(xt::view(alone.dx, xt::all(), 0)), sequence(batch.dx, n, len)),
+            1e-13)
             << "sequence " << n;
     }
 }
@@ -222,7 +239,8 @@ INSTANTIATE_TEST_SUITE_P(EveryNormalizer, Padding, ::testing::ValuesIn(cases()),
 std::vector<Case> per_sample_cases() {
     std::vector<Case> out;
     for (const auto& c : cases())
-        if (!make_normalizer<double>(c.spec, 4 * kHidden)->uses_batch_statistics()) out.push_back(c);
+        if (!make_normalizer<double>(c.spec, 4 * kHidden)->uses_batch_statistics())
+            out.push_back(c);
     return out;
 }
 
@@ -238,7 +256,8 @@ TEST(PerStepStatistics, AreKeptPerStepOverTheValidRowsOnly) {
     auto layer = testing::make_recurrent(RecurrentCell::lstm, norms, SequenceOutput::all_steps, 6);
     ArrayD x = with_garbage(random_array({kSteps, kBatch, kFeatures}, 31, 0.0, 1.0), kLengths, 32);
     for (std::size_t t = 0; t < kSteps; ++t)  // step t centred at 3t, so the steps differ
-        for (std::size_t n = 0; n < kBatch; ++n) x(t, n, 0) += 3.0 * double(t) * (t < kLengths[n]);
+        for (std::size_t n = 0; n < kBatch; ++n)
+            x(t, n, 0) += 3.0 * double(t) * (t < kLengths[n]);
     layer->forward(x, kLengths, Mode::train, Grad::none);
     const ArrayD& w = *layer->parameters()[0].value;  // weight_ih (4H, F)
     auto& per_step = dynamic_cast<PerStepNormalizer<double>&>(
@@ -261,12 +280,15 @@ TEST(PerStepStatistics, AreKeptPerStepOverTheValidRowsOnly) {
             std::vector<double> a;
             for (std::size_t n : valid) {
                 double s = 0;
-                for (std::size_t f = 0; f < kFeatures; ++f) s += w(u, f) * x(t, n, f);
+                for (std::size_t f = 0; f < kFeatures; ++f)
+                    s += w(u, f) * x(t, n, f);
                 a.push_back(s);
             }
             double mean = 0, var = 0;
-            for (double v : a) mean += v / double(a.size());
-            for (double v : a) var += (v - mean) * (v - mean) / double(a.size() - 1);
+            for (double v : a)
+                mean += v / double(a.size());
+            for (double v : a)
+                var += (v - mean) * (v - mean) / double(a.size() - 1);
             EXPECT_NEAR((*buffers[0].value)(u), mean, 1e-12) << "step " << t << " unit " << u;
             EXPECT_NEAR((*buffers[1].value)(u), var, 1e-10) << "step " << t << " unit " << u;
         }
@@ -309,7 +331,8 @@ TEST(Masks, SequentialPassesLengthsForOneCallOnly) {
     model.add(std::make_unique<Lstm<double>>(o, rng));
     auto& lstm = static_cast<RecurrentLayer<double>&>(model.layer(1));
     const ArrayD x = random_array({4, 5, kFeatures}, 1);  // batch-first
-    const ArrayD direct = lstm.forward(xt::transpose(x, {1, 0, 2}), kLengths, Mode::train, Grad::none);
+    const ArrayD direct =
+        lstm.forward(xt::transpose(x, {1, 0, 2}), kLengths, Mode::train, Grad::none);
     EXPECT_EQ(model.forward(x, kLengths, Mode::train, Grad::none), direct);
     const ArrayD full = model.forward(x, Mode::train, Grad::none);
     EXPECT_EQ(full, lstm.forward(xt::transpose(x, {1, 0, 2}), Mode::train, Grad::none));

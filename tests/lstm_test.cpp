@@ -18,8 +18,12 @@ using testing::random_array;
 // its warm-up clips r = 1, d = 0, so finite differences apply (see conformance_test.cpp).
 const std::vector<std::string>& slot_specs() {
     static const std::vector<std::string> s = {
-        "identity",   "batch_norm",  "layer_norm",
-        "group_norm(groups=2)", "rms_norm", "batch_renorm",
+        "identity",
+        "batch_norm",
+        "layer_norm",
+        "group_norm(groups=2)",
+        "rms_norm",
+        "batch_renorm",
         "batch_layer_norm",
         "batch_layer_norm(weights=actual,track_running_stats=false,batch_moving_mean=false,"
         "batch_moving_var=false)",
@@ -37,13 +41,15 @@ struct GradientCase {
 };
 
 void PrintTo(const GradientCase& c, std::ostream* os) {
-    *os << (c.cell == RecurrentCell::lstm ? "lstm " : "rnn ") << c.spec << " slot "
-        << int(c.where) << (c.masked ? " masked" : "");
+    *os << (c.cell == RecurrentCell::lstm ? "lstm " : "rnn ") << c.spec << " slot " << int(c.where)
+        << (c.masked ? " masked" : "");
 }
 
 // The published BLN keeps feature statistics per slot of a fixed-size batch, so it cannot see
 // the shrinking batches of padded steps (RecurrentMasks.PublishedBatchLayerNormRefusesPadding).
-bool supports_padding(const std::string& spec) { return spec != "batch_layer_norm"; }
+bool supports_padding(const std::string& spec) {
+    return spec != "batch_layer_norm";
+}
 
 std::vector<GradientCase> gradient_cases() {
     std::vector<GradientCase> out;
@@ -61,7 +67,8 @@ std::vector<GradientCase> gradient_cases() {
 std::string gradient_case_name(const ::testing::TestParamInfo<GradientCase>& info) {
     const auto& c = info.param;
     std::string name = c.cell == RecurrentCell::lstm ? "lstm_" : "rnn_";
-    for (char ch : c.spec.substr(0, c.spec.find(','))) name += std::isalnum((unsigned char)ch) ? ch : '_';
+    for (char ch : c.spec.substr(0, c.spec.find(',')))
+        name += std::isalnum((unsigned char)ch) ? ch : '_';
     const char* where[] = {"_input", "_recurrent", "_cell", "_all"};
     return name + where[int(c.where)] + (c.masked ? "_masked" : "");
 }
@@ -83,20 +90,20 @@ TEST_P(RecurrentGradients, MatchFiniteDifferencesThroughTime) {
     const ArrayD x = random_array({5, 4, testing::kFeatures}, 5, 0.3, 1.0);
     const auto errors = testing::check_layer_gradients(*layer, x, lengths);
     testing::expect_gradients_match(errors, 1e-6);
-    for (const auto& e : errors) RecordProperty(e.tensor, std::to_string(e.error));
+    for (const auto& e : errors)
+        RecordProperty(e.tensor, std::to_string(e.error));
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryNormalizerInEverySlot, RecurrentGradients,
                          ::testing::ValuesIn(gradient_cases()), gradient_case_name);
 
 TEST(Lstm, LastStepOutputGradientsMatchFiniteDifferences) {
-    auto layer = testing::make_recurrent(RecurrentCell::lstm,
-                                         RecurrentNorms::batch_norm_lstm("batch_norm"),
-                                         SequenceOutput::last_step);
+    auto layer =
+        testing::make_recurrent(RecurrentCell::lstm, RecurrentNorms::batch_norm_lstm("batch_norm"),
+                                SequenceOutput::last_step);
     testing::randomize(*layer, 4);
     const ArrayD x = random_array({6, 4, testing::kFeatures}, 6);
-    testing::expect_gradients_match(
-        testing::check_layer_gradients(*layer, x, {6, 2, 0, 5}), 1e-6);
+    testing::expect_gradients_match(testing::check_layer_gradients(*layer, x, {6, 2, 0, 5}), 1e-6);
 }
 
 TEST(Lstm, LastStepOutputIsTheHiddenStateAtEachSequencesLastValidStep) {
@@ -124,10 +131,9 @@ TEST(Lstm, PublishedConfigurationsSetGammaAndBeta) {
         }
     }
     // BN-LSTM: β_x = β_h = 0 are not parameters; the cell keeps its β.
-    const std::vector<std::string> expected_bn{"weight_ih",         "weight_hh",
-                                               "bias",              "input_norm.weight",
-                                               "recurrent_norm.weight", "cell_norm.weight",
-                                               "cell_norm.bias"};
+    const std::vector<std::string> expected_bn{
+        "weight_ih",        "weight_hh",     "bias", "input_norm.weight", "recurrent_norm.weight",
+        "cell_norm.weight", "cell_norm.bias"};
     EXPECT_EQ(names, expected_bn);
     auto ln = testing::make_recurrent(RecurrentCell::lstm, RecurrentNorms::layer_norm_lstm(),
                                       SequenceOutput::last_step);
@@ -161,7 +167,8 @@ TEST(Lstm, RecurrentWeightBlocksAreOrthogonal) {
         for (std::size_t i = 0; i < h; ++i)
             for (std::size_t k = 0; k < h; ++k) {
                 double dot = 0;
-                for (std::size_t j = 0; j < h; ++j) dot += w(b * h + i, j) * w(b * h + k, j);
+                for (std::size_t j = 0; j < h; ++j)
+                    dot += w(b * h + i, j) * w(b * h + k, j);
                 EXPECT_NEAR(dot, i == k ? 1.0 : 0.0, 1e-12);
             }
 }
@@ -177,22 +184,27 @@ TEST(Lstm, BadInputIsRefusedNamingTheLayerAndTheShapes) {
         }
         return std::string("no ShapeError");
     };
-    EXPECT_NE(message([&] { layer->forward(random_array({4, testing::kFeatures}, 1), Mode::train); })
-                  .find("expected input of shape (T, N, 3)"),
+    EXPECT_NE(message([&] {
+                  layer->forward(random_array({4, testing::kFeatures}, 1), Mode::train);
+              }).find("expected input of shape (T, N, 3)"),
               std::string::npos);
-    EXPECT_NE(message([&] { layer->forward(random_array({5, 4, 2}, 1), Mode::train); })
-                  .find("got (5, 4, 2)"),
+    EXPECT_NE(message([&] {
+                  layer->forward(random_array({5, 4, 2}, 1), Mode::train);
+              }).find("got (5, 4, 2)"),
               std::string::npos);
-    EXPECT_NE(message([&] { layer->forward(x, {5, 5, 5}, Mode::train); })
-                  .find("expected 4 sequence lengths"),
+    EXPECT_NE(message([&] {
+                  layer->forward(x, {5, 5, 5}, Mode::train);
+              }).find("expected 4 sequence lengths"),
               std::string::npos);
-    EXPECT_NE(message([&] { layer->forward(x, {5, 6, 5, 5}, Mode::train); })
-                  .find("sequence 1 has length 6, more than the 5 steps"),
+    EXPECT_NE(message([&] {
+                  layer->forward(x, {5, 6, 5, 5}, Mode::train);
+              }).find("sequence 1 has length 6, more than the 5 steps"),
               std::string::npos);
     EXPECT_THROW(layer->backward(x), StateError);
     layer->forward(x, Mode::train);
-    EXPECT_NE(message([&] { layer->backward(random_array({5, 4, 2}, 1)); })
-                  .find("expected dy of shape (5, 4, 4)"),
+    EXPECT_NE(message([&] {
+                  layer->backward(random_array({5, 4, 2}, 1));
+              }).find("expected dy of shape (5, 4, 4)"),
               std::string::npos);
     EXPECT_NO_THROW(layer->backward(random_array({5, 4, testing::kHidden}, 1)));
 }
@@ -200,9 +212,9 @@ TEST(Lstm, BadInputIsRefusedNamingTheLayerAndTheShapes) {
 TEST(Lstm, ImpossibleSlotsAreRefusedNamingTheSlot) {
     RecurrentNorms cell_on_rnn;
     cell_on_rnn.cell = "layer_norm";
-    EXPECT_THROW(testing::make_recurrent(RecurrentCell::tanh_rnn, cell_on_rnn,
-                                         SequenceOutput::all_steps),
-                 OptionError);
+    EXPECT_THROW(
+        testing::make_recurrent(RecurrentCell::tanh_rnn, cell_on_rnn, SequenceOutput::all_steps),
+        OptionError);
     RecurrentNorms groups;
     groups.recurrent = "group_norm(groups=3)";  // 3 does not divide 4·4 gate units
     try {

@@ -13,9 +13,11 @@ namespace normlab::testing {
 constexpr std::size_t kFeatures = 3;
 constexpr std::size_t kHidden = 4;
 
-inline std::unique_ptr<model::RecurrentLayer<double>> make_recurrent(
-    model::RecurrentCell cell, model::RecurrentNorms norms, model::SequenceOutput output,
-    std::size_t max_steps = 6, unsigned seed = 1) {
+inline std::unique_ptr<model::RecurrentLayer<double>> make_recurrent(model::RecurrentCell cell,
+                                                                     model::RecurrentNorms norms,
+                                                                     model::SequenceOutput output,
+                                                                     std::size_t max_steps = 6,
+                                                                     unsigned seed = 1) {
     std::mt19937 rng(seed);
     model::RecurrentOptions o;
     o.input_size = kFeatures;
@@ -39,14 +41,18 @@ struct LayerState {
     std::vector<ArrayD> buffers;
     std::vector<std::int64_t> counters;
     explicit LayerState(model::Layer<double>& layer) {
-        for (auto& b : layer.buffers()) buffers.push_back(*b.value);
-        for (auto& c : layer.counters()) counters.push_back(*c.value);
+        for (auto& b : layer.buffers())
+            buffers.push_back(*b.value);
+        for (auto& c : layer.counters())
+            counters.push_back(*c.value);
     }
     void restore(model::Layer<double>& layer) const {
         auto b = layer.buffers();
-        for (std::size_t i = 0; i < b.size(); ++i) *b[i].value = buffers[i];
+        for (std::size_t i = 0; i < b.size(); ++i)
+            *b[i].value = buffers[i];
         auto c = layer.counters();
-        for (std::size_t i = 0; i < c.size(); ++i) *c[i].value = counters[i];
+        for (std::size_t i = 0; i < c.size(); ++i)
+            *c[i].value = counters[i];
     }
 };
 

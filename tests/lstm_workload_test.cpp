@@ -33,7 +33,8 @@ TEST(LstmWorkload, ReadsImagesRowByRowAndClassifiesFromTheLastHiddenState) {
     // BN-LSTM recipe for batch statistics: 28 steps of statistics per slot.
     auto bn = model::build_model<float>("lstm", "batch_norm", 1);
     std::size_t gates = 0;
-    for (const auto& b : bn.buffers()) gates += b.name.find("input_norm.step27.running_mean") != std::string::npos;
+    for (const auto& b : bn.buffers())
+        gates += b.name.find("input_norm.step27.running_mean") != std::string::npos;
     EXPECT_EQ(gates, 1u);
     for (const auto& p : bn.parameters())
         if (p.name.ends_with("norm.weight")) {
@@ -52,7 +53,8 @@ TEST(LstmWorkload, VarlenLengthsAreUniformAndFixedByTheExampleAlone) {
     // Another subset and order: each example keeps its length.
     const Array<float> part = xt::reshape_view(synthetic().train.slice(100, 7).images, {7, 28, 28});
     const auto again = model::varlen_lengths(part);
-    for (std::size_t i = 0; i < 7; ++i) EXPECT_EQ(again[i], lengths[100 + i]);
+    for (std::size_t i = 0; i < 7; ++i)
+        EXPECT_EQ(again[i], lengths[100 + i]);
 }
 
 TEST(LstmWorkload, VarlenModelAppliesItsLengthRuleUnlessLengthsAreGiven) {
@@ -70,7 +72,8 @@ TEST(LstmWorkload, VarlenModelAppliesItsLengthRuleUnlessLengthsAreGiven) {
 
 TEST(LstmWorkload, DataSetLengthsReachTheBatches) {
     data::Dataset d = synthetic().train.slice(0, 10);
-    for (std::size_t i = 0; i < 10; ++i) d.lengths.push_back(i + 1);
+    for (std::size_t i = 0; i < 10; ++i)
+        d.lengths.push_back(i + 1);
     EXPECT_EQ(d.slice(3, 2).lengths, (std::vector<std::size_t>{4, 5}));
     data::BatchIterator it(d, 4, 0, 0, false, false);
     Array<float> x;

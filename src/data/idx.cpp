@@ -179,7 +179,8 @@ bool BatchIterator::next(Array<float>& x, std::vector<int>& y, const Shape& exam
     if (lengths) {
         lengths->clear();
         if (!data_.lengths.empty())
-            for (std::size_t i = 0; i < b; ++i) lengths->push_back(data_.lengths[order_[position_ + i]]);
+            for (std::size_t i = 0; i < b; ++i)
+                lengths->push_back(data_.lengths[order_[position_ + i]]);
     }
     for (std::size_t i = 0; i < b; ++i) {
         const std::size_t idx = order_[position_ + i];

@@ -52,25 +52,33 @@ Array<T> orthogonal_blocks(std::size_t blocks, std::size_t h, std::mt19937& rng)
             double* row = q.data() + i * h;
             double norm = 0;
             while (norm < 1e-6) {  // a fresh draw in the (measure-zero) dependent case
-                for (std::size_t j = 0; j < h; ++j) row[j] = normal(rng);
+                for (std::size_t j = 0; j < h; ++j)
+                    row[j] = normal(rng);
                 for (std::size_t k = 0; k < i; ++k) {
                     const double* prev = q.data() + k * h;
                     double dot = 0;
-                    for (std::size_t j = 0; j < h; ++j) dot += row[j] * prev[j];
-                    for (std::size_t j = 0; j < h; ++j) row[j] -= dot * prev[j];
+                    for (std::size_t j = 0; j < h; ++j)
+                        dot += row[j] * prev[j];
+                    for (std::size_t j = 0; j < h; ++j)
+                        row[j] -= dot * prev[j];
                 }
                 norm = 0;
-                for (std::size_t j = 0; j < h; ++j) norm += row[j] * row[j];
+                for (std::size_t j = 0; j < h; ++j)
+                    norm += row[j] * row[j];
                 norm = std::sqrt(norm);
             }
-            for (std::size_t j = 0; j < h; ++j) row[j] /= norm;
+            for (std::size_t j = 0; j < h; ++j)
+                row[j] /= norm;
         }
-        for (std::size_t i = 0; i < h * h; ++i) w.data()[b * h * h + i] = T(q[i]);
+        for (std::size_t i = 0; i < h * h; ++i)
+            w.data()[b * h * h + i] = T(q[i]);
     }
     return w;
 }
 
-bool is_none(const std::string& spec) { return spec.empty() || spec == "none"; }
+bool is_none(const std::string& spec) {
+    return spec.empty() || spec == "none";
+}
 
 }  // namespace
 
@@ -118,8 +126,10 @@ RecurrentLayer<T>::RecurrentLayer(RecurrentCell cell, RecurrentOptions options, 
                           std::to_string(options_.input_size) + " and " +
                           std::to_string(options_.hidden_size));
     if (cell_ == RecurrentCell::tanh_rnn && !is_none(options_.norms.cell))
-        throw OptionError("rnn: a tanh RNN has no cell state, so its cell slot must be 'none', "
-                          "got '" + options_.norms.cell + "'");
+        throw OptionError(
+            "rnn: a tanh RNN has no cell state, so its cell slot must be 'none', "
+            "got '" +
+            options_.norms.cell + "'");
     impl_ = std::make_unique<Impl>(options_, cell_ == RecurrentCell::lstm ? 4 : 1, rng);
     if (cell_ == RecurrentCell::lstm)
         for (std::size_t j = 0; j < options_.hidden_size; ++j)
@@ -256,8 +266,8 @@ Array<T> RecurrentLayer<T>::backward(const Array<T>& dy) {
         for (std::size_t r = 0; r < plan.batch; ++r) {
             const std::size_t seq = plan.order[r], len = plan.lengths[seq];
             if (len > 0)
-                std::memcpy(dhidden.data() + (plan.offset[len - 1] + r) * h,
-                            dy.data() + seq * h, h * sizeof(T));
+                std::memcpy(dhidden.data() + (plan.offset[len - 1] + r) * h, dy.data() + seq * h,
+                            h * sizeof(T));
         }
     }
     Array<T> dax = Array<T>::from_shape({total, gh}), dah = Array<T>::from_shape({total, gh});
@@ -270,7 +280,8 @@ Array<T> RecurrentLayer<T>::backward(const Array<T>& dy) {
         Array<T> dc = xt::zeros<T>({rows, h});
         if (have_next) {
             const std::size_t carried = dh_next.shape()[0];  // rows[t + 1] ≤ rows
-            for (std::size_t i = 0; i < carried * h; ++i) dh.data()[i] += dh_next.data()[i];
+            for (std::size_t i = 0; i < carried * h; ++i)
+                dh.data()[i] += dh_next.data()[i];
             if (lstm) std::memcpy(dc.data(), dc_next.data(), carried * h * sizeof(T));
         }
         const T* act = ctx.acts.data() + first * gh;
@@ -301,7 +312,8 @@ Array<T> RecurrentLayer<T>::backward(const Array<T>& dy) {
                 dpre.data()[i] = dh.data()[i] * (T(1) - act[i] * act[i]);
         }
         for (std::size_t r = 0; r < rows; ++r)
-            for (std::size_t j = 0; j < gh; ++j) m.g_bias(j) += dpre(r, j);
+            for (std::size_t j = 0; j < gh; ++j)
+                m.g_bias(j) += dpre(r, j);
         const Array<T> dah_t = m.recurrent.backward(dpre);
         put_rows(dah, first, dah_t);
         if (t > 0) {
@@ -327,7 +339,8 @@ std::vector<ParamRef<T>> RecurrentLayer<T>::parameters() {
                                  {"weight_hh", &m.w_hh, &m.g_hh},
                                  {"bias", &m.bias, &m.g_bias}};
     for (auto* slot : {&m.input, &m.recurrent, &m.cell})
-        for (auto& p : slot->parameters()) out.push_back(p);
+        for (auto& p : slot->parameters())
+            out.push_back(p);
     return out;
 }
 
@@ -335,7 +348,8 @@ template <class T>
 std::vector<BufferRef<T>> RecurrentLayer<T>::buffers() {
     std::vector<BufferRef<T>> out;
     for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell})
-        for (auto& b : slot->buffers()) out.push_back(b);
+        for (auto& b : slot->buffers())
+            out.push_back(b);
     return out;
 }
 
@@ -343,14 +357,16 @@ template <class T>
 std::vector<CounterRef> RecurrentLayer<T>::counters() {
     std::vector<CounterRef> out;
     for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell})
-        for (auto& c : slot->counters()) out.push_back(c);
+        for (auto& c : slot->counters())
+            out.push_back(c);
     return out;
 }
 
 template <class T>
 void RecurrentLayer<T>::clear_saved() {
     impl_->saved.clear();
-    for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell}) slot->clear_saved();
+    for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell})
+        slot->clear_saved();
 }
 
 template <class T>
@@ -367,20 +383,25 @@ void RecurrentLayer<T>::set_sequence_lengths(const std::vector<std::size_t>& len
 
 template <class T>
 void RecurrentLayer<T>::begin_epoch() {
-    for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell}) slot->begin_epoch();
+    for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell})
+        slot->begin_epoch();
 }
 
 template <class T>
 void RecurrentLayer<T>::end_epoch() {
-    for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell}) slot->end_epoch();
+    for (auto* slot : {&impl_->input, &impl_->recurrent, &impl_->cell})
+        slot->end_epoch();
 }
 
 template <class T>
 BasicNormalizer<T>* RecurrentLayer<T>::slot_normalizer(Slot slot) {
     switch (slot) {
-        case Slot::input: return impl_->input.normalizer();
-        case Slot::recurrent: return impl_->recurrent.normalizer();
-        case Slot::cell: return impl_->cell.normalizer();
+        case Slot::input:
+            return impl_->input.normalizer();
+        case Slot::recurrent:
+            return impl_->recurrent.normalizer();
+        case Slot::cell:
+            return impl_->cell.normalizer();
     }
     return nullptr;
 }

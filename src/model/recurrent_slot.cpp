@@ -7,7 +7,9 @@
 namespace normlab::model {
 namespace {
 
-bool is_none(const std::string& spec) { return spec.empty() || spec == "none"; }
+bool is_none(const std::string& spec) {
+    return spec.empty() || spec == "none";
+}
 
 // Rethrows e with the slot and step in front of its message, keeping its type.
 template <class Call>
@@ -57,9 +59,8 @@ Array<T> RecurrentSlot<T>::forward(const Array<T>& x, std::size_t step, std::siz
     if (!norm_) return x;
     if (per_step_) static_cast<PerStepNormalizer<T>&>(*norm_).set_step(step);
     const bool lone_row = per_step_ && mode == Mode::train && x.shape()[0] == 1 && full_batch > 1;
-    return with_context(label_ + " at step " + std::to_string(step) + ": ", [&] {
-        return norm_->forward(x, lone_row ? Mode::eval : mode, grad);
-    });
+    return with_context(label_ + " at step " + std::to_string(step) + ": ",
+                        [&] { return norm_->forward(x, lone_row ? Mode::eval : mode, grad); });
 }
 
 template <class T>
@@ -73,7 +74,8 @@ std::vector<ParamRef<T>> RecurrentSlot<T>::parameters() {
     std::vector<ParamRef<T>> out;
     if (!norm_) return out;
     for (auto& p : norm_->parameters())
-        if (learn_beta_ || p.name != "bias") out.push_back({label_ + "." + p.name, p.value, p.grad});
+        if (learn_beta_ || p.name != "bias")
+            out.push_back({label_ + "." + p.name, p.value, p.grad});
     return out;
 }
 
@@ -81,7 +83,8 @@ template <class T>
 std::vector<BufferRef<T>> RecurrentSlot<T>::buffers() {
     std::vector<BufferRef<T>> out;
     if (norm_)
-        for (auto& b : norm_->buffers()) out.push_back({label_ + "." + b.name, b.value});
+        for (auto& b : norm_->buffers())
+            out.push_back({label_ + "." + b.name, b.value});
     return out;
 }
 
@@ -89,7 +92,8 @@ template <class T>
 std::vector<CounterRef> RecurrentSlot<T>::counters() {
     std::vector<CounterRef> out;
     if (norm_)
-        for (auto& c : norm_->counters()) out.push_back({label_ + "." + c.name, c.value});
+        for (auto& c : norm_->counters())
+            out.push_back({label_ + "." + c.name, c.value});
     return out;
 }
 

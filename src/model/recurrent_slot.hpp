@@ -14,7 +14,7 @@ namespace normlab::model {
 
 template <class T>
 class RecurrentSlot {
-public:
+  public:
     // spec "none" or "": an empty slot (apply() returns its input). label names the slot in
     // errors and parameter names ("input_norm").
     RecurrentSlot(const std::string& spec, std::size_t features, std::size_t max_steps,
@@ -39,7 +39,7 @@ public:
     BasicNormalizer<T>* normalizer() { return norm_.get(); }
     const std::string& label() const { return label_; }
 
-private:
+  private:
     std::unique_ptr<BasicNormalizer<T>> norm_;
     bool per_step_ = false;
     bool learn_beta_ = true;

@@ -25,14 +25,15 @@ SequencePacking plan_packing(const std::vector<std::size_t>& lengths, std::size_
                              std::to_string(steps) + " steps of the input");
     p.order.resize(batch);
     std::iota(p.order.begin(), p.order.end(), std::size_t(0));
-    std::stable_sort(p.order.begin(), p.order.end(), [&](std::size_t a, std::size_t b) {
-        return p.lengths[a] > p.lengths[b];
-    });
+    std::stable_sort(p.order.begin(), p.order.end(),
+                     [&](std::size_t a, std::size_t b) { return p.lengths[a] > p.lengths[b]; });
     p.rows.assign(steps, 0);
     for (std::size_t len : p.lengths)
-        for (std::size_t t = 0; t < len; ++t) ++p.rows[t];
+        for (std::size_t t = 0; t < len; ++t)
+            ++p.rows[t];
     p.offset.assign(steps + 1, 0);
-    for (std::size_t t = 0; t < steps; ++t) p.offset[t + 1] = p.offset[t] + p.rows[t];
+    for (std::size_t t = 0; t < steps; ++t)
+        p.offset[t + 1] = p.offset[t] + p.rows[t];
     return p;
 }
 

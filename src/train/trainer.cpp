@@ -123,9 +123,10 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
     while (it.next(x, y, example_shape_, &lengths)) {
         const std::size_t step = std::size_t(optimizer_.steps());
         model_.zero_grad();
-        const auto r = model::softmax_cross_entropy(
-            lengths.empty() ? model_.forward(x, Mode::train) : model_.forward(x, lengths, Mode::train),
-            y, &dlogits);
+        const auto r = model::softmax_cross_entropy(lengths.empty()
+                                                        ? model_.forward(x, Mode::train)
+                                                        : model_.forward(x, lengths, Mode::train),
+                                                    y, &dlogits);
         if (!std::isfinite(r.loss)) {
             model_.clear_saved();
             result.status = "diverged";

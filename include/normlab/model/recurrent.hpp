@@ -72,7 +72,7 @@ struct RecurrentOptions {
 // weight_ih is Xavier-uniform, each H×H gate block of weight_hh orthogonal.
 template <class T>
 class RecurrentLayer : public Layer<T> {
-public:
+  public:
     // OptionError for zero sizes, a bad slot spec, or a cell slot on the RNN.
     RecurrentLayer(RecurrentCell cell, RecurrentOptions options, std::mt19937& rng);
     ~RecurrentLayer() override;
@@ -99,7 +99,7 @@ public:
     BasicNormalizer<T>* slot_normalizer(Slot slot);
     const RecurrentOptions& options() const { return options_; }
 
-private:
+  private:
     struct Impl;
     RecurrentCell cell_;
     RecurrentOptions options_;
@@ -108,7 +108,7 @@ private:
 
 template <class T>
 class Lstm : public RecurrentLayer<T> {
-public:
+  public:
     Lstm(RecurrentOptions options, std::mt19937& rng)
         : RecurrentLayer<T>(RecurrentCell::lstm, std::move(options), rng) {}
 };
@@ -116,7 +116,7 @@ public:
 // h_t = tanh(N_x(W_x x_t) + N_h(W_h h_{t−1}) + b) (LN paper Eq. 4 when both slots are LN).
 template <class T>
 class TanhRnn : public RecurrentLayer<T> {
-public:
+  public:
     TanhRnn(RecurrentOptions options, std::mt19937& rng)
         : RecurrentLayer<T>(RecurrentCell::tanh_rnn, std::move(options), rng) {}
 };
@@ -125,13 +125,13 @@ public:
 // workloads use it to read a (N, 28, 28) image as 28 steps of 28 pixels.
 template <class T>
 class TimeMajor : public Layer<T> {
-public:
+  public:
     std::string name() const override { return "time_major"; }
     Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep) override;
     Array<T> backward(const Array<T>& dy) override;
     void clear_saved() override { shapes_.clear(); }
 
-private:
+  private:
     std::vector<Shape> shapes_;
 };
 

@@ -52,6 +52,9 @@ private:
 
 int main(int argc, char** argv) {
     normlab::mpi::Session session(argc, argv);
+    // mpirun hands the ranks a pseudo-terminal, so GoogleTest would colour a log file; plain text
+    // unless --gtest_color says otherwise.
+    GTEST_FLAG_SET(color, "no");
     ::testing::InitGoogleTest(&argc, argv);
     const normlab::mpi::Communicator world = session.world();
     MPI_Comm harness_comm;

@@ -36,9 +36,11 @@ void agree(const Communicator& comm, const std::string& who,
         const std::int64_t max = range[i + 1], min = -range[n + i + 1];
         if (min == max) continue;
         throw RankMismatchError(who + ": the " + std::to_string(comm.size()) +
-                                " ranks disagree on the " + fields[i].what + ": expected the same "
-                                "value on every rank, got " + std::to_string(fields[i].value) +
-                                " on rank " + std::to_string(comm.rank()) + " and values from " +
+                                " ranks disagree on the " + fields[i].what +
+                                ": expected the same "
+                                "value on every rank, got " +
+                                std::to_string(fields[i].value) + " on rank " +
+                                std::to_string(comm.rank()) + " and values from " +
                                 std::to_string(min) + " to " + std::to_string(max) +
                                 " across ranks");
     }

@@ -74,7 +74,9 @@ void Communicator::broadcast(std::span<T> data, int root) const {
           "MPI_Bcast from rank " + std::to_string(root));
 }
 
-void Communicator::barrier() const { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+void Communicator::barrier() const {
+    check(MPI_Barrier(comm_), "MPI_Barrier");
+}
 
 template void Communicator::allreduce_sum<float>(std::span<float>) const;
 template void Communicator::allreduce_sum<double>(std::span<double>) const;

@@ -31,7 +31,8 @@ std::int64_t value_fingerprint(const std::vector<Ref>& refs) {
 template <class Ref>
 std::size_t total_size(const std::vector<Ref>& refs) {
     std::size_t n = 0;
-    for (const auto& r : refs) n += r.value->size();
+    for (const auto& r : refs)
+        n += r.value->size();
     return n;
 }
 
@@ -64,7 +65,8 @@ void allreduce_gradients(model::Sequential<T>& model, const Communicator& comm, 
     const T scale = average ? T(1) / T(comm.size()) : T(1);
     at = 0;
     for (const auto& p : params) {
-        for (auto& g : *p.grad) g = packed[at++] * scale;
+        for (auto& g : *p.grad)
+            g = packed[at++] * scale;
     }
 }
 
@@ -72,8 +74,8 @@ void allreduce_gradients(model::Sequential<T>& model, const Communicator& comm, 
 
 Shard shard_of(std::size_t global_batch, int rank, int ranks) {
     if (ranks <= 0 || rank < 0 || rank >= ranks)
-        throw ShapeError("shard_of: expected 0 <= rank < ranks, got rank " +
-                         std::to_string(rank) + " of " + std::to_string(ranks));
+        throw ShapeError("shard_of: expected 0 <= rank < ranks, got rank " + std::to_string(rank) +
+                         " of " + std::to_string(ranks));
     const std::size_t r = std::size_t(rank), k = std::size_t(ranks);
     const std::size_t base = global_batch / k, extra = global_batch % k;
     const std::size_t begin = r * base + std::min(r, extra);
@@ -124,7 +126,8 @@ void broadcast_parameters(model::Sequential<T>& model, const Communicator& comm,
     const auto buffers = model.buffers();
     const auto counters = model.counters();
     std::int64_t counter_names = 3;
-    for (const auto& c : counters) counter_names = fingerprint(c.name.data(), c.name.size(), counter_names);
+    for (const auto& c : counters)
+        counter_names = fingerprint(c.name.data(), c.name.size(), counter_names);
     agree(comm, "broadcast_parameters",
           {{"fingerprint of the parameter names and shapes (the model differs)",
             structure_fingerprint(params, 1)},
@@ -137,19 +140,25 @@ void broadcast_parameters(model::Sequential<T>& model, const Communicator& comm,
 
     std::vector<T> packed;
     packed.reserve(total_size(params) + total_size(buffers));
-    for (const auto& p : params) packed.insert(packed.end(), p.value->begin(), p.value->end());
-    for (const auto& b : buffers) packed.insert(packed.end(), b.value->begin(), b.value->end());
+    for (const auto& p : params)
+        packed.insert(packed.end(), p.value->begin(), p.value->end());
+    for (const auto& b : buffers)
+        packed.insert(packed.end(), b.value->begin(), b.value->end());
     std::vector<std::int64_t> counts;
-    for (const auto& c : counters) counts.push_back(*c.value);
+    for (const auto& c : counters)
+        counts.push_back(*c.value);
     comm.broadcast(std::span<T>(packed), root);
     if (!counts.empty()) comm.broadcast(std::span<std::int64_t>(counts), root);
 
     std::size_t at = 0;
     for (const auto& p : params)
-        for (auto& v : *p.value) v = packed[at++];
+        for (auto& v : *p.value)
+            v = packed[at++];
     for (const auto& b : buffers)
-        for (auto& v : *b.value) v = packed[at++];
-    for (std::size_t i = 0; i < counters.size(); ++i) *counters[i].value = counts[i];
+        for (auto& v : *b.value)
+            v = packed[at++];
+    for (std::size_t i = 0; i < counters.size(); ++i)
+        *counters[i].value = counts[i];
 }
 
 template <class T>
@@ -158,7 +167,8 @@ void check_replicas(model::Sequential<T>& model, const Communicator& comm) {
     const auto buffers = model.buffers();
     const auto counters = model.counters();
     std::vector<std::int64_t> counts;
-    for (const auto& c : counters) counts.push_back(*c.value);
+    for (const auto& c : counters)
+        counts.push_back(*c.value);
     agree(comm, "check_replicas",
           {{"fingerprint of the parameter names and shapes (the model differs)",
             structure_fingerprint(params, 1)},
@@ -173,11 +183,11 @@ void check_replicas(model::Sequential<T>& model, const Communicator& comm) {
           nullptr);
 }
 
-#define NORMLAB_INSTANTIATE_DATA_PARALLEL(T)                                                     \
-    template Array<T> rows_of<T>(const Array<T>&, const Shard&);                                 \
-    template void average_gradients<T>(model::Sequential<T>&, const Communicator&);              \
-    template void sum_gradients<T>(model::Sequential<T>&, const Communicator&);                  \
-    template void broadcast_parameters<T>(model::Sequential<T>&, const Communicator&, int);      \
+#define NORMLAB_INSTANTIATE_DATA_PARALLEL(T)                                                \
+    template Array<T> rows_of<T>(const Array<T>&, const Shard&);                            \
+    template void average_gradients<T>(model::Sequential<T>&, const Communicator&);         \
+    template void sum_gradients<T>(model::Sequential<T>&, const Communicator&);             \
+    template void broadcast_parameters<T>(model::Sequential<T>&, const Communicator&, int); \
     template void check_replicas<T>(model::Sequential<T>&, const Communicator&);
 
 NORMLAB_INSTANTIATE_DATA_PARALLEL(float)

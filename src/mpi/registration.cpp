@@ -18,9 +18,9 @@ NormalizerFactory<T> factory(const Communicator& comm) {
 
 template <template <class> class V>
 void register_one(const Communicator& comm) {
-    register_variant({V<float>::kName, V<float>::kSummary,
-                      describe_options<typename V<float>::Options>()},
-                     factory<V, float>(comm), factory<V, double>(comm));
+    register_variant(
+        {V<float>::kName, V<float>::kSummary, describe_options<typename V<float>::Options>()},
+        factory<V, float>(comm), factory<V, double>(comm));
 }
 
 }  // namespace

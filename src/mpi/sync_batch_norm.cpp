@@ -48,7 +48,8 @@ Array<T> SyncBatchNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
             // the global count, so every rank stores the same values.
             const double bessel = double(global.count) / double(global.count - 1);
             std::vector<double> var(channels);
-            for (std::size_t c = 0; c < channels; ++c) var[c] = global.var[c] * bessel;
+            for (std::size_t c = 0; c < channels; ++c)
+                var[c] = global.var[c] * bessel;
             running_.update(options_.momentum, global.mean, var);
         }
     }

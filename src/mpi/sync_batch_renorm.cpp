@@ -75,7 +75,8 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         const double a = options_.momentum;
         for (std::size_t c = 0; c < channels; ++c) {
             const double sigma_b = std::sqrt(global.var[c] + options_.eps);
-            moving_mean_(c) = T(double(moving_mean_(c)) + a * (global.mean[c] - double(moving_mean_(c))));
+            moving_mean_(c) =
+                T(double(moving_mean_(c)) + a * (global.mean[c] - double(moving_mean_(c))));
             moving_std_(c) = T(double(moving_std_(c)) + a * (sigma_b - double(moving_std_(c))));
         }
         ++step_;

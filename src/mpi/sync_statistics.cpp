@@ -29,7 +29,8 @@ Partial merge(const Partial& a, const Partial& b) {
 void merge_partials(void* in, void* inout, int* len, MPI_Datatype*) {
     const auto* a = static_cast<const Partial*>(in);
     auto* b = static_cast<Partial*>(inout);
-    for (int i = 0; i < *len; ++i) b[i] = merge(a[i], b[i]);
+    for (int i = 0; i < *len; ++i)
+        b[i] = merge(a[i], b[i]);
 }
 
 // A datatype of one whole Partial, so MPI never splits a triple between pipeline segments, and
@@ -58,7 +59,8 @@ NcsView sync_view(const std::string& label, const Shape& shape, std::size_t chan
         throw ShapeError(label + ": expected input of shape (N, " + std::to_string(channels) +
                          ", ...) with N >= 0, got " + format_shape(shape));
     NcsView v{shape[0], shape[1], 1};
-    for (std::size_t i = 2; i < shape.size(); ++i) v.s *= shape[i];
+    for (std::size_t i = 2; i < shape.size(); ++i)
+        v.s *= shape[i];
     if (v.s == 0)
         throw ShapeError(label + ": expected non-empty trailing dimensions, got " +
                          format_shape(shape));
@@ -80,9 +82,11 @@ GlobalMoments allreduce_moments(const Communicator& comm, const std::string& lab
             const double count = double(v.n * v.s);
             for (std::size_t c = 0; c < channels; ++c) {
                 if (!std::isfinite(mean[c]) || !std::isfinite(var[c]))
-                    throw NonFiniteError(label + ": statistics of this rank's input are not "
-                                         "finite (channel " + std::to_string(c) +
-                                         "): the input of shape " + format_shape(shape) +
+                    throw NonFiniteError(label +
+                                         ": statistics of this rank's input are not "
+                                         "finite (channel " +
+                                         std::to_string(c) + "): the input of shape " +
+                                         format_shape(shape) +
                                          " contains NaN or Inf; nothing was updated");
                 partials[c] = {count, double(mean[c]), double(var[c]) * count};
             }
@@ -90,14 +94,14 @@ GlobalMoments allreduce_moments(const Communicator& comm, const std::string& lab
     } catch (...) {
         failure = std::current_exception();
     }
-    agree(comm, label + " forward",
-          {{"synchronized operation (1 = forward, 2 = backward)", 1},
-           {"number of channels", std::int64_t(channels)},
-           {"values per channel and sample (product of the trailing dimensions)",
-            std::int64_t(v.s)},
-           {"scalar size in bytes", std::int64_t(sizeof(T))},
-           {"number of this layer's synchronized forward calls", call}},
-          failure);
+    agree(
+        comm, label + " forward",
+        {{"synchronized operation (1 = forward, 2 = backward)", 1},
+         {"number of channels", std::int64_t(channels)},
+         {"values per channel and sample (product of the trailing dimensions)", std::int64_t(v.s)},
+         {"scalar size in bytes", std::int64_t(sizeof(T))},
+         {"number of this layer's synchronized forward calls", call}},
+        failure);
 
     const ChanReduction& chan = chan_reduction();
     comm.allreduce(partials.data(), channels, chan.type, chan.op, "count, mean and M2");

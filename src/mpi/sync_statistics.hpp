@@ -23,7 +23,7 @@ NcsView sync_view(const std::string& label, const Shape& shape, std::size_t chan
 
 // Statistics of one channel over every rank's values.
 struct GlobalMoments {
-    std::int64_t count = 0;   // values per channel on all ranks together (N_total · S)
+    std::int64_t count = 0;  // values per channel on all ranks together (N_total · S)
     std::vector<double> mean;
     std::vector<double> var;  // biased (divided by count)
 };
@@ -56,7 +56,8 @@ Array<T> sync_backward(const Communicator& comm, const Array<T>& dy, const Array
                        std::vector<double>& local_sum_dy, std::vector<double>& local_sum_dy_xhat) {
     const std::size_t channels = v.c;
     std::vector<double> sums(2 * channels, 0.0);  // [Σdy | Σdy·x̂]
-    if (v.n > 0) kernels::channel_sums(dy.data(), xhat.data(), v, sums.data(), sums.data() + channels);
+    if (v.n > 0)
+        kernels::channel_sums(dy.data(), xhat.data(), v, sums.data(), sums.data() + channels);
     local_sum_dy.assign(sums.begin(), sums.begin() + std::ptrdiff_t(channels));
     local_sum_dy_xhat.assign(sums.begin() + std::ptrdiff_t(channels), sums.end());
     comm.allreduce_sum(std::span<double>(sums));

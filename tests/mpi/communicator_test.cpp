@@ -41,8 +41,8 @@ TEST(Communicator, MpiErrorsBecomeExceptionsInsteadOfAborting) {
         comm.broadcast(std::span<double>(values), comm.size());  // no such rank
         ADD_FAILURE() << "expected MpiError";
     } catch (const MpiError& e) {
-        EXPECT_NE(std::string(e.what()).find("MPI_Bcast from rank " +
-                                             std::to_string(comm.size()) + " failed: "),
+        EXPECT_NE(std::string(e.what()).find("MPI_Bcast from rank " + std::to_string(comm.size()) +
+                                             " failed: "),
                   std::string::npos)
             << e.what();
     }

@@ -38,7 +38,8 @@ std::vector<int> random_labels(std::size_t n, unsigned seed) {
     std::mt19937 gen(seed);
     std::uniform_int_distribution<int> pick(0, int(kClasses) - 1);
     std::vector<int> labels(n);
-    for (auto& l : labels) l = pick(gen);
+    for (auto& l : labels)
+        l = pick(gen);
     return labels;
 }
 
@@ -103,7 +104,8 @@ TEST(DataParallel, UnevenShardsWithWeightedLossGradientsTrainLikeOneProcess) {
     // A rank with one example; not one with none, which Linear refuses (N >= 1).
     const int k = world().size();
     std::vector<std::size_t> sizes(std::size_t(k), 0);
-    for (int r = 0; r < k; ++r) sizes[std::size_t(r)] = std::size_t(1 + 2 * r);  // 1, 3, 5, …
+    for (int r = 0; r < k; ++r)
+        sizes[std::size_t(r)] = std::size_t(1 + 2 * r);  // 1, 3, 5, …
     if (k == 1) sizes[0] = 3;  // alone, one example would be one value per channel
     expect_training_matches_full_batch(sizes, false);
 }
@@ -150,10 +152,12 @@ TEST(DataParallel, BroadcastMakesReplicasOfRankZero) {
     EXPECT_NO_THROW(check_replicas(m, comm));
     const auto p = m.parameters();
     const auto q = root.parameters();
-    for (std::size_t i = 0; i < p.size(); ++i) EXPECT_EQ(*p[i].value, *q[i].value) << p[i].name;
+    for (std::size_t i = 0; i < p.size(); ++i)
+        EXPECT_EQ(*p[i].value, *q[i].value) << p[i].name;
     const auto b = m.buffers();
     const auto c = root.buffers();
-    for (std::size_t i = 0; i < b.size(); ++i) EXPECT_EQ(*b[i].value, *c[i].value) << b[i].name;
+    for (std::size_t i = 0; i < b.size(); ++i)
+        EXPECT_EQ(*b[i].value, *c[i].value) << b[i].name;
 }
 
 TEST(DataParallel, DivergedReplicasAreReportedOnEveryRank) {
@@ -165,8 +169,7 @@ TEST(DataParallel, DivergedReplicasAreReportedOnEveryRank) {
         check_replicas(m, comm);
         ADD_FAILURE() << "expected RankMismatchError";
     } catch (const RankMismatchError& e) {
-        EXPECT_NE(std::string(e.what()).find("checksum of the parameter values"),
-                  std::string::npos)
+        EXPECT_NE(std::string(e.what()).find("checksum of the parameter values"), std::string::npos)
             << e.what();
     }
 #ifndef NDEBUG
@@ -186,8 +189,7 @@ TEST(DataParallel, DifferentModelsOnDifferentRanksAreAnErrorNotAHang) {
     } catch (const RankMismatchError& e) {
         const std::string msg = e.what();
         EXPECT_NE(msg.find("average_gradients"), std::string::npos) << msg;
-        EXPECT_NE(msg.find("disagree on the number of parameter values"), std::string::npos)
-            << msg;
+        EXPECT_NE(msg.find("disagree on the number of parameter values"), std::string::npos) << msg;
     }
 }
 

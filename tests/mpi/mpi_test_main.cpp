@@ -11,7 +11,7 @@ namespace {
 
 // Non-zero ranks: failed assertions only.
 class FailurePrinter : public ::testing::EmptyTestEventListener {
-public:
+  public:
     explicit FailurePrinter(int rank) : rank_(rank) {}
     void OnTestPartResult(const ::testing::TestPartResult& result) override {
         if (!result.failed()) return;
@@ -20,14 +20,14 @@ public:
                      result.message());
     }
 
-private:
+  private:
     int rank_;
 };
 
 // Every rank: the outcome of each test across ranks. On a communicator of its own, so that a
 // rank that left a test early can never pair this collective with one of the test's.
 class RankAgreement : public ::testing::EmptyTestEventListener {
-public:
+  public:
     explicit RankAgreement(const normlab::mpi::Communicator& comm) : comm_(comm) {}
     void OnTestEnd(const ::testing::TestInfo& info) override {
         std::int64_t failed[2] = {info.result()->Failed() ? 1 : 0, 0};
@@ -43,7 +43,7 @@ public:
     }
     bool any_remote_failure() const { return any_remote_failure_; }
 
-private:
+  private:
     normlab::mpi::Communicator comm_;
     bool any_remote_failure_ = false;
 };
@@ -67,8 +67,7 @@ int main(int argc, char** argv) {
     }
     auto* agreement = new RankAgreement(harness);
     listeners.Append(agreement);
-    if (world.rank() == 0)
-        std::printf("normlab MPI tests on %d rank(s)\n", world.size());
+    if (world.rank() == 0) std::printf("normlab MPI tests on %d rank(s)\n", world.size());
     int failed = RUN_ALL_TESTS() != 0 || agreement->any_remote_failure() ? 1 : 0;
     std::int64_t any = failed;
     harness.allreduce_max(std::span<std::int64_t>(&any, 1));

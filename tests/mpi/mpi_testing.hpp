@@ -14,14 +14,17 @@
 
 namespace normlab::mpi::testing {
 
-inline Communicator world() { return Communicator(MPI_COMM_WORLD); }
+inline Communicator world() {
+    return Communicator(MPI_COMM_WORLD);
+}
 
 template <class T = float>
 Array<T> random_batch(const Shape& shape, unsigned seed, double mean = 0.0, double stddev = 1.0) {
     std::mt19937 gen(seed);
     std::normal_distribution<double> dist(mean, stddev);
     Array<T> a = Array<T>::from_shape(shape);
-    for (auto& v : a) v = T(dist(gen));
+    for (auto& v : a)
+        v = T(dist(gen));
     return a;
 }
 
@@ -46,7 +49,8 @@ inline std::vector<std::vector<std::size_t>> uneven_splits(std::size_t global, i
     one_then_rest[0] = 1;
     one_then_rest.back() = global - 1;
     splits.push_back(one_then_rest);
-    std::vector<std::size_t> empty_first(std::size_t(ranks), 0);  // {0, global} / {0, global − 1, 1, 0…}
+    std::vector<std::size_t> empty_first(std::size_t(ranks),
+                                         0);  // {0, global} / {0, global − 1, 1, 0…}
     empty_first[1] = ranks > 2 ? global - 1 : global;
     if (ranks > 2) empty_first[2] = 1;
     splits.push_back(empty_first);

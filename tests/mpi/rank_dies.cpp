@@ -16,7 +16,6 @@ int main(int argc, char** argv) {
     world.barrier();
     if (world.rank() == world.size() - 1) std::_Exit(3);
     norm.forward(x, normlab::Mode::train);  // the survivors wait here for the dead rank
-    std::printf("rank %d: a synchronized forward completed without the dead rank\n",
-                world.rank());
+    std::printf("rank %d: a synchronized forward completed without the dead rank\n", world.rank());
     return 0;
 }

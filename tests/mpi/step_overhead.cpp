@@ -9,9 +9,9 @@
 //   mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 build/tests/mpi/normlab_mpi_step_overhead
 //          [steps=300] [per-rank batch=32]
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
@@ -50,7 +50,7 @@ double time_one(const mpi::Communicator& comm, Step&& step) {
 
 // One replica of relu_mlp training on random data of this rank.
 class Trainer {
-public:
+  public:
     Trainer(const mpi::Communicator& comm, const std::string& normalizer, bool average,
             std::size_t batch)
         : comm_(comm),
@@ -64,8 +64,10 @@ public:
     void step() {
         std::normal_distribution<float> pixel(0.f, 1.f);
         std::uniform_int_distribution<int> label(0, 9);
-        for (auto& v : x_) v = pixel(gen_);
-        for (auto& l : labels_) l = label(gen_);
+        for (auto& v : x_)
+            v = pixel(gen_);
+        for (auto& l : labels_)
+            l = label(gen_);
         const double t0 = MPI_Wtime();
         net_.zero_grad();
         const Array<float> logits = net_.forward(x_, Mode::train);
@@ -84,7 +86,7 @@ public:
     // The last step's phases on this rank: forward + backward, average_gradients, SGD update.
     double compute_ms = 0, average_ms = 0, update_ms = 0;
 
-private:
+  private:
     mpi::Communicator comm_;
     bool average_;
     model::Sequential<float> net_;
@@ -109,7 +111,8 @@ int main(int argc, char** argv) {
 
     auto probe = model::build_model<float>("relu_mlp", "batch_norm", 1);
     std::size_t params = 0;
-    for (const auto& p : probe.parameters()) params += p.value->size();
+    for (const auto& p : probe.parameters())
+        params += p.value->size();
     const std::size_t norm_layers = 3, channels = 100;
 
     // The three modes take turns step by step, so that load from other programs on the machine
@@ -127,7 +130,7 @@ int main(int argc, char** argv) {
         const double a = time_one(comm, [&] { averaged_net.step(); });
         const double s = time_one(comm, [&] { synced_net.step(); });
         double phases[3] = {averaged_net.compute_ms, averaged_net.average_ms,
-                             averaged_net.update_ms};
+                            averaged_net.update_ms};
         comm.allreduce_max(std::span<double>(phases, 3));
         const double g = time_one(comm, [&] { comm.allreduce_sum(std::span<float>(grad_buffer)); });
         const double f = time_one(comm, [&] { comm.allreduce_sum(std::span<double>(fwd_buffer)); });
@@ -149,14 +152,15 @@ int main(int argc, char** argv) {
     const Timing local = summarize(local_ms), averaged = summarize(averaged_ms),
                  synced = summarize(synced_ms), average_call = summarize(average_call_ms),
                  compute = summarize(compute_ms), update = summarize(update_ms);
-    const Timing grads = summarize(grad_ms), bn_fwd = summarize(fwd_ms),
-                 bn_bwd = summarize(bwd_ms), check = summarize(check_ms);
+    const Timing grads = summarize(grad_ms), bn_fwd = summarize(fwd_ms), bn_bwd = summarize(bwd_ms),
+                 check = summarize(check_ms);
 
     if (comm.rank() == 0) {
-        std::printf("relu_mlp, %d ranks x batch %zu (global %zu), %d timed steps, "
-                    "OMP_NUM_THREADS=%s\n\n",
-                    comm.size(), batch, batch * std::size_t(comm.size()), steps,
-                    std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "unset");
+        std::printf(
+            "relu_mlp, %d ranks x batch %zu (global %zu), %d timed steps, "
+            "OMP_NUM_THREADS=%s\n\n",
+            comm.size(), batch, batch * std::size_t(comm.size()), steps,
+            std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "unset");
         std::printf("| per step | median ms | p90 ms |\n|---|---:|---:|\n");
         auto row = [](const char* what, const Timing& t) {
             std::printf("| %s | %.3f | %.3f |\n", what, t.median_ms, t.p90_ms);
@@ -167,8 +171,9 @@ int main(int argc, char** argv) {
         row("averaged steps, phase: forward + backward (slowest rank)", compute);
         row("averaged steps, phase: average_gradients (slowest rank)", average_call);
         row("averaged steps, phase: SGD update (slowest rank)", update);
-        std::printf("\n| one collective | bytes per rank | median ms | p90 ms |\n"
-                    "|---|---:|---:|---:|\n");
+        std::printf(
+            "\n| one collective | bytes per rank | median ms | p90 ms |\n"
+            "|---|---:|---:|---:|\n");
         auto coll = [](const char* what, std::size_t bytes, const Timing& t) {
             std::printf("| %s | %zu | %.4f | %.4f |\n", what, bytes, t.median_ms, t.p90_ms);
         };
@@ -176,10 +181,11 @@ int main(int argc, char** argv) {
         coll("BN forward: count, mean, M2 of 100 channels", 3 * channels * 8, bn_fwd);
         coll("BN backward: sum dy, sum dy*xhat of 100 channels", 2 * channels * 8, bn_bwd);
         coll("agreement check (int64 max)", 12 * 8, check);
-        std::printf("\ncommunication overhead per step: %.3f ms (synchronized - local), of which "
-                    "gradient averaging %.3f ms and %zu synchronized normalizer layers %.3f ms\n",
-                    synced.median_ms - local.median_ms, averaged.median_ms - local.median_ms,
-                    norm_layers, synced.median_ms - averaged.median_ms);
+        std::printf(
+            "\ncommunication overhead per step: %.3f ms (synchronized - local), of which "
+            "gradient averaging %.3f ms and %zu synchronized normalizer layers %.3f ms\n",
+            synced.median_ms - local.median_ms, averaged.median_ms - local.median_ms, norm_layers,
+            synced.median_ms - averaged.median_ms);
     }
     return 0;
 }

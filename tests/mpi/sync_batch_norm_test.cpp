@@ -61,9 +61,9 @@ void expect_matches_full_batch(const std::vector<std::size_t>& sizes, Shape rest
         // Eval uses the running statistics: local, and equal to the reference.
         const Array<float> x = random_batch(Shape{3, channels}, 7);
         if (rest.size() == 1) {
-            EXPECT_LE(scaled_difference(sync.forward(x, Mode::eval),
-                                        reference.forward(x, Mode::eval)),
-                      1e-5);
+            EXPECT_LE(
+                scaled_difference(sync.forward(x, Mode::eval), reference.forward(x, Mode::eval)),
+                1e-5);
         }
     }
 }
@@ -97,9 +97,10 @@ TEST(SyncBatchNorm, RunningStatisticsAreBitwiseIdenticalOnEveryRank) {
     const Communicator comm = world();
     SyncBatchNorm<float> sync(4, {}, comm);
     // Different data on every rank, different sizes: the merged statistics must still agree.
-    const Array<float> x = random_batch(Shape{std::size_t(comm.rank()) + 2, 4},
-                                        unsigned(comm.rank()) + 1, 1e4, 1.0);
-    for (int i = 0; i < 3; ++i) sync.forward(x, Mode::train, Grad::none);
+    const Array<float> x =
+        random_batch(Shape{std::size_t(comm.rank()) + 2, 4}, unsigned(comm.rank()) + 1, 1e4, 1.0);
+    for (int i = 0; i < 3; ++i)
+        sync.forward(x, Mode::train, Grad::none);
     std::vector<double> mine(sync.running_mean().begin(), sync.running_mean().end());
     mine.insert(mine.end(), sync.running_var().begin(), sync.running_var().end());
     std::vector<double> first = mine;
@@ -115,7 +116,8 @@ TEST(SyncBatchNorm, BuiltBySpecStringThroughTheRegistry) {
     auto twin = make_normalizer<double>(norm->spec(), 6);
     EXPECT_EQ(twin->spec(), norm->spec());
     bool listed = false;
-    for (const auto& v : registered_variants()) listed = listed || v.name == "sync_batch_renorm";
+    for (const auto& v : registered_variants())
+        listed = listed || v.name == "sync_batch_renorm";
     EXPECT_TRUE(listed);
     EXPECT_THROW(register_variant({"batch_norm", "", {}}, {}, {}), OptionError);
     // Collective like the class itself.
@@ -148,7 +150,8 @@ TEST(SyncBatchNorm, ChannelMismatchBetweenRanksIsAnErrorOnEveryRank) {
     } catch (const RankMismatchError& e) {
         const std::string msg = e.what();
         EXPECT_NE(msg.find("sync_batch_norm(" + std::to_string(channels) + ") forward"),
-                  std::string::npos) << msg;
+                  std::string::npos)
+            << msg;
         EXPECT_NE(msg.find("disagree on the number of channels"), std::string::npos) << msg;
         EXPECT_NE(msg.find("from 4 to 5"), std::string::npos) << msg;
     }

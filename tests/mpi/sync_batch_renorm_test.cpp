@@ -76,8 +76,7 @@ void expect_matches_full_batch(const std::vector<std::size_t>& sizes, Shape rest
 
 TEST(SyncBatchRenorm, ForwardBackwardAndMovingAveragesEqualBatchRenormOnTheConcatenatedBatch) {
     const int k = world().size();
-    expect_matches_full_batch(std::vector<std::size_t>(std::size_t(k), 4), {5},
-                              relaxed_at_once());
+    expect_matches_full_batch(std::vector<std::size_t>(std::size_t(k), 4), {5}, relaxed_at_once());
     expect_matches_full_batch(std::vector<std::size_t>(std::size_t(k), 2), {3, 2, 3},
                               relaxed_at_once());
 }
@@ -105,8 +104,7 @@ TEST(SyncBatchRenorm, ChannelMismatchBetweenRanksIsAnErrorOnEveryRank) {
     if (comm.size() < 2) GTEST_SKIP() << "needs two ranks";
     const std::size_t channels = comm.rank() == 0 ? 2 : 3;
     SyncBatchRenorm<float> sync(channels, relaxed_at_once(), comm);
-    EXPECT_THROW(sync.forward(random_batch(Shape{4, channels}, 1), Mode::train),
-                 RankMismatchError);
+    EXPECT_THROW(sync.forward(random_batch(Shape{4, channels}, 1), Mode::train), RankMismatchError);
     EXPECT_EQ(sync.step(), 0);
 }
 

@@ -27,7 +27,7 @@ template <>
 MPI_Datatype datatype<std::int64_t>();
 
 class Communicator {
-public:
+  public:
     // Does not take ownership of comm. Sets its error handler to MPI_ERRORS_RETURN, so a failed
     // call comes back as MpiError instead of aborting the job without a word. Throws MpiError
     // when MPI is not initialized (create a Session first).
@@ -52,7 +52,7 @@ public:
 
     void barrier() const;
 
-private:
+  private:
     MPI_Comm comm_;
     int rank_ = 0;
     int size_ = 1;
@@ -63,7 +63,7 @@ private:
 // MPI_Finalize at destruction if this object initialized it. Also registers the synchronized
 // normalizers with MPI_COMM_WORLD, so make_normalizer("sync_batch_norm", C) works.
 class Session {
-public:
+  public:
     Session(int& argc, char**& argv);
     ~Session();
     Session(const Session&) = delete;
@@ -71,7 +71,7 @@ public:
 
     Communicator world() const { return Communicator(MPI_COMM_WORLD); }
 
-private:
+  private:
     bool owns_mpi_ = false;
 };
 

@@ -47,7 +47,8 @@ template <class T>
 Array<T> rows_of(const Array<T>& batch, const Shard& shard);
 template <class L>
 std::vector<L> rows_of(const std::vector<L>& labels, const Shard& shard) {
-    return {labels.begin() + std::ptrdiff_t(shard.begin), labels.begin() + std::ptrdiff_t(shard.end)};
+    return {labels.begin() + std::ptrdiff_t(shard.begin),
+            labels.begin() + std::ptrdiff_t(shard.end)};
 }
 
 // Replaces every gradient by its mean over the ranks: right when every rank's loss is the mean

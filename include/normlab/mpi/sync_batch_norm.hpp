@@ -34,7 +34,7 @@ struct SavedSyncNormalization : SavedNormalization<T> {
 
 template <class T>
 class SyncBatchNorm : public NormalizerBase<T, SavedSyncNormalization<T>> {
-public:
+  public:
     static constexpr const char* kName = "sync_batch_norm";
     static constexpr const char* kSummary =
         "batch_norm with statistics over the batches of all MPI ranks (normlab_mpi)";
@@ -58,11 +58,11 @@ public:
     const Array<T>& running_mean() const { return running_.mean; }
     const Array<T>& running_var() const { return running_.var; }
 
-private:
+  private:
     Options options_;
     Communicator comm_;
     RunningStats<T> running_;
-    std::int64_t forward_calls_ = 0;   // synchronized forwards; ranks must agree on it
+    std::int64_t forward_calls_ = 0;  // synchronized forwards; ranks must agree on it
     std::int64_t backward_calls_ = 0;
 };
 

@@ -21,7 +21,7 @@ struct SavedSyncRenorm : SavedRenorm<T> {
 
 template <class T>
 class SyncBatchRenorm : public NormalizerBase<T, SavedSyncRenorm<T>> {
-public:
+  public:
     static constexpr const char* kName = "sync_batch_renorm";
     static constexpr const char* kSummary =
         "batch_renorm with statistics over the batches of all MPI ranks (normlab_mpi)";
@@ -46,7 +46,7 @@ public:
     const Array<T>& moving_std() const { return moving_std_; }
     std::int64_t step() const { return step_; }
 
-private:
+  private:
     Options options_;
     Communicator comm_;
     // batch_renorm's option checks and relaxation schedule (clip_at); its own buffers are unused.

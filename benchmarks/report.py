@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--pytorch")
     ap.add_argument("--machine", required=True)
     ap.add_argument("--command", required=True)
+    ap.add_argument("--training", help="training_bench JSON: whole-model examples/s")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -150,8 +151,42 @@ def main():
     triad_lines.append("")
     insert_at = lines.index(f"## `{variants[0]}`") if variants else len(lines)
     lines[insert_at:insert_at] = head + triad_lines
+    if args.training:
+        lines += training_section(load(args.training))
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def training_section(entries):
+    """Examples/s of whole-model training per workload and normalizer, and the overhead of
+    each normalizer relative to `identity` (the same network without normalization)."""
+    rates = {}
+    for e in entries:
+        if e.get("run_type") == "aggregate" or "examples_per_second" not in e:
+            continue
+        workload, variant = e["name"].split("/")[:2]
+        rates[(workload, variant)] = e["examples_per_second"]
+    if not rates:
+        return []
+    workloads = sorted({w for w, _ in rates})
+    variants = sorted({v for _, v in rates})
+    out = ["## Whole-model training speed", "",
+           "Training examples per second (forward, backward, SGD step; training steps only) of "
+           "`benchmarks/training_bench.cpp`: `mlp_epoch` is one epoch of the BN paper's MLP on "
+           "Fashion-MNIST at batch 60, `cnn_epoch_6000` one pass of the small CNN over 6000 "
+           "examples at batch 32, `lstm_epoch_2000` one pass of the row-by-row LSTM (hidden 128) "
+           "over 2000 examples at batch 32. Overhead is the time per example relative to "
+           "`identity` on the same network.", "",
+           "| normalizer | " + " | ".join(f"{w} ex/s | overhead" for w in workloads) + " |",
+           "|---|" + "---:|---:|" * len(workloads)]
+    for v in variants:
+        cells = []
+        for w in workloads:
+            r, base = rates.get((w, v)), rates.get((w, "identity"))
+            cells.append("—" if r is None else f"{r:,.0f}")
+            cells.append("—" if r is None or base is None else f"{100 * (base / r - 1):+.0f}%")
+        out.append(f"| `{v}` | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 if __name__ == "__main__":

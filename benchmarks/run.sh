@@ -16,7 +16,7 @@ if ! dpkg-query -W -f='${Status}' libdnnl-dev python3-torch 2>/dev/null | grep -
 fi
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNORMLAB_BUILD_BENCHMARKS=ON \
   -DNORMLAB_BUILD_TESTS=OFF -DNORMLAB_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench
+cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench training_bench
 mkdir -p "$OUT"
 export OMP_NUM_THREADS="$THREADS" OMP_PROC_BIND=close
 # Freed tensors are reused instead of being handed back to the kernel and faulted in again on
@@ -29,6 +29,8 @@ GB_ARGS=(--benchmark_format=json --benchmark_repetitions=1)
 GB_ARGS=(--benchmark_format=json)
 [ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER")
 ./build-bench/benchmarks/onednn_bench "${GB_ARGS[@]}" > "$OUT/onednn.json"
+./build-bench/benchmarks/training_bench --benchmark_format=json \
+  ${FILTER:+"--benchmark_filter=$FILTER"} > "$OUT/training.json"
 /usr/bin/python3 benchmarks/pytorch_bench.py --threads "$THREADS" --out "$OUT/pytorch.json" \
   --filter "$FILTER" > /dev/null
 MACHINE="$(lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L2|L3)' | sed 's/  */ /g')
@@ -36,7 +38,7 @@ compiler: $(c++ --version | head -n1)
 threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)"
 python3 benchmarks/report.py --normlab "$OUT/normlab.json" --onednn "$OUT/onednn.json" \
-  --pytorch "$OUT/pytorch.json" --machine "$MACHINE" \
+  --pytorch "$OUT/pytorch.json" --training "$OUT/training.json" --machine "$MACHINE" \
   --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER} bash benchmarks/run.sh" \
   --out docs/benchmarks.md
 echo "wrote docs/benchmarks.md (raw JSON in $OUT)"

@@ -1,5 +1,6 @@
 // Whole-model training speed on Fashion-MNIST: one epoch of the BN paper's MLP (3 × 100 sigmoid
-// units, batch 60) per normalizer, and of the small CNN on a 6000-example slice (batch 32).
+// units, batch 60) per normalizer, one pass of the small CNN over a 6000-example slice (batch
+// 32), and one pass of the row-by-row LSTM over a 2000-example slice (batch 32).
 // The reported time is the training steps only (forward, backward, optimizer step); the
 // examples_per_second counter is what docs/models.md and docs/benchmarks.md quote.
 //   ./build-bench/benchmarks/training_bench --benchmark_filter=mlp
@@ -69,6 +70,14 @@ const bool registered = [] {
             ->UseManualTime()
             ->Unit(benchmark::kSecond)
             ->Iterations(1);
+        if (v.name != "instance_norm")
+            benchmark::RegisterBenchmark(("lstm_epoch_2000/" + v.name).c_str(),
+                                         [name = v.name](benchmark::State& s) {
+                                             train_one_epoch(s, "lstm", spec_for(name), 32, 2000);
+                                         })
+                ->UseManualTime()
+                ->Unit(benchmark::kSecond)
+                ->Iterations(1);
     }
     return true;
 }();

@@ -62,6 +62,19 @@ void col2im(const T* cols, const Geometry& g, T* dx, std::size_t ld) {
             }
 }
 
+// The geometry of an input of shape s = (N, C, H, W), already checked.
+Geometry geometry(std::size_t channels, const Shape& s, std::size_t kernel, std::size_t stride,
+                  std::size_t pad) {
+    return {channels,
+            s[2],
+            s[3],
+            kernel,
+            stride,
+            pad,
+            (s[2] + 2 * pad - kernel) / stride + 1,
+            (s[3] + 2 * pad - kernel) / stride + 1};
+}
+
 }  // namespace
 
 template <class T>
@@ -97,14 +110,7 @@ Array<T> Conv2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
         throw ShapeError(name() + ": expected input of shape (N, " + std::to_string(in_) +
                          ", H, W) with H, W + 2·pad ≥ " + std::to_string(kernel_) + ", got " +
                          format_shape(s));
-    const Geometry g{in_,
-                     s[2],
-                     s[3],
-                     kernel_,
-                     stride_,
-                     padding_,
-                     (s[2] + 2 * padding_ - kernel_) / stride_ + 1,
-                     (s[3] + 2 * padding_ - kernel_) / stride_ + 1};
+    const Geometry g = geometry(in_, s, kernel_, stride_, padding_);
     // One GEMM for the whole batch: columns of sample n occupy [n·P, (n+1)·P).
     const std::size_t batch = s[0], positions = g.cols(), ld = batch * positions;
     // A team of threads costs more than copying a few small images.
@@ -137,14 +143,7 @@ template <class T>
 Array<T> Conv2d<T>::backward(const Array<T>& dy) {
     if (inputs_.empty()) take_saved(inputs_, name());
     const Shape s = shape_of(inputs_.back());
-    const Geometry g{in_,
-                     s[2],
-                     s[3],
-                     kernel_,
-                     stride_,
-                     padding_,
-                     (s[2] + 2 * padding_ - kernel_) / stride_ + 1,
-                     (s[3] + 2 * padding_ - kernel_) / stride_ + 1};
+    const Geometry g = geometry(in_, s, kernel_, stride_, padding_);
     check_dy({s[0], out_, g.oh, g.ow}, shape_of(dy), name());
     const Array<T> x = take_saved(inputs_, name());
     const std::size_t batch = s[0], positions = g.cols(), ld = batch * positions;

@@ -103,31 +103,18 @@ Array<T> SyncBatchRenorm<T>::backward(const Array<T>& dy) {
     } catch (...) {
         failure = std::current_exception();
     }
-    const NcsView v = failure ? NcsView{0, this->num_features(), 0} : this->view_of(ctx.shape);
-    agree_backward(comm_, this->label(), v.c, v.s, ctx.batch_stats, ++backward_calls_, failure);
-
     std::vector<double> sum_dy, sum_dy_xhat;
-    Array<T> dx;
-    if (ctx.batch_stats) {
-        dx = sync_backward(
-            comm_, dy, ctx.xhat, v, this->gamma(), ctx.scale, ctx.count,
-            [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
-                // As in batch_renorm: the projection is on z = (x̂ − d)/r, rewritten on x̂.
-                const double mean_gz = (mean_g_xhat - ctx.d[c] * mean_g) / ctx.r[c];
-                const double per_xhat = mean_gz / ctx.r[c];
-                coef_1 = T(mean_g - ctx.d[c] * per_xhat);
-                coef_xhat = T(per_xhat);
-            },
-            sum_dy, sum_dy_xhat);
-    } else if (v.n > 0) {
-        dx = kernels::set_backward(
-            dy, ctx.xhat, v, kChannelSets, this->gamma(), ctx.scale, false,
-            [](std::size_t, double, double, T&, T&) {}, sum_dy, sum_dy_xhat);
-    } else {
-        dx = Array<T>::from_shape(dy.shape());
-        sum_dy.assign(v.c, 0.0);
-        sum_dy_xhat.assign(v.c, 0.0);
-    }
+    const Array<T> dx = sync_channel_backward(
+        comm_, this->label(), this->num_features(), ctx.shape, failure, ctx.batch_stats,
+        ++backward_calls_, dy, ctx.xhat, this->gamma(), ctx.scale, ctx.count,
+        [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
+            // As in batch_renorm: the projection is on z = (x̂ − d)/r, rewritten on x̂.
+            const double mean_gz = (mean_g_xhat - ctx.d[c] * mean_g) / ctx.r[c];
+            const double per_xhat = mean_gz / ctx.r[c];
+            coef_1 = T(mean_g - ctx.d[c] * per_xhat);
+            coef_xhat = T(per_xhat);
+        },
+        sum_dy, sum_dy_xhat);
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

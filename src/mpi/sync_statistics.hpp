@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/moments.hpp"
+#include "kernels/set_backward.hpp"
 #include "normlab/mpi/communicator.hpp"
 #include "normlab/tensor.hpp"
 
@@ -74,6 +75,33 @@ Array<T> sync_backward(const Communicator& comm, const Array<T>& dy, const Array
         kernels::backward_apply(dy.data(), xhat.data(), v, kChannelSets, gamma, scale.data(),
                                 coef_1.data(), coef_xhat.data(), dx.data());
     return dx;
+}
+
+// The whole backward of a synchronized channel normalizer after its context was taken (or
+// taking it failed: local_failure): agreement with the other ranks, then sync_backward when the
+// forward used batch statistics, a local per-channel rescale when it used running statistics
+// (constants: nothing to communicate), zeros for an empty shard. Fills the local Σdy, Σdy·x̂.
+template <class T, class Coefficients>
+Array<T> sync_channel_backward(const Communicator& comm, const std::string& label,
+                               std::size_t channels, const Shape& saved_shape,
+                               std::exception_ptr local_failure, bool batch_stats,
+                               std::int64_t call, const Array<T>& dy, const Array<T>& xhat,
+                               const T* gamma, const std::vector<T>& scale,
+                               std::int64_t global_count, Coefficients&& coefficients,
+                               std::vector<double>& sum_dy, std::vector<double>& sum_dy_xhat) {
+    const NcsView v =
+        local_failure ? NcsView{0, channels, 0} : sync_view(label, saved_shape, channels);
+    agree_backward(comm, label, v.c, v.s, batch_stats, call, local_failure);
+    if (batch_stats)
+        return sync_backward(comm, dy, xhat, v, gamma, scale, global_count,
+                             std::forward<Coefficients>(coefficients), sum_dy, sum_dy_xhat);
+    if (v.n > 0)
+        return kernels::set_backward(
+            dy, xhat, v, kChannelSets, gamma, scale, false,
+            [](std::size_t, double, double, T&, T&) {}, sum_dy, sum_dy_xhat);
+    sum_dy.assign(v.c, 0.0);
+    sum_dy_xhat.assign(v.c, 0.0);
+    return Array<T>::from_shape(dy.shape());
 }
 
 }  // namespace normlab::mpi

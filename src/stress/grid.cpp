@@ -70,6 +70,11 @@ std::string undefined_reason(const std::string& normalizer, const std::string& w
     if (name == "instance_norm" && workload != "cnn")
         return "instance_norm needs trailing dimensions (statistics over H·W), and the " +
                workload + " workload normalizes (N, C) activations";
+    if (name == "batch_layer_norm" && workload == "lstm-varlen" &&
+        normalizer.find("track_running_stats=false") == std::string::npos)
+        return "batch_layer_norm as published keeps its feature statistics per slot of a "
+               "fixed-size batch, and padding changes the batch of a time step (use "
+               "batch_layer_norm(track_running_stats=false) on lstm-varlen)";
     return "";
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine, builds normlab and runs the main job: the small-batch stress
 # test's quick preset (every normalizer × batch sizes 1-64 × 3 seeds on Fashion-MNIST, about
-# five minutes on 2 cores). Extra arguments go to `normlab stress`, e.g. --preset paper.
+# 1.5 minutes on 2 cores once built). Extra arguments go to `normlab stress`, e.g. --preset paper.
 # Running it again resumes an interrupted grid; results are in stress-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -98,7 +98,7 @@ std::string report_script() {
 void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd) {
     auto unset = [&](const char* name) { return cmd.get_option(name)->count() == 0; };
     if (preset == "quick") {
-        // About five minutes on 2 cores: the BN paper's MLP, every normalizer, batch 1 to 64,
+        // A minute and a half on 2 cores: the BN paper's MLP, every normalizer, batch 1 to 64,
         // 3 seeds, one pass over 12000 training examples, the whole test set.
         if (unset("--workloads")) o.workloads = {"mlp"};
         if (unset("--seeds")) o.seeds = {0, 1, 2};
@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
     bool no_report = false;
     int threads = 0;
     std::size_t jobs = 0;
-    stress->add_option("--preset", preset, "quick (about 5 minutes), paper (docs/results/) or none")
+    stress->add_option("--preset", preset, "quick (1.5 minutes on 2 cores), paper (docs/results/, 45 minutes) or none")
         ->capture_default_str();
     stress->add_option("--normalizers", normalizer_args,
                        "Normalizer specs, comma-separated (commas inside parentheses belong to "

@@ -132,7 +132,7 @@ def main():
         tag = f"{workload}_{data}"
         for field, ylabel, name in (("test_accuracy", "test accuracy, eval mode", "accuracy"),
                                     ("train_eval_gap", "train-mode − eval-mode accuracy", "gap")):
-            fig, ax = plt.subplots(figsize=(7, 4.5))
+            fig, ax = plt.subplots(figsize=(10, 4.5))
             for n in norms:
                 xs, ys, es = [], [], []
                 for b in batches:
@@ -150,14 +150,15 @@ def main():
             ax.set_ylabel(ylabel + " (%)")
             ax.set_title(f"{workload} on {data}")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            # Outside the axes: inside, it hid the curves it names.
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
             fig.tight_layout()
             for ext in ("png", "svg"):
                 fig.savefig(os.path.join(figures, f"{name}_{tag}.{ext}"), dpi=120)
             plt.close(fig)
             md += ["", f"![{name}](figures/{name}_{tag}.png)"]
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4), sharey=True)
         for ax, b in zip(axes, (batches[0], batches[-1])):
             for n in norms:
                 curves = [x["loss_curve"] for x in by_norm[n].get(b, [])
@@ -170,7 +171,7 @@ def main():
             ax.set_xlabel("fraction of training")
             ax.grid(True, alpha=0.3)
         axes[0].set_ylabel("training loss")
-        axes[-1].legend(fontsize=7)
+        axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         for ext in ("png", "svg"):
             fig.savefig(os.path.join(figures, f"loss_{tag}.{ext}"), dpi=120)

@@ -21,14 +21,8 @@ double ramp(std::int64_t step, std::int64_t begin, std::int64_t end) {
 
 }  // namespace
 
-template <class T>
-BatchRenorm<T>::BatchRenorm(std::size_t num_features, Options options)
-    : NormalizerBase<T, SavedRenorm<T>>(kName, canonical_spec(kName, options), num_features,
-                                        options.affine, options.affine),
-      options_(options),
-      moving_mean_(xt::zeros<T>({num_features})),
-      moving_std_(xt::ones<T>({num_features})) {
-    const std::string who = this->label() + ": ";
+void check_renorm_options(const BatchRenormOptions& options, const std::string& label) {
+    const std::string who = label + ": ";
     if (!(options.eps > 0))
         throw OptionError(who + "eps must be > 0, got " + format_value(options.eps));
     if (!(options.momentum >= 0 && options.momentum <= 1))
@@ -54,13 +48,35 @@ BatchRenorm<T>::BatchRenorm(std::size_t num_features, Options options)
                           ", dmax_steps=" + format_value(options.dmax_steps));
 }
 
+RenormClip renorm_clip(const BatchRenormOptions& options, std::int64_t step) {
+    // The paper gives only the end points of the relaxation; the ramp between them is linear.
+    const double rmax = 1.0 + (options.rmax - 1.0) * ramp(step, options.warmup, options.rmax_steps);
+    const double dmax = options.dmax * ramp(step, options.warmup, options.dmax_steps);
+    return {options.rmin ? *options.rmin : 1.0 / rmax, rmax, dmax};
+}
+
+RenormCorrection renorm_correction(double batch_mean, double sigma_b, double moving_mean,
+                                   double moving_std, const RenormClip& clip) {
+    const double r = std::clamp(sigma_b / moving_std, clip.rmin, clip.rmax);
+    // + 0.0 turns a clamped −0 into +0, so d_max = 0 gives exactly BatchNorm.
+    const double d =
+        std::clamp((batch_mean - moving_mean) / moving_std, -clip.dmax, clip.dmax) + 0.0;
+    return {r, d};
+}
+
+template <class T>
+BatchRenorm<T>::BatchRenorm(std::size_t num_features, Options options)
+    : NormalizerBase<T, SavedRenorm<T>>(kName, canonical_spec(kName, options), num_features,
+                                        options.affine, options.affine),
+      options_(options),
+      moving_mean_(xt::zeros<T>({num_features})),
+      moving_std_(xt::ones<T>({num_features})) {
+    check_renorm_options(options, this->label());
+}
+
 template <class T>
 RenormClip BatchRenorm<T>::clip_at(std::int64_t step) const {
-    // The paper gives only the end points of the relaxation; the ramp between them is linear.
-    const double rmax =
-        1.0 + (options_.rmax - 1.0) * ramp(step, options_.warmup, options_.rmax_steps);
-    const double dmax = options_.dmax * ramp(step, options_.warmup, options_.dmax_steps);
-    return {options_.rmin ? *options_.rmin : 1.0 / rmax, rmax, dmax};
+    return renorm_clip(options_, step);
 }
 
 template <class T>
@@ -99,12 +115,9 @@ Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         ctx.d.resize(channels);
         for (std::size_t c = 0; c < channels; ++c) {
             const double sigma_b = std::sqrt(double(batch_var[c]) + options_.eps);
-            const double sigma = double(moving_std_(c));
-            const double r = std::clamp(sigma_b / sigma, clip.rmin, clip.rmax);
-            // + 0.0 turns a clamped −0 into +0, so d_max = 0 gives exactly BatchNorm.
-            const double d = std::clamp((double(batch_mean[c]) - double(moving_mean_(c))) / sigma,
-                                        -clip.dmax, clip.dmax) +
-                             0.0;
+            const auto [r, d] =
+                renorm_correction(double(batch_mean[c]), sigma_b, double(moving_mean_(c)),
+                                  double(moving_std_(c)), clip);
             ctx.r[c] = r;
             ctx.d[c] = d;
             shift[c] = batch_mean[c];
@@ -125,12 +138,9 @@ Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     if (mode == Mode::train) {
         // After r and d: Algorithm 1 corrects with the moving averages of the previous steps.
         const double a = options_.momentum;
-        for (std::size_t c = 0; c < channels; ++c) {
-            const double sigma_b = std::sqrt(double(batch_var[c]) + options_.eps);
-            moving_mean_(c) =
-                T(double(moving_mean_(c)) + a * (double(batch_mean[c]) - double(moving_mean_(c))));
-            moving_std_(c) = T(double(moving_std_(c)) + a * (sigma_b - double(moving_std_(c))));
-        }
+        for (std::size_t c = 0; c < channels; ++c)
+            renorm_update_moving(moving_mean_(c), moving_std_(c), double(batch_mean[c]),
+                                 std::sqrt(double(batch_var[c]) + options_.eps), a);
         ++step_;
     }
     this->save(std::move(ctx), grad);
@@ -145,12 +155,7 @@ Array<T> BatchRenorm<T>::backward(const Array<T>& dy) {
         dy, ctx.xhat, this->view_of(ctx.shape), kChannelSets, this->gamma(), ctx.scale,
         ctx.batch_stats,
         [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
-            // The projection is on z = (x̂ − d)/r; rewritten on the saved x̂ it reads
-            // dx = (r/σ_B)·(g − [mean g − d·mean(g·z)/r] − x̂·mean(g·z)/r).
-            const double mean_gz = (mean_g_xhat - ctx.d[c] * mean_g) / ctx.r[c];
-            const double per_xhat = mean_gz / ctx.r[c];
-            coef_1 = T(mean_g - ctx.d[c] * per_xhat);
-            coef_xhat = T(per_xhat);
+            renorm_coefficients(ctx.r[c], ctx.d[c], mean_g, mean_g_xhat, coef_1, coef_xhat);
         },
         sum_dy, sum_dy_xhat);
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());

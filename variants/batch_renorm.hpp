@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "normlab/normalizer_base.hpp"
@@ -49,6 +50,41 @@ struct RenormClip {
     double rmax;
     double dmax;
 };
+
+// Checks the options; OptionError prefixed with `label` ("batch_renorm(64): ...").
+void check_renorm_options(const BatchRenormOptions& options, const std::string& label);
+
+// The clipping interval of the relaxation schedule at a training step.
+RenormClip renorm_clip(const BatchRenormOptions& options, std::int64_t step);
+
+// Algorithm 1 for one channel: r = σ_B/σ and d = (μ_B − μ)/σ against the moving mean μ and
+// moving std σ, clipped to the interval in force.
+struct RenormCorrection {
+    double r;
+    double d;
+};
+RenormCorrection renorm_correction(double batch_mean, double sigma_b, double moving_mean,
+                                   double moving_std, const RenormClip& clip);
+
+// The moving averages after a training step: m += momentum·(batch − m) for the mean and for σ.
+template <class T>
+void renorm_update_moving(T& moving_mean, T& moving_std, double batch_mean, double sigma_b,
+                          double momentum) {
+    moving_mean = T(double(moving_mean) + momentum * (batch_mean - double(moving_mean)));
+    moving_std = T(double(moving_std) + momentum * (sigma_b - double(moving_std)));
+}
+
+// The backward's coefficients (kernels::set_backward's rule) with r and d constants. The
+// projection is on z = (x̂ − d)/r; rewritten on the saved x̂ it reads
+// dx = (r/σ_B)·(g − [mean g − d·mean(g·z)/r] − x̂·mean(g·z)/r).
+template <class T>
+void renorm_coefficients(double r, double d, double mean_g, double mean_g_xhat, T& coef_1,
+                         T& coef_xhat) {
+    const double mean_gz = (mean_g_xhat - d * mean_g) / r;
+    const double per_xhat = mean_gz / r;
+    coef_1 = T(mean_g - d * per_xhat);
+    coef_xhat = T(per_xhat);
+}
 
 // What a Batch Renorm forward saves: x̂ = z·r + d and, per channel, the factors of the backward.
 template <class T>

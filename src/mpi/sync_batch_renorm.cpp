@@ -7,32 +7,16 @@
 #include "sync_statistics.hpp"
 
 namespace normlab::mpi {
-namespace {
-
-// batch_renorm's option errors, renamed to this layer.
-template <class T>
-BatchRenorm<T> checked_schedule(const std::string& label, std::size_t num_features,
-                                const BatchRenormOptions& options) {
-    try {
-        return BatchRenorm<T>(num_features, options);
-    } catch (const OptionError& e) {
-        const std::string inner = e.what();
-        const std::size_t colon = inner.find(": ");
-        throw OptionError(label + inner.substr(colon == std::string::npos ? 0 : colon));
-    }
-}
-
-}  // namespace
-
 template <class T>
 SyncBatchRenorm<T>::SyncBatchRenorm(std::size_t num_features, Options options, Communicator comm)
     : NormalizerBase<T, SavedSyncRenorm<T>>(kName, canonical_spec(kName, options), num_features,
                                             options.affine, options.affine),
       options_(options),
       comm_(comm),
-      schedule_(checked_schedule<T>(this->label(), num_features, options)),
       moving_mean_(xt::zeros<T>({num_features})),
-      moving_std_(xt::ones<T>({num_features})) {}
+      moving_std_(xt::ones<T>({num_features})) {
+    check_renorm_options(options, this->label());
+}
 
 template <class T>
 Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
@@ -54,17 +38,13 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         v = this->view_of(shape_of(x));
         ctx.count = global.count;
         // Algorithm 1 of the paper (as in batch_renorm), with the global μ_B and σ_B.
-        const RenormClip clip = schedule_.clip_at(step_);
+        const RenormClip clip = renorm_clip(options_, step_);
         ctx.r.resize(channels);
         ctx.d.resize(channels);
         for (std::size_t c = 0; c < channels; ++c) {
             const double sigma_b = std::sqrt(global.var[c] + options_.eps);
-            const double sigma = double(moving_std_(c));
-            const double r = std::clamp(sigma_b / sigma, clip.rmin, clip.rmax);
-            // + 0.0 turns a clamped −0 into +0, so d_max = 0 gives exactly BatchNorm.
-            const double d = std::clamp((global.mean[c] - double(moving_mean_(c))) / sigma,
-                                        -clip.dmax, clip.dmax) +
-                             0.0;
+            const auto [r, d] = renorm_correction(global.mean[c], sigma_b, double(moving_mean_(c)),
+                                                  double(moving_std_(c)), clip);
             ctx.r[c] = r;
             ctx.d[c] = d;
             shift[c] = T(global.mean[c]);
@@ -73,12 +53,9 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         }
         // After r and d: the correction uses the moving averages of the previous steps.
         const double a = options_.momentum;
-        for (std::size_t c = 0; c < channels; ++c) {
-            const double sigma_b = std::sqrt(global.var[c] + options_.eps);
-            moving_mean_(c) =
-                T(double(moving_mean_(c)) + a * (global.mean[c] - double(moving_mean_(c))));
-            moving_std_(c) = T(double(moving_std_(c)) + a * (sigma_b - double(moving_std_(c))));
-        }
+        for (std::size_t c = 0; c < channels; ++c)
+            renorm_update_moving(moving_mean_(c), moving_std_(c), global.mean[c],
+                                 std::sqrt(global.var[c] + options_.eps), a);
         ++step_;
     }
     Array<T> y = Array<T>::from_shape(x.shape());
@@ -108,11 +85,7 @@ Array<T> SyncBatchRenorm<T>::backward(const Array<T>& dy) {
         comm_, this->label(), this->num_features(), ctx.shape, failure, ctx.batch_stats,
         ++backward_calls_, dy, ctx.xhat, this->gamma(), ctx.scale, ctx.count,
         [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
-            // As in batch_renorm: the projection is on z = (x̂ − d)/r, rewritten on x̂.
-            const double mean_gz = (mean_g_xhat - ctx.d[c] * mean_g) / ctx.r[c];
-            const double per_xhat = mean_gz / ctx.r[c];
-            coef_1 = T(mean_g - ctx.d[c] * per_xhat);
-            coef_xhat = T(per_xhat);
+            renorm_coefficients(ctx.r[c], ctx.d[c], mean_g, mean_g_xhat, coef_1, coef_xhat);
         },
         sum_dy, sum_dy_xhat);
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());

@@ -39,7 +39,7 @@ class SyncBatchRenorm : public NormalizerBase<T, SavedSyncRenorm<T>> {
     std::vector<CounterRef> counters() override;
     bool uses_batch_statistics() const override { return true; }
 
-    RenormClip clip() const { return schedule_.clip_at(step_); }
+    RenormClip clip() const { return renorm_clip(options_, step_); }
     const Options& options() const { return options_; }
     const Communicator& communicator() const { return comm_; }
     const Array<T>& moving_mean() const { return moving_mean_; }
@@ -49,8 +49,6 @@ class SyncBatchRenorm : public NormalizerBase<T, SavedSyncRenorm<T>> {
   private:
     Options options_;
     Communicator comm_;
-    // batch_renorm's option checks and relaxation schedule (clip_at); its own buffers are unused.
-    BatchRenorm<T> schedule_;
     Array<T> moving_mean_;  // zeros
     Array<T> moving_std_;   // ones; includes ε, like σ_B
     std::int64_t step_ = 0;

@@ -9,6 +9,7 @@
 
 #include "gradient_check.hpp"
 #include "normlab/normlab.hpp"
+#include "normlab/state_snapshot.hpp"
 #include "variants/batch_norm.hpp"
 #include "variants/batch_renorm.hpp"
 
@@ -235,27 +236,6 @@ TEST(BatchRenorm, ClippingEngagesOnShiftedBatches) {
     }
 }
 
-// Saves and restores buffers and counters, so that repeated training forwards of a gradient
-// check all see the same moving statistics and schedule step.
-struct StateSnapshot {
-    std::vector<ArrayD> buffers;
-    std::vector<std::int64_t> counters;
-    explicit StateSnapshot(BasicNormalizer<double>& norm) {
-        for (auto& b : norm.buffers())
-            buffers.push_back(*b.value);
-        for (auto& c : norm.counters())
-            counters.push_back(*c.value);
-    }
-    void restore(BasicNormalizer<double>& norm) const {
-        auto bs = norm.buffers();
-        for (std::size_t i = 0; i < bs.size(); ++i)
-            *bs[i].value = buffers[i];
-        auto cs = norm.counters();
-        for (std::size_t i = 0; i < cs.size(); ++i)
-            *cs[i].value = counters[i];
-    }
-};
-
 void set_moving(BatchRenorm<double>& layer, double mean, double stddev) {
     for (auto& b : layer.buffers())
         b.value->fill(b.name == "moving_mean" ? mean : stddev);
@@ -269,7 +249,7 @@ TEST(BatchRenorm, GradientsMatchFiniteDifferencesWhereClippingHoldsRAndDFixed) {
         BatchRenorm<double> layer(4, {.warmup = 0, .rmax_steps = 0, .dmax_steps = 0});
         testing::randomize_parameters(layer);
         set_moving(layer, 10.0, 0.05);
-        const StateSnapshot state(layer);
+        const StateSnapshot<BasicNormalizer<double>> state(layer);
         const auto errors = testing::check_gradients(
             [&](const ArrayD& in, bool keep) {
                 state.restore(layer);
@@ -290,7 +270,7 @@ TEST(BatchRenorm, GradientsMatchFiniteDifferencesWithRAndDHeldFixed) {
         BatchRenorm<double> layer(4, {.warmup = 0, .rmax_steps = 0, .dmax_steps = 0});
         testing::randomize_parameters(layer);
         set_moving(layer, 0.3, 1.5);
-        const StateSnapshot state(layer);
+        const StateSnapshot<BasicNormalizer<double>> state(layer);
         const ArrayD x = random_array(shape, 12, 0.5, 2.0);
         Algorithm1 frozen{1e-5, 0.01, std::vector<double>(4, 0.3), std::vector<double>(4, 1.5),
                           {},   {}};

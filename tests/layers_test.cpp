@@ -7,34 +7,13 @@
 #include "normlab/model/layers.hpp"
 #include "normlab/model/training.hpp"
 #include "normlab/registry.hpp"
+#include "normlab/state_snapshot.hpp"
 
 namespace normlab {
 namespace {
 
 using model::Layer;
 using testing::ArrayD;
-
-// Running statistics and counters (dropout's call counter, Batch Renorm's step) would change
-// between the perturbed forwards; every forward starts from the same state.
-template <class Net>
-struct FrozenState {
-    std::vector<ArrayD> buffers;
-    std::vector<std::int64_t> counters;
-    explicit FrozenState(Net& net) {
-        for (auto& b : net.buffers())
-            buffers.push_back(*b.value);
-        for (auto& c : net.counters())
-            counters.push_back(*c.value);
-    }
-    void restore(Net& net) const {
-        auto b = net.buffers();
-        for (std::size_t i = 0; i < b.size(); ++i)
-            *b[i].value = buffers[i];
-        auto c = net.counters();
-        for (std::size_t i = 0; i < c.size(); ++i)
-            *c[i].value = counters[i];
-    }
-};
 
 std::vector<ParamRef<double>> refs(std::vector<model::ModelParam<double>> params) {
     std::vector<ParamRef<double>> out;
@@ -45,7 +24,9 @@ std::vector<ParamRef<double>> refs(std::vector<model::ModelParam<double>> params
 
 void check_layer(Layer<double>& layer, const ArrayD& x, Mode mode = Mode::train,
                  double tolerance = 1e-7) {
-    const FrozenState<Layer<double>> state(layer);
+    // Every forward starts from the same running statistics and counters (dropout's calls,
+    // Batch Renorm's step).
+    const StateSnapshot<Layer<double>> state(layer);
     auto params = layer.parameters();
     for (std::size_t i = 0; i < params.size(); ++i)
         *params[i].value =
@@ -203,7 +184,7 @@ model::Sequential<double> small_cnn(const std::string& spec) {
 }
 
 void check_model(model::Sequential<double>& m, const ArrayD& x) {
-    const FrozenState<model::Sequential<double>> state(m);
+    const StateSnapshot<model::Sequential<double>> state(m);
     const auto errors = testing::check_gradients(
         [&](const ArrayD& in, bool keep) {
             state.restore(m);

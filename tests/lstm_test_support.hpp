@@ -7,6 +7,7 @@
 
 #include "gradient_check.hpp"
 #include "normlab/model/recurrent.hpp"
+#include "normlab/state_snapshot.hpp"
 
 namespace normlab::testing {
 
@@ -37,25 +38,6 @@ inline void randomize(model::RecurrentLayer<double>& layer, unsigned seed) {
                                     p.name.ends_with("weight") ? 1.0 : 0.3, 0.3);
 }
 
-struct LayerState {
-    std::vector<ArrayD> buffers;
-    std::vector<std::int64_t> counters;
-    explicit LayerState(model::Layer<double>& layer) {
-        for (auto& b : layer.buffers())
-            buffers.push_back(*b.value);
-        for (auto& c : layer.counters())
-            counters.push_back(*c.value);
-    }
-    void restore(model::Layer<double>& layer) const {
-        auto b = layer.buffers();
-        for (std::size_t i = 0; i < b.size(); ++i)
-            *b[i].value = buffers[i];
-        auto c = layer.counters();
-        for (std::size_t i = 0; i < c.size(); ++i)
-            *c[i].value = counters[i];
-    }
-};
-
 inline std::vector<NamedError> check_layer_gradients(model::RecurrentLayer<double>& layer,
                                                      const ArrayD& x,
                                                      const std::vector<std::size_t>& lengths,
@@ -63,7 +45,7 @@ inline std::vector<NamedError> check_layer_gradients(model::RecurrentLayer<doubl
     // One forward first: batch_layer_norm fixes its geometry and allocates its buffers at its
     // first call; every forward of the check should start from that state.
     layer.forward(x, lengths, mode, Grad::none);
-    const LayerState state(layer);
+    const StateSnapshot<model::Layer<double>> state(layer);
     return check_gradients(
         [&](const ArrayD& in, bool keep) {
             state.restore(layer);

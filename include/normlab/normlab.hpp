@@ -6,4 +6,5 @@
 #include "normlab/npz.hpp"
 #include "normlab/registry.hpp"
 #include "normlab/state_io.hpp"
+#include "normlab/state_snapshot.hpp"
 #include "normlab/tensor.hpp"

@@ -6,6 +6,7 @@
 
 #include "normlab/errors.hpp"
 #include "normlab/npz.hpp"
+#include "normlab/state_snapshot.hpp"
 
 namespace normlab::train {
 namespace {
@@ -16,8 +17,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 model::Optimizer<float> make_optimizer(const TrainConfig& c, model::Sequential<float>& m) {
     if (c.optimizer == "sgd")
-        return model::Optimizer<float>::sgd(
-            m.parameters(), {c.momentum, c.weight_decay, c.decay_normalizers});
+        return model::Optimizer<float>::sgd(m.parameters(),
+                                            {c.momentum, c.weight_decay, c.decay_normalizers});
     if (c.optimizer == "adam") {
         model::AdamOptions o;
         o.weight_decay = c.weight_decay;
@@ -27,22 +28,6 @@ model::Optimizer<float> make_optimizer(const TrainConfig& c, model::Sequential<f
     throw OptionError("train: unknown optimizer '" + c.optimizer + "'; expected sgd or adam");
 }
 
-// Snapshot of every running statistic, so a diagnostic pass in train mode changes nothing.
-struct StateSnapshot {
-    std::vector<Array<float>> buffers;
-    std::vector<std::int64_t> counters;
-    explicit StateSnapshot(model::Sequential<float>& m) {
-        for (auto& b : m.buffers()) buffers.push_back(*b.value);
-        for (auto& c : m.counters()) counters.push_back(*c.value);
-    }
-    void restore(model::Sequential<float>& m) const {
-        auto b = m.buffers();
-        for (std::size_t i = 0; i < b.size(); ++i) *b[i].value = buffers[i];
-        auto c = m.counters();
-        for (std::size_t i = 0; i < c.size(); ++i) *c[i].value = counters[i];
-    }
-};
-
 Array<std::uint8_t> text_array(const std::string& s) {
     return xt::adapt(std::vector<std::uint8_t>(s.begin(), s.end()));
 }
@@ -51,6 +36,7 @@ Array<std::uint8_t> text_array(const std::string& s) {
 
 Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
                     const Shape& example_shape, Mode mode, std::size_t batch_size) {
+    // A diagnostic pass in train mode changes no running statistic.
     const StateSnapshot snapshot(model);
     Evaluation e;
     data::BatchIterator it(data, batch_size, 0, 0, false, false);
@@ -85,14 +71,15 @@ Trainer::Trainer(TrainConfig config, const data::Dataset& train, const data::Dat
       example_shape_(model::example_shape(config_.workload)),
       model_(model::build_model<float>(config_.workload, config_.normalizer, config_.seed)),
       optimizer_(make_optimizer(config_, model_)) {
-    if (config_.batch_size == 0) throw OptionError("train: the batch size must be at least 1, got 0");
+    if (config_.batch_size == 0)
+        throw OptionError("train: the batch size must be at least 1, got 0");
     if (config_.batch_size > train.size())
         throw OptionError("train: batch size " + std::to_string(config_.batch_size) +
                           " exceeds the " + std::to_string(train.size()) + " training examples");
     if (!(config_.lr > 0)) throw OptionError("train: the learning rate must be > 0");
-    const std::size_t per_epoch = config_.drop_last
-                                      ? train.size() / config_.batch_size
-                                      : (train.size() + config_.batch_size - 1) / config_.batch_size;
+    const std::size_t per_epoch =
+        config_.drop_last ? train.size() / config_.batch_size
+                          : (train.size() + config_.batch_size - 1) / config_.batch_size;
     const std::size_t total = per_epoch * config_.epochs;
     schedule_.base = config_.lr;
     schedule_.kind = config_.schedule;
@@ -123,10 +110,10 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
     while (it.next(x, y, example_shape_, &lengths)) {
         const std::size_t step = std::size_t(optimizer_.steps());
         model_.zero_grad();
-        const auto r = model::softmax_cross_entropy(lengths.empty()
-                                                        ? model_.forward(x, Mode::train)
-                                                        : model_.forward(x, lengths, Mode::train),
-                                                    y, &dlogits);
+        const auto r =
+            model::softmax_cross_entropy(lengths.empty() ? model_.forward(x, Mode::train)
+                                                         : model_.forward(x, lengths, Mode::train),
+                                         y, &dlogits);
         if (!std::isfinite(r.loss)) {
             model_.clear_saved();
             result.status = "diverged";
@@ -139,8 +126,9 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
         loss_sum += r.loss;
         ++batches;
         examples += y.size();
-        const std::size_t point = std::min(curve_sum_.size() - 1,
-                                           step * curve_sum_.size() / std::max<std::size_t>(total_steps, 1));
+        const std::size_t point =
+            std::min(curve_sum_.size() - 1,
+                     step * curve_sum_.size() / std::max<std::size_t>(total_steps, 1));
         curve_sum_[point] += r.loss;
         curve_count_[point] += 1;
         if (progress) progress(double(step + 1) / double(total_steps), r.loss);
@@ -216,10 +204,14 @@ void Trainer::save_checkpoint(const std::string& path) {
     a.put("__config__", text_array(config_text()));
     a.put("epoch", Array<std::int64_t>(epoch_));
     a.put("optimizer.steps", Array<std::int64_t>(optimizer_.steps()));
-    for (auto& p : model_.parameters()) a.put("model." + p.name, *p.value);
-    for (auto& b : model_.buffers()) a.put("model." + b.name, *b.value);
-    for (auto& c : model_.counters()) a.put("model." + c.name, Array<std::int64_t>(*c.value));
-    for (auto& s : optimizer_.state()) a.put("optimizer." + s.name, *s.value);
+    for (auto& p : model_.parameters())
+        a.put("model." + p.name, *p.value);
+    for (auto& b : model_.buffers())
+        a.put("model." + b.name, *b.value);
+    for (auto& c : model_.counters())
+        a.put("model." + c.name, Array<std::int64_t>(*c.value));
+    for (auto& s : optimizer_.state())
+        a.put("optimizer." + s.name, *s.value);
     a.put("loss_curve.sum", Array<double>(xt::adapt(curve_sum_)));
     a.put("loss_curve.count", Array<double>(xt::adapt(curve_count_)));
     a.save(path);
@@ -230,8 +222,9 @@ void Trainer::load_checkpoint(const std::string& path) {
     const auto config = a.get<std::uint8_t>("__config__");
     const std::string text(config.begin(), config.end());
     if (text != config_text())
-        throw StateError("checkpoint '" + path + "' was written by another configuration:\n  file:    " +
-                         text + "\n  trainer: " + config_text());
+        throw StateError("checkpoint '" + path +
+                         "' was written by another configuration:\n  file:    " + text +
+                         "\n  trainer: " + config_text());
     // Read and check everything, then assign.
     std::vector<std::pair<Array<float>*, Array<float>>> tensors;
     auto stage = [&](const std::string& name, Array<float>* target) {
@@ -240,21 +233,28 @@ void Trainer::load_checkpoint(const std::string& path) {
         // the layer's geometry counters, restored below, agree with the file's shape.
         if (target->size() != 0 && shape_of(v) != shape_of(*target))
             throw StateError("checkpoint '" + path + "': expected '" + name + "' of shape " +
-                             format_shape(shape_of(*target)) + ", got " + format_shape(shape_of(v)));
+                             format_shape(shape_of(*target)) + ", got " +
+                             format_shape(shape_of(v)));
         tensors.emplace_back(target, std::move(v));
     };
-    for (auto& p : model_.parameters()) stage("model." + p.name, p.value);
-    for (auto& b : model_.buffers()) stage("model." + b.name, b.value);
-    for (auto& s : optimizer_.state()) stage("optimizer." + s.name, s.value);
+    for (auto& p : model_.parameters())
+        stage("model." + p.name, p.value);
+    for (auto& b : model_.buffers())
+        stage("model." + b.name, b.value);
+    for (auto& s : optimizer_.state())
+        stage("optimizer." + s.name, s.value);
     std::vector<std::pair<std::int64_t*, std::int64_t>> counts;
-    for (auto& c : model_.counters()) counts.emplace_back(c.value, a.get<std::int64_t>("model." + c.name)());
+    for (auto& c : model_.counters())
+        counts.emplace_back(c.value, a.get<std::int64_t>("model." + c.name)());
     counts.emplace_back(&epoch_, a.get<std::int64_t>("epoch")());
     counts.emplace_back(optimizer_.steps_counter(), a.get<std::int64_t>("optimizer.steps")());
     const auto sum = a.get<double>("loss_curve.sum"), count = a.get<double>("loss_curve.count");
     if (sum.size() != curve_sum_.size() || count.size() != curve_count_.size())
         throw StateError("checkpoint '" + path + "': loss curve of another resolution");
-    for (auto& [target, value] : tensors) *target = std::move(value);
-    for (auto& [target, value] : counts) *target = value;
+    for (auto& [target, value] : tensors)
+        *target = std::move(value);
+    for (auto& [target, value] : counts)
+        *target = value;
     std::copy(sum.begin(), sum.end(), curve_sum_.begin());
     std::copy(count.begin(), count.end(), curve_count_.begin());
 }

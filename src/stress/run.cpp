@@ -120,17 +120,10 @@ RunResult run_configuration(const RunConfig& run, Progress& progress) {
             }
         }
         if (result.status == "ok") {
-            const Shape shape = model::example_shape(best->config().workload);
-            const auto eval = train::evaluate(best->model(), d.test, shape, Mode::eval, 256);
-            result.test_accuracy = eval.accuracy;
-            result.test_loss = eval.loss;
-            try {
-                result.test_accuracy_train_mode =
-                    train::evaluate(best->model(), d.test, shape, Mode::train, run.batch_size)
-                        .accuracy;
-            } catch (const std::exception&) {
-                result.test_accuracy_train_mode = std::numeric_limits<double>::quiet_NaN();
-            }
+            const auto scores = best->evaluate_modes(d.test);
+            result.test_accuracy = scores.eval.accuracy;
+            result.test_loss = scores.eval.loss;
+            result.test_accuracy_train_mode = scores.train_mode.accuracy;
         }
     }
     if (result.status != "ok") {

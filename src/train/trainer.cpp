@@ -140,18 +140,9 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
     EpochMetrics m;
     m.epoch = std::size_t(epoch_);
     m.train_loss = batches ? loss_sum / double(batches) : 0.0;
-    m.test = evaluate(model_, test_, example_shape_, Mode::eval, 256);
-    m.test_train_mode = {std::numeric_limits<double>::quiet_NaN(),
-                         std::numeric_limits<double>::quiet_NaN()};
-    if (config_.evaluate_train_mode) {
-        try {
-            m.test_train_mode =
-                evaluate(model_, test_, example_shape_, Mode::train,
-                         config_.eval_batch_size ? config_.eval_batch_size : config_.batch_size);
-        } catch (const std::exception&) {
-            // e.g. batch statistics of single values: there is no train-mode output to score.
-        }
-    }
+    const ModeEvaluations scores = evaluate_modes(test_);
+    m.test = scores.eval;
+    m.test_train_mode = scores.train_mode;
     m.seconds = seconds_since(t0);
     result.epochs.push_back(m);
     result.steps += batches;
@@ -165,6 +156,23 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
         return false;
     }
     return true;
+}
+
+ModeEvaluations Trainer::evaluate_modes(const data::Dataset& data) {
+    ModeEvaluations scores;
+    scores.eval = evaluate(model_, data, example_shape_, Mode::eval, 256);
+    scores.train_mode = {std::numeric_limits<double>::quiet_NaN(),
+                         std::numeric_limits<double>::quiet_NaN()};
+    if (config_.evaluate_train_mode) {
+        try {
+            scores.train_mode =
+                evaluate(model_, data, example_shape_, Mode::train,
+                         config_.eval_batch_size ? config_.eval_batch_size : config_.batch_size);
+        } catch (const std::exception&) {
+            // e.g. batch statistics of single values: there is no train-mode output to score.
+        }
+    }
+    return scores;
 }
 
 TrainResult Trainer::run(const ProgressFn& progress) {

@@ -28,13 +28,18 @@ struct TrainConfig {
     std::uint64_t seed = 0;             // weights, data order, dropout
     bool drop_last = true;              // every step sees a full batch
     bool evaluate_train_mode = true;
-    std::size_t eval_batch_size = 0;    // train-mode evaluation batches; 0: batch_size
-    std::size_t loss_points = 20;       // resolution of the loss curve
+    std::size_t eval_batch_size = 0;  // train-mode evaluation batches; 0: batch_size
+    std::size_t loss_points = 20;     // resolution of the loss curve
 };
 
 struct Evaluation {
     double loss = 0;
     double accuracy = 0;
+};
+
+struct ModeEvaluations {
+    Evaluation eval;        // running statistics where kept
+    Evaluation train_mode;  // batch statistics (NaN when it could not run)
 };
 
 struct EpochMetrics {
@@ -64,7 +69,7 @@ Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
                     const Shape& example_shape, Mode mode, std::size_t batch_size);
 
 class Trainer {
-public:
+  public:
     // Builds the model and optimizer from the config; OptionError for bad options.
     Trainer(TrainConfig config, const data::Dataset& train, const data::Dataset& test);
 
@@ -74,6 +79,11 @@ public:
     TrainResult run(const ProgressFn& progress = {});
     // One epoch; returns false when the run diverged.
     bool run_epoch(TrainResult& result, const ProgressFn& progress = {});
+
+    // A data set scored as every epoch scores the test set: eval mode in batches of 256, and,
+    // with evaluate_train_mode, train mode in batches of eval_batch_size (or batch_size); NaN
+    // when the normalizers cannot take batch statistics of those batches (single values).
+    ModeEvaluations evaluate_modes(const data::Dataset& data);
 
     // Everything needed to continue identically: parameters, normalizer buffers and counters,
     // optimizer state, epoch and step, and the configuration (checked on load).
@@ -86,7 +96,7 @@ public:
     std::size_t epoch() const { return std::size_t(epoch_); }
     const TrainConfig& config() const { return config_; }
 
-private:
+  private:
     std::string config_text() const;
 
     TrainConfig config_;

@@ -63,23 +63,27 @@ def main():
     figures = os.path.join(out, "figures")
     os.makedirs(figures, exist_ok=True)
 
-    # (workload, data) -> normalizer -> batch -> list of results
+    # (workload, data, ranks) -> normalizer -> batch (per rank) -> list of results
     grid = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     order = []
     for r in rows:
         c = r["config"]
-        grid[(c["workload"], c["data"])][c["normalizer"]][c["batch_size"]].append(r["result"])
+        key = (c["workload"], c["data"], c.get("ranks", 1))
+        grid[key][c["normalizer"]][c["batch_size"]].append(r["result"])
         if c["normalizer"] not in order:
             order.append(c["normalizer"])
 
     with open(os.path.join(out, "results.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["workload", "data", "normalizer", "batch_size", "seed", "lr", "status",
+        w.writerow(["workload", "data", "ranks", "normalizer", "batch_size", "global_batch",
+                    "seed", "lr", "status",
                     "test_accuracy", "test_loss", "test_accuracy_train_mode", "train_eval_gap",
                     "final_train_loss", "examples_per_second", "wall_seconds", "commit", "message"])
         for r in rows:
             c, res = r["config"], r["result"]
-            w.writerow([c["workload"], c["data"], c["normalizer"], c["batch_size"], c["seed"],
+            ranks = c.get("ranks", 1)
+            w.writerow([c["workload"], c["data"], ranks, c["normalizer"], c["batch_size"],
+                        c["batch_size"] * ranks, c["seed"],
                         res.get("lr"), res["status"], res["test_accuracy"], res["test_loss"],
                         res["test_accuracy_train_mode"], res["train_eval_gap"],
                         res["final_train_loss"], res["examples_per_second"],
@@ -93,8 +97,11 @@ def main():
           "Test accuracy (%) in eval mode, mean ± std over seeds; **bold** is the best in its "
           "column. The second table is the accuracy with batch statistics (train mode, batches of "
           "the run's size) minus the eval-mode accuracy. Protocol: docs/stress-test.md.", ""]
-    for (workload, data), by_norm in sorted(grid.items()):
+    for (workload, data, ranks), by_norm in sorted(grid.items()):
         batches = sorted({b for per_b in by_norm.values() for b in per_b})
+        # Data-parallel runs: b is each rank's batch, the global batch ranks·b.
+        title = f"{workload} on {data}" + (f", {ranks} ranks" if ranks > 1 else "")
+        blabel = (lambda b: f"b={b} ({ranks * b})") if ranks > 1 else (lambda b: f"b={b}")
         norms = [n for n in order if n in by_norm]
 
         def stats(norm, b, field):
@@ -109,8 +116,14 @@ def main():
         for b in batches:
             means = [(mean_std(stats(n, b, "test_accuracy")[0])[0] or -1, n) for n in norms]
             best[b] = max(means)[1] if means else None
-        md += [f"## {workload} on {data}", "", "| normalizer | " +
-               " | ".join(f"b={b}" for b in batches) + " |",
+        md += [f"## {title}", ""]
+        if ranks > 1:
+            md += [f"Data-parallel over {ranks} ranks: `b` is the batch of each rank, the global "
+                   f"batch (in parentheses) {ranks}·b. `batch_norm` and `batch_renorm` normalize "
+                   "each rank's batch (running statistics of rank 0, as PyTorch's "
+                   "DistributedDataParallel keeps them); `sync_` variants normalize the global "
+                   "batch. Train-mode evaluation uses global batches of the same size.", ""]
+        md += ["| normalizer | " + " | ".join(blabel(b) for b in batches) + " |",
                "|---|" + "---:|" * len(batches)]
         for n in norms:
             cells = []
@@ -119,7 +132,7 @@ def main():
                 cells.append(f"**{text}**" if best[b] == n and text[0].isdigit() else text)
             md.append(f"| `{n}` | " + " | ".join(cells) + " |")
         md += ["", "Train-mode minus eval-mode test accuracy (percentage points):", "",
-               "| normalizer | " + " | ".join(f"b={b}" for b in batches) + " |",
+               "| normalizer | " + " | ".join(blabel(b) for b in batches) + " |",
                "|---|" + "---:|" * len(batches)]
         for n in norms:
             md.append(f"| `{n}` | " + " | ".join(cell(*stats(n, b, "train_eval_gap"))
@@ -129,7 +142,7 @@ def main():
         if errors:
             md += ["", "Runs that could not train:", ""] + [f"* {e}" for e in errors]
 
-        tag = f"{workload}_{data}"
+        tag = f"{workload}_{data}" + (f"_{ranks}ranks" if ranks > 1 else "")
         for field, ylabel, name in (("test_accuracy", "test accuracy, eval mode", "accuracy"),
                                     ("train_eval_gap", "train-mode − eval-mode accuracy", "gap")):
             fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -146,9 +159,9 @@ def main():
             ax.set_xscale("log", base=2)
             ax.set_xticks(batches)
             ax.set_xticklabels([str(b) for b in batches])
-            ax.set_xlabel("batch size")
+            ax.set_xlabel("batch size per rank" if ranks > 1 else "batch size")
             ax.set_ylabel(ylabel + " (%)")
-            ax.set_title(f"{workload} on {data}")
+            ax.set_title(title)
             ax.grid(True, alpha=0.3)
             # Outside the axes: inside, it hid the curves it names.
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -167,7 +180,7 @@ def main():
                     length = min(len(c) for c in curves)
                     avg = [sum(c[i] for c in curves) / len(curves) for i in range(length)]
                     ax.plot([(i + 1) / length for i in range(length)], avg, label=n)
-            ax.set_title(f"{workload} on {data}, batch {b}")
+            ax.set_title(f"{title}, batch {b}" + (" per rank" if ranks > 1 else ""))
             ax.set_xlabel("fraction of training")
             ax.grid(True, alpha=0.3)
         axes[0].set_ylabel("training loss")

@@ -1,6 +1,8 @@
 // The normlab command-line program.
 //   normlab list                      the registered normalizers and their options
 //   normlab stress [--preset quick]   the small-batch stress test (docs/stress-test.md)
+//   mpirun -np K normlab stress ...   the same grid data-parallel over K ranks
+//                                     (docs/distributed.md; builds with normlab_mpi)
 #include <omp.h>
 #include <unistd.h>
 
@@ -23,6 +25,10 @@
 #include "normlab/runtime.hpp"
 #include "normlab/stress.hpp"
 #include "normlab_commit.hpp"
+
+#ifdef NORMLAB_CLI_MPI
+#include "normlab/mpi/mpi.hpp"
+#endif
 
 namespace {
 
@@ -119,36 +125,20 @@ void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd
     }
 }
 
-int run_stress(GridOptions options, const std::string& out_dir, bool report, int threads,
-               std::size_t jobs, const std::string& command) {
-    const auto runs = normlab::stress::expand_grid(options);
-    std::filesystem::create_directories(out_dir);
-    normlab::stress::ResultStore store((std::filesystem::path(out_dir) / "results.jsonl").string());
-    if (threads > 0) omp_set_num_threads(threads);
-    if (jobs == 0) jobs = std::max(1u, std::thread::hardware_concurrency());
-    const int threads_per_run = jobs > 1 ? 1 : omp_get_max_threads();
-    normlab::set_blas_threads(threads_per_run);
-    const nlohmann::json meta = {{"commit", NORMLAB_GIT_COMMIT}, {"machine", machine_description()},
-                                 {"threads", threads_per_run},   {"jobs", jobs},
-                                 {"command", command},           {"date", utc_now()}};
-    std::size_t done = 0;
-    for (const auto& r : runs)
-        done += store.contains(r.key()) ? 1 : 0;
-    std::fprintf(stderr,
-                 "normlab stress: %zu runs (%zu already in %s), %zu at a time, %d thread%s each\n",
-                 runs.size(), done, store.path().c_str(), jobs, threads_per_run,
-                 threads_per_run == 1 ? "" : "s");
-    normlab::stress::run_grid(runs, store, normlab::stress::run_configuration, meta, jobs);
+nlohmann::json run_meta(std::size_t jobs, int threads_per_run, const std::string& command) {
+    return {{"commit", NORMLAB_GIT_COMMIT}, {"machine", machine_description()},
+            {"threads", threads_per_run},   {"jobs", jobs},
+            {"command", command},           {"date", utc_now()}};
+}
 
-    if (!report) {
-        std::printf("results: %s\n", store.path().c_str());
-        return 0;
-    }
+// The report (report.md, results.csv, figures) from out_dir/results.jsonl.
+int write_report(const std::string& out_dir) {
+    const std::string results = (std::filesystem::path(out_dir) / "results.jsonl").string();
     const std::string script = report_script();
     if (script.empty()) {
         std::fprintf(stderr,
                      "normlab stress: scripts/stress_report.py not found; results are in %s\n",
-                     store.path().c_str());
+                     results.c_str());
         return 1;
     }
     // Debian's interpreter, which python3-matplotlib installs into (a python3 earlier on PATH,
@@ -159,16 +149,149 @@ int run_stress(GridOptions options, const std::string& out_dir, bool report, int
     const int rc = std::system(cmd.c_str());
     if (rc != 0) {
         std::fprintf(stderr, "normlab stress: the report script failed (%s); results are in %s\n",
-                     cmd.c_str(), store.path().c_str());
+                     cmd.c_str(), results.c_str());
         return 1;
     }
     return 0;
 }
 
+// The grid in this process, `jobs` configurations at a time.
+int run_stress(const GridOptions& options, const std::string& out_dir, bool report, int threads,
+               std::size_t jobs, const std::string& command) {
+    const auto runs = normlab::stress::expand_grid(options);
+    std::filesystem::create_directories(out_dir);
+    normlab::stress::ResultStore store((std::filesystem::path(out_dir) / "results.jsonl").string());
+    if (threads > 0) omp_set_num_threads(threads);
+    if (jobs == 0) jobs = std::max(1u, std::thread::hardware_concurrency());
+    const int threads_per_run = jobs > 1 ? 1 : omp_get_max_threads();
+    normlab::set_blas_threads(threads_per_run);
+    std::size_t done = 0;
+    for (const auto& r : runs)
+        done += store.contains(r.key()) ? 1 : 0;
+    std::fprintf(stderr,
+                 "normlab stress: %zu runs (%zu already in %s), %zu at a time, %d thread%s each\n",
+                 runs.size(), done, store.path().c_str(), jobs, threads_per_run,
+                 threads_per_run == 1 ? "" : "s");
+    normlab::stress::run_grid(
+        runs, store,
+        [](const normlab::stress::RunConfig& run, normlab::stress::Progress& progress) {
+            return normlab::stress::run_configuration(run, progress);
+        },
+        run_meta(jobs, threads_per_run, command), jobs);
+    if (!report) {
+        std::printf("results: %s\n", store.path().c_str());
+        return 0;
+    }
+    return write_report(out_dir);
+}
+
+#ifdef NORMLAB_CLI_MPI
+// Whether an MPI launcher (mpirun, mpiexec, srun) started this process: only then does the
+// program initialize MPI, so that a plain `normlab stress` never depends on it.
+bool launched_by_mpi() {
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK"})
+        if (std::getenv(name)) return true;
+    return false;
+}
+
+// Every rank expands the grid from its own command line; they must agree before running it.
+void check_same_grid(const std::vector<normlab::stress::RunConfig>& runs,
+                     const normlab::mpi::Communicator& comm) {
+    std::int64_t h = 1469598103934665603LL;
+    for (const auto& r : runs)
+        for (char ch : r.key())
+            h = (h ^ std::int64_t(static_cast<unsigned char>(ch))) * 1099511628211LL;
+    std::int64_t range[2] = {h, -h};  // max of h and of -h: equal everywhere iff h is
+    comm.allreduce_max(std::span<std::int64_t>(range, 2));
+    if (range[0] != -range[1])
+        throw std::runtime_error(
+            "the ranks expanded different grids (give every rank the same "
+            "options and data)");
+}
+
+// Data-parallel (mpirun -np K normlab stress): rank 0 owns results.jsonl and decides which runs
+// are pending; every rank runs each of them together, one configuration at a time, and rank 0
+// records the results and writes the report.
+int run_stress_distributed(GridOptions options, const std::string& out_dir, bool report,
+                           int threads, std::size_t jobs, const std::string& command,
+                           normlab::mpi::MpiReplicas& replicas) {
+    const auto& comm = replicas.communicator();
+    if (jobs > 1)
+        throw normlab::OptionError(
+            "stress: --jobs runs several configurations in one process; under mpirun the ranks "
+            "run one configuration together (leave --jobs out)");
+    // The ranks share the machine's cores: one thread each unless told otherwise.
+    const int threads_per_rank = threads > 0 ? threads : 1;
+    omp_set_num_threads(threads_per_rank);
+    normlab::set_blas_threads(threads_per_rank);
+    options.ranks = std::size_t(comm.size());
+    const auto runs = normlab::stress::expand_grid(options);
+    check_same_grid(runs, comm);
+    nlohmann::json meta = run_meta(1, threads_per_rank, command);
+    meta["ranks"] = comm.size();
+
+    std::unique_ptr<normlab::stress::ResultStore> store;
+    std::vector<std::int64_t> pending;
+    std::string failure;
+    if (comm.rank() == 0) {
+        try {
+            std::filesystem::create_directories(out_dir);
+            store = std::make_unique<normlab::stress::ResultStore>(
+                (std::filesystem::path(out_dir) / "results.jsonl").string());
+            for (std::size_t i = 0; i < runs.size(); ++i)
+                if (!store->contains(runs[i].key())) pending.push_back(std::int64_t(i));
+            std::fprintf(stderr,
+                         "normlab stress: %zu runs (%zu already in %s) on %d ranks, "
+                         "data-parallel, %d thread%s each\n",
+                         runs.size(), runs.size() - pending.size(), store->path().c_str(),
+                         comm.size(), threads_per_rank, threads_per_rank == 1 ? "" : "s");
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+    }
+    std::int64_t header[2] = {std::int64_t(pending.size()), failure.empty() ? 0 : 1};
+    comm.broadcast(std::span<std::int64_t>(header, 2), 0);
+    if (header[1] != 0)
+        throw normlab::IoError(comm.rank() == 0 ? failure : "rank 0 could not open the results");
+    pending.resize(std::size_t(header[0]));
+    if (!pending.empty()) comm.broadcast(std::span<std::int64_t>(pending), 0);
+
+    normlab::stress::run_pending(
+        runs, std::vector<std::size_t>(pending.begin(), pending.end()),
+        [&](const normlab::stress::RunConfig& run, normlab::stress::Progress& progress) {
+            return normlab::stress::run_configuration(run, progress, &replicas);
+        },
+        [&](std::size_t i, const normlab::stress::RunResult& result) {
+            if (store) store->append(normlab::stress::result_line(runs[i], result, meta));
+        },
+        1,
+        comm.rank() == 0 ? normlab::stress::Progress::Style::lines
+                         : normlab::stress::Progress::Style::off);
+    if (comm.rank() != 0) return 0;
+    if (!report) {
+        std::printf("results: %s\n", store->path().c_str());
+        return 0;
+    }
+    return write_report(out_dir);
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
     normlab::reuse_freed_memory();
+#ifdef NORMLAB_CLI_MPI
+    // Under an MPI launcher: one replica per rank, and the synchronized normalizers registered.
+    std::unique_ptr<normlab::mpi::Session> session;
+    std::unique_ptr<normlab::mpi::MpiReplicas> replicas;
+    if (launched_by_mpi()) {
+        session = std::make_unique<normlab::mpi::Session>(argc, argv);
+        replicas = std::make_unique<normlab::mpi::MpiReplicas>(session->world());
+    }
+    const int rank = replicas ? replicas->rank() : 0, ranks = replicas ? replicas->size() : 1;
+#else
+    const int rank = 0, ranks = 1;
+#endif
     CLI::App app{"normlab: normalization layers, compared on small batches"};
     app.require_subcommand(1);
 
@@ -188,7 +311,9 @@ int main(int argc, char** argv) {
     bool no_report = false;
     int threads = 0;
     std::size_t jobs = 0;
-    stress->add_option("--preset", preset, "quick (1.5 minutes on 2 cores), paper (docs/results/, 45 minutes) or none")
+    stress
+        ->add_option("--preset", preset,
+                     "quick (1.5 minutes on 2 cores), paper (docs/results/, 45 minutes) or none")
         ->capture_default_str();
     stress->add_option("--normalizers", normalizer_args,
                        "Normalizer specs, comma-separated (commas inside parentheses belong to "
@@ -235,22 +360,41 @@ int main(int argc, char** argv) {
 
     try {
         if (list->parsed()) {
-            std::cout << normlab::describe_variants();
+            if (rank == 0) std::cout << normlab::describe_variants();
             return 0;
         }
         if (stress->parsed()) {
-            if (!normalizer_args.empty()) o.normalizers = split_specs(normalizer_args);
+            if (!normalizer_args.empty()) {
+                o.normalizers = split_specs(normalizer_args);
+            } else if (ranks > 1) {
+                // Data-parallel: per-rank BatchNorm and Batch Renorm against their synchronized
+                // versions, beside the batch-independent normalizers.
+                o.normalizers.insert(o.normalizers.begin() + 3,
+                                     {"sync_batch_norm", "sync_" + o.normalizers[2]});
+            }
             apply_preset(preset, o, *stress);
-            std::string command = "normlab";
+            std::string command =
+                ranks > 1 ? "mpirun -np " + std::to_string(ranks) + " normlab" : "normlab";
             for (int i = 1; i < argc; ++i)
                 command += std::string(" ") + argv[i];
+#ifdef NORMLAB_CLI_MPI
+            if (replicas)
+                return run_stress_distributed(o, out_dir, !no_report, threads, jobs, command,
+                                              *replicas);
+#endif
             return run_stress(o, out_dir, !no_report, threads, jobs, command);
         }
     } catch (const normlab::OptionError& e) {
-        std::fprintf(stderr, "normlab: %s\n", e.what());
+        // Options are checked before anything runs, alike on every rank: rank 0 reports.
+        if (rank == 0) std::fprintf(stderr, "normlab: %s\n", e.what());
         return 2;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "normlab: %s\n", e.what());
+        std::fprintf(stderr, "normlab%s: %s\n",
+                     ranks > 1 ? (" (rank " + std::to_string(rank) + ")").c_str() : "", e.what());
+#ifdef NORMLAB_CLI_MPI
+        // Other ranks may be waiting in a collective for this one: end the whole job.
+        if (ranks > 1) MPI_Abort(MPI_COMM_WORLD, 3);
+#endif
         return 3;
     }
     return 0;

@@ -1,5 +1,6 @@
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -18,7 +19,8 @@ std::string read_gz(const std::string& path) {
     std::string out;
     char buf[1 << 16];
     int got = 0;
-    while ((got = gzread(f, buf, sizeof buf)) > 0) out.append(buf, std::size_t(got));
+    while ((got = gzread(f, buf, sizeof buf)) > 0)
+        out.append(buf, std::size_t(got));
     int err = Z_OK;
     const char* message = gzerror(f, &err);
     const std::string why = message ? message : "";
@@ -29,8 +31,10 @@ std::string read_gz(const std::string& path) {
 }
 
 std::uint32_t big_endian(const std::string& bytes, std::size_t at) {
-    return std::uint32_t(std::uint8_t(bytes[at])) << 24 | std::uint32_t(std::uint8_t(bytes[at + 1])) << 16 |
-           std::uint32_t(std::uint8_t(bytes[at + 2])) << 8 | std::uint32_t(std::uint8_t(bytes[at + 3]));
+    return std::uint32_t(std::uint8_t(bytes[at])) << 24 |
+           std::uint32_t(std::uint8_t(bytes[at + 1])) << 16 |
+           std::uint32_t(std::uint8_t(bytes[at + 2])) << 8 |
+           std::uint32_t(std::uint8_t(bytes[at + 3]));
 }
 
 // Checks the magic number and the size the header announces; returns the dimensions.
@@ -74,7 +78,8 @@ std::vector<int> read_idx_labels(const std::string& path) {
     const std::string bytes = read_gz(path);
     const auto dims = idx_dims(bytes, path, 0x00000801, 1);
     std::vector<int> out(dims[0]);
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] = int(std::uint8_t(bytes[8 + i]));
+    for (std::size_t i = 0; i < out.size(); ++i)
+        out[i] = int(std::uint8_t(bytes[8 + i]));
     return out;
 }
 
@@ -89,12 +94,15 @@ Split load_fashion_mnist(const std::string& dir) {
             throw IoError("'" + dir + "': " + std::to_string(d->images.shape()[0]) +
                           " images but " + std::to_string(d->labels.size()) + " labels");
     double sum = 0, sq = 0;
-    for (float v : s.train.images) sum += v;
+    for (float v : s.train.images)
+        sum += v;
     const double mean = sum / double(s.train.images.size());
-    for (float v : s.train.images) sq += (v - mean) * (v - mean);
+    for (float v : s.train.images)
+        sq += (v - mean) * (v - mean);
     const double stddev = std::sqrt(sq / double(s.train.images.size()));
     for (Dataset* d : {&s.train, &s.test})
-        for (auto& v : d->images) v = float((v - mean) / stddev);
+        for (auto& v : d->images)
+            v = float((v - mean) / stddev);
     return s;
 }
 
@@ -153,7 +161,8 @@ BatchIterator::BatchIterator(const Dataset& data, std::size_t batch_size, std::u
         throw ShapeError("batches: the data set has " + std::to_string(data.size()) +
                          " examples but " + std::to_string(data.lengths.size()) +
                          " sequence lengths");
-    for (std::size_t i = 0; i < order_.size(); ++i) order_[i] = i;
+    for (std::size_t i = 0; i < order_.size(); ++i)
+        order_[i] = i;
     if (shuffle) {
         std::mt19937_64 rng(seed * 1000003ULL + epoch * 7919ULL + 1);
         for (std::size_t i = order_.size(); i > 1; --i)
@@ -161,16 +170,36 @@ BatchIterator::BatchIterator(const Dataset& data, std::size_t batch_size, std::u
     }
 }
 
+RowRange shard_rows(std::size_t rows, std::size_t index, std::size_t count) {
+    if (count == 0 || index >= count)
+        throw ShapeError("shard_rows: expected 0 <= shard < shards, got shard " +
+                         std::to_string(index) + " of " + std::to_string(count));
+    const std::size_t base = rows / count, extra = rows % count;
+    const std::size_t begin = index * base + std::min(index, extra);
+    return {begin, begin + base + (index < extra ? 1 : 0)};
+}
+
+void BatchIterator::shard(std::size_t index, std::size_t count) {
+    shard_rows(batch_size_, index, count);  // checks the arguments
+    if (count > batch_size_)
+        throw OptionError("batches: " + std::to_string(count) + " shards of batches of " +
+                          std::to_string(batch_size_) + " would leave some shards empty");
+    shard_index_ = index;
+    shard_count_ = count;
+}
+
 std::size_t BatchIterator::batches() const {
-    return drop_last_ ? order_.size() / batch_size_
-                      : (order_.size() + batch_size_ - 1) / batch_size_;
+    const std::size_t full = order_.size() / batch_size_, rest = order_.size() % batch_size_;
+    return full + (!drop_last_ && rest >= shard_count_ && rest > 0 ? 1 : 0);
 }
 
 bool BatchIterator::next(Array<float>& x, std::vector<int>& y, const Shape& example_shape,
                          std::vector<std::size_t>* lengths) {
     const std::size_t left = order_.size() - position_;
-    if (left == 0 || (drop_last_ && left < batch_size_)) return false;
-    const std::size_t b = std::min(batch_size_, left);
+    if (left == 0 || (drop_last_ && left < batch_size_) || left < shard_count_) return false;
+    const std::size_t global = std::min(batch_size_, left);
+    const RowRange rows = shard_rows(global, shard_index_, shard_count_);
+    const std::size_t b = rows.size(), first = position_ + rows.begin;
     const std::size_t features = data_.images.shape()[1];
     Shape shape{b};
     shape.insert(shape.end(), example_shape.begin(), example_shape.end());
@@ -180,15 +209,16 @@ bool BatchIterator::next(Array<float>& x, std::vector<int>& y, const Shape& exam
         lengths->clear();
         if (!data_.lengths.empty())
             for (std::size_t i = 0; i < b; ++i)
-                lengths->push_back(data_.lengths[order_[position_ + i]]);
+                lengths->push_back(data_.lengths[order_[first + i]]);
     }
     for (std::size_t i = 0; i < b; ++i) {
-        const std::size_t idx = order_[position_ + i];
+        const std::size_t idx = order_[first + i];
         std::memcpy(x.data() + i * features, data_.images.data() + idx * features,
                     features * sizeof(float));
         y[i] = data_.labels[idx];
     }
-    position_ += b;
+    position_ += global;
+    batch_rows_ = global;
     return true;
 }
 

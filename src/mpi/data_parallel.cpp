@@ -4,6 +4,7 @@
 #include <string>
 
 #include "agreement.hpp"
+#include "normlab/data/dataset.hpp"
 
 namespace normlab::mpi {
 namespace {
@@ -76,10 +77,9 @@ Shard shard_of(std::size_t global_batch, int rank, int ranks) {
     if (ranks <= 0 || rank < 0 || rank >= ranks)
         throw ShapeError("shard_of: expected 0 <= rank < ranks, got rank " + std::to_string(rank) +
                          " of " + std::to_string(ranks));
-    const std::size_t r = std::size_t(rank), k = std::size_t(ranks);
-    const std::size_t base = global_batch / k, extra = global_batch % k;
-    const std::size_t begin = r * base + std::min(r, extra);
-    return {begin, begin + base + (r < extra ? 1 : 0), global_batch};
+    const data::RowRange rows =
+        data::shard_rows(global_batch, std::size_t(rank), std::size_t(ranks));
+    return {rows.begin, rows.end, global_batch};
 }
 
 Shard shard_of(std::span<const std::size_t> sizes, int rank) {
@@ -120,15 +120,19 @@ void sum_gradients(model::Sequential<T>& model, const Communicator& comm) {
     allreduce_gradients(model, comm, false, "sum_gradients");
 }
 
+namespace {
+
 template <class T>
-void broadcast_parameters(model::Sequential<T>& model, const Communicator& comm, int root) {
-    const auto params = model.parameters();
+void broadcast_state(model::Sequential<T>& model, const Communicator& comm, int root,
+                     bool with_parameters, const char* who) {
+    std::vector<model::ModelParam<T>> params;
+    if (with_parameters) params = model.parameters();
     const auto buffers = model.buffers();
     const auto counters = model.counters();
     std::int64_t counter_names = 3;
     for (const auto& c : counters)
         counter_names = fingerprint(c.name.data(), c.name.size(), counter_names);
-    agree(comm, "broadcast_parameters",
+    agree(comm, who,
           {{"fingerprint of the parameter names and shapes (the model differs)",
             structure_fingerprint(params, 1)},
            {"fingerprint of the buffer names and shapes (the model differs)",
@@ -147,7 +151,7 @@ void broadcast_parameters(model::Sequential<T>& model, const Communicator& comm,
     std::vector<std::int64_t> counts;
     for (const auto& c : counters)
         counts.push_back(*c.value);
-    comm.broadcast(std::span<T>(packed), root);
+    if (!packed.empty()) comm.broadcast(std::span<T>(packed), root);
     if (!counts.empty()) comm.broadcast(std::span<std::int64_t>(counts), root);
 
     std::size_t at = 0;
@@ -159,6 +163,18 @@ void broadcast_parameters(model::Sequential<T>& model, const Communicator& comm,
             v = packed[at++];
     for (std::size_t i = 0; i < counters.size(); ++i)
         *counters[i].value = counts[i];
+}
+
+}  // namespace
+
+template <class T>
+void broadcast_parameters(model::Sequential<T>& model, const Communicator& comm, int root) {
+    broadcast_state(model, comm, root, true, "broadcast_parameters");
+}
+
+template <class T>
+void broadcast_buffers(model::Sequential<T>& model, const Communicator& comm, int root) {
+    broadcast_state(model, comm, root, false, "broadcast_buffers");
 }
 
 template <class T>
@@ -188,6 +204,7 @@ void check_replicas(model::Sequential<T>& model, const Communicator& comm) {
     template void average_gradients<T>(model::Sequential<T>&, const Communicator&);         \
     template void sum_gradients<T>(model::Sequential<T>&, const Communicator&);             \
     template void broadcast_parameters<T>(model::Sequential<T>&, const Communicator&, int); \
+    template void broadcast_buffers<T>(model::Sequential<T>&, const Communicator&, int);    \
     template void check_replicas<T>(model::Sequential<T>&, const Communicator&);
 
 NORMLAB_INSTANTIATE_DATA_PARALLEL(float)

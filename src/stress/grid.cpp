@@ -30,18 +30,24 @@ std::string RunConfig::key() const {
 }
 
 nlohmann::json RunConfig::to_json() const {
-    return {{"workload", workload},
-            {"data", data},
-            {"normalizer", normalizer},
-            {"batch_size", batch_size},
-            {"seed", seed},
-            {"lr", lr},
-            {"train_examples", train_examples},
-            {"test_examples", test_examples},
-            {"validation_examples", validation_examples},
-            {"epochs", epochs},
-            {"optimizer", optimizer},
-            {"lr_sweep", lr_sweep}};
+    nlohmann::json j = {{"workload", workload},
+                        {"data", data},
+                        {"normalizer", normalizer},
+                        {"batch_size", batch_size},
+                        {"seed", seed},
+                        {"lr", lr},
+                        {"train_examples", train_examples},
+                        {"test_examples", test_examples},
+                        {"validation_examples", validation_examples},
+                        {"epochs", epochs},
+                        {"optimizer", optimizer},
+                        {"lr_sweep", lr_sweep}};
+    // Only data-parallel runs carry these, so that single-process keys stay as they were.
+    if (ranks > 1) {
+        j["ranks"] = ranks;
+        j["global_batch"] = global_batch();
+    }
+    return j;
 }
 
 nlohmann::json RunResult::to_json() const {
@@ -83,11 +89,15 @@ std::vector<RunConfig> expand_grid(const GridOptions& options) {
     if (options.batch_sizes.empty()) throw OptionError("stress: expected at least one batch size");
     if (options.seeds.empty()) throw OptionError("stress: expected at least one seed");
     if (options.workloads.empty()) throw OptionError("stress: expected at least one workload");
+    if (options.ranks == 0) throw OptionError("stress: expected at least one rank");
     for (std::size_t b : options.batch_sizes) {
         if (b == 0) throw OptionError("stress: batch sizes must be at least 1, got 0");
-        if (b > options.train_examples)
-            throw OptionError("stress: batch size " + std::to_string(b) + " exceeds the " +
-                              std::to_string(options.train_examples) + " training examples");
+        if (b * options.ranks > options.train_examples)
+            throw OptionError("stress: batch size " + std::to_string(b) +
+                              (options.ranks > 1 ? " × " + std::to_string(options.ranks) + " ranks"
+                                                 : std::string()) +
+                              " exceeds the " + std::to_string(options.train_examples) +
+                              " training examples");
     }
     for (const auto& w : options.workloads)
         if (!kWorkloads.count(w))
@@ -138,7 +148,7 @@ std::vector<RunConfig> expand_grid(const GridOptions& options) {
                     r.normalizer = spec;
                     r.batch_size = b;
                     r.seed = seed;
-                    r.lr = scaled_lr(options, b);
+                    r.lr = scaled_lr(options, b * options.ranks);
                     r.train_examples = options.train_examples;
                     r.test_examples = options.test_examples;
                     r.validation_examples = options.validation_examples;
@@ -146,6 +156,7 @@ std::vector<RunConfig> expand_grid(const GridOptions& options) {
                     r.optimizer = options.optimizer;
                     r.lr_sweep = options.lr_sweep;
                     r.data_dir = options.data_dir;
+                    r.ranks = options.ranks;
                     runs.push_back(std::move(r));
                 }
         }

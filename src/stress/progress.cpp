@@ -32,8 +32,9 @@ std::string duration_text(double seconds) {
 
 }  // namespace
 
-Progress::Progress(std::size_t total_runs, std::size_t jobs)
-    : enabled_(::isatty(STDERR_FILENO) != 0),
+Progress::Progress(std::size_t total_runs, std::size_t jobs, Style style)
+    : enabled_(style == Style::terminal && ::isatty(STDERR_FILENO) != 0),
+      lines_(style == Style::lines),
       total_(total_runs),
       jobs_(std::max<std::size_t>(jobs, 1)),
       started_(now()) {}
@@ -71,7 +72,12 @@ void Progress::finish_run(const RunResult& result) {
     const std::lock_guard lock(mutex_);
     ++finished_;
     finished_seconds_ += now() - run_started_;
-    (void)result;
+    if (lines_) {
+        std::fprintf(stderr, "run %zu/%zu  %s  %s  test accuracy %.4f  %.1fs\n", index_ + 1, total_,
+                     label_.c_str(), result.status.c_str(), result.test_accuracy,
+                     result.wall_seconds);
+        std::fflush(stderr);
+    }
 }
 
 void Progress::done() {
@@ -86,14 +92,20 @@ void Progress::draw(const std::string& text) {
     std::fflush(stderr);
 }
 
-std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
-                     const RunFunction& run_one, const nlohmann::json& meta, std::size_t jobs) {
-    std::vector<std::size_t> pending;
-    for (std::size_t i = 0; i < runs.size(); ++i)
-        if (!store.contains(runs[i].key())) pending.push_back(i);
+nlohmann::json result_line(const RunConfig& run, const RunResult& result,
+                           const nlohmann::json& meta) {
+    return {{"key", run.key()},
+            {"config", run.to_json()},
+            {"result", result.to_json()},
+            {"meta", meta}};
+}
+
+void run_pending(const std::vector<RunConfig>& runs, const std::vector<std::size_t>& pending,
+                 const RunFunction& run_one, const RecordFunction& record, std::size_t jobs,
+                 Progress::Style style) {
     jobs = std::clamp<std::size_t>(jobs, 1, std::max<std::size_t>(pending.size(), 1));
-    Progress progress(runs.size(), jobs);
-    std::mutex store_mutex;
+    Progress progress(runs.size(), jobs, style);
+    std::mutex record_mutex;
     auto run_at = [&](std::size_t i) {
         progress.start_run(i, runs[i]);
         RunResult result;
@@ -104,11 +116,8 @@ std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
             result.message = e.what();
         }
         {
-            const std::lock_guard lock(store_mutex);
-            store.append({{"key", runs[i].key()},
-                          {"config", runs[i].to_json()},
-                          {"result", result.to_json()},
-                          {"meta", meta}});
+            const std::lock_guard lock(record_mutex);
+            record(i, result);
         }
         progress.finish_run(result);
     };
@@ -140,6 +149,19 @@ std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
         if (failure) std::rethrow_exception(failure);
     }
     progress.done();
+}
+
+std::size_t run_grid(const std::vector<RunConfig>& runs, ResultStore& store,
+                     const RunFunction& run_one, const nlohmann::json& meta, std::size_t jobs) {
+    std::vector<std::size_t> pending;
+    for (std::size_t i = 0; i < runs.size(); ++i)
+        if (!store.contains(runs[i].key())) pending.push_back(i);
+    run_pending(
+        runs, pending, run_one,
+        [&](std::size_t i, const RunResult& result) {
+            store.append(result_line(runs[i], result, meta));
+        },
+        jobs);
     return pending.size();
 }
 

@@ -83,14 +83,18 @@ void copy_training(const train::TrainResult& t, RunResult& r) {
 
 }  // namespace
 
-RunResult run_configuration(const RunConfig& run, Progress& progress) {
+RunResult run_configuration(const RunConfig& run, Progress& progress, train::Replicas* replicas) {
+    const std::size_t replica_count = replicas ? std::size_t(replicas->size()) : 1;
+    if (replica_count != run.ranks)
+        throw OptionError("stress: the run is configured for " + std::to_string(run.ranks) +
+                          " rank(s) but " + std::to_string(replica_count) + " replica(s) run it");
     const auto t0 = std::chrono::steady_clock::now();
     const RunData d = run_data(run);
     RunResult result;
     result.lr = run.lr;
 
     if (run.lr_sweep.empty()) {
-        train::Trainer trainer(trainer_config(run, run.lr), d.train, d.test);
+        train::Trainer trainer(trainer_config(run, run.lr), d.train, d.test, replicas);
         const auto t = trainer.run([&](double f, double loss) { progress.update(f, loss); });
         copy_training(t, result);
         if (!t.epochs.empty()) {
@@ -107,8 +111,8 @@ RunResult run_configuration(const RunConfig& run, Progress& progress) {
         const double parts = double(run.lr_sweep.size());
         for (std::size_t i = 0; i < run.lr_sweep.size(); ++i) {
             const double lr = run.lr * run.lr_sweep[i];
-            auto trainer =
-                std::make_unique<train::Trainer>(trainer_config(run, lr), d.train, d.validation);
+            auto trainer = std::make_unique<train::Trainer>(trainer_config(run, lr), d.train,
+                                                            d.validation, replicas);
             const auto t = trainer->run(
                 [&](double f, double loss) { progress.update((double(i) + f) / parts, loss); });
             const double accuracy = t.status == "ok" ? t.epochs.back().test.accuracy : -1;

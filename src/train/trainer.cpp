@@ -1,9 +1,13 @@
 #include "normlab/train/trainer.hpp"
 
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <stdexcept>
 
+#include "normlab/data/dataset.hpp"
 #include "normlab/errors.hpp"
 #include "normlab/npz.hpp"
 #include "normlab/state_snapshot.hpp"
@@ -64,8 +68,66 @@ Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
     return e;
 }
 
-Trainer::Trainer(TrainConfig config, const data::Dataset& train, const data::Dataset& test)
+Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
+                    const Shape& example_shape, Mode mode, std::size_t batch_size,
+                    Replicas& replicas) {
+    const auto rank = std::size_t(replicas.rank()), count = std::size_t(replicas.size());
+    // loss sum, correct, examples scored, replicas that failed
+    std::array<double, 4> sums{};
+    std::exception_ptr failure;
+    try {
+        if (mode == Mode::eval) {
+            // Nothing in eval mode crosses replicas: each scores its part on its own.
+            const data::RowRange part = data::shard_rows(data.size(), rank, count);
+            if (part.size() > 0) {
+                const Evaluation e = evaluate(model, data.slice(part.begin, part.size()),
+                                              example_shape, mode, batch_size);
+                sums = {e.loss * double(part.size()), e.accuracy * double(part.size()),
+                        double(part.size()), 0};
+            }
+        } else {
+            const StateSnapshot snapshot(model);
+            try {
+                data::BatchIterator it(data, batch_size * count, 0, 0, false, false);
+                it.shard(rank, count);
+                Array<float> x;
+                std::vector<int> y;
+                std::vector<std::size_t> lengths;
+                while (it.next(x, y, example_shape, &lengths)) {
+                    const auto r = model::softmax_cross_entropy(
+                        lengths.empty() ? model.forward(x, mode, Grad::none)
+                                        : model.forward(x, lengths, mode, Grad::none),
+                        y);
+                    sums[0] += r.loss * double(y.size());
+                    sums[1] += double(r.correct);
+                    sums[2] += double(y.size());
+                }
+            } catch (...) {
+                snapshot.restore(model);
+                throw;
+            }
+            snapshot.restore(model);
+        }
+    } catch (...) {
+        failure = std::current_exception();
+        sums[3] = 1;
+    }
+    replicas.sum(sums);
+    if (sums[3] > 0) {
+        if (failure) std::rethrow_exception(failure);
+        throw std::runtime_error("evaluate: " + std::to_string(int(sums[3])) +
+                                 " other replica(s) failed");
+    }
+    if (sums[2] == 0)
+        throw ShapeError("evaluate: no example could be scored (" + std::to_string(data.size()) +
+                         " examples, " + std::to_string(count) + " replicas)");
+    return {sums[0] / sums[2], sums[1] / sums[2]};
+}
+
+Trainer::Trainer(TrainConfig config, const data::Dataset& train, const data::Dataset& test,
+                 Replicas* replicas)
     : config_(std::move(config)),
+      replicas_(replicas),
       train_(train),
       test_(test),
       example_shape_(model::example_shape(config_.workload)),
@@ -73,13 +135,14 @@ Trainer::Trainer(TrainConfig config, const data::Dataset& train, const data::Dat
       optimizer_(make_optimizer(config_, model_)) {
     if (config_.batch_size == 0)
         throw OptionError("train: the batch size must be at least 1, got 0");
-    if (config_.batch_size > train.size())
+    const std::size_t global_batch = config_.batch_size * replica_count();
+    if (global_batch > train.size())
         throw OptionError("train: batch size " + std::to_string(config_.batch_size) +
+                          (replicas_ ? " × " + std::to_string(replica_count()) + " replicas" : "") +
                           " exceeds the " + std::to_string(train.size()) + " training examples");
     if (!(config_.lr > 0)) throw OptionError("train: the learning rate must be > 0");
     const std::size_t per_epoch =
-        config_.drop_last ? train.size() / config_.batch_size
-                          : (train.size() + config_.batch_size - 1) / config_.batch_size;
+        data::BatchIterator(train, global_batch, 0, 0, config_.drop_last, false).batches();
     const std::size_t total = per_epoch * config_.epochs;
     schedule_.base = config_.lr;
     schedule_.kind = config_.schedule;
@@ -96,12 +159,67 @@ Trainer::Trainer(TrainConfig config, const data::Dataset& train, const data::Dat
     curve_count_.assign(curve_sum_.size(), 0.0);
 }
 
+double Trainer::train_step(const Array<float>& x, const std::vector<int>& y,
+                           const std::vector<std::size_t>& lengths, std::size_t global_rows,
+                           std::size_t step) {
+    Array<float> dlogits;
+    model_.zero_grad();
+    if (!replicas_) {
+        const auto r =
+            model::softmax_cross_entropy(lengths.empty() ? model_.forward(x, Mode::train)
+                                                         : model_.forward(x, lengths, Mode::train),
+                                         y, &dlogits);
+        if (std::isfinite(r.loss)) model_.backward(dlogits);
+        return r.loss;
+    }
+    replicas_->broadcast_buffers(model_);
+    // The replicas agree on the loss and on failure before their gradients meet: one that
+    // threw while the others went on to the gradient all-reduce would leave them waiting.
+    // A shard's share of the global batch weights its loss, so uneven shards (a last partial
+    // batch) give the gradient of the global mean, as one process would.
+    const double share = double(y.size()) / double(global_rows);
+    std::array<double, 3> status{};  // weighted loss, replicas that threw, non-finite
+    std::exception_ptr failure;
+    try {
+        const auto r =
+            model::softmax_cross_entropy(lengths.empty() ? model_.forward(x, Mode::train)
+                                                         : model_.forward(x, lengths, Mode::train),
+                                         y, &dlogits);
+        status[0] = r.loss * share;
+        if (std::isfinite(r.loss)) {
+            const double scale = share * double(replica_count());
+            if (scale != 1.0) dlogits *= float(scale);
+            model_.backward(dlogits);
+        }
+    } catch (const NonFiniteError&) {
+        failure = std::current_exception();
+        status[2] = 1;
+    } catch (...) {
+        failure = std::current_exception();
+        status[1] = 1;
+    }
+    replicas_->sum(status);
+    if (status[1] > 0 || status[2] > 0) {
+        model_.clear_saved();
+        if (failure) std::rethrow_exception(failure);
+        if (status[1] > 0)
+            throw std::runtime_error("step " + std::to_string(step) + ": " +
+                                     std::to_string(int(status[1])) + " other replica(s) failed");
+        throw NonFiniteError("step " + std::to_string(step) +
+                             ": non-finite values on another replica");
+    }
+    if (std::isfinite(status[0])) replicas_->average_gradients(model_);
+    return status[0];
+}
+
 bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
     const auto t0 = std::chrono::steady_clock::now();
-    data::BatchIterator it(train_, config_.batch_size, config_.seed, std::size_t(epoch_),
+    const std::size_t replicas = replica_count();
+    data::BatchIterator it(train_, config_.batch_size * replicas, config_.seed, std::size_t(epoch_),
                            config_.drop_last);
+    if (replicas_) it.shard(std::size_t(replicas_->rank()), replicas);
     const std::size_t total_steps = it.batches() * config_.epochs;
-    Array<float> x, dlogits;
+    Array<float> x;
     std::vector<int> y;
     std::vector<std::size_t> lengths;
     double loss_sum = 0;
@@ -109,29 +227,24 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
     model_.begin_epoch();
     while (it.next(x, y, example_shape_, &lengths)) {
         const std::size_t step = std::size_t(optimizer_.steps());
-        model_.zero_grad();
-        const auto r =
-            model::softmax_cross_entropy(lengths.empty() ? model_.forward(x, Mode::train)
-                                                         : model_.forward(x, lengths, Mode::train),
-                                         y, &dlogits);
-        if (!std::isfinite(r.loss)) {
+        const double loss = train_step(x, y, lengths, it.batch_rows(), step);
+        if (!std::isfinite(loss)) {
             model_.clear_saved();
             result.status = "diverged";
-            result.message = "training loss became " + std::to_string(r.loss) + " at step " +
-                             std::to_string(step);
+            result.message =
+                "training loss became " + std::to_string(loss) + " at step " + std::to_string(step);
             return false;
         }
-        model_.backward(dlogits);
         optimizer_.step(schedule_.at(step));
-        loss_sum += r.loss;
+        loss_sum += loss;
         ++batches;
-        examples += y.size();
+        examples += it.batch_rows();
         const std::size_t point =
             std::min(curve_sum_.size() - 1,
                      step * curve_sum_.size() / std::max<std::size_t>(total_steps, 1));
-        curve_sum_[point] += r.loss;
+        curve_sum_[point] += loss;
         curve_count_[point] += 1;
-        if (progress) progress(double(step + 1) / double(total_steps), r.loss);
+        if (progress) progress(double(step + 1) / double(total_steps), loss);
     }
     model_.end_epoch();
     const double train_seconds = seconds_since(t0);
@@ -159,15 +272,21 @@ bool Trainer::run_epoch(TrainResult& result, const ProgressFn& progress) {
 }
 
 ModeEvaluations Trainer::evaluate_modes(const data::Dataset& data) {
+    // Data-parallel, the replicas score with replica 0's running statistics (those a
+    // checkpoint of replica 0 would hold).
+    if (replicas_) replicas_->broadcast_buffers(model_);
+    auto score = [&](Mode mode, std::size_t batch_size) {
+        return replicas_ ? evaluate(model_, data, example_shape_, mode, batch_size, *replicas_)
+                         : evaluate(model_, data, example_shape_, mode, batch_size);
+    };
     ModeEvaluations scores;
-    scores.eval = evaluate(model_, data, example_shape_, Mode::eval, 256);
+    scores.eval = score(Mode::eval, 256);
     scores.train_mode = {std::numeric_limits<double>::quiet_NaN(),
                          std::numeric_limits<double>::quiet_NaN()};
     if (config_.evaluate_train_mode) {
         try {
-            scores.train_mode =
-                evaluate(model_, data, example_shape_, Mode::train,
-                         config_.eval_batch_size ? config_.eval_batch_size : config_.batch_size);
+            scores.train_mode = score(Mode::train, config_.eval_batch_size ? config_.eval_batch_size
+                                                                           : config_.batch_size);
         } catch (const std::exception&) {
             // e.g. batch statistics of single values: there is no train-mode output to score.
         }

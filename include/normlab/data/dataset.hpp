@@ -40,23 +40,40 @@ Split load_fashion_mnist(const std::string& dir = "/usr/share/datasets/fashion-m
 // pattern, each example its class's pattern plus independent noise. Learnable, not trivial.
 Split make_synthetic(std::size_t train, std::size_t test, std::uint64_t seed);
 
+// Rows [begin, end) of shard `index` of `count` when `rows` rows are split evenly: the first
+// rows % count shards get one row more. Data-parallel replicas split each global batch so.
+struct RowRange {
+    std::size_t begin = 0;
+    std::size_t end = 0;
+    std::size_t size() const { return end - begin; }
+};
+RowRange shard_rows(std::size_t rows, std::size_t index, std::size_t count);
+
 // Mini-batches in an order shuffled by (seed, epoch): the same sequence whatever the model.
 // The last partial batch is kept unless drop_last.
 class BatchIterator {
-public:
+  public:
     BatchIterator(const Dataset& data, std::size_t batch_size, std::uint64_t seed,
                   std::size_t epoch, bool drop_last = false, bool shuffle = true);
+    // From now on next() fills only shard `index` of `count` of every batch (shard_rows), so
+    // that replicas with the same seed read disjoint parts of the same global batches. A last
+    // batch with fewer examples than shards ends the iteration: every shard gets at least one.
+    void shard(std::size_t index, std::size_t count);
     // Fills x with (b, example_shape...) and y with b labels, and *lengths (when given) with
     // the batch's sequence lengths (empty when the data set has none); false when the epoch is
     // done.
     bool next(Array<float>& x, std::vector<int>& y, const Shape& example_shape,
               std::vector<std::size_t>* lengths = nullptr);
     std::size_t batches() const;
+    // The examples of the last batch next() produced, over all shards.
+    std::size_t batch_rows() const { return batch_rows_; }
 
-private:
+  private:
     const Dataset& data_;
     std::size_t batch_size_;
     bool drop_last_;
+    std::size_t shard_index_ = 0, shard_count_ = 1;
+    std::size_t batch_rows_ = 0;
     std::vector<std::size_t> order_;
     std::size_t position_ = 0;
 };

@@ -67,6 +67,12 @@ void sum_gradients(model::Sequential<T>& model, const Communicator& comm);
 template <class T>
 void broadcast_parameters(model::Sequential<T>& model, const Communicator& comm, int root = 0);
 
+// Copies root's buffers (running statistics) and counters to every rank, not the parameters:
+// what PyTorch's DistributedDataParallel broadcasts before each forward. One agreement
+// all-reduce and up to two broadcasts.
+template <class T>
+void broadcast_buffers(model::Sequential<T>& model, const Communicator& comm, int root = 0);
+
 // Throws RankMismatchError on every rank unless parameters, buffers and counters are bitwise
 // identical on all ranks (one all-reduce of checksums). average_gradients runs the parameter
 // part of this check by itself in debug builds.

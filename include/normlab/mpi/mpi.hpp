@@ -6,5 +6,6 @@
 #include "normlab/mpi/data_parallel.hpp"
 #include "normlab/mpi/errors.hpp"
 #include "normlab/mpi/registration.hpp"
+#include "normlab/mpi/replicas.hpp"
 #include "normlab/mpi/sync_batch_norm.hpp"
 #include "normlab/mpi/sync_batch_renorm.hpp"

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -62,20 +63,53 @@ struct TrainResult {
 
 using ProgressFn = std::function<void(double fraction, double loss)>;
 
+// Data-parallel training (docs/distributed.md): this process is replica rank() of size(). Every
+// replica builds the same model from the same seed, iterates over the same global batches of
+// size()·batch_size examples and trains on its shard of each; gradients are averaged before
+// every optimizer step, so the replicas stay identical. normlab::mpi::MpiReplicas implements it
+// over MPI; the trainer itself needs no MPI.
+class Replicas {
+  public:
+    virtual ~Replicas() = default;
+    virtual int rank() const = 0;
+    virtual int size() const = 0;
+    // Replaces every gradient by its mean over the replicas.
+    virtual void average_gradients(model::Sequential<float>& model) = 0;
+    // Copies replica 0's buffers and counters (running statistics) to every replica, as
+    // PyTorch's DistributedDataParallel does before each forward: normalizers that keep
+    // per-replica statistics (batch_norm on each shard) then evaluate with replica 0's.
+    virtual void broadcast_buffers(model::Sequential<float>& model) = 0;
+    // Element-wise sums over the replicas, in place; every replica receives them.
+    virtual void sum(std::span<double> values) = 0;
+};
+
 // Mode::eval: running statistics where kept. Mode::train: batch statistics of batches of
 // batch_size in a fixed order; every running statistic is restored afterwards. Sequence lengths
 // come from data.lengths when it has them, otherwise from the model's length rule (if any).
 Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
                     const Shape& example_shape, Mode mode, std::size_t batch_size);
+// The same, data-parallel: every replica scores its shard and the sums are combined, so all
+// replicas return the score of the whole set. Mode::eval: replica r scores the r-th contiguous
+// part of the data. Mode::train: global batches of replicas.size()·batch_size, each replica
+// normalizing its shard (with synchronized normalizers, the global batch); a last batch with
+// fewer examples than replicas is not scored.
+Evaluation evaluate(model::Sequential<float>& model, const data::Dataset& data,
+                    const Shape& example_shape, Mode mode, std::size_t batch_size,
+                    Replicas& replicas);
 
 class Trainer {
   public:
-    // Builds the model and optimizer from the config; OptionError for bad options.
-    Trainer(TrainConfig config, const data::Dataset& train, const data::Dataset& test);
+    // Builds the model and optimizer from the config; OptionError for bad options. With
+    // replicas, config.batch_size is the batch of each replica and the run is data-parallel
+    // (global batch replicas->size()·batch_size); every replica must construct its Trainer
+    // with the same config and data and call the same methods in the same order.
+    Trainer(TrainConfig config, const data::Dataset& train, const data::Dataset& test,
+            Replicas* replicas = nullptr);
 
     // Runs the remaining epochs (all of them, or those left after load_checkpoint). A NaN/Inf
     // loss (or non-finite statistics) ends the run as "diverged"; an exception from a layer as
-    // "error" with its message; neither throws.
+    // "error" with its message; neither throws. Data-parallel, the replicas agree on the loss
+    // and on failure at every step, so all of them end the same way at the same step.
     TrainResult run(const ProgressFn& progress = {});
     // One epoch; returns false when the run diverged.
     bool run_epoch(TrainResult& result, const ProgressFn& progress = {});
@@ -98,8 +132,13 @@ class Trainer {
 
   private:
     std::string config_text() const;
+    std::size_t replica_count() const { return replicas_ ? std::size_t(replicas_->size()) : 1; }
+    double train_step(const Array<float>& x, const std::vector<int>& y,
+                      const std::vector<std::size_t>& lengths, std::size_t global_rows,
+                      std::size_t step);
 
     TrainConfig config_;
+    Replicas* replicas_;
     const data::Dataset& train_;
     const data::Dataset& test_;
     Shape example_shape_;

@@ -120,7 +120,8 @@ class Trainer {
     ModeEvaluations evaluate_modes(const data::Dataset& data);
 
     // Everything needed to continue identically: parameters, normalizer buffers and counters,
-    // optimizer state, epoch and step, and the configuration (checked on load).
+    // optimizer state, epoch and step, and the configuration (checked on load). Data-parallel,
+    // the replicas hold the same state after every step: let one rank save, and every rank load.
     void save_checkpoint(const std::string& path);
     // StateError/IoError for a file of another configuration or a damaged file; the trainer is
     // unchanged then.

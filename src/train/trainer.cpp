@@ -172,7 +172,9 @@ double Trainer::train_step(const Array<float>& x, const std::vector<int>& y,
         if (std::isfinite(r.loss)) model_.backward(dlogits);
         return r.loss;
     }
-    replicas_->broadcast_buffers(model_);
+    // Models without running statistics (layer_norm, ...) skip the collective on every rank.
+    if (!model_.buffers().empty() || !model_.counters().empty())
+        replicas_->broadcast_buffers(model_);
     // The replicas agree on the loss and on failure before their gradients meet: one that
     // threw while the others went on to the gradient all-reduce would leave them waiting.
     // A shard's share of the global batch weights its loss, so uneven shards (a last partial

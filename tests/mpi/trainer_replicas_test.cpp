@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "mpi_testing.hpp"
 #include "normlab/data/dataset.hpp"
@@ -17,9 +18,10 @@ namespace {
 using testing::scaled_difference;
 using testing::world;
 
-train::TrainConfig small_run(const std::string& normalizer, std::size_t batch_size) {
+train::TrainConfig small_run(const std::string& normalizer, std::size_t batch_size,
+                             const std::string& workload = "mlp") {
     train::TrainConfig c;
-    c.workload = "mlp";
+    c.workload = workload;
     c.normalizer = normalizer;
     c.batch_size = batch_size;
     c.epochs = 2;
@@ -93,6 +95,32 @@ TEST(TrainerReplicas, UnevenLastBatchIsWeightedLikeOneProcess) {
     // 2 epochs over 100 examples: with 2 or 3 ranks of 4, a last global batch of 4 split 2+2 or
     // 2+1+1, whose shards' losses are weighted by their share.
     expect_like_one_process(false, 100);
+}
+
+// The other workloads: convolutions (statistics over N·H·W per channel) and the LSTM (a
+// normalizer per time step), a few steps each.
+TEST(TrainerReplicas, CnnAndLstmTrainLikeOneProcessWithTheGlobalBatch) {
+    const std::size_t ranks = std::size_t(world().size()), per_rank = 2;
+    const data::Split split = data::make_synthetic(8 * ranks, 16, 5);
+    MpiReplicas replicas(world());
+    for (const auto& [workload, distributed_spec, single_spec] :
+         {std::tuple<std::string, std::string, std::string>{"cnn", "sync_batch_norm", "batch_norm"},
+          {"lstm", "layer_norm", "layer_norm"}}) {
+        train::TrainConfig d = small_run(distributed_spec, per_rank, workload);
+        train::TrainConfig s = small_run(single_spec, per_rank * ranks, workload);
+        d.epochs = s.epochs = 1;
+        d.evaluate_train_mode = s.evaluate_train_mode = false;
+        train::Trainer replica(d, split.train, split.test, &replicas);
+        train::Trainer reference(s, split.train, split.test);
+        const auto r = replica.run();
+        const auto t = reference.run();
+        ASSERT_EQ(r.status, "ok") << workload << ": " << r.message;
+        ASSERT_EQ(t.status, "ok") << workload << ": " << t.message;
+        EXPECT_EQ(r.steps, 4u) << workload;
+        SCOPED_TRACE(workload);
+        expect_same_model(replica.model(), reference.model(), 1e-5);
+        EXPECT_NEAR(r.epochs.back().test.loss, t.epochs.back().test.loss, 1e-5) << workload;
+    }
 }
 
 TEST(TrainerReplicas, PerRankBatchNormKeepsReplicasIdenticalWithReplicaZerosStatistics) {

@@ -18,7 +18,8 @@ std::string spec_for(const std::string& name, const ShapeCase& shape) {
     if (name == "identity") return "";
     if (name == "instance_norm" && !shape.has_trailing_dims()) return "";
     if (name == "group_norm") return "group_norm(groups=32)";
-    if (name == "batch_layer_norm") return "batch_layer_norm(batch_size=" + std::to_string(shape.dims[0]) + ")";
+    if (name == "batch_layer_norm")
+        return "batch_layer_norm(batch_size=" + std::to_string(shape.dims[0]) + ")";
     return name;
 }
 
@@ -29,7 +30,8 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
     auto norm = make_normalizer(spec, shape.dims[1]);
     // A training epoch of a few steps so eval mode has running statistics to use.
     norm->begin_epoch();
-    for (int i = 0; i < 2; ++i) norm->forward(x, Mode::train, Grad::none);
+    for (int i = 0; i < 2; ++i)
+        norm->forward(x, Mode::train, Grad::none);
     norm->end_epoch();
     for (auto _ : state) {
         double seconds = 0;
@@ -40,9 +42,12 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
             seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             benchmark::DoNotOptimize(dx.data());
         } else {
-            const Mode mode = pass == Pass::fwd_train ? Mode::train : Mode::eval;
+            // Training keeps what backward needs; evaluation is inference, as in the peers'
+            // forward-inference primitives and PyTorch's no-grad forward.
+            const bool train = pass == Pass::fwd_train;
             const auto t0 = std::chrono::steady_clock::now();
-            Tensor y = norm->forward(x, mode, Grad::keep);
+            Tensor y =
+                norm->forward(x, train ? Mode::train : Mode::eval, train ? Grad::keep : Grad::none);
             seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             benchmark::DoNotOptimize(y.data());
             norm->clear_saved();
@@ -61,10 +66,9 @@ void register_all() {
             for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {
                 const std::string name =
                     "normlab/" + variant.name + "/" + shape.name + "/" + pass_name(pass);
-                benchmark::RegisterBenchmark(name.c_str(),
-                                             [spec, shape, pass](benchmark::State& state) {
-                                                 run(state, spec, shape, pass);
-                                             })
+                benchmark::RegisterBenchmark(
+                    name.c_str(),
+                    [spec, shape, pass](benchmark::State& state) { run(state, spec, shape, pass); })
                     ->UseManualTime()
                     ->Unit(benchmark::kMicrosecond)
                     ->MinTime(0.3);

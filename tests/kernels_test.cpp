@@ -17,7 +17,8 @@ struct ThreadCount {
 };
 
 TEST(Kernels, ResultsAreIdenticalWithOneAndTwoThreads) {
-    for (const std::string spec : {"batch_norm", "layer_norm", "group_norm(groups=8)", "rms_norm"}) {
+    for (const std::string spec :
+         {"batch_norm", "layer_norm", "group_norm(groups=8)", "rms_norm"}) {
         for (const Shape& shape : {Shape{512, 64}, Shape{16, 64, 12, 12}}) {
             const Tensor x = xt::cast<float>(testing::random_array(shape, 1, 3.0, 2.0));
             const Tensor dy = xt::cast<float>(testing::random_array(shape, 2));
@@ -50,9 +51,55 @@ TEST(Kernels, DenseInputEqualsTheSameDataWithATrailingUnitDimension) {
                                  1e-14, 1e-14))
             << spec;
         const testing::ArrayD dx_rows = rows->backward(dy3);
-        EXPECT_TRUE(xt::allclose(dense->backward(dy), xt::reshape_view(dx_rows, {9, 8}), 1e-13,
-                                 1e-13))
+        EXPECT_TRUE(
+            xt::allclose(dense->backward(dy), xt::reshape_view(dx_rows, {9, 8}), 1e-13, 1e-13))
             << spec;
+    }
+}
+
+// The float kernels combine up to 128 values in float before widening to double, 16 lanes at a
+// time, with scalar tails; these shapes reach every one of those paths (runs and rows of 16,
+// 40, 300 and 1000 values; dense inputs of 48 channels) and sets whose channels straddle them.
+TEST(Kernels, FloatAgreesWithDoubleOnEveryVectorPath) {
+    const std::vector<std::pair<std::string, std::vector<Shape>>> cases = {
+        {"batch_norm", {{300, 48}, {5, 48, 40}, {3, 48, 300}}},
+        {"batch_renorm", {{300, 48}, {3, 48, 300}}},
+        {"layer_norm", {{37, 48}, {7, 48, 300}, {5, 1000}}},
+        {"group_norm(groups=8)", {{37, 48}, {4, 48, 40}}},
+        {"instance_norm", {{4, 48, 300}, {3, 48, 16}}},
+        {"rms_norm", {{37, 48}, {4, 48, 40}}},
+    };
+    for (const auto& [spec, shapes] : cases) {
+        for (const Shape& shape : shapes) {
+            const std::size_t channels = shape[1];
+            // A common offset well above the spread: the shifted sums must not lose it.
+            const testing::ArrayD x = testing::random_array(shape, 11, 3.0, 2.0) + 40.0;
+            const testing::ArrayD dy = testing::random_array(shape, 12);
+            auto norm_d = make_normalizer<double>(spec, channels);
+            auto norm_f = make_normalizer<float>(spec, channels);
+            testing::randomize_parameters(*norm_d);
+            auto pd = norm_d->parameters();
+            auto pf = norm_f->parameters();
+            for (std::size_t i = 0; i < pd.size(); ++i)
+                *pf[i].value = xt::cast<float>(*pd[i].value);
+            const testing::ArrayD yd = norm_d->forward(x, Mode::train);
+            const Tensor yf = norm_f->forward(xt::cast<float>(x), Mode::train);
+            const std::string where = spec + " " + format_shape(shape);
+            EXPECT_TRUE(xt::allclose(xt::cast<double>(yf), yd, 2e-5, 2e-5)) << where;
+            const testing::ArrayD dxd = norm_d->backward(dy);
+            const Tensor dxf = norm_f->backward(xt::cast<float>(dy));
+            EXPECT_TRUE(xt::allclose(xt::cast<double>(dxf), dxd, 1e-4, 2e-5)) << where;
+            pf = norm_f->parameters();
+            pd = norm_d->parameters();
+            for (std::size_t i = 0; i < pd.size(); ++i)
+                EXPECT_TRUE(xt::allclose(xt::cast<double>(*pf[i].grad), *pd[i].grad, 1e-4, 1e-3))
+                    << where << " " << pd[i].name;
+            const auto bd = norm_d->buffers();
+            const auto bf = norm_f->buffers();
+            for (std::size_t i = 0; i < bd.size(); ++i)
+                EXPECT_TRUE(xt::allclose(xt::cast<double>(*bf[i].value), *bd[i].value, 1e-5, 1e-5))
+                    << where << " " << bd[i].name;
+        }
     }
 }
 

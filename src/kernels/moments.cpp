@@ -11,8 +11,6 @@ namespace {
 
 // Below this many elements one thread does the whole job: thread start-up would cost more.
 constexpr std::size_t kParallelMin = std::size_t{1} << 15;
-// Channels reduced together when a dense (N, C) input is reduced down its columns.
-constexpr std::size_t kChannelChunk = 64;
 
 // Per-call temporaries that grow with N·C, kept per calling thread and reused: freshly allocated,
 // each would be mapped and page-faulted in again on every call. Each use has its own slot.
@@ -55,49 +53,54 @@ void for_each_block(const NcsView& v, const SetSpec& sets, F&& f) {
 template <class F>
 void for_each_dense_row(const NcsView& v, F&& f) {
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t n = 0; n < v.n; ++n) f(n * v.c);
-}
-
-// Calls f(c0, len) for chunks of channels of a dense (N, C) input; f walks all rows.
-template <class F>
-void for_each_channel_chunk(const NcsView& v, F&& f) {
-    const std::size_t chunks = (v.c + kChannelChunk - 1) / kChannelChunk;
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t chunk = 0; chunk < chunks; ++chunk) {
-        const std::size_t c0 = chunk * kChannelChunk;
-        f(c0, std::min(kChannelChunk, v.c - c0));
-    }
+    for (std::size_t n = 0; n < v.n; ++n)
+        f(n * v.c);
 }
 
 // Column sums of a dense (N, C) input, walked in memory order: rows are split into fixed blocks
 // of kRowBlock (independent of the thread count), each block sums its rows into its own C
-// partial sums, and the partials are added in block order. `per_row(n)` runs first on every
-// row, for work that belongs to the row itself.
-constexpr std::size_t kRowBlock = 32;
+// partial sums, kFloatSteps rows at a time, and the partials are added in block order.
+// `per_row(n)` runs first on every row of a group, for work that belongs to the row itself.
+constexpr std::size_t kRowBlock = 64;
+
+template <class F>
+void for_each_row_group(std::size_t begin, std::size_t end, F&& f) {
+    for (std::size_t n = begin; n < end; n += rows::kFloatSteps)
+        f(n, std::min(rows::kFloatSteps, end - n));
+}
+
+// Adds the blocks' partial column sums in block order into out1 / out2 (either may be null).
+void add_partials(const double* part1, const double* part2, std::size_t blocks, std::size_t c,
+                  double* out1, double* out2) {
+    for (std::size_t i = 0; i < c; ++i) {
+        double a = 0, q = 0;
+        for (std::size_t b = 0; b < blocks; ++b) {
+            a += part1[b * c + i];
+            if (part2) q += part2[b * c + i];
+        }
+        if (out1) out1[i] = a;
+        if (out2) out2[i] = q;
+    }
+}
 
 template <class T, class PerRow>
 void dense_column_sums(const T* dy, const T* xhat, const NcsView& v, double* s1, double* s2,
                        PerRow&& per_row) {
     const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
     double* part1 = scratch(kPart1, blocks * v.c);
-    double* part2 = scratch(kPart2, xhat ? blocks * v.c : 0);
+    double* part2 = xhat ? scratch(kPart2, blocks * v.c) : nullptr;
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
     for (std::size_t b = 0; b < blocks; ++b) {
-        for (std::size_t n = b * kRowBlock; n < std::min(v.n, (b + 1) * kRowBlock); ++n) {
-            per_row(n);
-            rows::column_grad_sums(dy + n * v.c, xhat ? xhat + n * v.c : nullptr, v.c,
-                                   part1 + b * v.c, xhat ? part2 + b * v.c : nullptr);
-        }
+        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
+                           [&](std::size_t n0, std::size_t count) {
+                               for (std::size_t n = n0; n < n0 + count; ++n)
+                                   per_row(n);
+                               rows::column_grad_sums(
+                                   dy + n0 * v.c, xhat ? xhat + n0 * v.c : nullptr, count, v.c, v.c,
+                                   part1 + b * v.c, part2 ? part2 + b * v.c : nullptr);
+                           });
     }
-    for (std::size_t c = 0; c < v.c; ++c) {
-        double a = 0, q = 0;
-        for (std::size_t b = 0; b < blocks; ++b) {
-            a += part1[b * v.c + c];
-            if (xhat) q += part2[b * v.c + c];
-        }
-        if (s1) s1[c] = a;
-        if (s2) s2[c] = q;
-    }
+    add_partials(part1, part2, blocks, v.c, s1, s2);
 }
 
 // Mean and variance (or mean square) of one set from its shifted sums.
@@ -163,21 +166,30 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     const double inv_m = 1.0 / double(sets.set_size(v));
 
     if (dense_across_batch(v, sets)) {
-        // Dense (N, C): walk the rows, accumulating a chunk of channels at a time.
-        std::vector<double> shift(v.c), s1(v.c, 0.0), s2(v.c, 0.0);
-        for (std::size_t c = 0; c < v.c; ++c) shift[c] = center ? double(x[(c / cps) * cps]) : 0.0;
-        for_each_channel_chunk(v, [&](std::size_t c0, std::size_t len) {
-            for (std::size_t n = 0; n < v.n; ++n)
-                rows::column_shifted_sums(x + n * v.c + c0, len, shift.data() + c0,
-                                          s1.data() + c0, s2.data() + c0);
-        });
+        // Dense (N, C): blocks of rows in memory order, each into its own column partials.
+        std::vector<T> shift(v.c);
+        for (std::size_t c = 0; c < v.c; ++c)
+            shift[c] = center ? x[(c / cps) * cps] : T(0);
+        const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
+        double* part1 = scratch(kPart1, blocks * v.c);
+        double* part2 = scratch(kPart2, blocks * v.c);
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+        for (std::size_t b = 0; b < blocks; ++b)
+            for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
+                               [&](std::size_t n0, std::size_t count) {
+                                   rows::column_shifted_sums(x + n0 * v.c, count, v.c, v.c,
+                                                             shift.data(), part1 + b * v.c,
+                                                             part2 + b * v.c);
+                               });
+        std::vector<double> s1(v.c), s2(v.c);
+        add_partials(part1, part2, blocks, v.c, s1.data(), s2.data());
         for (std::size_t k = 0; k < num_sets; ++k) {
             double t1 = 0, t2 = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
                 t1 += s1[c];
                 t2 += s2[c];
             }
-            finish_moments(center, inv_m, shift[k * cps], t1, t2, mean[k], var[k]);
+            finish_moments(center, inv_m, double(shift[k * cps]), t1, t2, mean[k], var[k]);
         }
         return;
     }
@@ -191,7 +203,8 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         double* run1 = scratch(kRun1, runs);
         double* run2 = scratch(kRun2, runs);
         std::vector<double> shift(num_sets);
-        for (std::size_t k = 0; k < num_sets; ++k) shift[k] = center ? double(x[k * block_len]) : 0.0;
+        for (std::size_t k = 0; k < num_sets; ++k)
+            shift[k] = center ? double(x[k * block_len]) : 0.0;
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
         for (std::size_t r = 0; r < runs; ++r)
             rows::shifted_sums(x + r * v.s, v.s, shift[(r % v.c) / cps], run1[r], run2[r]);
@@ -256,8 +269,36 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
 template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
                  const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y) {
+    if (sets.across_batch && v.s > 1) {
+        // Each set's runs (one per sample and channel of the set) are summed in sample order and
+        // normalized right after, while the set is still in this core's cache: x comes from
+        // memory once instead of twice.
+        std::vector<T> ones, zeros;
+        const T* g = or_constant(gamma, ones, v.c, T(1));
+        const T* b = or_constant(beta, zeros, v.c, T(0));
+        const std::size_t cps = sets.channels_per_set;
+        const double inv_m = 1.0 / double(sets.set_size(v));
+        const std::size_t num_sets = sets.num_sets(v);
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+        for (std::size_t k = 0; k < num_sets; ++k) {
+            const double shift = center ? double(x[k * cps * v.s]) : 0.0;
+            double s1 = 0, s2 = 0;
+            for (std::size_t n = 0; n < v.n; ++n)
+                for (std::size_t c = k * cps; c < (k + 1) * cps; ++c)
+                    rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, shift, s1, s2);
+            finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
+            inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+            for (std::size_t n = 0; n < v.n; ++n)
+                for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
+                    const std::size_t base = (n * v.c + c) * v.s;
+                    rows::affine(x + base, v.s, mean[k], inv_std[k], T(0), g + c, b + c, 0,
+                                 xhat ? xhat + base : nullptr, y + base);
+                }
+        }
+        return;
+    }
     if (sets.across_batch) {
-        // Sets spread over the whole batch: statistics in memory order, then a second pass.
+        // Dense sets spread over the whole batch: statistics in memory order, then a second pass.
         collect_moments(x, v, sets, center, mean, var);
         for (std::size_t k = 0; k < sets.num_sets(v); ++k)
             inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
@@ -287,8 +328,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
 
 template <class T>
 void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
-                     const T* gamma, double* set_sum_g, double* set_sum_g_xhat,
-                     double* chan_sum_dy, double* chan_sum_dy_xhat) {
+                     const T* gamma, double* set_sum_g, double* set_sum_g_xhat, double* chan_sum_dy,
+                     double* chan_sum_dy_xhat) {
     std::vector<T> ones;
     const T* g = or_constant(gamma, ones, v.c, T(1));
     const std::size_t num_sets = sets.num_sets(v);
@@ -318,8 +359,7 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
             for (std::size_t kk = 0; kk < spp; ++kk) {
                 const std::size_t start = n * v.c + kk * cps;
                 double a = 0, b = 0;
-                rows::grad_sums(dy + start, xhat ? xhat + start : nullptr, g + kk * cps, cps, a,
-                                b);
+                rows::grad_sums(dy + start, xhat ? xhat + start : nullptr, g + kk * cps, cps, a, b);
                 set_sum_g[n * spp + kk] = a;
                 if (set_sum_g_xhat) set_sum_g_xhat[n * spp + kk] = b;
             }
@@ -389,17 +429,96 @@ void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
     });
 }
 
-#define NORMLAB_INSTANTIATE_KERNELS(T)                                                         \
-    template void collect_moments<T>(const T*, const NcsView&, const SetSpec&, bool, T*, T*);  \
-    template void normalize_affine<T>(const T*, const NcsView&, const SetSpec&, const T*,      \
-                                      const T*, const T*, const T*, const T*, T*, T*);         \
-    template void standardize<T>(const T*, const NcsView&, const SetSpec&, bool, double,       \
-                                 const T*, const T*, T*, T*, T*, T*, T*);                      \
-    template void backward_reduce<T>(const T*, const T*, const NcsView&, const SetSpec&,       \
-                                     const T*, double*, double*, double*, double*);            \
-    template void backward_apply<T>(const T*, const T*, const NcsView&, const SetSpec&,        \
-                                    const T*, const T*, const T*, const T*, T*);               \
-    template void channel_sums<T>(const T*, const T*, const NcsView&, double*, double*);
+bool can_fuse_backward(const NcsView& v, const SetSpec& sets) {
+    return !dense_across_batch(v, sets);
+}
+
+template <class T>
+void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+                    const T* gamma, const T* coef_g, const SetCoefficients<T>& coefficients, T* dx,
+                    double* chan_sum_dy, double* chan_sum_dy_xhat) {
+    std::vector<T> ones;
+    const T* g = or_constant(gamma, ones, v.c, T(1));
+    const std::size_t cps = sets.channels_per_set;
+    const double inv_m = 1.0 / double(sets.set_size(v));
+    const auto apply_set = [&](std::size_t k, double sum_g, double sum_gx, std::size_t c0,
+                               std::size_t n0, std::size_t n_count) {
+        T coef_1, coef_xhat;
+        coefficients(k, sum_g * inv_m, sum_gx * inv_m, coef_1, coef_xhat);
+        for (std::size_t n = n0; n < n0 + n_count; ++n) {
+            const std::size_t base = (n * v.c + c0) * v.s;
+            if (v.s == 1)
+                rows::apply(dy + base, xhat + base, cps, coef_g[k], g + c0, 1, coef_1, coef_xhat,
+                            dx + base);
+            else
+                for (std::size_t j = 0; j < cps; ++j)
+                    rows::apply(dy + base + j * v.s, xhat + base + j * v.s, v.s, coef_g[k],
+                                g + c0 + j, 0, coef_1, coef_xhat, dx + base + j * v.s);
+        }
+    };
+
+    if (v.s == 1) {
+        // Rows: each row's sets are reduced and applied as the row's block adds it into the
+        // column sums behind dγ and dβ.
+        const std::size_t spp = sets.sets_per_sample(v);
+        dense_column_sums(dy, xhat, v, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n) {
+            for (std::size_t kk = 0; kk < spp; ++kk) {
+                const std::size_t start = n * v.c + kk * cps;
+                double a = 0, b = 0;
+                rows::grad_sums(dy + start, xhat + start, g + kk * cps, cps, a, b);
+                apply_set(n * spp + kk, a, b, kk * cps, n, 1);
+            }
+        });
+        return;
+    }
+
+    // S > 1: per set, Σdy and Σdy·x̂ of each of its runs (kept for the channel sums), the set's
+    // sums in sample order, then the set is applied.
+    const std::size_t num_sets = sets.num_sets(v);
+    const std::size_t spp = sets.sets_per_sample(v);
+    const std::size_t runs = v.n * v.c;
+    double* row1 = scratch(kRow1, runs);
+    double* row2 = scratch(kRow2, runs);
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+    for (std::size_t k = 0; k < num_sets; ++k) {
+        const std::size_t c0 = (sets.across_batch ? k : k % spp) * cps;
+        const std::size_t n0 = sets.across_batch ? 0 : k / spp;
+        const std::size_t n_count = sets.across_batch ? v.n : 1;
+        double a = 0, b = 0;
+        for (std::size_t n = n0; n < n0 + n_count; ++n)
+            for (std::size_t c = c0; c < c0 + cps; ++c) {
+                const std::size_t r = n * v.c + c;
+                rows::grad_sums(dy + r * v.s, xhat + r * v.s, static_cast<const T*>(nullptr), v.s,
+                                row1[r], row2[r]);
+                a += double(g[c]) * row1[r];
+                b += double(g[c]) * row2[r];
+            }
+        apply_set(k, a, b, c0, n0, n_count);
+    }
+    for (std::size_t c = 0; c < v.c; ++c) {
+        double s1 = 0, s2 = 0;
+        for (std::size_t n = 0; n < v.n; ++n) {
+            s1 += row1[n * v.c + c];
+            s2 += row2[n * v.c + c];
+        }
+        chan_sum_dy[c] = s1;
+        chan_sum_dy_xhat[c] = s2;
+    }
+}
+
+#define NORMLAB_INSTANTIATE_KERNELS(T)                                                             \
+    template void collect_moments<T>(const T*, const NcsView&, const SetSpec&, bool, T*, T*);      \
+    template void normalize_affine<T>(const T*, const NcsView&, const SetSpec&, const T*,          \
+                                      const T*, const T*, const T*, const T*, T*, T*);             \
+    template void standardize<T>(const T*, const NcsView&, const SetSpec&, bool, double, const T*, \
+                                 const T*, T*, T*, T*, T*, T*);                                    \
+    template void backward_reduce<T>(const T*, const T*, const NcsView&, const SetSpec&, const T*, \
+                                     double*, double*, double*, double*);                          \
+    template void backward_apply<T>(const T*, const T*, const NcsView&, const SetSpec&, const T*,  \
+                                    const T*, const T*, const T*, T*);                             \
+    template void channel_sums<T>(const T*, const T*, const NcsView&, double*, double*);           \
+    template void backward_fused<T>(const T*, const T*, const NcsView&, const SetSpec&, const T*,  \
+                                    const T*, const SetCoefficients<T>&, T*, double*, double*);
 
 NORMLAB_INSTANTIATE_KERNELS(float)
 NORMLAB_INSTANTIATE_KERNELS(double)

@@ -7,6 +7,7 @@
 // one thread in a fixed order, so results do not depend on the number of threads.
 
 #include <cstddef>
+#include <functional>
 
 #include "normlab/set_spec.hpp"
 #include "normlab/tensor.hpp"
@@ -41,8 +42,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
 // only Σg / Σdy are wanted (then set_sum_g_xhat and chan_sum_dy_xhat must be null too).
 template <class T>
 void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
-                     const T* gamma, double* set_sum_g, double* set_sum_g_xhat,
-                     double* chan_sum_dy, double* chan_sum_dy_xhat);
+                     const T* gamma, double* set_sum_g, double* set_sum_g_xhat, double* chan_sum_dy,
+                     double* chan_sum_dy_xhat);
 
 // Stage 4. dx = coef_g[k]·(gamma[c]·dy − coef_1[k] − coef_xhat[k]·x̂). coef_1 / coef_xhat null
 // mean 0 (then xhat is not read). With coef_g = s, coef_1 = Σg/M, coef_xhat = Σg·x̂/M this is the
@@ -50,6 +51,21 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
 template <class T>
 void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const T* coef_1, const T* coef_xhat, T* dx);
+
+// Stage 4's per-set terms from the two means of stage 3: (k, Σg/M, Σg·x̂/M, coef_1, coef_xhat).
+template <class T>
+using SetCoefficients = std::function<void(std::size_t, double, double, T&, T&)>;
+
+// Stages 3 and 4 fused, for every SetSpec except sets across the batch of a dense (N, C) input
+// (whose sets span all rows, so nothing can be applied before everything is reduced): each set
+// (or, for rows, each block of rows) is reduced and then applied while it is still in cache,
+// so dy and x̂ come from memory once. Same sums, same order as stage 3 then stage 4; fills the
+// per-channel Σdy and Σdy·x̂.
+bool can_fuse_backward(const NcsView& v, const SetSpec& sets);
+template <class T>
+void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+                    const T* gamma, const T* coef_g, const SetCoefficients<T>& coefficients, T* dx,
+                    double* chan_sum_dy, double* chan_sum_dy_xhat);
 
 // Per channel Σdy and Σdy·x̂ only (dβ, dγ) — for layers whose dx comes from elsewhere.
 template <class T>

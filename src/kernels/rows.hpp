@@ -6,6 +6,7 @@
 // result does not depend on how runs are split across threads (it may differ in the last bits
 // between machines whose clones differ).
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
@@ -20,45 +21,100 @@ constexpr std::size_t kLanes = 16;
 // gives for them does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-// Sixteen lanes as two vectors of eight doubles (GCC vector extensions: one AVX-512 register,
-// two AVX2 or four SSE2 registers each), so every ISA clone vectorizes the same fixed order.
-using Lanes = double __attribute__((vector_size(64)));
-using FloatLanes = float __attribute__((vector_size(32)));
+// Sixteen double lanes as four vectors of four (one AVX2 register or two SSE2 registers each;
+// wider vectors make GCC spill them through memory on AVX2), so every ISA clone vectorizes the
+// same fixed order. Floats come eight to a vector.
+using Double4 = double __attribute__((vector_size(32)));
+using Float8 = float __attribute__((vector_size(32)));
+using Float4 = float __attribute__((vector_size(16)));
 
-template <class T>
-__attribute__((always_inline)) inline Lanes load_lanes(const T* p) {
-    if constexpr (std::is_same_v<T, float>) {
-        FloatLanes f;
-        std::memcpy(&f, p, sizeof f);
-        return __builtin_convertvector(f, Lanes);
-    } else {
-        Lanes d;
-        std::memcpy(&d, p, sizeof d);
-        return d;
+struct Sum16 {
+    Double4 lane[4] = {};
+};
+
+__attribute__((always_inline)) inline Float8 load_floats(const float* p) {
+    Float8 f;
+    std::memcpy(&f, p, sizeof f);
+    return f;
+}
+
+__attribute__((always_inline)) inline Double4 load_doubles(const double* p) {
+    Double4 d;
+    std::memcpy(&d, p, sizeof d);
+    return d;
+}
+
+__attribute__((always_inline)) inline Double4 widen_low(Float8 f) {
+    return __builtin_convertvector(__builtin_shufflevector(f, f, 0, 1, 2, 3), Double4);
+}
+
+__attribute__((always_inline)) inline Double4 widen_high(Float8 f) {
+    return __builtin_convertvector(__builtin_shufflevector(f, f, 4, 5, 6, 7), Double4);
+}
+
+// Lanes 0–7 from lo, 8–15 from hi, widened and added.
+__attribute__((always_inline)) inline void add_widened(Sum16& s, Float8 lo, Float8 hi) {
+    s.lane[0] += widen_low(lo);
+    s.lane[1] += widen_high(lo);
+    s.lane[2] += widen_low(hi);
+    s.lane[3] += widen_high(hi);
+}
+
+// The same into sixteen doubles in memory.
+__attribute__((always_inline)) inline void add_widened(double* out, Float8 lo, Float8 hi) {
+    const Double4 w[4] = {widen_low(lo), widen_high(lo), widen_low(hi), widen_high(hi)};
+    for (int k = 0; k < 4; ++k) {
+        const Double4 v = load_doubles(out + 4 * k) + w[k];
+        std::memcpy(out + 4 * k, &v, sizeof v);
     }
 }
 
-__attribute__((always_inline)) inline double sum_lanes(Lanes a, Lanes b) {
-    double s = 0;
-    for (int j = 0; j < 8; ++j) s += a[j] + b[j];
-    return s;
+// Σ over the lanes in a fixed order: lane j with lane j + 8, then those pairs in order.
+__attribute__((always_inline)) inline double total(const Sum16& s) {
+    double t = 0;
+    for (int j = 0; j < 8; ++j)
+        t += s.lane[j / 4][j % 4] + s.lane[2 + j / 4][j % 4];
+    return t;
 }
+
+// Float data is first combined in float, up to kFloatSteps vectors per lane, and only each
+// block's partial sums are widened and added in double: the widening (one conversion per value)
+// would otherwise cost more than the arithmetic, and a partial of kFloatSteps deviations from
+// the shift loses at most a few float ulps of itself, far below what the double total then adds.
+constexpr std::size_t kFloatSteps = 8;
+constexpr std::size_t kFloatBlock = kLanes * kFloatSteps;
 
 // s1 += Σ(p − shift), s2 += Σ(p − shift)².
 template <class T>
 NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, double& s1,
                                      double& s2) {
-    Lanes a0 = {}, a1 = {}, q0 = {}, q1 = {};
-    const Lanes sh = Lanes{} + shift;
+    Sum16 a, q;
     std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-        const Lanes d0 = load_lanes(p + i) - sh, d1 = load_lanes(p + i + 8) - sh;
-        a0 += d0;
-        a1 += d1;
-        q0 += d0 * d0;
-        q1 += d1 * d1;
+    if constexpr (std::is_same_v<T, float>) {
+        const Float8 sh = Float8{} + float(shift);
+        while (i + kLanes <= n) {
+            const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (; i < end; i += kLanes) {
+                const Float8 d0 = load_floats(p + i) - sh, d1 = load_floats(p + i + 8) - sh;
+                fa0 += d0;
+                fa1 += d1;
+                fq0 += d0 * d0;
+                fq1 += d1 * d1;
+            }
+            add_widened(a, fa0, fa1);
+            add_widened(q, fq0, fq1);
+        }
+    } else {
+        const Double4 sh = Double4{} + shift;
+        for (; i + kLanes <= n; i += kLanes)
+            for (int k = 0; k < 4; ++k) {
+                const Double4 d = load_doubles(p + i + 4 * k) - sh;
+                a.lane[k] += d;
+                q.lane[k] += d * d;
+            }
     }
-    double ta = sum_lanes(a0, a1), tq = sum_lanes(q0, q1);
+    double ta = total(a), tq = total(q);
     for (; i < n; ++i) {
         const double d = double(p[i]) - shift;
         ta += d;
@@ -72,63 +128,122 @@ NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, do
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, std::size_t n,
                                   double& s1, double& s2) {
-    Lanes a0 = {}, a1 = {}, q0 = {}, q1 = {};
+    Sum16 a, q;
     std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-        Lanes g0 = load_lanes(dy + i), g1 = load_lanes(dy + i + 8);
-        if (gamma) {
-            g0 *= load_lanes(gamma + i);
-            g1 *= load_lanes(gamma + i + 8);
+    if constexpr (std::is_same_v<T, float>) {
+        while (i + kLanes <= n) {
+            const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (; i < end; i += kLanes) {
+                Float8 g0 = load_floats(dy + i), g1 = load_floats(dy + i + 8);
+                if (gamma) {
+                    g0 *= load_floats(gamma + i);
+                    g1 *= load_floats(gamma + i + 8);
+                }
+                fa0 += g0;
+                fa1 += g1;
+                if (xhat) {
+                    fq0 += g0 * load_floats(xhat + i);
+                    fq1 += g1 * load_floats(xhat + i + 8);
+                }
+            }
+            add_widened(a, fa0, fa1);
+            add_widened(q, fq0, fq1);
         }
-        a0 += g0;
-        a1 += g1;
-        if (xhat) {
-            q0 += g0 * load_lanes(xhat + i);
-            q1 += g1 * load_lanes(xhat + i + 8);
-        }
+    } else {
+        for (; i + kLanes <= n; i += kLanes)
+            for (int k = 0; k < 4; ++k) {
+                Double4 g = load_doubles(dy + i + 4 * k);
+                if (gamma) g *= load_doubles(gamma + i + 4 * k);
+                a.lane[k] += g;
+                if (xhat) q.lane[k] += g * load_doubles(xhat + i + 4 * k);
+            }
     }
-    double ta = sum_lanes(a0, a1), tq = sum_lanes(q0, q1);
+    double ta = total(a), tq = total(q);
     for (; i < n; ++i) {
-        const double g = gamma ? double(gamma[i]) * double(dy[i]) : double(dy[i]);
-        ta += g;
-        if (xhat) tq += g * double(xhat[i]);
+        const T g = gamma ? gamma[i] * dy[i] : dy[i];
+        ta += double(g);
+        if (xhat) tq += double(g) * double(xhat[i]);
     }
     s1 += ta;
     s2 += tq;
 }
 
-// Column sums down a dense block: s1[i] += Σ_rows (x[i] − shift[i]), s2[i] += its square.
+// Column sums down `rows` consecutive rows (row stride `stride`) of a dense block:
+// s1[i] += Σ_rows (x[i] − shift[i]), s2[i] += its square. Float rows are combined in float
+// first (callers pass at most kFloatSteps rows), as in shifted_sums.
 template <class T>
-NORMLAB_ISA_CLONES void column_shifted_sums(const T* x, std::size_t n, const double* shift,
-                                            double* s1, double* s2) {
-#pragma omp simd
-    for (std::size_t i = 0; i < n; ++i) {
-        const double d = double(x[i]) - shift[i];
-        s1[i] += d;
-        s2[i] += d * d;
+NORMLAB_ISA_CLONES void column_shifted_sums(const T* x, std::size_t rows, std::size_t stride,
+                                            std::size_t n, const T* shift, double* s1, double* s2) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        for (; i + kLanes <= n; i += kLanes) {
+            const Float8 sh0 = load_floats(shift + i), sh1 = load_floats(shift + i + 8);
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (std::size_t r = 0; r < rows; ++r) {
+                const float* p = x + r * stride + i;
+                const Float8 d0 = load_floats(p) - sh0, d1 = load_floats(p + 8) - sh1;
+                fa0 += d0;
+                fa1 += d1;
+                fq0 += d0 * d0;
+                fq1 += d1 * d1;
+            }
+            add_widened(s1 + i, fa0, fa1);
+            add_widened(s2 + i, fq0, fq1);
+        }
+    }
+    for (; i < n; ++i) {
+        double a = 0, q = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            const double d = double(x[r * stride + i]) - double(shift[i]);
+            a += d;
+            q += d * d;
+        }
+        s1[i] += a;
+        s2[i] += q;
     }
 }
 
-// s1[i] += dy[i], s2[i] += dy[i]·x̂[i] (xhat may be null).
+// s1[i] += Σ_rows dy[i], s2[i] += Σ_rows dy[i]·x̂[i] (xhat may be null), as above.
 template <class T>
-NORMLAB_ISA_CLONES void column_grad_sums(const T* dy, const T* xhat, std::size_t n, double* s1,
+NORMLAB_ISA_CLONES void column_grad_sums(const T* dy, const T* xhat, std::size_t rows,
+                                         std::size_t stride, std::size_t n, double* s1,
                                          double* s2) {
-    if (xhat) {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) {
-            s1[i] += double(dy[i]);
-            s2[i] += double(dy[i]) * double(xhat[i]);
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        for (; i + kLanes <= n; i += kLanes) {
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (std::size_t r = 0; r < rows; ++r) {
+                const float* g = dy + r * stride + i;
+                const Float8 g0 = load_floats(g), g1 = load_floats(g + 8);
+                fa0 += g0;
+                fa1 += g1;
+                if (xhat) {
+                    const float* h = xhat + r * stride + i;
+                    fq0 += g0 * load_floats(h);
+                    fq1 += g1 * load_floats(h + 8);
+                }
+            }
+            add_widened(s1 + i, fa0, fa1);
+            if (xhat) add_widened(s2 + i, fq0, fq1);
         }
-    } else {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) s1[i] += double(dy[i]);
+    }
+    for (; i < n; ++i) {
+        double a = 0, q = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            const double g = double(dy[r * stride + i]);
+            a += g;
+            if (xhat) q += g * double(xhat[r * stride + i]);
+        }
+        s1[i] += a;
+        if (xhat) s2[i] += q;
     }
 }
 
 // x̂ = (x − m)·sc + off, y = x̂·g + b, with g, b per element (g_step 1) or one value (g_step 0).
 template <class T>
-NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, const T* g,
-                               const T* b, std::size_t g_step, T* xhat, T* y) {
+NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, const T* g, const T* b,
+                               std::size_t g_step, T* xhat, T* y) {
     if (g_step == 0) {
         // y = (x − m)·a + c with a = sc·g, c = off·g + b: one multiply-add per element.
         const T gs = g[0], a = sc * gs, c = off * gs + b[0];
@@ -141,7 +256,8 @@ NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, cons
             }
         } else {
 #pragma omp simd
-            for (std::size_t i = 0; i < n; ++i) y[i] = (x[i] - m) * a + c;
+            for (std::size_t i = 0; i < n; ++i)
+                y[i] = (x[i] - m) * a + c;
         }
         return;
     }
@@ -154,7 +270,8 @@ NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, cons
         }
     } else {
 #pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) y[i] = ((x[i] - m) * sc + off) * g[i] + b[i];
+        for (std::size_t i = 0; i < n; ++i)
+            y[i] = ((x[i] - m) * sc + off) * g[i] + b[i];
     }
 }
 
@@ -171,7 +288,8 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t n, const T* m, co
         }
     } else {
 #pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) y[i] = ((x[i] - m[i]) * sc[i] + off[i]) * g[i] + b[i];
+        for (std::size_t i = 0; i < n; ++i)
+            y[i] = ((x[i] - m[i]) * sc[i] + off[i]) * g[i] + b[i];
     }
 }
 
@@ -185,19 +303,23 @@ NORMLAB_ISA_CLONES void apply(const T* dy, const T* xhat, std::size_t n, T cg, c
         const T gs = g[0];
         if (xhat) {
 #pragma omp simd
-            for (std::size_t i = 0; i < n; ++i) dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]);
+            for (std::size_t i = 0; i < n; ++i)
+                dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]);
         } else {
 #pragma omp simd
-            for (std::size_t i = 0; i < n; ++i) dx[i] = cg * (gs * dy[i] - c1);
+            for (std::size_t i = 0; i < n; ++i)
+                dx[i] = cg * (gs * dy[i] - c1);
         }
         return;
     }
     if (xhat) {
 #pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) dx[i] = cg * (g[i] * dy[i] - c1 - cx * xhat[i]);
+        for (std::size_t i = 0; i < n; ++i)
+            dx[i] = cg * (g[i] * dy[i] - c1 - cx * xhat[i]);
     } else {
 #pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) dx[i] = cg * (g[i] * dy[i] - c1);
+        for (std::size_t i = 0; i < n; ++i)
+            dx[i] = cg * (g[i] * dy[i] - c1);
     }
 }
 
@@ -207,10 +329,12 @@ NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t n,
                                       const T* g, const T* c1, const T* cx, T* dx) {
     if (xhat) {
 #pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) dx[i] = cg[i] * (g[i] * dy[i] - c1[i] - cx[i] * xhat[i]);
+        for (std::size_t i = 0; i < n; ++i)
+            dx[i] = cg[i] * (g[i] * dy[i] - c1[i] - cx[i] * xhat[i]);
     } else {
 #pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) dx[i] = cg[i] * (g[i] * dy[i] - c1[i]);
+        for (std::size_t i = 0; i < n; ++i)
+            dx[i] = cg[i] * (g[i] * dy[i] - c1[i]);
     }
 }
 

@@ -26,6 +26,11 @@ Array<T> set_backward(const Array<T>& dy, const Array<T>& xhat, const NcsView& v
                        static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), dx.data());
         return dx;
     }
+    if (can_fuse_backward(v, sets)) {
+        backward_fused<T>(dy.data(), xhat.data(), v, sets, gamma, scale.data(), coefficients,
+                          dx.data(), sum_dy.data(), sum_dy_xhat.data());
+        return dx;
+    }
     const std::size_t k = sets.num_sets(v);
     const double inv_m = 1.0 / double(sets.set_size(v));
     std::vector<double> sum_g(k), sum_gx(k);

@@ -31,6 +31,35 @@ const T* or_constant(const T* p, std::vector<T>& storage, std::size_t n, T value
     return storage.data();
 }
 
+// Tensors from this size on are written with streaming stores where a kernel writes whole runs
+// of one channel (rows::affine_streamed, rows::apply_streamed): at half of a 32 MiB last-level
+// cache, an input, its output and x̂ no longer fit in it together, so the output would be
+// evicted before anyone reads it and the stores would only cost reads of the lines they replace.
+constexpr std::size_t kStreamingBytes = std::size_t{16} << 20;
+
+template <class T>
+bool streams(const NcsView& v) {
+    return v.size() * sizeof(T) >= kStreamingBytes;
+}
+
+// One channel's run of S values: x̂ and y, or dx, with the run's scalar coefficients.
+template <class T>
+void affine_run(bool stream, const T* x, std::size_t n, T m, T sc, T off, T g, T b, T* xhat, T* y) {
+    if (stream)
+        rows::affine_streamed(x, n, m, sc, off, g, b, xhat, y);
+    else
+        rows::affine(x, n, m, sc, off, &g, &b, 0, xhat, y);
+}
+
+template <class T>
+void apply_run(bool stream, const T* dy, const T* xhat, std::size_t n, T cg, T g, T c1, T cx,
+               T* dx) {
+    if (stream)
+        rows::apply_streamed(dy, xhat, n, cg, g, c1, cx, dx);
+    else
+        rows::apply(dy, xhat, n, cg, &g, 0, c1, cx, dx);
+}
+
 bool dense_across_batch(const NcsView& v, const SetSpec& sets) {
     return sets.across_batch && v.s == 1;
 }
@@ -125,9 +154,10 @@ void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_
         rows::affine(x + start, cps, m, sc, T(0), g + c0, b + c0, 1, h, y + start);
         return;
     }
+    const bool stream = streams<T>(v);
     for (std::size_t j = 0; j < cps; ++j)
-        rows::affine(x + start + j * v.s, v.s, m, sc, T(0), g + c0 + j, b + c0 + j, 0,
-                     h ? h + j * v.s : nullptr, y + start + j * v.s);
+        affine_run(stream, x + start + j * v.s, v.s, m, sc, T(0), g[c0 + j], b[c0 + j],
+                   h ? h + j * v.s : nullptr, y + start + j * v.s);
 }
 
 }  // namespace
@@ -233,6 +263,7 @@ template <class T>
 void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T* shift,
                       const T* scale, const T* offset, const T* gamma, const T* beta, T* xhat,
                       T* y) {
+    const bool stream = streams<T>(v);
     std::vector<T> ones, zeros_c, zeros_k;
     const T* g = or_constant(gamma, ones, v.c, T(1));
     const T* bt = or_constant(beta, zeros_c, v.c, T(0));
@@ -260,8 +291,8 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
         }
         for (std::size_t j = 0; j < sets.channels_per_set; ++j) {
             const std::size_t base = start + j * v.s;
-            rows::affine(x + base, v.s, shift[k], scale[k], off[k], g + c0 + j, bt + c0 + j, 0,
-                         xhat ? xhat + base : nullptr, y + base);
+            affine_run(stream, x + base, v.s, shift[k], scale[k], off[k], g[c0 + j], bt[c0 + j],
+                       xhat ? xhat + base : nullptr, y + base);
         }
     });
 }
@@ -269,6 +300,7 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
 template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
                  const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y) {
+    const bool stream = streams<T>(v);
     if (sets.across_batch && v.s > 1) {
         // Each set's runs (one per sample and channel of the set) are summed in sample order and
         // normalized right after, while the set is still in this core's cache: x comes from
@@ -291,8 +323,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             for (std::size_t n = 0; n < v.n; ++n)
                 for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
                     const std::size_t base = (n * v.c + c) * v.s;
-                    rows::affine(x + base, v.s, mean[k], inv_std[k], T(0), g + c, b + c, 0,
-                                 xhat ? xhat + base : nullptr, y + base);
+                    affine_run(stream, x + base, v.s, mean[k], inv_std[k], T(0), g[c], b[c],
+                               xhat ? xhat + base : nullptr, y + base);
                 }
         }
         return;
@@ -394,6 +426,7 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
 template <class T>
 void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const T* coef_1, const T* coef_xhat, T* dx) {
+    const bool stream = streams<T>(v);
     std::vector<T> ones, zeros_1, zeros_x;
     const std::size_t num_sets = sets.num_sets(v);
     const T* g = or_constant(gamma, ones, v.c, T(1));
@@ -423,8 +456,8 @@ void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
         }
         for (std::size_t j = 0; j < sets.channels_per_set; ++j) {
             const std::size_t base = start + j * v.s;
-            rows::apply(dy + base, h ? h + base : nullptr, v.s, coef_g[k], g + c0 + j, 0, c1[k],
-                        cx[k], dx + base);
+            apply_run(stream, dy + base, h ? h + base : nullptr, v.s, coef_g[k], g[c0 + j], c1[k],
+                      cx[k], dx + base);
         }
     });
 }
@@ -437,6 +470,7 @@ template <class T>
 void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const SetCoefficients<T>& coefficients, T* dx,
                     double* chan_sum_dy, double* chan_sum_dy_xhat) {
+    const bool stream = streams<T>(v);
     std::vector<T> ones;
     const T* g = or_constant(gamma, ones, v.c, T(1));
     const std::size_t cps = sets.channels_per_set;
@@ -452,8 +486,8 @@ void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
                             dx + base);
             else
                 for (std::size_t j = 0; j < cps; ++j)
-                    rows::apply(dy + base + j * v.s, xhat + base + j * v.s, v.s, coef_g[k],
-                                g + c0 + j, 0, coef_1, coef_xhat, dx + base + j * v.s);
+                    apply_run(stream, dy + base + j * v.s, xhat + base + j * v.s, v.s, coef_g[k],
+                              g[c0 + j], coef_1, coef_xhat, dx + base + j * v.s);
         }
     };
 

@@ -6,8 +6,10 @@
 // result does not depend on how runs are split across threads (it may differ in the last bits
 // between machines whose clones differ).
 
+#include <xmmintrin.h>
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 
@@ -275,6 +277,71 @@ NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, cons
     }
 }
 
+// Stores that bypass the caches (SSE, so every ISA clone has them), for outputs too large to
+// stay in the last-level cache: they save the read of each destination line that a normal store
+// costs, and they do not evict the input a fused kernel is about to read again.
+__attribute__((always_inline)) inline void stream_floats(float* p, Float8 v) {
+    _mm_stream_ps(p, __m128(__builtin_shufflevector(v, v, 0, 1, 2, 3)));
+    _mm_stream_ps(p + 4, __m128(__builtin_shufflevector(v, v, 4, 5, 6, 7)));
+}
+
+inline bool aligned16(const void* p) {
+    return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0;
+}
+
+// Calls head(i) for the elements before out + i is 16-byte aligned, body(i) for each full run of
+// eight, tail(i) for the rest; with a second output (null: none) that is not aligned the same
+// way, everything goes to head.
+template <class Head, class Body>
+__attribute__((always_inline)) inline void streamed_loop(std::size_t n, const float* out,
+                                                         const float* out2, Head&& head,
+                                                         Body&& body) {
+    std::size_t i = 0;
+    if (out2 &&
+        ((reinterpret_cast<std::uintptr_t>(out) ^ reinterpret_cast<std::uintptr_t>(out2)) & 15)) {
+        for (; i < n; ++i)
+            head(i);
+        return;
+    }
+    for (; i < n && !aligned16(out + i); ++i)
+        head(i);
+    for (; i + 8 <= n; i += 8)
+        body(i);
+    for (; i < n; ++i)
+        head(i);
+    _mm_sfence();
+}
+
+// affine with g_step 0 (one channel's run), writing with streaming stores.
+template <class T>
+NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
+                                        T* xhat, T* y) {
+    if constexpr (std::is_same_v<T, float>) {
+        const float a = sc * gs, c = off * gs + bs;
+        const Float8 mv = Float8{} + m, scv = Float8{} + sc, offv = Float8{} + off,
+                     gv = Float8{} + gs, bv = Float8{} + bs, av = Float8{} + a, cv = Float8{} + c;
+        if (xhat)
+            streamed_loop(
+                n, y, xhat,
+                [&](std::size_t i) {
+                    const float h = (x[i] - m) * sc + off;
+                    xhat[i] = h;
+                    y[i] = h * gs + bs;
+                },
+                [&](std::size_t i) {
+                    const Float8 h = (load_floats(x + i) - mv) * scv + offv;
+                    stream_floats(xhat + i, h);
+                    stream_floats(y + i, h * gv + bv);
+                });
+        else
+            streamed_loop(
+                n, y, nullptr, [&](std::size_t i) { y[i] = (x[i] - m) * a + c; },
+                [&](std::size_t i) { stream_floats(y + i, (load_floats(x + i) - mv) * av + cv); });
+    } else {
+        affine(x, n, m, sc, off, &gs, &bs, 0, xhat, y);
+    }
+}
+
 // The dense form: every coefficient per element.
 template <class T>
 NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t n, const T* m, const T* sc,
@@ -320,6 +387,32 @@ NORMLAB_ISA_CLONES void apply(const T* dy, const T* xhat, std::size_t n, T cg, c
 #pragma omp simd
         for (std::size_t i = 0; i < n; ++i)
             dx[i] = cg * (g[i] * dy[i] - c1);
+    }
+}
+
+// apply with g_step 0 (one channel's run), writing with streaming stores.
+template <class T>
+NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n, T cg, T gs, T c1,
+                                       T cx, T* dx) {
+    if constexpr (std::is_same_v<T, float>) {
+        const Float8 cgv = Float8{} + cg, gv = Float8{} + gs, c1v = Float8{} + c1,
+                     cxv = Float8{} + cx;
+        if (xhat)
+            streamed_loop(
+                n, dx, nullptr,
+                [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]); },
+                [&](std::size_t i) {
+                    stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v -
+                                                 cxv * load_floats(xhat + i)));
+                });
+        else
+            streamed_loop(
+                n, dx, nullptr, [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1); },
+                [&](std::size_t i) {
+                    stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v));
+                });
+    } else {
+        apply(dy, xhat, n, cg, &gs, 0, c1, cx, dx);
     }
 }
 

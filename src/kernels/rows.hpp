@@ -289,56 +289,33 @@ inline bool aligned16(const void* p) {
     return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0;
 }
 
-// Calls head(i) for the elements before out + i is 16-byte aligned, body(i) for each full run of
-// eight, tail(i) for the rest; with a second output (null: none) that is not aligned the same
-// way, everything goes to head.
-template <class Head, class Body>
+// Calls scalar(i) for the elements before out + i is 16-byte aligned and after the last full
+// run of eight, body(i) for each full run of eight in between.
+template <class Scalar, class Body>
 __attribute__((always_inline)) inline void streamed_loop(std::size_t n, const float* out,
-                                                         const float* out2, Head&& head,
-                                                         Body&& body) {
+                                                         Scalar&& scalar, Body&& body) {
     std::size_t i = 0;
-    if (out2 &&
-        ((reinterpret_cast<std::uintptr_t>(out) ^ reinterpret_cast<std::uintptr_t>(out2)) & 15)) {
-        for (; i < n; ++i)
-            head(i);
-        return;
-    }
     for (; i < n && !aligned16(out + i); ++i)
-        head(i);
+        scalar(i);
     for (; i + 8 <= n; i += 8)
         body(i);
     for (; i < n; ++i)
-        head(i);
+        scalar(i);
     _mm_sfence();
 }
 
-// affine with g_step 0 (one channel's run), writing with streaming stores.
+// affine with g_step 0 (one channel's run) and no x̂, writing y with streaming stores.
 template <class T>
 NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
-                                        T* xhat, T* y) {
+                                        T* y) {
     if constexpr (std::is_same_v<T, float>) {
         const float a = sc * gs, c = off * gs + bs;
-        const Float8 mv = Float8{} + m, scv = Float8{} + sc, offv = Float8{} + off,
-                     gv = Float8{} + gs, bv = Float8{} + bs, av = Float8{} + a, cv = Float8{} + c;
-        if (xhat)
-            streamed_loop(
-                n, y, xhat,
-                [&](std::size_t i) {
-                    const float h = (x[i] - m) * sc + off;
-                    xhat[i] = h;
-                    y[i] = h * gs + bs;
-                },
-                [&](std::size_t i) {
-                    const Float8 h = (load_floats(x + i) - mv) * scv + offv;
-                    stream_floats(xhat + i, h);
-                    stream_floats(y + i, h * gv + bv);
-                });
-        else
-            streamed_loop(
-                n, y, nullptr, [&](std::size_t i) { y[i] = (x[i] - m) * a + c; },
-                [&](std::size_t i) { stream_floats(y + i, (load_floats(x + i) - mv) * av + cv); });
+        const Float8 mv = Float8{} + m, av = Float8{} + a, cv = Float8{} + c;
+        streamed_loop(
+            n, y, [&](std::size_t i) { y[i] = (x[i] - m) * a + c; },
+            [&](std::size_t i) { stream_floats(y + i, (load_floats(x + i) - mv) * av + cv); });
     } else {
-        affine(x, n, m, sc, off, &gs, &bs, 0, xhat, y);
+        affine(x, n, m, sc, off, &gs, &bs, 0, static_cast<T*>(nullptr), y);
     }
 }
 
@@ -399,15 +376,14 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
                      cxv = Float8{} + cx;
         if (xhat)
             streamed_loop(
-                n, dx, nullptr,
-                [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]); },
+                n, dx, [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]); },
                 [&](std::size_t i) {
                     stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v -
                                                  cxv * load_floats(xhat + i)));
                 });
         else
             streamed_loop(
-                n, dx, nullptr, [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1); },
+                n, dx, [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1); },
                 [&](std::size_t i) {
                     stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v));
                 });

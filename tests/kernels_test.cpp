@@ -113,8 +113,11 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
     const Tensor dy = xt::cast<float>(testing::random_array(shape, 22));
     for (const std::string spec : {"layer_norm", "instance_norm(affine=true)", "rms_norm"}) {
         auto whole = make_normalizer(spec, 2);
+        const Tensor y_inference = whole->forward(x, Mode::eval, Grad::none);
         const Tensor y = whole->forward(x, Mode::train);
         const Tensor dx = whole->backward(dy);
+        // Inference writes y alone (streamed); training writes x̂ and y (normal stores).
+        ASSERT_EQ(y_inference, y) << spec;
         for (std::size_t n = 0; n < shape[0]; ++n) {
             auto single = make_normalizer(spec, 2);
             const Tensor xn = xt::view(x, xt::range(n, n + 1));

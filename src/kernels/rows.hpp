@@ -85,6 +85,9 @@ __attribute__((always_inline)) inline double total(const Sum16& s) {
 // the shift loses at most a few float ulps of itself, far below what the double total then adds.
 constexpr std::size_t kFloatSteps = 8;
 constexpr std::size_t kFloatBlock = kLanes * kFloatSteps;
+// Shorter runs (GroupNorm's sets of a few channels) are summed by the scalar loop alone: setting
+// up and reducing sixteen lanes would cost more than the run itself.
+constexpr std::size_t kShortRun = 2 * kLanes;
 
 // s1 += Σ(p − shift), s2 += Σ(p − shift)².
 template <class T>
@@ -92,7 +95,9 @@ NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, do
                                      double& s2) {
     Sum16 a, q;
     std::size_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
+    if (n < kShortRun) {
+        // all in the scalar loop below
+    } else if constexpr (std::is_same_v<T, float>) {
         const Float8 sh = Float8{} + float(shift);
         while (i + kLanes <= n) {
             const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
@@ -116,7 +121,11 @@ NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, do
                 q.lane[k] += d * d;
             }
     }
-    double ta = total(a), tq = total(q);
+    double ta = 0, tq = 0;
+    if (n >= kShortRun) {
+        ta = total(a);
+        tq = total(q);
+    }
     for (; i < n; ++i) {
         const double d = double(p[i]) - shift;
         ta += d;
@@ -132,7 +141,9 @@ NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, st
                                   double& s1, double& s2) {
     Sum16 a, q;
     std::size_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
+    if (n < kShortRun) {
+        // all in the scalar loop below
+    } else if constexpr (std::is_same_v<T, float>) {
         while (i + kLanes <= n) {
             const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
             Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
@@ -161,7 +172,11 @@ NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, st
                 if (xhat) q.lane[k] += g * load_doubles(xhat + i + 4 * k);
             }
     }
-    double ta = total(a), tq = total(q);
+    double ta = 0, tq = 0;
+    if (n >= kShortRun) {
+        ta = total(a);
+        tq = total(q);
+    }
     for (; i < n; ++i) {
         const T g = gamma ? gamma[i] * dy[i] : dy[i];
         ta += double(g);

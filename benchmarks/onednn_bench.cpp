@@ -123,7 +123,7 @@ void register_all() {
                             s, shape, pass, false, blocked);
                     })
                     ->Unit(benchmark::kMicrosecond)
-                    ->MinTime(0.3);
+                    ->MinTime(0.1);
             }
             benchmark::RegisterBenchmark(
                 ("onednn_plain/layer_norm/" + shape.name + "/" + pass_name(pass)).c_str(),
@@ -132,7 +132,7 @@ void register_all() {
                         s, shape, pass, true, false);
                 })
                 ->Unit(benchmark::kMicrosecond)
-                ->MinTime(0.3);
+                ->MinTime(0.1);
         }
     }
 }

@@ -23,8 +23,8 @@ export OMP_NUM_THREADS="$THREADS" OMP_PROC_BIND=close
 # the next call (normlab::reuse_freed_memory() in normalizer_bench); the environment gives
 # oneDNN and PyTorch the same malloc settings.
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824
-# Five repetitions each; the report takes their median.
-REPS=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
+# Three repetitions of at least 0.1 s each; the report takes their median.
+REPS=(--benchmark_repetitions=3 --benchmark_report_aggregates_only=true)
 GB_ARGS=(--benchmark_format=json "${REPS[@]}")
 [ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER|triad")
 ./build-bench/benchmarks/normalizer_bench "${GB_ARGS[@]}" > "$OUT/normlab.json"

@@ -1,6 +1,7 @@
 #include "normlab/set_normalizer.hpp"
 
 #include <cmath>
+#include <utility>
 
 #include "kernels/moments.hpp"
 #include "kernels/set_backward.hpp"
@@ -36,6 +37,27 @@ void check_finite(const std::vector<T>& mean, const std::vector<T>& var, const s
 }  // namespace
 
 template <class T>
+Array<T> SetNormalizer<T>::forward(Array<T>&& x, Mode mode, Grad grad) {
+    Array<T> input = std::move(x);
+    // The variant's forward runs on `input`; standardize_batch / normalize recognize it by
+    // address and save its mean instead of writing x̂. The input itself is moved into the saved
+    // context only once the variant is done with it.
+    handed_over_ = &input;
+    struct Release {
+        const Array<T>*& handed_over;
+        ~Release() { handed_over = nullptr; }
+    } release{handed_over_};
+    const std::size_t saved_before = this->saved_contexts();
+    Array<T> y = static_cast<BasicNormalizer<T>&>(*this).forward(std::as_const(input), mode, grad);
+    if (this->saved_contexts() == saved_before + 1 && this->last_saved().input_pending) {
+        SavedNormalization<T>& ctx = this->last_saved();
+        ctx.input = std::move(input);
+        ctx.input_pending = false;
+    }
+    return y;
+}
+
+template <class T>
 typename SetNormalizer<T>::Moments SetNormalizer<T>::batch_moments(const Array<T>& x,
                                                                    const NcsView& v) const {
     const std::size_t k = sets_.num_sets(v);
@@ -54,14 +76,19 @@ Array<T> SetNormalizer<T>::standardize_batch(const Array<T>& x, const NcsView& v
     ctx.batch_stats = true;
     ctx.inv_std.resize(k);
     Array<T> y = Array<T>::from_shape(x.shape());
+    const bool keep_input = keeps(x, grad);
     if (grad == Grad::keep) {
         ctx.shape = shape_of(x);
-        ctx.xhat = Array<T>::from_shape(x.shape());
+        if (!keep_input) ctx.xhat = Array<T>::from_shape(x.shape());
     }
     kernels::standardize(x.data(), v, sets_, center_, eps_, this->gamma(), this->beta(),
                          m.mean.data(), m.var.data(), ctx.inv_std.data(),
-                         grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
+                         grad == Grad::keep && !keep_input ? ctx.xhat.data() : nullptr, y.data());
     check_finite(m.mean, m.var, this->label(), shape_of(x));
+    if (keep_input) {
+        ctx.mean = m.mean;
+        ctx.input_pending = true;
+    }
     this->save(std::move(ctx), grad);
     if (stats) *stats = std::move(m);
     return y;
@@ -77,13 +104,19 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
     for (std::size_t i = 0; i < var.size(); ++i)
         ctx.inv_std[i] = T(1.0 / std::sqrt(double(var[i]) + eps_));
     Array<T> y = Array<T>::from_shape(x.shape());
+    const bool keep_input = keeps(x, grad);
     if (grad == Grad::keep) {
         ctx.shape = shape_of(x);
-        ctx.xhat = Array<T>::from_shape(x.shape());
+        if (!keep_input) ctx.xhat = Array<T>::from_shape(x.shape());
     }
     kernels::normalize_affine(x.data(), v, sets_, mean.data(), ctx.inv_std.data(),
                               static_cast<const T*>(nullptr), this->gamma(), this->beta(),
-                              grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
+                              grad == Grad::keep && !keep_input ? ctx.xhat.data() : nullptr,
+                              y.data());
+    if (keep_input) {
+        ctx.mean = mean;
+        ctx.input_pending = true;
+    }
     this->save(std::move(ctx), grad);
     return y;
 }
@@ -91,11 +124,18 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
 template <class T>
 Array<T> SetNormalizer<T>::backward(const Array<T>& dy) {
     const SavedNormalization<T> ctx = this->take(dy);
+    const bool kept_input = !ctx.mean.empty();
+    if (kept_input && ctx.input_pending)
+        throw StateError(this->label() +
+                         ": the saved context is missing the input its forward "
+                         "was to keep");
+    const kernels::XhatSource<T> xhat =
+        kept_input ? kernels::XhatSource<T>(ctx.input.data(), ctx.mean.data(), ctx.inv_std.data())
+                   : kernels::XhatSource<T>(ctx.xhat.data());
     std::vector<double> sum_dy, sum_dy_xhat;
     const bool center = center_;
     Array<T> dx = kernels::set_backward(
-        dy, ctx.xhat, this->view_of(ctx.shape), sets_, this->gamma(), ctx.inv_std,
-        ctx.batch_stats,
+        dy, xhat, this->view_of(ctx.shape), sets_, this->gamma(), ctx.inv_std, ctx.batch_stats,
         [center](std::size_t, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
             coef_1 = center ? T(mean_g) : T(0);
             coef_xhat = T(mean_g_xhat);

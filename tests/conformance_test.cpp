@@ -58,7 +58,9 @@ struct Case {
     Shape shape;
 };
 
-void PrintTo(const Case& c, std::ostream* os) { *os << c.spec << " on " << format_shape(c.shape); }
+void PrintTo(const Case& c, std::ostream* os) {
+    *os << c.spec << " on " << format_shape(c.shape);
+}
 
 std::vector<Case> cases() {
     std::vector<Case> out;
@@ -81,7 +83,7 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 }
 
 class Conformance : public ::testing::TestWithParam<Case> {
-protected:
+  protected:
     std::unique_ptr<BasicNormalizer<double>> make() const {
         return make_normalizer<double>(GetParam().spec, kChannels);
     }
@@ -99,7 +101,8 @@ TEST_P(Conformance, GradientsMatchFiniteDifferencesInEvalMode) {
     auto norm = make();
     testing::randomize_parameters(*norm);
     norm->begin_epoch();
-    for (unsigned step = 0; step < 3; ++step) norm->forward(input(10 + step), Mode::train, Grad::none);
+    for (unsigned step = 0; step < 3; ++step)
+        norm->forward(input(10 + step), Mode::train, Grad::none);
     norm->end_epoch();  // variants with per-epoch population statistics publish them here
     testing::expect_gradients_match(testing::check_gradients(*norm, input(2), Mode::eval));
 }
@@ -126,6 +129,34 @@ TEST_P(Conformance, SeveralForwardsThenBackwardsInReverseOrderMatchSeparateCalls
     for (std::size_t i = 0; i < p_single.size(); ++i)
         EXPECT_TRUE(xt::allclose(*p_stacked[i].grad, *p_single[i].grad, 1e-12, 1e-12))
             << p_single[i].name;
+}
+
+// forward(Array&&) lets a layer keep x instead of x̂; nothing observable may change.
+TEST_P(Conformance, HandingOverTheInputGivesTheSameBits) {
+    for (Mode mode : {Mode::train, Mode::eval}) {
+        auto kept = make();
+        auto handed = make();
+        testing::randomize_parameters(*kept);
+        testing::randomize_parameters(*handed);
+        // A training step first, so eval mode has running statistics where a layer keeps them.
+        for (auto* norm : {kept.get(), handed.get()}) {
+            norm->begin_epoch();
+            norm->forward(input(1), Mode::train, Grad::none);
+            norm->end_epoch();
+        }
+        const ArrayD x = input(2);
+        ArrayD copy = x;
+        const ArrayD y_kept = kept->forward(x, mode);
+        const ArrayD y_handed = handed->forward(std::move(copy), mode);
+        EXPECT_EQ(y_kept, y_handed);
+        const ArrayD dy = random_array(GetParam().shape, 3);
+        EXPECT_EQ(kept->backward(dy), handed->backward(dy));
+        const auto p_kept = kept->parameters();
+        const auto p_handed = handed->parameters();
+        for (std::size_t i = 0; i < p_kept.size(); ++i)
+            EXPECT_EQ(*p_kept[i].grad, *p_handed[i].grad) << p_kept[i].name;
+        EXPECT_EQ(handed->saved_contexts(), 0u);
+    }
 }
 
 TEST_P(Conformance, SpecRoundTripsThroughTheRegistry) {
@@ -214,12 +245,14 @@ TEST_P(Conformance, NonFiniteInputIsRefusedAndStateIsUntouched) {
     auto norm = make();
     norm->forward(input(1), Mode::train, Grad::none);
     std::vector<ArrayD> before;
-    for (auto& b : norm->buffers()) before.push_back(*b.value);
+    for (auto& b : norm->buffers())
+        before.push_back(*b.value);
     std::vector<std::int64_t> counts;
-    for (auto& c : norm->counters()) counts.push_back(*c.value);
+    for (auto& c : norm->counters())
+        counts.push_back(*c.value);
 
-    for (double bad : {std::numeric_limits<double>::quiet_NaN(),
-                       std::numeric_limits<double>::infinity()}) {
+    for (double bad :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
         ArrayD x = input(2);
         x.data()[x.size() / 2] = bad;
         if (!computes_statistics()) {
@@ -230,9 +263,11 @@ TEST_P(Conformance, NonFiniteInputIsRefusedAndStateIsUntouched) {
         EXPECT_THROW(norm->forward(x, Mode::train), NonFiniteError);
         EXPECT_EQ(norm->saved_contexts(), 0u);
         auto buffers = norm->buffers();
-        for (std::size_t i = 0; i < buffers.size(); ++i) EXPECT_EQ(*buffers[i].value, before[i]);
+        for (std::size_t i = 0; i < buffers.size(); ++i)
+            EXPECT_EQ(*buffers[i].value, before[i]);
         auto counters = norm->counters();
-        for (std::size_t i = 0; i < counters.size(); ++i) EXPECT_EQ(*counters[i].value, counts[i]);
+        for (std::size_t i = 0; i < counters.size(); ++i)
+            EXPECT_EQ(*counters[i].value, counts[i]);
     }
 }
 
@@ -244,7 +279,8 @@ TEST_P(Conformance, SamplesInteractExactlyWhenTheVariantUsesBatchStatistics) {
     if (norm->uses_batch_statistics()) {
         // Changing the last sample changes the first sample's output.
         ArrayD x2 = x;
-        for (std::size_t i = x.size() - per_sample; i < x.size(); ++i) x2.data()[i] += 5.0;
+        for (std::size_t i = x.size() - per_sample; i < x.size(); ++i)
+            x2.data()[i] += 5.0;
         const ArrayD y2 = norm->forward(x2, Mode::train, Grad::none);
         double change = 0;
         for (std::size_t i = 0; i < per_sample; ++i)
@@ -272,9 +308,11 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, Conformance, ::testing::ValuesIn(cases()),
 
 TEST(ConformanceCoverage, EveryRegisteredVariantIsExercised) {
     std::set<std::string> covered;
-    for (const auto& spec : specs()) covered.insert(parse_spec(spec).name);
+    for (const auto& spec : specs())
+        covered.insert(parse_spec(spec).name);
     for (const auto& v : registered_variants())
-        EXPECT_TRUE(covered.count(v.name)) << v.name << " is registered but not in the conformance list";
+        EXPECT_TRUE(covered.count(v.name))
+            << v.name << " is registered but not in the conformance list";
 }
 
 }  // namespace

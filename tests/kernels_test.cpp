@@ -90,6 +90,13 @@ TEST(Kernels, FloatAgreesWithDoubleOnEveryVectorPath) {
             const testing::ArrayD dxd = norm_d->backward(dy);
             const Tensor dxf = norm_f->backward(xt::cast<float>(dy));
             EXPECT_TRUE(xt::allclose(xt::cast<double>(dxf), dxd, 1e-4, 2e-5)) << where;
+            // The same float layer handed its input (x̂ recomputed in backward): the same bits.
+            auto norm_h = make_normalizer<float>(spec, channels);
+            auto ph = norm_h->parameters();
+            for (std::size_t i = 0; i < pd.size(); ++i)
+                *ph[i].value = xt::cast<float>(*pd[i].value);
+            EXPECT_EQ(norm_h->forward(Tensor(xt::cast<float>(x)), Mode::train), yf) << where;
+            EXPECT_EQ(norm_h->backward(xt::cast<float>(dy)), dxf) << where;
             pf = norm_f->parameters();
             pd = norm_d->parameters();
             for (std::size_t i = 0; i < pd.size(); ++i)
@@ -116,6 +123,10 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
         const Tensor y_inference = whole->forward(x, Mode::eval, Grad::none);
         const Tensor y = whole->forward(x, Mode::train);
         const Tensor dx = whole->backward(dy);
+        // Handed its input, the layer recomputes x̂ in backward, run by run.
+        Tensor input = x;
+        ASSERT_EQ(whole->forward(std::move(input), Mode::train), y) << spec;
+        ASSERT_EQ(whole->backward(dy), dx) << spec;
         // Inference writes y alone (streamed); training writes x̂ and y (normal stores).
         ASSERT_EQ(y_inference, y) << spec;
         for (std::size_t n = 0; n < shape[0]; ++n) {

@@ -152,7 +152,7 @@ Array<T> BatchRenorm<T>::backward(const Array<T>& dy) {
     const SavedRenorm<T> ctx = this->take(dy);
     std::vector<double> sum_dy, sum_dy_xhat;
     Array<T> dx = kernels::set_backward(
-        dy, ctx.xhat, this->view_of(ctx.shape), kChannelSets, this->gamma(), ctx.scale,
+        dy, ctx.xhat.data(), this->view_of(ctx.shape), kChannelSets, this->gamma(), ctx.scale,
         ctx.batch_stats,
         [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
             renorm_coefficients(ctx.r[c], ctx.d[c], mean_g, mean_g_xhat, coef_1, coef_xhat);

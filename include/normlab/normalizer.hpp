@@ -42,7 +42,7 @@ struct CounterRef {
 
 template <class T>
 class BasicNormalizer {
-public:
+  public:
     using value_type = T;
 
     virtual ~BasicNormalizer() = default;
@@ -56,6 +56,13 @@ public:
 
     // x is (N, C, ...) with C = num_features(). Returns y of the same shape.
     virtual Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep) = 0;
+    // The same, handing x over: a layer that would write x̂ for its backward may keep x itself
+    // instead (x̂ is then recomputed from x in backward, as PyTorch does with its saved input),
+    // which saves writing a tensor the size of x. Same y, same gradients, bit for bit. Callers
+    // that no longer need x pass it with std::move; the default copies nothing and keeps x̂.
+    virtual Array<T> forward(Array<T>&& x, Mode mode, Grad grad = Grad::keep) {
+        return forward(static_cast<const Array<T>&>(x), mode, grad);
+    }
     // dy must have the shape of the most recent unconsumed forward; returns dx and adds the
     // parameter gradients to grad (call zero_grad() to reset them).
     virtual Array<T> backward(const Array<T>& dy) = 0;
@@ -65,7 +72,8 @@ public:
     virtual std::vector<CounterRef> counters() { return {}; }
 
     void zero_grad() {
-        for (auto& p : parameters()) p.grad->fill(T(0));
+        for (auto& p : parameters())
+            p.grad->fill(T(0));
     }
 
     // Forwards whose backward has not been called yet; clear_saved() drops them.

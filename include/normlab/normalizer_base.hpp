@@ -16,14 +16,19 @@ namespace normlab {
 template <class T>
 struct SavedNormalization {
     Shape shape;
-    Array<T> xhat;             // the normalized input before γ, β
-    std::vector<T> inv_std;    // per reduction set
-    bool batch_stats = true;   // false: statistics were constants (running estimates)
+    Array<T> xhat;            // the normalized input before γ, β (empty when input is kept)
+    std::vector<T> inv_std;   // per reduction set
+    bool batch_stats = true;  // false: statistics were constants (running estimates)
+    // Instead of x̂, a forward that was handed its input (forward(Array&&)) keeps the input and
+    // the per-set mean it was centred with: x̂ = (input − mean)·inv_std, recomputed in backward.
+    Array<T> input;
+    std::vector<T> mean;
+    bool input_pending = false;  // the input is moved in once the variant's forward returns
 };
 
 template <class T, class Context = SavedNormalization<T>>
 class NormalizerBase : public BasicNormalizer<T> {
-public:
+  public:
     std::string name() const override { return name_; }
     std::string spec() const override { return spec_; }
     std::size_t num_features() const override { return num_features_; }
@@ -38,7 +43,7 @@ public:
     std::size_t saved_contexts() const override { return saved_.size(); }
     void clear_saved() override { saved_.clear(); }
 
-protected:
+  protected:
     NormalizerBase(std::string name, std::string spec, std::size_t num_features, bool has_weight,
                    bool has_bias)
         : name_(std::move(name)),
@@ -72,7 +77,8 @@ protected:
             throw ShapeError(label() + ": expected input of shape " + expected + ", got " +
                              format_shape(shape));
         NcsView v{shape[0], shape[1], 1};
-        for (std::size_t i = 2; i < shape.size(); ++i) v.s *= shape[i];
+        for (std::size_t i = 2; i < shape.size(); ++i)
+            v.s *= shape[i];
         if (v.size() == 0)
             throw ShapeError(label() + ": expected a non-empty input of shape " + expected +
                              ", got " + format_shape(shape));
@@ -81,7 +87,8 @@ protected:
 
     static NcsView view_of(const Shape& shape) {
         NcsView v{shape[0], shape[1], 1};
-        for (std::size_t i = 2; i < shape.size(); ++i) v.s *= shape[i];
+        for (std::size_t i = 2; i < shape.size(); ++i)
+            v.s *= shape[i];
         return v;
     }
 
@@ -89,11 +96,15 @@ protected:
         if (grad == Grad::keep) saved_.push_back(std::move(ctx));
     }
 
+    // The most recent saved context (there must be one).
+    Context& last_saved() { return saved_.back(); }
+
     // Takes the most recent saved context after checking that dy matches it.
     Context take(const Array<T>& dy) {
         if (saved_.empty())
-            throw StateError(label() + ": backward() called without a matching forward() "
-                                       "(no saved context; was forward run with Grad::none?)");
+            throw StateError(label() +
+                             ": backward() called without a matching forward() "
+                             "(no saved context; was forward run with Grad::none?)");
         const Shape got = shape_of(dy);
         if (got != saved_.back().shape)
             throw ShapeError(label() + ": expected dy of shape " +
@@ -120,7 +131,7 @@ protected:
 
     Array<T> weight_, bias_, weight_grad_, bias_grad_;
 
-private:
+  private:
     std::string name_;
     std::string spec_;
     std::size_t num_features_;

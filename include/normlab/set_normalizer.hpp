@@ -13,12 +13,16 @@ namespace normlab {
 
 template <class T>
 class SetNormalizer : public NormalizerBase<T> {
-public:
+  public:
+    using BasicNormalizer<T>::forward;
+    // Keeps x itself, not x̂, for backward (see BasicNormalizer::forward(Array&&)).
+    Array<T> forward(Array<T>&& x, Mode mode, Grad grad = Grad::keep) override;
+
     // dx by the generic projection of spec §0 when the statistics came from the input (without
     // the mean term when not centred), a plain rescale when they were constants; adds dγ, dβ.
     Array<T> backward(const Array<T>& dy) override;
 
-protected:
+  protected:
     // center = false: RMS normalization (mean taken as 0, "variance" is the mean square).
     SetNormalizer(std::string name, std::string spec, std::size_t num_features, bool has_weight,
                   bool has_bias, SetSpec sets, bool center, double eps);
@@ -44,7 +48,13 @@ protected:
     const SetSpec& sets() const { return sets_; }
     double eps() const { return eps_; }
 
-private:
+  private:
+    // Whether x is the input handed over to forward(Array&&), to be kept instead of x̂.
+    bool keeps(const Array<T>& x, Grad grad) const {
+        return grad == Grad::keep && handed_over_ != nullptr && &x == handed_over_;
+    }
+
+    const Array<T>* handed_over_ = nullptr;
     SetSpec sets_;
     bool center_;
     double eps_;

@@ -115,22 +115,65 @@ void add_partials(const double* part1, const double* part2, std::size_t blocks, 
     }
 }
 
+// x̂ for stages 3 and 4 (XhatSource): the stored values, or recomputed into this thread's
+// scratch. One recomputed tile is in use at a time per thread.
+template <class T>
+T* xhat_scratch(std::size_t n) {
+    thread_local std::vector<T> buffer;
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
+}
+
+// x̂ of the run [offset, offset + len), all of whose values belong to set k.
+template <class T>
+const T* xhat_run(const XhatSource<T>& src, std::size_t offset, std::size_t len, std::size_t k) {
+    if (src.xhat) return src.xhat + offset;
+    T* out = xhat_scratch<T>(len);
+    rows::standardize_run(src.x + offset, len, src.shift[k], src.scale[k], out);
+    return out;
+}
+
+// x̂ of rows n0 .. n0 + count of an (N, C) input; sets is required when recomputing.
+template <class T>
+const T* xhat_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets, std::size_t n0,
+                   std::size_t count) {
+    if (src.xhat) return src.xhat + n0 * v.c;
+    T* out = xhat_scratch<T>(count * v.c);
+    const std::size_t cps = sets->channels_per_set;
+    const std::size_t spp = sets->sets_per_sample(v);
+    for (std::size_t n = n0; n < n0 + count; ++n) {
+        const T* x = src.x + n * v.c;
+        T* h = out + (n - n0) * v.c;
+        if (sets->across_batch && cps == 1) {
+            rows::standardize_columns(x, v.c, src.shift, src.scale, h);
+            continue;
+        }
+        for (std::size_t kk = 0; kk < spp; ++kk) {
+            const std::size_t k = sets->across_batch ? kk : n * spp + kk;
+            rows::standardize_run(x + kk * cps, cps, src.shift[k], src.scale[k], h + kk * cps);
+        }
+    }
+    return out;
+}
+
+// per_row(n, x̂ of row n or null) runs first on every row of a group.
 template <class T, class PerRow>
-void dense_column_sums(const T* dy, const T* xhat, const NcsView& v, double* s1, double* s2,
-                       PerRow&& per_row) {
+void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
+                       const SetSpec* sets, double* s1, double* s2, PerRow&& per_row) {
     const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
     double* part1 = scratch(kPart1, blocks * v.c);
-    double* part2 = xhat ? scratch(kPart2, blocks * v.c) : nullptr;
+    double* part2 = xhat.present() ? scratch(kPart2, blocks * v.c) : nullptr;
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
     for (std::size_t b = 0; b < blocks; ++b) {
-        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
-                           [&](std::size_t n0, std::size_t count) {
-                               for (std::size_t n = n0; n < n0 + count; ++n)
-                                   per_row(n);
-                               rows::column_grad_sums(
-                                   dy + n0 * v.c, xhat ? xhat + n0 * v.c : nullptr, count, v.c, v.c,
-                                   part1 + b * v.c, part2 ? part2 + b * v.c : nullptr);
-                           });
+        for_each_row_group(
+            b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
+            [&](std::size_t n0, std::size_t count) {
+                const T* h = xhat.present() ? xhat_rows(xhat, v, sets, n0, count) : nullptr;
+                for (std::size_t n = n0; n < n0 + count; ++n)
+                    per_row(n, h ? h + (n - n0) * v.c : nullptr);
+                rows::column_grad_sums(dy + n0 * v.c, h, count, v.c, v.c, part1 + b * v.c,
+                                       part2 ? part2 + b * v.c : nullptr);
+            });
     }
     add_partials(part1, part2, blocks, v.c, s1, s2);
 }
@@ -166,10 +209,11 @@ void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_
 }  // namespace
 
 template <class T>
-void channel_sums(const T* dy, const T* xhat, const NcsView& v, double* chan_sum_dy,
-                  double* chan_sum_dy_xhat) {
+void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_sum_dy,
+                  double* chan_sum_dy_xhat, const SetSpec* sets) {
     if (v.s == 1) {
-        dense_column_sums(dy, xhat, v, chan_sum_dy, chan_sum_dy_xhat, [](std::size_t) {});
+        dense_column_sums(dy, xhat, v, sets, chan_sum_dy, chan_sum_dy_xhat,
+                          [](std::size_t, const T*) {});
         return;
     }
     // Rows in memory order, then each channel's rows added in sample order.
@@ -177,9 +221,12 @@ void channel_sums(const T* dy, const T* xhat, const NcsView& v, double* chan_sum
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t r = 0; r < runs; ++r)
-        rows::grad_sums(dy + r * v.s, xhat ? xhat + r * v.s : nullptr,
-                        static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
+    for (std::size_t r = 0; r < runs; ++r) {
+        const T* h = nullptr;
+        if (xhat.present())
+            h = xhat_run(xhat, r * v.s, v.s, xhat.xhat ? 0 : sets->set_of(r / v.c, r % v.c, v));
+        rows::grad_sums(dy + r * v.s, h, static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
+    }
     for (std::size_t c = 0; c < v.c; ++c) {
         double s1 = 0, s2 = 0;
         for (std::size_t n = 0; n < v.n; ++n) {
@@ -362,7 +409,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
 }
 
 template <class T>
-void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                      const T* gamma, double* set_sum_g, double* set_sum_g_xhat, double* chan_sum_dy,
                      double* chan_sum_dy_xhat) {
     std::vector<T> ones;
@@ -372,7 +419,7 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
 
     if (dense_across_batch(v, sets)) {
         std::vector<double> r1(v.c), r2(v.c);
-        channel_sums(dy, xhat, v, r1.data(), xhat ? r2.data() : nullptr);
+        channel_sums(dy, xhat, v, r1.data(), xhat.present() ? r2.data() : nullptr, &sets);
         for (std::size_t k = 0; k < num_sets; ++k) {
             double a = 0, b = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
@@ -390,15 +437,17 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
         // Each set is a contiguous run of channels of one sample: its sums are taken row by row
         // in the same pass that adds the rows into the channel sums.
         const std::size_t spp = sets.sets_per_sample(v);
-        dense_column_sums(dy, xhat, v, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n) {
-            for (std::size_t kk = 0; kk < spp; ++kk) {
-                const std::size_t start = n * v.c + kk * cps;
-                double a = 0, b = 0;
-                rows::grad_sums(dy + start, xhat ? xhat + start : nullptr, g + kk * cps, cps, a, b);
-                set_sum_g[n * spp + kk] = a;
-                if (set_sum_g_xhat) set_sum_g_xhat[n * spp + kk] = b;
-            }
-        });
+        dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat,
+                          [&](std::size_t n, const T* h) {
+                              for (std::size_t kk = 0; kk < spp; ++kk) {
+                                  const std::size_t start = n * v.c + kk * cps;
+                                  double a = 0, b = 0;
+                                  rows::grad_sums(dy + start, h ? h + kk * cps : nullptr,
+                                                  g + kk * cps, cps, a, b);
+                                  set_sum_g[n * spp + kk] = a;
+                                  if (set_sum_g_xhat) set_sum_g_xhat[n * spp + kk] = b;
+                              }
+                          });
         return;
     }
 
@@ -407,9 +456,11 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
     double* row1 = scratch(kRow1, rows_total);
     double* row2 = scratch(kRow2, rows_total);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t r = 0; r < rows_total; ++r)
-        rows::grad_sums(dy + r * v.s, xhat ? xhat + r * v.s : nullptr,
-                        static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
+    for (std::size_t r = 0; r < rows_total; ++r) {
+        const T* h = xhat.present() ? xhat_run(xhat, r * v.s, v.s, sets.set_of(r / v.c, r % v.c, v))
+                                    : nullptr;
+        rows::grad_sums(dy + r * v.s, h, static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
+    }
     std::fill(set_sum_g, set_sum_g + num_sets, 0.0);
     if (set_sum_g_xhat) std::fill(set_sum_g_xhat, set_sum_g_xhat + num_sets, 0.0);
     if (chan_sum_dy) std::fill(chan_sum_dy, chan_sum_dy + v.c, 0.0);
@@ -427,7 +478,7 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
 }
 
 template <class T>
-void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const T* coef_1, const T* coef_xhat, T* dx) {
     const bool stream = streams<T>(v);
     std::vector<T> ones, zeros_1, zeros_x;
@@ -435,7 +486,7 @@ void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
     const T* g = or_constant(gamma, ones, v.c, T(1));
     const T* c1 = or_constant(coef_1, zeros_1, num_sets, T(0));
     const T* cx = or_constant(coef_xhat, zeros_x, num_sets, T(0));
-    const T* h = coef_xhat ? xhat : nullptr;
+    const bool reads_xhat = coef_xhat != nullptr && xhat.present();
 
     if (dense_across_batch(v, sets)) {
         std::vector<T> cg(v.c), c1c(v.c), cxc(v.c);
@@ -446,21 +497,22 @@ void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
             cxc[c] = cx[k];
         }
         for_each_dense_row(v, [&](std::size_t row) {
-            rows::apply_columns(dy + row, h ? h + row : nullptr, v.c, cg.data(), g, c1c.data(),
-                                cxc.data(), dx + row);
+            const T* h = reads_xhat ? xhat_rows(xhat, v, &sets, row / v.c, 1) : nullptr;
+            rows::apply_columns(dy + row, h, v.c, cg.data(), g, c1c.data(), cxc.data(), dx + row);
         });
         return;
     }
     for_each_block(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
         if (v.s == 1) {
-            rows::apply(dy + start, h ? h + start : nullptr, sets.channels_per_set, coef_g[k],
-                        g + c0, 1, c1[k], cx[k], dx + start);
+            const T* h = reads_xhat ? xhat_run(xhat, start, sets.channels_per_set, k) : nullptr;
+            rows::apply(dy + start, h, sets.channels_per_set, coef_g[k], g + c0, 1, c1[k], cx[k],
+                        dx + start);
             return;
         }
         for (std::size_t j = 0; j < sets.channels_per_set; ++j) {
             const std::size_t base = start + j * v.s;
-            apply_run(stream, dy + base, h ? h + base : nullptr, v.s, coef_g[k], g[c0 + j], c1[k],
-                      cx[k], dx + base);
+            const T* h = reads_xhat ? xhat_run(xhat, base, v.s, k) : nullptr;
+            apply_run(stream, dy + base, h, v.s, coef_g[k], g[c0 + j], c1[k], cx[k], dx + base);
         }
     });
 }
@@ -470,7 +522,7 @@ bool can_fuse_backward(const NcsView& v, const SetSpec& sets) {
 }
 
 template <class T>
-void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const SetCoefficients<T>& coefficients, T* dx,
                     double* chan_sum_dy, double* chan_sum_dy_xhat) {
     const bool stream = streams<T>(v);
@@ -478,39 +530,30 @@ void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
     const T* g = or_constant(gamma, ones, v.c, T(1));
     const std::size_t cps = sets.channels_per_set;
     const double inv_m = 1.0 / double(sets.set_size(v));
-    const auto apply_set = [&](std::size_t k, double sum_g, double sum_gx, std::size_t c0,
-                               std::size_t n0, std::size_t n_count) {
-        T coef_1, coef_xhat;
-        coefficients(k, sum_g * inv_m, sum_gx * inv_m, coef_1, coef_xhat);
-        for (std::size_t n = n0; n < n0 + n_count; ++n) {
-            const std::size_t base = (n * v.c + c0) * v.s;
-            if (v.s == 1)
-                rows::apply(dy + base, xhat + base, cps, coef_g[k], g + c0, 1, coef_1, coef_xhat,
-                            dx + base);
-            else
-                for (std::size_t j = 0; j < cps; ++j)
-                    apply_run(stream, dy + base + j * v.s, xhat + base + j * v.s, v.s, coef_g[k],
-                              g[c0 + j], coef_1, coef_xhat, dx + base + j * v.s);
-        }
-    };
 
     if (v.s == 1) {
         // Rows: each row's sets are reduced and applied as the row's block adds it into the
         // column sums behind dγ and dβ.
         const std::size_t spp = sets.sets_per_sample(v);
-        dense_column_sums(dy, xhat, v, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n) {
-            for (std::size_t kk = 0; kk < spp; ++kk) {
-                const std::size_t start = n * v.c + kk * cps;
-                double a = 0, b = 0;
-                rows::grad_sums(dy + start, xhat + start, g + kk * cps, cps, a, b);
-                apply_set(n * spp + kk, a, b, kk * cps, n, 1);
-            }
-        });
+        dense_column_sums(
+            dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n, const T* h) {
+                for (std::size_t kk = 0; kk < spp; ++kk) {
+                    const std::size_t k = n * spp + kk;
+                    const std::size_t start = n * v.c + kk * cps;
+                    double a = 0, b = 0;
+                    rows::grad_sums(dy + start, h + kk * cps, g + kk * cps, cps, a, b);
+                    T coef_1, coef_xhat;
+                    coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
+                    rows::apply(dy + start, h + kk * cps, cps, coef_g[k], g + kk * cps, 1, coef_1,
+                                coef_xhat, dx + start);
+                }
+            });
         return;
     }
 
     // S > 1: per set, Σdy and Σdy·x̂ of each of its runs (kept for the channel sums), the set's
-    // sums in sample order, then the set is applied.
+    // sums in sample order, then the set is applied (x̂ of each run recomputed again there when
+    // it comes from the input: a run is small, a set may not fit in cache).
     const std::size_t num_sets = sets.num_sets(v);
     const std::size_t spp = sets.sets_per_sample(v);
     const std::size_t runs = v.n * v.c;
@@ -525,12 +568,19 @@ void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
         for (std::size_t n = n0; n < n0 + n_count; ++n)
             for (std::size_t c = c0; c < c0 + cps; ++c) {
                 const std::size_t r = n * v.c + c;
-                rows::grad_sums(dy + r * v.s, xhat + r * v.s, static_cast<const T*>(nullptr), v.s,
-                                row1[r], row2[r]);
+                rows::grad_sums(dy + r * v.s, xhat_run(xhat, r * v.s, v.s, k),
+                                static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
                 a += double(g[c]) * row1[r];
                 b += double(g[c]) * row2[r];
             }
-        apply_set(k, a, b, c0, n0, n_count);
+        T coef_1, coef_xhat;
+        coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
+        for (std::size_t n = n0; n < n0 + n_count; ++n)
+            for (std::size_t c = c0; c < c0 + cps; ++c) {
+                const std::size_t base = (n * v.c + c) * v.s;
+                apply_run(stream, dy + base, xhat_run(xhat, base, v.s, k), v.s, coef_g[k], g[c],
+                          coef_1, coef_xhat, dx + base);
+            }
     }
     for (std::size_t c = 0; c < v.c; ++c) {
         double s1 = 0, s2 = 0;
@@ -549,13 +599,15 @@ void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec&
                                       const T*, const T*, const T*, const T*, T*, T*);             \
     template void standardize<T>(const T*, const NcsView&, const SetSpec&, bool, double, const T*, \
                                  const T*, T*, T*, T*, T*, T*);                                    \
-    template void backward_reduce<T>(const T*, const T*, const NcsView&, const SetSpec&, const T*, \
-                                     double*, double*, double*, double*);                          \
-    template void backward_apply<T>(const T*, const T*, const NcsView&, const SetSpec&, const T*,  \
-                                    const T*, const T*, const T*, T*);                             \
-    template void channel_sums<T>(const T*, const T*, const NcsView&, double*, double*);           \
-    template void backward_fused<T>(const T*, const T*, const NcsView&, const SetSpec&, const T*,  \
-                                    const T*, const SetCoefficients<T>&, T*, double*, double*);
+    template void backward_reduce<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,         \
+                                     const T*, double*, double*, double*, double*);                \
+    template void backward_apply<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,          \
+                                    const T*, const T*, const T*, const T*, T*);                   \
+    template void channel_sums<T>(const T*, XhatArg<T>, const NcsView&, double*, double*,          \
+                                  const SetSpec*);                                                 \
+    template void backward_fused<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,          \
+                                    const T*, const T*, const SetCoefficients<T>&, T*, double*,    \
+                                    double*);
 
 NORMLAB_INSTANTIATE_KERNELS(float)
 NORMLAB_INSTANTIATE_KERNELS(double)

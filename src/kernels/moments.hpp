@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <type_traits>
 
 #include "normlab/set_spec.hpp"
 #include "normlab/tensor.hpp"
@@ -37,11 +38,33 @@ template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
                  const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y);
 
+// Where stages 3 and 4 read x̂: the x̂ forward stored, or the input x forward kept instead with
+// the per-set shift and scale it normalized with, x̂ = (x − shift[k])·scale[k] (computed exactly as
+// forward computed it), recomputed a run or a few rows at a time into scratch that stays in
+// cache — so forward need not write x̂ at all. Empty: no x̂ (only Σdy wanted, or no x̂ term).
+template <class T>
+struct XhatSource {
+    const T* xhat = nullptr;
+    const T* x = nullptr;
+    const T* shift = nullptr;
+    const T* scale = nullptr;
+
+    XhatSource() = default;
+    XhatSource(const T* stored) : xhat(stored) {}  // NOLINT(google-explicit-constructor)
+    XhatSource(const T* input, const T* set_shift, const T* set_scale)
+        : x(input), shift(set_shift), scale(set_scale) {}
+    bool present() const { return xhat != nullptr || x != nullptr; }
+};
+
+// Kernel parameters take x̂ through this, so a plain pointer still converts to it.
+template <class T>
+using XhatArg = const std::type_identity_t<XhatSource<T>>&;
+
 // Stage 3. With g = gamma[c]·dy (gamma null = 1): per set Σg and Σg·x̂; per channel Σdy and
 // Σdy·x̂ (the raw sums behind dβ and dγ). Channel outputs may be null; xhat may be null when
 // only Σg / Σdy are wanted (then set_sum_g_xhat and chan_sum_dy_xhat must be null too).
 template <class T>
-void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                      const T* gamma, double* set_sum_g, double* set_sum_g_xhat, double* chan_sum_dy,
                      double* chan_sum_dy_xhat);
 
@@ -49,7 +72,7 @@ void backward_reduce(const T* dy, const T* xhat, const NcsView& v, const SetSpec
 // mean 0 (then xhat is not read). With coef_g = s, coef_1 = Σg/M, coef_xhat = Σg·x̂/M this is the
 // generic backward of spec §0.
 template <class T>
-void backward_apply(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const T* coef_1, const T* coef_xhat, T* dx);
 
 // Stage 4's per-set terms from the two means of stage 3: (k, Σg/M, Σg·x̂/M, coef_1, coef_xhat).
@@ -63,13 +86,14 @@ using SetCoefficients = std::function<void(std::size_t, double, double, T&, T&)>
 // per-channel Σdy and Σdy·x̂.
 bool can_fuse_backward(const NcsView& v, const SetSpec& sets);
 template <class T>
-void backward_fused(const T* dy, const T* xhat, const NcsView& v, const SetSpec& sets,
+void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const SetCoefficients<T>& coefficients, T* dx,
                     double* chan_sum_dy, double* chan_sum_dy_xhat);
 
-// Per channel Σdy and Σdy·x̂ only (dβ, dγ) — for layers whose dx comes from elsewhere.
+// Per channel Σdy and Σdy·x̂ only (dβ, dγ) — for layers whose dx comes from elsewhere. sets
+// says which set each value belongs to when x̂ is recomputed from the input (else unused).
 template <class T>
-void channel_sums(const T* dy, const T* xhat, const NcsView& v, double* chan_sum_dy,
-                  double* chan_sum_dy_xhat);
+void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_sum_dy,
+                  double* chan_sum_dy_xhat, const SetSpec* sets = nullptr);
 
 }  // namespace normlab::kernels

@@ -262,19 +262,20 @@ template <class T>
 NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, const T* g, const T* b,
                                std::size_t g_step, T* xhat, T* y) {
     if (g_step == 0) {
-        // y = (x − m)·a + c with a = sc·g, c = off·g + b: one multiply-add per element.
-        const T gs = g[0], a = sc * gs, c = off * gs + b[0];
+        // y is computed the same way whether x̂ is stored or not, so inference, training and a
+        // training forward that keeps its input instead of x̂ give the same bits.
+        const T gs = g[0], bs = b[0];
         if (xhat) {
 #pragma omp simd
             for (std::size_t i = 0; i < n; ++i) {
                 const T h = (x[i] - m) * sc + off;
                 xhat[i] = h;
-                y[i] = h * gs + b[0];
+                y[i] = h * gs + bs;
             }
         } else {
 #pragma omp simd
             for (std::size_t i = 0; i < n; ++i)
-                y[i] = (x[i] - m) * a + c;
+                y[i] = ((x[i] - m) * sc + off) * gs + bs;
         }
         return;
     }
@@ -324,14 +325,34 @@ template <class T>
 NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
                                         T* y) {
     if constexpr (std::is_same_v<T, float>) {
-        const float a = sc * gs, c = off * gs + bs;
-        const Float8 mv = Float8{} + m, av = Float8{} + a, cv = Float8{} + c;
+        const Float8 mv = Float8{} + m, scv = Float8{} + sc, offv = Float8{} + off,
+                     gv = Float8{} + gs, bv = Float8{} + bs;
         streamed_loop(
-            n, y, [&](std::size_t i) { y[i] = (x[i] - m) * a + c; },
-            [&](std::size_t i) { stream_floats(y + i, (load_floats(x + i) - mv) * av + cv); });
+            n, y, [&](std::size_t i) { y[i] = ((x[i] - m) * sc + off) * gs + bs; },
+            [&](std::size_t i) {
+                stream_floats(y + i, ((load_floats(x + i) - mv) * scv + offv) * gv + bv);
+            });
     } else {
         affine(x, n, m, sc, off, &gs, &bs, 0, static_cast<T*>(nullptr), y);
     }
+}
+
+// x̂ = (x − m)·sc + 0, exactly as affine computes it with no offset (the + 0 included: it turns a
+// −0 into +0 there too), for a backward that recomputes x̂ from the input.
+template <class T>
+NORMLAB_ISA_CLONES void standardize_run(const T* x, std::size_t n, T m, T sc, T* out) {
+#pragma omp simd
+    for (std::size_t i = 0; i < n; ++i)
+        out[i] = (x[i] - m) * sc + T(0);
+}
+
+// The same with m and sc per element, as affine_columns computes x̂.
+template <class T>
+NORMLAB_ISA_CLONES void standardize_columns(const T* x, std::size_t n, const T* m, const T* sc,
+                                            T* out) {
+#pragma omp simd
+    for (std::size_t i = 0; i < n; ++i)
+        out[i] = (x[i] - m[i]) * sc[i] + T(0);
 }
 
 // The dense form: every coefficient per element.

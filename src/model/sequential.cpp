@@ -12,7 +12,10 @@ template <class T>
 Array<T> Sequential<T>::run_layers(const Array<T>& x, Mode mode, Grad grad) {
     Array<T> h = x;
     try {
-        for (auto& layer : layers_) h = layer->forward(h, mode, grad);
+        // Each layer is handed the previous output: nothing else reads it, so a normalizer
+        // can keep it for backward instead of writing x̂.
+        for (auto& layer : layers_)
+            h = layer->forward(std::move(h), mode, grad);
     } catch (...) {
         clear_saved();  // a half-run forward would leave contexts no backward will consume
         throw;
@@ -27,17 +30,20 @@ Array<T> Sequential<T>::forward(const Array<T>& x, const std::vector<std::size_t
     struct Reset {
         Sequential& model;
         ~Reset() {
-            for (auto& layer : model.layers_) layer->set_sequence_lengths({});
+            for (auto& layer : model.layers_)
+                layer->set_sequence_lengths({});
         }
     } reset{*this};
-    for (auto& layer : layers_) layer->set_sequence_lengths(lengths);
+    for (auto& layer : layers_)
+        layer->set_sequence_lengths(lengths);
     return run_layers(x, mode, grad);
 }
 
 template <class T>
 Array<T> Sequential<T>::backward(const Array<T>& dy) {
     Array<T> g = dy;
-    for (std::size_t i = layers_.size(); i-- > 0;) g = layers_[i]->backward(g);
+    for (std::size_t i = layers_.size(); i-- > 0;)
+        g = layers_[i]->backward(g);
     return g;
 }
 
@@ -71,22 +77,26 @@ std::vector<CounterRef> Sequential<T>::counters() {
 
 template <class T>
 void Sequential<T>::zero_grad() {
-    for (auto& p : parameters()) p.grad->fill(T(0));
+    for (auto& p : parameters())
+        p.grad->fill(T(0));
 }
 
 template <class T>
 void Sequential<T>::clear_saved() {
-    for (auto& layer : layers_) layer->clear_saved();
+    for (auto& layer : layers_)
+        layer->clear_saved();
 }
 
 template <class T>
 void Sequential<T>::begin_epoch() {
-    for (auto& layer : layers_) layer->begin_epoch();
+    for (auto& layer : layers_)
+        layer->begin_epoch();
 }
 
 template <class T>
 void Sequential<T>::end_epoch() {
-    for (auto& layer : layers_) layer->end_epoch();
+    for (auto& layer : layers_)
+        layer->end_epoch();
 }
 
 template <class T>

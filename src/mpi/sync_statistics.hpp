@@ -97,7 +97,7 @@ Array<T> sync_channel_backward(const Communicator& comm, const std::string& labe
                              std::forward<Coefficients>(coefficients), sum_dy, sum_dy_xhat);
     if (v.n > 0)
         return kernels::set_backward(
-            dy, xhat, v, kChannelSets, gamma, scale, false,
+            dy, xhat.data(), v, kChannelSets, gamma, scale, false,
             [](std::size_t, double, double, T&, T&) {}, sum_dy, sum_dy_xhat);
     sum_dy.assign(v.c, 0.0);
     sum_dy_xhat.assign(v.c, 0.0);

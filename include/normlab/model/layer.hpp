@@ -13,10 +13,15 @@ namespace normlab::model {
 
 template <class T>
 class Layer {
-public:
+  public:
     virtual ~Layer() = default;
     virtual std::string name() const = 0;
     virtual Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep) = 0;
+    // The same with x handed over (Sequential hands each layer the previous layer's output):
+    // a layer may keep x for its backward instead of a copy or of something derived from it.
+    virtual Array<T> forward(Array<T>&& x, Mode mode, Grad grad = Grad::keep) {
+        return forward(static_cast<const Array<T>&>(x), mode, grad);
+    }
     virtual Array<T> backward(const Array<T>& dy) = 0;
     virtual std::vector<ParamRef<T>> parameters() { return {}; }
     virtual std::vector<BufferRef<T>> buffers() { return {}; }
@@ -49,7 +54,7 @@ struct ModelParam {
 
 template <class T>
 class Sequential {
-public:
+  public:
     Sequential& add(std::unique_ptr<Layer<T>> layer) {
         layers_.push_back(std::move(layer));
         return *this;
@@ -66,8 +71,8 @@ public:
     bool has_length_rule() const { return bool(length_rule_); }
     Array<T> backward(const Array<T>& dy);
     std::vector<ModelParam<T>> parameters();
-    std::vector<BufferRef<T>> buffers();    // dotted names
-    std::vector<CounterRef> counters();     // dotted names
+    std::vector<BufferRef<T>> buffers();  // dotted names
+    std::vector<CounterRef> counters();   // dotted names
     void zero_grad();
     void clear_saved();
     void begin_epoch();
@@ -77,7 +82,7 @@ public:
     // One line per layer: "0 linear(784 -> 100)".
     std::string describe() const;
 
-private:
+  private:
     Array<T> run_layers(const Array<T>& x, Mode mode, Grad grad);
 
     std::vector<std::unique_ptr<Layer<T>>> layers_;

@@ -54,6 +54,11 @@ void affine_run(bool stream, const T* x, std::size_t n, T m, T sc, T off, T g, T
         rows::affine(x, n, m, sc, off, &g, &b, 0, xhat, y);
 }
 
+// apply_run with x̂ from set k of an XhatSource, recomputed in registers when it is the input.
+template <class T>
+void apply_run_from(bool stream, const T* dy, const XhatSource<T>& src, std::size_t offset,
+                    std::size_t n, std::size_t k, T cg, T g, T c1, T cx, T* dx);
+
 template <class T>
 void apply_run(bool stream, const T* dy, const T* xhat, std::size_t n, T cg, T g, T c1, T cx,
                T* dx) {
@@ -61,6 +66,31 @@ void apply_run(bool stream, const T* dy, const T* xhat, std::size_t n, T cg, T g
         rows::apply_streamed(dy, xhat, n, cg, g, c1, cx, dx);
     else
         rows::apply(dy, xhat, n, cg, &g, 0, c1, cx, dx);
+}
+
+template <class T>
+void apply_run_from(bool stream, const T* dy, const XhatSource<T>& src, std::size_t offset,
+                    std::size_t n, std::size_t k, T cg, T g, T c1, T cx, T* dx) {
+    if (src.xhat) {
+        apply_run(stream, dy + offset, src.xhat + offset, n, cg, g, c1, cx, dx + offset);
+    } else if (stream) {
+        rows::apply_streamed_from_input(dy + offset, src.x + offset, src.shift[k], src.scale[k], n,
+                                        cg, g, c1, cx, dx + offset);
+    } else {
+        rows::apply_from_input(dy + offset, src.x + offset, src.shift[k], src.scale[k], n, cg, g,
+                               c1, cx, dx + offset);
+    }
+}
+
+// Σdy and Σdy·x̂ of one run of set k (grad_sums without gamma).
+template <class T>
+void run_grad_sums_from(const T* dy, const XhatSource<T>& src, std::size_t offset, std::size_t n,
+                        std::size_t k, double& s1, double& s2) {
+    if (src.xhat)
+        rows::grad_sums(dy + offset, src.xhat + offset, static_cast<const T*>(nullptr), n, s1, s2);
+    else
+        rows::grad_sums_from_input(dy + offset, src.x + offset, src.shift[k], src.scale[k],
+                                   static_cast<const T*>(nullptr), n, s1, s2);
 }
 
 bool dense_across_batch(const NcsView& v, const SetSpec& sets) {
@@ -156,18 +186,41 @@ const T* xhat_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* se
     return out;
 }
 
-// per_row(n, x̂ of row n or null) runs first on every row of a group.
+// Whether x̂ of an (N, C) input recomputed from the input can be formed in registers: one set
+// per row (per-sample sets) or one channel per set (BatchNorm across the batch).
+template <class T>
+bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets) {
+    return src.x != nullptr && sets != nullptr &&
+           (sets->across_batch ? sets->channels_per_set == 1 : sets->sets_per_sample(v) == 1);
+}
+
+// per_row(n, x̂ of row n or null) runs first on every row of a group. With per_row_reads_input
+// and x̂ recomputed directly from the input (direct_rows), per_row gets null and reads the input
+// itself; otherwise null means there is no x̂.
 template <class T, class PerRow>
 void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
-                       const SetSpec* sets, double* s1, double* s2, PerRow&& per_row) {
+                       const SetSpec* sets, double* s1, double* s2, bool per_row_reads_input,
+                       PerRow&& per_row) {
     const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
     double* part1 = scratch(kPart1, blocks * v.c);
     double* part2 = xhat.present() ? scratch(kPart2, blocks * v.c) : nullptr;
+    const bool direct = per_row_reads_input && direct_rows(xhat, v, sets);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
     for (std::size_t b = 0; b < blocks; ++b) {
         for_each_row_group(
             b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
             [&](std::size_t n0, std::size_t count) {
+                if (direct) {
+                    for (std::size_t n = n0; n < n0 + count; ++n)
+                        per_row(n, static_cast<const T*>(nullptr));
+                    const bool by_row = !sets->across_batch;
+                    rows::column_grad_sums_from_input(
+                        dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c,
+                        by_row ? xhat.shift + n0 : nullptr, by_row ? xhat.scale + n0 : nullptr,
+                        by_row ? nullptr : xhat.shift, by_row ? nullptr : xhat.scale,
+                        part1 + b * v.c, part2 + b * v.c);
+                    return;
+                }
                 const T* h = xhat.present() ? xhat_rows(xhat, v, sets, n0, count) : nullptr;
                 for (std::size_t n = n0; n < n0 + count; ++n)
                     per_row(n, h ? h + (n - n0) * v.c : nullptr);
@@ -212,7 +265,7 @@ template <class T>
 void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_sum_dy,
                   double* chan_sum_dy_xhat, const SetSpec* sets) {
     if (v.s == 1) {
-        dense_column_sums(dy, xhat, v, sets, chan_sum_dy, chan_sum_dy_xhat,
+        dense_column_sums(dy, xhat, v, sets, chan_sum_dy, chan_sum_dy_xhat, true,
                           [](std::size_t, const T*) {});
         return;
     }
@@ -437,7 +490,7 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
         // Each set is a contiguous run of channels of one sample: its sums are taken row by row
         // in the same pass that adds the rows into the channel sums.
         const std::size_t spp = sets.sets_per_sample(v);
-        dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat,
+        dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, false,
                           [&](std::size_t n, const T* h) {
                               for (std::size_t kk = 0; kk < spp; ++kk) {
                                   const std::size_t start = n * v.c + kk * cps;
@@ -496,7 +549,13 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             c1c[c] = c1[k];
             cxc[c] = cx[k];
         }
+        const bool direct = reads_xhat && direct_rows(xhat, v, &sets);
         for_each_dense_row(v, [&](std::size_t row) {
+            if (direct) {
+                rows::apply_columns_from_input(dy + row, xhat.x + row, v.c, xhat.shift, xhat.scale,
+                                               cg.data(), g, c1c.data(), cxc.data(), dx + row);
+                return;
+            }
             const T* h = reads_xhat ? xhat_rows(xhat, v, &sets, row / v.c, 1) : nullptr;
             rows::apply_columns(dy + row, h, v.c, cg.data(), g, c1c.data(), cxc.data(), dx + row);
         });
@@ -536,7 +595,20 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         // column sums behind dγ and dβ.
         const std::size_t spp = sets.sets_per_sample(v);
         dense_column_sums(
-            dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n, const T* h) {
+            dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, true,
+            [&](std::size_t n, const T* h) {
+                if (!h) {
+                    // One set per row, x̂ formed from the input in registers.
+                    const std::size_t start = n * v.c;
+                    const T m = xhat.shift[n], sc = xhat.scale[n];
+                    double a = 0, b = 0;
+                    rows::grad_sums_from_input(dy + start, xhat.x + start, m, sc, g, v.c, a, b);
+                    T coef_1, coef_xhat;
+                    coefficients(n, a * inv_m, b * inv_m, coef_1, coef_xhat);
+                    rows::apply_row_from_input(dy + start, xhat.x + start, m, sc, v.c, coef_g[n], g,
+                                               coef_1, coef_xhat, dx + start);
+                    return;
+                }
                 for (std::size_t kk = 0; kk < spp; ++kk) {
                     const std::size_t k = n * spp + kk;
                     const std::size_t start = n * v.c + kk * cps;
@@ -568,8 +640,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         for (std::size_t n = n0; n < n0 + n_count; ++n)
             for (std::size_t c = c0; c < c0 + cps; ++c) {
                 const std::size_t r = n * v.c + c;
-                rows::grad_sums(dy + r * v.s, xhat_run(xhat, r * v.s, v.s, k),
-                                static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
+                run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
                 a += double(g[c]) * row1[r];
                 b += double(g[c]) * row2[r];
             }
@@ -578,8 +649,8 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         for (std::size_t n = n0; n < n0 + n_count; ++n)
             for (std::size_t c = c0; c < c0 + cps; ++c) {
                 const std::size_t base = (n * v.c + c) * v.s;
-                apply_run(stream, dy + base, xhat_run(xhat, base, v.s, k), v.s, coef_g[k], g[c],
-                          coef_1, coef_xhat, dx + base);
+                apply_run_from(stream, dy, xhat, base, v.s, k, coef_g[k], g[c], coef_1, coef_xhat,
+                               dx);
             }
     }
     for (std::size_t c = 0; c < v.c; ++c) {

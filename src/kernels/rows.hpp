@@ -428,6 +428,168 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
     }
 }
 
+// The backward of one channel's run when x̂ is recomputed from the input: h = (x − m)·sc + 0,
+// exactly as standardize_run computes it, formed in registers instead of scratch memory.
+// run_grad_sums_from_input is grad_sums (no gamma) over h; the apply functions are apply with
+// g_step 0 and apply_streamed over h. Same bits as those functions reading a stored x̂.
+template <class T>
+NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc, const T* gamma,
+                                             std::size_t n, double& s1, double& s2) {
+    Sum16 a, q;
+    std::size_t i = 0;
+    if (n < kShortRun) {
+        // all in the scalar loop below
+    } else if constexpr (std::is_same_v<T, float>) {
+        const Float8 mv = Float8{} + m, scv = Float8{} + sc, zero = {};
+        while (i + kLanes <= n) {
+            const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (; i < end; i += kLanes) {
+                Float8 g0 = load_floats(dy + i), g1 = load_floats(dy + i + 8);
+                if (gamma) {
+                    g0 *= load_floats(gamma + i);
+                    g1 *= load_floats(gamma + i + 8);
+                }
+                const Float8 h0 = (load_floats(x + i) - mv) * scv + zero;
+                const Float8 h1 = (load_floats(x + i + 8) - mv) * scv + zero;
+                fa0 += g0;
+                fa1 += g1;
+                fq0 += g0 * h0;
+                fq1 += g1 * h1;
+            }
+            add_widened(a, fa0, fa1);
+            add_widened(q, fq0, fq1);
+        }
+    } else {
+        const Double4 mv = Double4{} + m, scv = Double4{} + sc, zero = {};
+        for (; i + kLanes <= n; i += kLanes)
+            for (int k = 0; k < 4; ++k) {
+                Double4 g = load_doubles(dy + i + 4 * k);
+                if (gamma) g *= load_doubles(gamma + i + 4 * k);
+                const Double4 h = (load_doubles(x + i + 4 * k) - mv) * scv + zero;
+                a.lane[k] += g;
+                q.lane[k] += g * h;
+            }
+    }
+    double ta = 0, tq = 0;
+    if (n >= kShortRun) {
+        ta = total(a);
+        tq = total(q);
+    }
+    for (; i < n; ++i) {
+        const T g = gamma ? gamma[i] * dy[i] : dy[i];
+        const T h = (x[i] - m) * sc + T(0);
+        ta += double(g);
+        tq += double(g) * double(h);
+    }
+    s1 += ta;
+    s2 += tq;
+}
+
+// apply with g_step 1 (a row's set, γ per element) over h recomputed from the input.
+template <class T>
+NORMLAB_ISA_CLONES void apply_row_from_input(const T* dy, const T* x, T m, T sc, std::size_t n,
+                                             T cg, const T* g, T c1, T cx, T* dx) {
+#pragma omp simd
+    for (std::size_t i = 0; i < n; ++i) {
+        const T h = (x[i] - m) * sc + T(0);
+        dx[i] = cg * (g[i] * dy[i] - c1 - cx * h);
+    }
+}
+
+// column_grad_sums over h recomputed from the input: with m, sc per row (m_col null) or per
+// column (m_row null).
+template <class T>
+NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std::size_t rows,
+                                                    std::size_t stride, std::size_t n,
+                                                    const T* m_row, const T* sc_row, const T* m_col,
+                                                    const T* sc_col, double* s1, double* s2) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        const Float8 zero = {};
+        for (; i + kLanes <= n; i += kLanes) {
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            Float8 m0 = {}, m1 = {}, sc0 = {}, sc1 = {};
+            if (m_col) {
+                m0 = load_floats(m_col + i);
+                m1 = load_floats(m_col + i + 8);
+                sc0 = load_floats(sc_col + i);
+                sc1 = load_floats(sc_col + i + 8);
+            }
+            for (std::size_t r = 0; r < rows; ++r) {
+                if (!m_col) {
+                    m0 = m1 = Float8{} + m_row[r];
+                    sc0 = sc1 = Float8{} + sc_row[r];
+                }
+                const float* g = dy + r * stride + i;
+                const float* xr = x + r * stride + i;
+                const Float8 g0 = load_floats(g), g1 = load_floats(g + 8);
+                fa0 += g0;
+                fa1 += g1;
+                fq0 += g0 * ((load_floats(xr) - m0) * sc0 + zero);
+                fq1 += g1 * ((load_floats(xr + 8) - m1) * sc1 + zero);
+            }
+            add_widened(s1 + i, fa0, fa1);
+            add_widened(s2 + i, fq0, fq1);
+        }
+    }
+    for (; i < n; ++i) {
+        double a = 0, q = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            const T m = m_col ? m_col[i] : m_row[r], sc = m_col ? sc_col[i] : sc_row[r];
+            const T h = (x[r * stride + i] - m) * sc + T(0);
+            const double g = double(dy[r * stride + i]);
+            a += g;
+            q += g * double(h);
+        }
+        s1[i] += a;
+        s2[i] += q;
+    }
+}
+
+// apply_columns over h recomputed from the input with m, sc per column.
+template <class T>
+NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::size_t n, const T* m,
+                                                 const T* sc, const T* cg, const T* g, const T* c1,
+                                                 const T* cx, T* dx) {
+#pragma omp simd
+    for (std::size_t i = 0; i < n; ++i) {
+        const T h = (x[i] - m[i]) * sc[i] + T(0);
+        dx[i] = cg[i] * (g[i] * dy[i] - c1[i] - cx[i] * h);
+    }
+}
+
+template <class T>
+NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std::size_t n, T cg,
+                                         T gs, T c1, T cx, T* dx) {
+#pragma omp simd
+    for (std::size_t i = 0; i < n; ++i) {
+        const T h = (x[i] - m) * sc + T(0);
+        dx[i] = cg * (gs * dy[i] - c1 - cx * h);
+    }
+}
+
+template <class T>
+NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, T sc, std::size_t n,
+                                                  T cg, T gs, T c1, T cx, T* dx) {
+    if constexpr (std::is_same_v<T, float>) {
+        const Float8 cgv = Float8{} + cg, gv = Float8{} + gs, c1v = Float8{} + c1,
+                     cxv = Float8{} + cx, mv = Float8{} + m, scv = Float8{} + sc, zero = {};
+        streamed_loop(
+            n, dx,
+            [&](std::size_t i) {
+                const float h = (x[i] - m) * sc + 0.0f;
+                dx[i] = cg * (gs * dy[i] - c1 - cx * h);
+            },
+            [&](std::size_t i) {
+                const Float8 h = (load_floats(x + i) - mv) * scv + zero;
+                stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v - cxv * h));
+            });
+    } else {
+        apply_from_input(dy, x, m, sc, n, cg, gs, c1, cx, dx);
+    }
+}
+
 // The dense form, every coefficient per element.
 template <class T>
 NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t n, const T* cg,

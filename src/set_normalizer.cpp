@@ -76,7 +76,7 @@ Array<T> SetNormalizer<T>::standardize_batch(const Array<T>& x, const NcsView& v
     ctx.batch_stats = true;
     ctx.inv_std.resize(k);
     Array<T> y = Array<T>::from_shape(x.shape());
-    const bool keep_input = keeps(x, grad);
+    const bool keep_input = keeps(x, grad) && kernels::recomputes_xhat_in_registers(v, sets_);
     if (grad == Grad::keep) {
         ctx.shape = shape_of(x);
         if (!keep_input) ctx.xhat = Array<T>::from_shape(x.shape());
@@ -104,7 +104,7 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
     for (std::size_t i = 0; i < var.size(); ++i)
         ctx.inv_std[i] = T(1.0 / std::sqrt(double(var[i]) + eps_));
     Array<T> y = Array<T>::from_shape(x.shape());
-    const bool keep_input = keeps(x, grad);
+    const bool keep_input = keeps(x, grad) && kernels::recomputes_xhat_in_registers(v, sets_);
     if (grad == Grad::keep) {
         ctx.shape = shape_of(x);
         if (!keep_input) ctx.xhat = Array<T>::from_shape(x.shape());

@@ -576,6 +576,11 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     });
 }
 
+bool recomputes_xhat_in_registers(const NcsView& v, const SetSpec& sets) {
+    if (v.s > 1) return true;
+    return sets.across_batch ? sets.channels_per_set == 1 : sets.sets_per_sample(v) == 1;
+}
+
 bool can_fuse_backward(const NcsView& v, const SetSpec& sets) {
     return !dense_across_batch(v, sets);
 }

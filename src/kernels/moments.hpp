@@ -56,6 +56,11 @@ struct XhatSource {
     bool present() const { return xhat != nullptr || x != nullptr; }
 };
 
+// Whether stages 3 and 4 form x̂ from the input in registers for this layout (runs of one
+// channel, rows with one set, one channel per set across the batch) rather than through
+// scratch (rows with several sets: GroupNorm on (N, C)), where storing x̂ is faster.
+bool recomputes_xhat_in_registers(const NcsView& v, const SetSpec& sets);
+
 // Kernel parameters take x̂ through this, so a plain pointer still converts to it.
 template <class T>
 using XhatArg = const std::type_identity_t<XhatSource<T>>&;

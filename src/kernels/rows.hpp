@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #define NORMLAB_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
@@ -89,36 +90,59 @@ constexpr std::size_t kFloatBlock = kLanes * kFloatSteps;
 // up and reducing sixteen lanes would cost more than the run itself.
 constexpr std::size_t kShortRun = 2 * kLanes;
 
-// s1 += Σ(p − shift), s2 += Σ(p − shift)².
-template <class T>
-NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, double& s1,
-                                     double& s2) {
+// Loads a vector of V's width (Float8, Double4) or one value (V = T) from p; splat broadcasts.
+template <class V, class T>
+__attribute__((always_inline)) inline V load_as(const T* p) {
+    if constexpr (std::is_same_v<V, Float8>)
+        return load_floats(p);
+    else if constexpr (std::is_same_v<V, Double4>)
+        return load_doubles(p);
+    else
+        return *p;
+}
+
+template <class V, class S>
+__attribute__((always_inline)) inline V splat(S value) {
+    if constexpr (std::is_same_v<V, Float8>)
+        return Float8{} + float(value);
+    else if constexpr (std::is_same_v<V, Double4>)
+        return Double4{} + double(value);
+    else
+        return V(value);
+}
+
+// s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
+// vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
+// combined in float kFloatSteps at a time and widened, a scalar tail in double. Every sum of the
+// kernel is this loop with a different term.
+template <class T, class Term>
+__attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
+                                                       double& s2) {
     Sum16 a, q;
     std::size_t i = 0;
     if (n < kShortRun) {
         // all in the scalar loop below
     } else if constexpr (std::is_same_v<T, float>) {
-        const Float8 sh = Float8{} + float(shift);
         while (i + kLanes <= n) {
             const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
             Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
             for (; i < end; i += kLanes) {
-                const Float8 d0 = load_floats(p + i) - sh, d1 = load_floats(p + i + 8) - sh;
-                fa0 += d0;
-                fa1 += d1;
-                fq0 += d0 * d0;
-                fq1 += d1 * d1;
+                const auto [u0, w0] = term(Float8{}, i);
+                const auto [u1, w1] = term(Float8{}, i + 8);
+                fa0 += u0;
+                fa1 += u1;
+                fq0 += u0 * w0;
+                fq1 += u1 * w1;
             }
             add_widened(a, fa0, fa1);
             add_widened(q, fq0, fq1);
         }
     } else {
-        const Double4 sh = Double4{} + shift;
         for (; i + kLanes <= n; i += kLanes)
             for (int k = 0; k < 4; ++k) {
-                const Double4 d = load_doubles(p + i + 4 * k) - sh;
-                a.lane[k] += d;
-                q.lane[k] += d * d;
+                const auto [u, w] = term(Double4{}, i + 4 * k);
+                a.lane[k] += u;
+                q.lane[k] += u * w;
             }
     }
     double ta = 0, tq = 0;
@@ -127,63 +151,47 @@ NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, do
         tq = total(q);
     }
     for (; i < n; ++i) {
-        const double d = double(p[i]) - shift;
-        ta += d;
-        tq += d * d;
+        const auto [u, w] = term(T{}, i);
+        ta += double(u);
+        tq += double(u) * double(w);
     }
     s1 += ta;
     s2 += tq;
+}
+
+// s1 += Σ(p − shift), s2 += Σ(p − shift)².
+template <class T>
+NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, double& s1,
+                                     double& s2) {
+    paired_sums<T>(
+        n,
+        [&](auto tag, std::size_t i) {
+            using V = decltype(tag);
+            const V d = load_as<V>(p + i) - splat<V>(T(shift));
+            return std::pair{d, d};
+        },
+        s1, s2);
+}
+
+// g = w·dy with w = gamma[i] (or 1 when gamma is null) at i.
+template <class V, class T>
+__attribute__((always_inline)) inline V weighted(const T* dy, const T* gamma, std::size_t i) {
+    V g = load_as<V>(dy + i);
+    if (gamma) g *= load_as<V>(gamma + i);
+    return g;
 }
 
 // s1 += Σ w·dy, s2 += Σ w·dy·x̂ with w = gamma[i] (or 1 when gamma is null); xhat may be null.
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, std::size_t n,
                                   double& s1, double& s2) {
-    Sum16 a, q;
-    std::size_t i = 0;
-    if (n < kShortRun) {
-        // all in the scalar loop below
-    } else if constexpr (std::is_same_v<T, float>) {
-        while (i + kLanes <= n) {
-            const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
-            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
-            for (; i < end; i += kLanes) {
-                Float8 g0 = load_floats(dy + i), g1 = load_floats(dy + i + 8);
-                if (gamma) {
-                    g0 *= load_floats(gamma + i);
-                    g1 *= load_floats(gamma + i + 8);
-                }
-                fa0 += g0;
-                fa1 += g1;
-                if (xhat) {
-                    fq0 += g0 * load_floats(xhat + i);
-                    fq1 += g1 * load_floats(xhat + i + 8);
-                }
-            }
-            add_widened(a, fa0, fa1);
-            add_widened(q, fq0, fq1);
-        }
-    } else {
-        for (; i + kLanes <= n; i += kLanes)
-            for (int k = 0; k < 4; ++k) {
-                Double4 g = load_doubles(dy + i + 4 * k);
-                if (gamma) g *= load_doubles(gamma + i + 4 * k);
-                a.lane[k] += g;
-                if (xhat) q.lane[k] += g * load_doubles(xhat + i + 4 * k);
-            }
-    }
-    double ta = 0, tq = 0;
-    if (n >= kShortRun) {
-        ta = total(a);
-        tq = total(q);
-    }
-    for (; i < n; ++i) {
-        const T g = gamma ? gamma[i] * dy[i] : dy[i];
-        ta += double(g);
-        if (xhat) tq += double(g) * double(xhat[i]);
-    }
-    s1 += ta;
-    s2 += tq;
+    paired_sums<T>(
+        n,
+        [&](auto tag, std::size_t i) {
+            using V = decltype(tag);
+            return std::pair{weighted<V>(dy, gamma, i), xhat ? load_as<V>(xhat + i) : V{}};
+        },
+        s1, s2);
 }
 
 // Column sums down `rows` consecutive rows (row stride `stride`) of a dense block:
@@ -430,60 +438,19 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
 
 // The backward of one channel's run when x̂ is recomputed from the input: h = (x − m)·sc + 0,
 // exactly as standardize_run computes it, formed in registers instead of scratch memory.
-// run_grad_sums_from_input is grad_sums (no gamma) over h; the apply functions are apply with
+// grad_sums_from_input is grad_sums over h; the apply functions are apply with
 // g_step 0 and apply_streamed over h. Same bits as those functions reading a stored x̂.
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc, const T* gamma,
                                              std::size_t n, double& s1, double& s2) {
-    Sum16 a, q;
-    std::size_t i = 0;
-    if (n < kShortRun) {
-        // all in the scalar loop below
-    } else if constexpr (std::is_same_v<T, float>) {
-        const Float8 mv = Float8{} + m, scv = Float8{} + sc, zero = {};
-        while (i + kLanes <= n) {
-            const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
-            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
-            for (; i < end; i += kLanes) {
-                Float8 g0 = load_floats(dy + i), g1 = load_floats(dy + i + 8);
-                if (gamma) {
-                    g0 *= load_floats(gamma + i);
-                    g1 *= load_floats(gamma + i + 8);
-                }
-                const Float8 h0 = (load_floats(x + i) - mv) * scv + zero;
-                const Float8 h1 = (load_floats(x + i + 8) - mv) * scv + zero;
-                fa0 += g0;
-                fa1 += g1;
-                fq0 += g0 * h0;
-                fq1 += g1 * h1;
-            }
-            add_widened(a, fa0, fa1);
-            add_widened(q, fq0, fq1);
-        }
-    } else {
-        const Double4 mv = Double4{} + m, scv = Double4{} + sc, zero = {};
-        for (; i + kLanes <= n; i += kLanes)
-            for (int k = 0; k < 4; ++k) {
-                Double4 g = load_doubles(dy + i + 4 * k);
-                if (gamma) g *= load_doubles(gamma + i + 4 * k);
-                const Double4 h = (load_doubles(x + i + 4 * k) - mv) * scv + zero;
-                a.lane[k] += g;
-                q.lane[k] += g * h;
-            }
-    }
-    double ta = 0, tq = 0;
-    if (n >= kShortRun) {
-        ta = total(a);
-        tq = total(q);
-    }
-    for (; i < n; ++i) {
-        const T g = gamma ? gamma[i] * dy[i] : dy[i];
-        const T h = (x[i] - m) * sc + T(0);
-        ta += double(g);
-        tq += double(g) * double(h);
-    }
-    s1 += ta;
-    s2 += tq;
+    paired_sums<T>(
+        n,
+        [&](auto tag, std::size_t i) {
+            using V = decltype(tag);
+            const V h = (load_as<V>(x + i) - splat<V>(m)) * splat<V>(sc) + V{};
+            return std::pair{weighted<V>(dy, gamma, i), h};
+        },
+        s1, s2);
 }
 
 // apply with g_step 1 (a row's set, γ per element) over h recomputed from the input.

@@ -197,13 +197,16 @@ bool launched_by_mpi() {
 // Every rank expands the grid from its own command line; they must agree before running it.
 void check_same_grid(const std::vector<normlab::stress::RunConfig>& runs,
                      const normlab::mpi::Communicator& comm) {
-    std::int64_t h = 1469598103934665603LL;
+    std::uint64_t h = 1469598103934665603ULL;  // FNV-1a, wrapping in unsigned arithmetic
     for (const auto& r : runs)
         for (char ch : r.key())
-            h = (h ^ std::int64_t(static_cast<unsigned char>(ch))) * 1099511628211LL;
-    std::int64_t range[2] = {h, -h};  // max of h and of -h: equal everywhere iff h is
-    comm.allreduce_max(std::span<std::int64_t>(range, 2));
-    if (range[0] != -range[1])
+            h = (h ^ static_cast<unsigned char>(ch)) * 1099511628211ULL;
+    // The two 32-bit halves, and their negations: the maxima over ranks of a value and of its
+    // negation are each other's negation everywhere iff every rank has the same value.
+    const auto high = std::int64_t(h >> 32), low = std::int64_t(h & 0xffffffffULL);
+    std::int64_t range[4] = {high, -high, low, -low};
+    comm.allreduce_max(std::span<std::int64_t>(range, 4));
+    if (range[0] != -range[1] || range[2] != -range[3])
         throw std::runtime_error(
             "the ranks expanded different grids (give every rank the same "
             "options and data)");

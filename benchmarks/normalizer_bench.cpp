@@ -48,8 +48,9 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
         } else {
             // Training keeps what backward needs; evaluation is inference, as in the peers'
             // forward-inference primitives and PyTorch's no-grad forward.
+            // (Inference reads x itself: a copy here would only evict it from the cache.)
             const bool train = pass == Pass::fwd_train;
-            Tensor input = x;
+            Tensor input = train ? x : Tensor();
             const auto t0 = std::chrono::steady_clock::now();
             Tensor y = train ? norm->forward(std::move(input), Mode::train, Grad::keep)
                              : norm->forward(x, Mode::eval, Grad::none);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/rows.hpp"
@@ -77,8 +78,8 @@ void apply_run_from(bool stream, const T* dy, const XhatSource<T>& src, std::siz
         rows::apply_streamed_from_input(dy + offset, src.x + offset, src.shift[k], src.scale[k], n,
                                         cg, g, c1, cx, dx + offset);
     } else {
-        rows::apply_from_input(dy + offset, src.x + offset, src.shift[k], src.scale[k], n, cg, g,
-                               c1, cx, dx + offset);
+        rows::apply_from_input(dy + offset, src.x + offset, src.shift[k], src.scale[k], n, cg, &g,
+                               0, c1, cx, dx + offset);
     }
 }
 
@@ -145,53 +146,22 @@ void add_partials(const double* part1, const double* part2, std::size_t blocks, 
     }
 }
 
-// x̂ for stages 3 and 4 (XhatSource): the stored values, or recomputed into this thread's
-// scratch. One recomputed tile is in use at a time per thread.
+// Stored x̂ of rows n0 .. of an (N, C) input. A recomputed x̂ is formed in registers, which
+// needs a layout recomputes_xhat_in_registers accepts; the layers only hand such inputs over.
 template <class T>
-T* xhat_scratch(std::size_t n) {
-    thread_local std::vector<T> buffer;
-    if (buffer.size() < n) buffer.resize(n);
-    return buffer.data();
-}
-
-// x̂ of the run [offset, offset + len), all of whose values belong to set k.
-template <class T>
-const T* xhat_run(const XhatSource<T>& src, std::size_t offset, std::size_t len, std::size_t k) {
-    if (src.xhat) return src.xhat + offset;
-    T* out = xhat_scratch<T>(len);
-    rows::standardize_run(src.x + offset, len, src.shift[k], src.scale[k], out);
-    return out;
-}
-
-// x̂ of rows n0 .. n0 + count of an (N, C) input; sets is required when recomputing.
-template <class T>
-const T* xhat_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets, std::size_t n0,
-                   std::size_t count) {
-    if (src.xhat) return src.xhat + n0 * v.c;
-    T* out = xhat_scratch<T>(count * v.c);
-    const std::size_t cps = sets->channels_per_set;
-    const std::size_t spp = sets->sets_per_sample(v);
-    for (std::size_t n = n0; n < n0 + count; ++n) {
-        const T* x = src.x + n * v.c;
-        T* h = out + (n - n0) * v.c;
-        if (sets->across_batch && cps == 1) {
-            rows::standardize_columns(x, v.c, src.shift, src.scale, h);
-            continue;
-        }
-        for (std::size_t kk = 0; kk < spp; ++kk) {
-            const std::size_t k = sets->across_batch ? kk : n * spp + kk;
-            rows::standardize_run(x + kk * cps, cps, src.shift[k], src.scale[k], h + kk * cps);
-        }
-    }
-    return out;
+const T* stored_xhat_rows(const XhatSource<T>& src, const NcsView& v, std::size_t n0) {
+    if (!src.xhat)
+        throw std::logic_error(
+            "normlab kernels: x̂ recomputed from the input is supported only "
+            "where recomputes_xhat_in_registers() holds");
+    return src.xhat + n0 * v.c;
 }
 
 // Whether x̂ of an (N, C) input recomputed from the input can be formed in registers: one set
 // per row (per-sample sets) or one channel per set (BatchNorm across the batch).
 template <class T>
 bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets) {
-    return src.x != nullptr && sets != nullptr &&
-           (sets->across_batch ? sets->channels_per_set == 1 : sets->sets_per_sample(v) == 1);
+    return src.x != nullptr && sets != nullptr && recomputes_xhat_in_registers(v, *sets);
 }
 
 // per_row(n, x̂ of row n or null) runs first on every row of a group. With per_row_reads_input
@@ -221,7 +191,7 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                         part1 + b * v.c, part2 + b * v.c);
                     return;
                 }
-                const T* h = xhat.present() ? xhat_rows(xhat, v, sets, n0, count) : nullptr;
+                const T* h = xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
                 for (std::size_t n = n0; n < n0 + count; ++n)
                     per_row(n, h ? h + (n - n0) * v.c : nullptr);
                 rows::column_grad_sums(dy + n0 * v.c, h, count, v.c, v.c, part1 + b * v.c,
@@ -274,12 +244,9 @@ void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_s
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t r = 0; r < runs; ++r) {
-        const T* h = nullptr;
-        if (xhat.present())
-            h = xhat_run(xhat, r * v.s, v.s, xhat.xhat ? 0 : sets->set_of(r / v.c, r % v.c, v));
-        rows::grad_sums(dy + r * v.s, h, static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
-    }
+    for (std::size_t r = 0; r < runs; ++r)
+        run_grad_sums_from(dy, xhat, r * v.s, v.s, xhat.x ? sets->set_of(r / v.c, r % v.c, v) : 0,
+                           row1[r], row2[r]);
     for (std::size_t c = 0; c < v.c; ++c) {
         double s1 = 0, s2 = 0;
         for (std::size_t n = 0; n < v.n; ++n) {
@@ -509,11 +476,9 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
     double* row1 = scratch(kRow1, rows_total);
     double* row2 = scratch(kRow2, rows_total);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t r = 0; r < rows_total; ++r) {
-        const T* h = xhat.present() ? xhat_run(xhat, r * v.s, v.s, sets.set_of(r / v.c, r % v.c, v))
-                                    : nullptr;
-        rows::grad_sums(dy + r * v.s, h, static_cast<const T*>(nullptr), v.s, row1[r], row2[r]);
-    }
+    for (std::size_t r = 0; r < rows_total; ++r)
+        run_grad_sums_from(dy, xhat, r * v.s, v.s, sets.set_of(r / v.c, r % v.c, v), row1[r],
+                           row2[r]);
     std::fill(set_sum_g, set_sum_g + num_sets, 0.0);
     if (set_sum_g_xhat) std::fill(set_sum_g_xhat, set_sum_g_xhat + num_sets, 0.0);
     if (chan_sum_dy) std::fill(chan_sum_dy, chan_sum_dy + v.c, 0.0);
@@ -556,22 +521,30 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                                                cg.data(), g, c1c.data(), cxc.data(), dx + row);
                 return;
             }
-            const T* h = reads_xhat ? xhat_rows(xhat, v, &sets, row / v.c, 1) : nullptr;
+            const T* h = reads_xhat ? stored_xhat_rows(xhat, v, row / v.c) : nullptr;
             rows::apply_columns(dy + row, h, v.c, cg.data(), g, c1c.data(), cxc.data(), dx + row);
         });
         return;
     }
     for_each_block(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
         if (v.s == 1) {
-            const T* h = reads_xhat ? xhat_run(xhat, start, sets.channels_per_set, k) : nullptr;
-            rows::apply(dy + start, h, sets.channels_per_set, coef_g[k], g + c0, 1, c1[k], cx[k],
-                        dx + start);
+            if (reads_xhat && xhat.x)
+                rows::apply_from_input(dy + start, xhat.x + start, xhat.shift[k], xhat.scale[k],
+                                       sets.channels_per_set, coef_g[k], g + c0, 1, c1[k], cx[k],
+                                       dx + start);
+            else
+                rows::apply(dy + start, reads_xhat ? xhat.xhat + start : nullptr,
+                            sets.channels_per_set, coef_g[k], g + c0, 1, c1[k], cx[k], dx + start);
             return;
         }
         for (std::size_t j = 0; j < sets.channels_per_set; ++j) {
             const std::size_t base = start + j * v.s;
-            const T* h = reads_xhat ? xhat_run(xhat, base, v.s, k) : nullptr;
-            apply_run(stream, dy + base, h, v.s, coef_g[k], g[c0 + j], c1[k], cx[k], dx + base);
+            if (reads_xhat)
+                apply_run_from(stream, dy, xhat, base, v.s, k, coef_g[k], g[c0 + j], c1[k], cx[k],
+                               dx);
+            else
+                apply_run(stream, dy + base, static_cast<const T*>(nullptr), v.s, coef_g[k],
+                          g[c0 + j], c1[k], cx[k], dx + base);
         }
     });
 }
@@ -610,8 +583,8 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                     rows::grad_sums_from_input(dy + start, xhat.x + start, m, sc, g, v.c, a, b);
                     T coef_1, coef_xhat;
                     coefficients(n, a * inv_m, b * inv_m, coef_1, coef_xhat);
-                    rows::apply_row_from_input(dy + start, xhat.x + start, m, sc, v.c, coef_g[n], g,
-                                               coef_1, coef_xhat, dx + start);
+                    rows::apply_from_input(dy + start, xhat.x + start, m, sc, v.c, coef_g[n], g, 1,
+                                           coef_1, coef_xhat, dx + start);
                     return;
                 }
                 for (std::size_t kk = 0; kk < spp; ++kk) {

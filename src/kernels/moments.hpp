@@ -40,8 +40,9 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
 
 // Where stages 3 and 4 read x̂: the x̂ forward stored, or the input x forward kept instead with
 // the per-set shift and scale it normalized with, x̂ = (x − shift[k])·scale[k] (computed exactly as
-// forward computed it), recomputed a run or a few rows at a time into scratch that stays in
-// cache — so forward need not write x̂ at all. Empty: no x̂ (only Σdy wanted, or no x̂ term).
+// forward computed it), formed in registers as the backward stages read it — so forward need not
+// write x̂ at all; only for layouts recomputes_xhat_in_registers accepts (others throw
+// std::logic_error). Empty: no x̂ (only Σdy wanted, or no x̂ term).
 template <class T>
 struct XhatSource {
     const T* xhat = nullptr;
@@ -56,9 +57,9 @@ struct XhatSource {
     bool present() const { return xhat != nullptr || x != nullptr; }
 };
 
-// Whether stages 3 and 4 form x̂ from the input in registers for this layout (runs of one
-// channel, rows with one set, one channel per set across the batch) rather than through
-// scratch (rows with several sets: GroupNorm on (N, C)), where storing x̂ is faster.
+// Whether stages 3 and 4 can form x̂ from the input in registers for this layout (runs of one
+// channel, rows with one set, one channel per set across the batch). Rows with several sets
+// (GroupNorm on (N, C)) cannot: those layers store x̂.
 bool recomputes_xhat_in_registers(const NcsView& v, const SetSpec& sets);
 
 // Kernel parameters take x̂ through this, so a plain pointer still converts to it.

@@ -345,24 +345,6 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
     }
 }
 
-// x̂ = (x − m)·sc + 0, exactly as affine computes it with no offset (the + 0 included: it turns a
-// −0 into +0 there too), for a backward that recomputes x̂ from the input.
-template <class T>
-NORMLAB_ISA_CLONES void standardize_run(const T* x, std::size_t n, T m, T sc, T* out) {
-#pragma omp simd
-    for (std::size_t i = 0; i < n; ++i)
-        out[i] = (x[i] - m) * sc + T(0);
-}
-
-// The same with m and sc per element, as affine_columns computes x̂.
-template <class T>
-NORMLAB_ISA_CLONES void standardize_columns(const T* x, std::size_t n, const T* m, const T* sc,
-                                            T* out) {
-#pragma omp simd
-    for (std::size_t i = 0; i < n; ++i)
-        out[i] = (x[i] - m[i]) * sc[i] + T(0);
-}
-
 // The dense form: every coefficient per element.
 template <class T>
 NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t n, const T* m, const T* sc,
@@ -436,10 +418,10 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
     }
 }
 
-// The backward of one channel's run when x̂ is recomputed from the input: h = (x − m)·sc + 0,
-// exactly as standardize_run computes it, formed in registers instead of scratch memory.
-// grad_sums_from_input is grad_sums over h; the apply functions are apply with
-// g_step 0 and apply_streamed over h. Same bits as those functions reading a stored x̂.
+// The backward stages when x̂ is recomputed from the input: h = (x − m)·sc + 0, exactly as affine
+// computes x̂ with no offset (the + 0 included: it turns a −0 into +0 there too), formed in
+// registers. grad_sums_from_input is grad_sums over h, apply_from_input is apply, and so on:
+// the same bits as those functions reading a stored x̂.
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc, const T* gamma,
                                              std::size_t n, double& s1, double& s2) {
@@ -451,17 +433,6 @@ NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc,
             return std::pair{weighted<V>(dy, gamma, i), h};
         },
         s1, s2);
-}
-
-// apply with g_step 1 (a row's set, γ per element) over h recomputed from the input.
-template <class T>
-NORMLAB_ISA_CLONES void apply_row_from_input(const T* dy, const T* x, T m, T sc, std::size_t n,
-                                             T cg, const T* g, T c1, T cx, T* dx) {
-#pragma omp simd
-    for (std::size_t i = 0; i < n; ++i) {
-        const T h = (x[i] - m) * sc + T(0);
-        dx[i] = cg * (g[i] * dy[i] - c1 - cx * h);
-    }
 }
 
 // column_grad_sums over h recomputed from the input: with m, sc per row (m_col null) or per
@@ -528,11 +499,20 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
 
 template <class T>
 NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std::size_t n, T cg,
-                                         T gs, T c1, T cx, T* dx) {
+                                         const T* g, std::size_t g_step, T c1, T cx, T* dx) {
+    if (g_step == 0) {
+        const T gs = g[0];
+#pragma omp simd
+        for (std::size_t i = 0; i < n; ++i) {
+            const T h = (x[i] - m) * sc + T(0);
+            dx[i] = cg * (gs * dy[i] - c1 - cx * h);
+        }
+        return;
+    }
 #pragma omp simd
     for (std::size_t i = 0; i < n; ++i) {
         const T h = (x[i] - m) * sc + T(0);
-        dx[i] = cg * (gs * dy[i] - c1 - cx * h);
+        dx[i] = cg * (g[i] * dy[i] - c1 - cx * h);
     }
 }
 
@@ -553,7 +533,7 @@ NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, 
                 stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v - cxv * h));
             });
     } else {
-        apply_from_input(dy, x, m, sc, n, cg, gs, c1, cx, dx);
+        apply_from_input(dy, x, m, sc, n, cg, &gs, 0, c1, cx, dx);
     }
 }
 

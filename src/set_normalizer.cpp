@@ -68,6 +68,19 @@ typename SetNormalizer<T>::Moments SetNormalizer<T>::batch_moments(const Array<T
 }
 
 template <class T>
+T* SetNormalizer<T>::prepare_saved(SavedNormalization<T>& ctx, const Array<T>& x, const NcsView& v,
+                                   Grad grad) const {
+    if (grad != Grad::keep) return nullptr;
+    ctx.shape = shape_of(x);
+    if (&x == handed_over_ && kernels::recomputes_xhat_in_registers(v, sets_)) {
+        ctx.input_pending = true;
+        return nullptr;
+    }
+    ctx.xhat = Array<T>::from_shape(x.shape());
+    return ctx.xhat.data();
+}
+
+template <class T>
 Array<T> SetNormalizer<T>::standardize_batch(const Array<T>& x, const NcsView& v, Grad grad,
                                              Moments* stats) {
     const std::size_t k = sets_.num_sets(v);
@@ -76,19 +89,11 @@ Array<T> SetNormalizer<T>::standardize_batch(const Array<T>& x, const NcsView& v
     ctx.batch_stats = true;
     ctx.inv_std.resize(k);
     Array<T> y = Array<T>::from_shape(x.shape());
-    const bool keep_input = keeps(x, grad) && kernels::recomputes_xhat_in_registers(v, sets_);
-    if (grad == Grad::keep) {
-        ctx.shape = shape_of(x);
-        if (!keep_input) ctx.xhat = Array<T>::from_shape(x.shape());
-    }
+    T* xhat = prepare_saved(ctx, x, v, grad);
     kernels::standardize(x.data(), v, sets_, center_, eps_, this->gamma(), this->beta(),
-                         m.mean.data(), m.var.data(), ctx.inv_std.data(),
-                         grad == Grad::keep && !keep_input ? ctx.xhat.data() : nullptr, y.data());
+                         m.mean.data(), m.var.data(), ctx.inv_std.data(), xhat, y.data());
     check_finite(m.mean, m.var, this->label(), shape_of(x));
-    if (keep_input) {
-        ctx.mean = m.mean;
-        ctx.input_pending = true;
-    }
+    if (ctx.input_pending) ctx.mean = m.mean;
     this->save(std::move(ctx), grad);
     if (stats) *stats = std::move(m);
     return y;
@@ -104,19 +109,11 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
     for (std::size_t i = 0; i < var.size(); ++i)
         ctx.inv_std[i] = T(1.0 / std::sqrt(double(var[i]) + eps_));
     Array<T> y = Array<T>::from_shape(x.shape());
-    const bool keep_input = keeps(x, grad) && kernels::recomputes_xhat_in_registers(v, sets_);
-    if (grad == Grad::keep) {
-        ctx.shape = shape_of(x);
-        if (!keep_input) ctx.xhat = Array<T>::from_shape(x.shape());
-    }
+    T* xhat = prepare_saved(ctx, x, v, grad);
     kernels::normalize_affine(x.data(), v, sets_, mean.data(), ctx.inv_std.data(),
-                              static_cast<const T*>(nullptr), this->gamma(), this->beta(),
-                              grad == Grad::keep && !keep_input ? ctx.xhat.data() : nullptr,
+                              static_cast<const T*>(nullptr), this->gamma(), this->beta(), xhat,
                               y.data());
-    if (keep_input) {
-        ctx.mean = mean;
-        ctx.input_pending = true;
-    }
+    if (ctx.input_pending) ctx.mean = mean;
     this->save(std::move(ctx), grad);
     return y;
 }

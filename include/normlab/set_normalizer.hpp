@@ -49,10 +49,11 @@ class SetNormalizer : public NormalizerBase<T> {
     double eps() const { return eps_; }
 
   private:
-    // Whether x is the input handed over to forward(Array&&), to be kept instead of x̂.
-    bool keeps(const Array<T>& x, Grad grad) const {
-        return grad == Grad::keep && handed_over_ != nullptr && &x == handed_over_;
-    }
+    // With Grad::keep, sets up ctx for backward and returns where to write x̂ — or null when x is
+    // the input handed over to forward(Array&&) and backward can recompute x̂ from it: then
+    // ctx.input_pending is set, and the caller records the per-set mean in ctx.mean.
+    T* prepare_saved(SavedNormalization<T>& ctx, const Array<T>& x, const NcsView& v,
+                     Grad grad) const;
 
     const Array<T>* handed_over_ = nullptr;
     SetSpec sets_;

@@ -123,7 +123,6 @@ void for_each_dense_row(const NcsView& v, F&& f) {
 // Column sums of a dense (N, C) input, walked in memory order: rows are split into fixed blocks
 // of kRowBlock (independent of the thread count), each block sums its rows into its own C
 // partial sums, kFloatSteps rows at a time, and the partials are added in block order.
-// `per_row(n)` runs first on every row of a group, for work that belongs to the row itself.
 constexpr std::size_t kRowBlock = 64;
 
 template <class F>

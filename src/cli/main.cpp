@@ -27,6 +27,7 @@
 #include "normlab_commit.hpp"
 
 #ifdef NORMLAB_CLI_MPI
+#include "mpi/agreement.hpp"
 #include "normlab/mpi/mpi.hpp"
 #endif
 
@@ -197,16 +198,15 @@ bool launched_by_mpi() {
 // Every rank expands the grid from its own command line; they must agree before running it.
 void check_same_grid(const std::vector<normlab::stress::RunConfig>& runs,
                      const normlab::mpi::Communicator& comm) {
-    std::uint64_t h = 1469598103934665603ULL;  // FNV-1a, wrapping in unsigned arithmetic
+    std::string keys;
     for (const auto& r : runs)
-        for (char ch : r.key())
-            h = (h ^ static_cast<unsigned char>(ch)) * 1099511628211ULL;
-    // The two 32-bit halves, and their negations: the maxima over ranks of a value and of its
-    // negation are each other's negation everywhere iff every rank has the same value.
-    const auto high = std::int64_t(h >> 32), low = std::int64_t(h & 0xffffffffULL);
-    std::int64_t range[4] = {high, -high, low, -low};
-    comm.allreduce_max(std::span<std::int64_t>(range, 4));
-    if (range[0] != -range[1] || range[2] != -range[3])
+        keys += r.key() + '\n';
+    // The maxima over ranks of a value and of its negation are each other's negation everywhere
+    // iff every rank has the same value (the 62-bit fingerprint negates without overflow).
+    const std::int64_t h = normlab::mpi::fingerprint(keys.data(), keys.size(), 0);
+    std::int64_t range[2] = {h, -h};
+    comm.allreduce_max(std::span<std::int64_t>(range, 2));
+    if (range[0] != -range[1])
         throw std::runtime_error(
             "the ranks expanded different grids (give every rank the same "
             "options and data)");

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <utility>
 #include <vector>
+
+#include <omp.h>
 
 #include "kernels/rows.hpp"
 
@@ -200,6 +203,16 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
     add_partials(part1, part2, blocks, v.c, s1, s2);
 }
 
+// The share of `count` items of the calling thread in an OpenMP parallel region, as
+// schedule(static) would split them: contiguous, the first count % threads one item larger.
+std::pair<std::size_t, std::size_t> static_share(std::size_t count) {
+    const auto threads = std::size_t(omp_get_num_threads());
+    const auto t = std::size_t(omp_get_thread_num());
+    const std::size_t base = count / threads, extra = count % threads;
+    const std::size_t begin = t * base + std::min(t, extra);
+    return {begin, begin + base + (t < extra ? 1 : 0)};
+}
+
 // Mean and variance (or mean square) of one set from its shifted sums.
 template <class T>
 void finish_moments(bool center, double inv_m, double shift, double s1, double s2, T& mean,
@@ -380,21 +393,40 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         const std::size_t cps = sets.channels_per_set;
         const double inv_m = 1.0 / double(sets.set_size(v));
         const std::size_t num_sets = sets.num_sets(v);
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-        for (std::size_t k = 0; k < num_sets; ++k) {
-            const double shift = center ? double(x[k * cps * v.s]) : 0.0;
+        // The sums of a thread's next set are taken in the same pass that normalizes the
+        // current one (rows::affine_summing_next), so reads from memory and writes overlap.
+        const auto first_value = [&](std::size_t k) {
+            return center ? double(x[k * cps * v.s]) : 0.0;
+        };
+        const bool stream_y = stream && !xhat && rows::aligned16(y) && v.s % 4 == 0;
+#pragma omp parallel if (v.size() >= kParallelMin)
+        {
+            const auto [k0, k1] = static_share(num_sets);
             double s1 = 0, s2 = 0;
-            for (std::size_t n = 0; n < v.n; ++n)
-                for (std::size_t c = k * cps; c < (k + 1) * cps; ++c)
-                    rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, shift, s1, s2);
-            finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
-            inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-            for (std::size_t n = 0; n < v.n; ++n)
-                for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
-                    const std::size_t base = (n * v.c + c) * v.s;
-                    affine_run(stream, x + base, v.s, mean[k], inv_std[k], T(0), g[c], b[c],
-                               xhat ? xhat + base : nullptr, y + base);
-                }
+            if (k0 < k1)
+                for (std::size_t n = 0; n < v.n; ++n)
+                    for (std::size_t c = k0 * cps; c < (k0 + 1) * cps; ++c)
+                        rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, first_value(k0), s1, s2);
+            for (std::size_t k = k0; k < k1; ++k) {
+                const double shift = first_value(k);
+                finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
+                inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+                const bool has_next = k + 1 < k1;
+                const double next_shift = has_next ? first_value(k + 1) : 0.0;
+                s1 = s2 = 0;
+                for (std::size_t n = 0; n < v.n; ++n)
+                    for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
+                        const std::size_t base = (n * v.c + c) * v.s;
+                        T* h = xhat ? xhat + base : nullptr;
+                        if (has_next)
+                            rows::affine_summing_next(x + base, v.s, mean[k], inv_std[k], T(0),
+                                                      g[c], b[c], h, y + base, stream_y,
+                                                      x + base + cps * v.s, next_shift, s1, s2);
+                        else
+                            affine_run(stream, x + base, v.s, mean[k], inv_std[k], T(0), g[c], b[c],
+                                       h, y + base);
+                    }
+            }
         }
         return;
     }
@@ -608,27 +640,53 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const std::size_t runs = v.n * v.c;
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t k = 0; k < num_sets; ++k) {
+    // The j-th run of set k (runs in sample order, then channel order).
+    const std::size_t runs_per_set = (sets.across_batch ? v.n : 1) * cps;
+    const auto run_of = [&](std::size_t k, std::size_t j) {
         const std::size_t c0 = (sets.across_batch ? k : k % spp) * cps;
         const std::size_t n0 = sets.across_batch ? 0 : k / spp;
-        const std::size_t n_count = sets.across_batch ? v.n : 1;
+        return (n0 + j / cps) * v.c + c0 + j % cps;
+    };
+    const bool stream_dx = stream && rows::aligned16(dx) && v.s % 4 == 0;
+    // A thread's next set is reduced in the same pass that applies the current one
+    // (rows::apply_summing_next), so reads from memory and writes overlap.
+#pragma omp parallel if (v.size() >= kParallelMin)
+    {
+        const auto [k0, k1] = static_share(num_sets);
         double a = 0, b = 0;
-        for (std::size_t n = n0; n < n0 + n_count; ++n)
-            for (std::size_t c = c0; c < c0 + cps; ++c) {
-                const std::size_t r = n * v.c + c;
-                run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
-                a += double(g[c]) * row1[r];
-                b += double(g[c]) * row2[r];
+        for (std::size_t j = 0; k0 < k1 && j < runs_per_set; ++j) {
+            const std::size_t r = run_of(k0, j);
+            run_grad_sums_from(dy, xhat, r * v.s, v.s, k0, row1[r], row2[r]);
+            a += double(g[r % v.c]) * row1[r];
+            b += double(g[r % v.c]) * row2[r];
+        }
+        for (std::size_t k = k0; k < k1; ++k) {
+            T coef_1, coef_xhat;
+            coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
+            const bool has_next = k + 1 < k1;
+            a = b = 0;
+            for (std::size_t j = 0; j < runs_per_set; ++j) {
+                const std::size_t r = run_of(k, j), base = r * v.s;
+                const T cg = coef_g[k], gc = g[r % v.c];
+                if (!has_next) {
+                    apply_run_from(stream, dy, xhat, base, v.s, k, cg, gc, coef_1, coef_xhat, dx);
+                    continue;
+                }
+                const std::size_t rn = run_of(k + 1, j), next = rn * v.s;
+                if (xhat.xhat)
+                    rows::apply_summing_next<T>(dy + base, xhat.xhat + base, nullptr, T(0), T(0),
+                                                v.s, cg, gc, coef_1, coef_xhat, dx + base,
+                                                stream_dx, dy + next, xhat.xhat + next, nullptr,
+                                                T(0), T(0), row1[rn], row2[rn]);
+                else
+                    rows::apply_summing_next<T>(
+                        dy + base, nullptr, xhat.x + base, xhat.shift[k], xhat.scale[k], v.s, cg,
+                        gc, coef_1, coef_xhat, dx + base, stream_dx, dy + next, nullptr,
+                        xhat.x + next, xhat.shift[k + 1], xhat.scale[k + 1], row1[rn], row2[rn]);
+                a += double(g[rn % v.c]) * row1[rn];
+                b += double(g[rn % v.c]) * row2[rn];
             }
-        T coef_1, coef_xhat;
-        coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
-        for (std::size_t n = n0; n < n0 + n_count; ++n)
-            for (std::size_t c = c0; c < c0 + cps; ++c) {
-                const std::size_t base = (n * v.c + c) * v.s;
-                apply_run_from(stream, dy, xhat, base, v.s, k, coef_g[k], g[c], coef_1, coef_xhat,
-                               dx);
-            }
+        }
     }
     for (std::size_t c = 0; c < v.c; ++c) {
         double s1 = 0, s2 = 0;

@@ -345,6 +345,47 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
     }
 }
 
+// Stores a vector of V's width (or one value for V = T) at p, streamed when `stream` (floats
+// only; p must then be 16-byte aligned).
+template <class V, class T>
+__attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
+    if constexpr (std::is_same_v<V, Float8>) {
+        if (stream)
+            stream_floats(p, v);
+        else
+            std::memcpy(p, &v, sizeof v);
+    } else if constexpr (std::is_same_v<V, Double4>) {
+        std::memcpy(p, &v, sizeof v);
+    } else {
+        *p = v;
+    }
+}
+
+// affine with g_step 0 of one run (x → x̂, y) while taking the shifted sums of another run of
+// the same length, `next`: s1 += Σ(next − shift), s2 += Σ(next − shift)², the same values in the
+// same order as shifted_sums, and the same y and x̂ as affine / affine_streamed. A kernel that
+// normalizes one set while reading the next from memory keeps reads and writes in flight
+// together, where normalizing after summing leaves the write path idle during the sums and the
+// read path idle during the normalization. y is streamed when `stream` (x̂ must then be null and
+// y 16-byte aligned).
+template <class T>
+NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
+                                            T* xhat, T* y, bool stream, const T* next, double shift,
+                                            double& s1, double& s2) {
+    paired_sums<T>(
+        n,
+        [&](auto tag, std::size_t i) {
+            using V = decltype(tag);
+            const V h = (load_as<V>(x + i) - splat<V>(m)) * splat<V>(sc) + splat<V>(off);
+            if (xhat) store_as<V>(xhat + i, h, false);
+            store_as<V>(y + i, h * splat<V>(gs) + splat<V>(bs), stream);
+            const V d = load_as<V>(next + i) - splat<V>(T(shift));
+            return std::pair{d, d};
+        },
+        s1, s2);
+    if (stream) _mm_sfence();
+}
+
 // The dense form: every coefficient per element.
 template <class T>
 NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t n, const T* m, const T* sc,
@@ -535,6 +576,42 @@ NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, 
     } else {
         apply_from_input(dy, x, m, sc, n, cg, &gs, 0, c1, cx, dx);
     }
+}
+
+// x̂ of a run at i: stored, or formed from the input as h = (x − m)·sc + 0 (as above).
+template <class V, class T>
+__attribute__((always_inline)) inline V xhat_at(const T* xhat, const T* x, T m, T sc,
+                                                std::size_t i) {
+    if (xhat) return load_as<V>(xhat + i);
+    return (load_as<V>(x + i) - splat<V>(m)) * splat<V>(sc) + V{};
+}
+
+// apply with g_step 0 of one run (x̂ stored in xhat, or formed from x by m, sc) while taking the
+// gradient sums of another run of the same length: s1 += Σ next_dy, s2 += Σ next_dy·x̂ with its
+// x̂ likewise from next_xhat or next_x by next_m, next_sc — the same values in the same order as
+// grad_sums / grad_sums_from_input (without gamma), and the same dx as apply / apply_streamed /
+// apply_from_input. As in affine_summing_next, the writes of one set and the reads of the next
+// then overlap. dx is streamed when `stream` (it must then be 16-byte aligned).
+template <class T>
+NORMLAB_ISA_CLONES void apply_summing_next(const T* dy, const T* xhat, const T* x, T m, T sc,
+                                           std::size_t n, T cg, T gs, T c1, T cx, T* dx,
+                                           bool stream, const T* next_dy, const T* next_xhat,
+                                           const T* next_x, T next_m, T next_sc, double& s1,
+                                           double& s2) {
+    paired_sums<T>(
+        n,
+        [&](auto tag, std::size_t i) {
+            using V = decltype(tag);
+            const V h = xhat_at<V>(xhat, x, m, sc, i);
+            store_as<V>(dx + i,
+                        splat<V>(cg) *
+                            (splat<V>(gs) * load_as<V>(dy + i) - splat<V>(c1) - splat<V>(cx) * h),
+                        stream);
+            return std::pair{load_as<V>(next_dy + i),
+                             xhat_at<V>(next_xhat, next_x, next_m, next_sc, i)};
+        },
+        s1, s2);
+    if (stream) _mm_sfence();
 }
 
 // The dense form, every coefficient per element.

@@ -446,16 +446,33 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     const std::size_t block_len = sets.channels_per_set * v.s;
     const double inv_m = 1.0 / double(sets.set_size(v));
     // Each set (one contiguous run) is normalized right after its statistics, while it is
-    // still in cache.
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t k = 0; k < num_sets; ++k) {
-        const T* first = x + k * block_len;
-        const double shift = center ? double(first[0]) : 0.0;
+    // still in cache. With trailing dimensions, a thread's next set is summed in the same pass
+    // (rows::affine_channels_summing_next), so reads from memory overlap the writes.
+    const auto first_value = [&](std::size_t k) { return center ? double(x[k * block_len]) : 0.0; };
+    const bool stream_y = stream && !xhat;
+    const std::size_t cps = sets.channels_per_set;
+#pragma omp parallel if (v.size() >= kParallelMin)
+    {
+        const auto [k0, k1] = static_share(num_sets);
         double s1 = 0, s2 = 0;
-        rows::shifted_sums(first, block_len, shift, s1, s2);
-        finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
-        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-        normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+        if (k0 < k1) rows::shifted_sums(x + k0 * block_len, block_len, first_value(k0), s1, s2);
+        for (std::size_t k = k0; k < k1; ++k) {
+            finish_moments(center, inv_m, first_value(k), s1, s2, mean[k], var[k]);
+            inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+            s1 = s2 = 0;
+            if (v.s == 1 || k + 1 == k1) {
+                normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+                if (k + 1 < k1)
+                    rows::shifted_sums(x + (k + 1) * block_len, block_len, first_value(k + 1), s1,
+                                       s2);
+                continue;
+            }
+            const std::size_t start = k * block_len, c0 = (k % sets.sets_per_sample(v)) * cps;
+            rows::affine_channels_summing_next(x + start, v.s, cps, mean[k], inv_std[k], g + c0,
+                                               b + c0, xhat ? xhat + start : nullptr, y + start,
+                                               stream_y, x + start + block_len, first_value(k + 1),
+                                               s1, s2);
+        }
     }
 }
 

@@ -114,16 +114,19 @@ __attribute__((always_inline)) inline V splat(S value) {
 // s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
 // vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
 // combined in float kFloatSteps at a time and widened, a scalar tail in double. Every sum of the
-// kernel is this loop with a different term.
-template <class T, class Term>
+// kernel is this loop with a different term. after(begin, end) is called once the sums of
+// [begin, end) are taken, in order, the ranges covering [0, n): a caller does other work on the
+// same range there, interleaved with the sums at the granularity of a float block.
+template <class T, class Term, class After>
 __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
-                                                       double& s2) {
+                                                       double& s2, After&& after) {
     Sum16 a, q;
     std::size_t i = 0;
     if (n < kShortRun) {
         // all in the scalar loop below
     } else if constexpr (std::is_same_v<T, float>) {
         while (i + kLanes <= n) {
+            const std::size_t begin = i;
             const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
             Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
             for (; i < end; i += kLanes) {
@@ -136,6 +139,7 @@ __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& ter
             }
             add_widened(a, fa0, fa1);
             add_widened(q, fq0, fq1);
+            after(begin, end);
         }
     } else {
         for (; i + kLanes <= n; i += kLanes)
@@ -150,13 +154,21 @@ __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& ter
         ta = total(a);
         tq = total(q);
     }
+    const std::size_t rest = std::is_same_v<T, float> ? i : 0;
     for (; i < n; ++i) {
         const auto [u, w] = term(T{}, i);
         ta += double(u);
         tq += double(u) * double(w);
     }
+    if (rest < n) after(rest, n);
     s1 += ta;
     s2 += tq;
+}
+
+template <class T, class Term>
+__attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
+                                                       double& s2) {
+    paired_sums<T>(n, term, s1, s2, [](std::size_t, std::size_t) {});
 }
 
 // s1 += Σ(p − shift), s2 += Σ(p − shift)².
@@ -383,6 +395,62 @@ NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc
             return std::pair{d, d};
         },
         s1, s2);
+    if (stream) _mm_sfence();
+}
+
+// y (and x̂) of [begin, end) of one channel: affine with g_step 0, y streamed when `stream`
+// (without the closing fence, which the caller issues once).
+template <class T>
+__attribute__((always_inline)) inline void affine_span(const T* x, std::size_t begin,
+                                                       std::size_t end, T m, T sc, T gs, T bs,
+                                                       T* xhat, T* y, bool stream) {
+    const auto one = [&](std::size_t i) {
+        const T h = (x[i] - m) * sc + T(0);
+        if (xhat) xhat[i] = h;
+        y[i] = h * gs + bs;
+    };
+    std::size_t i = begin;
+    if constexpr (std::is_same_v<T, float>) {
+        for (; stream && i < end && !aligned16(y + i); ++i)
+            one(i);
+        const Float8 mv = splat<Float8>(m), scv = splat<Float8>(sc), gv = splat<Float8>(gs),
+                     bv = splat<Float8>(bs);
+        for (; i + 8 <= end; i += 8) {
+            const Float8 h = (load_floats(x + i) - mv) * scv + Float8{};
+            if (xhat) store_as<Float8>(xhat + i, h, false);
+            store_as<Float8>(y + i, h * gv + bv, stream);
+        }
+    }
+    for (; i < end; ++i)
+        one(i);
+}
+
+// A set of `channels` runs of length s (x, y and x̂ contiguous, g and b per channel) normalized
+// with offset 0 while the shifted sums of the next block of as many values, `next`, are taken
+// as one run: the same sums in the same order as shifted_sums(next, channels·s), the same y and
+// x̂ as affine / affine_streamed run by run. For per-sample sets with trailing dimensions, as
+// affine_summing_next is for runs of one channel.
+template <class T>
+NORMLAB_ISA_CLONES void affine_channels_summing_next(const T* x, std::size_t s,
+                                                     std::size_t channels, T m, T sc, const T* g,
+                                                     const T* b, T* xhat, T* y, bool stream,
+                                                     const T* next, double shift, double& s1,
+                                                     double& s2) {
+    paired_sums<T>(
+        channels * s,
+        [&](auto tag, std::size_t i) {
+            using V = decltype(tag);
+            const V d = load_as<V>(next + i) - splat<V>(T(shift));
+            return std::pair{d, d};
+        },
+        s1, s2,
+        [&](std::size_t begin, std::size_t end) {
+            while (begin < end) {
+                const std::size_t c = begin / s, stop = std::min(end, (c + 1) * s);
+                affine_span(x, begin, stop, m, sc, g[c], b[c], xhat, y, stream);
+                begin = stop;
+            }
+        });
     if (stream) _mm_sfence();
 }
 

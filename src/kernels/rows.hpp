@@ -47,25 +47,31 @@ __attribute__((always_inline)) inline Double4 load_doubles(const double* p) {
     return d;
 }
 
-__attribute__((always_inline)) inline Double4 widen_low(Float8 f) {
-    return __builtin_convertvector(__builtin_shufflevector(f, f, 0, 1, 2, 3), Double4);
-}
-
-__attribute__((always_inline)) inline Double4 widen_high(Float8 f) {
-    return __builtin_convertvector(__builtin_shufflevector(f, f, 4, 5, 6, 7), Double4);
+// Sixteen floats (lo, then hi) widened to double. Written as a loop over an array because the
+// vectorizer turns that into one vcvtps2pd per four values on AVX, where GCC lowers a
+// __builtin_convertvector of four floats to two-value conversions glued back through the stack.
+__attribute__((always_inline)) inline void widen(Float8 lo, Float8 hi, Double4 (&out)[4]) {
+    float f[kLanes];
+    std::memcpy(f, &lo, sizeof lo);
+    std::memcpy(f + 8, &hi, sizeof hi);
+    double d[kLanes];
+    for (std::size_t j = 0; j < kLanes; ++j)
+        d[j] = double(f[j]);
+    std::memcpy(out, d, sizeof d);
 }
 
 // Lanes 0–7 from lo, 8–15 from hi, widened and added.
 __attribute__((always_inline)) inline void add_widened(Sum16& s, Float8 lo, Float8 hi) {
-    s.lane[0] += widen_low(lo);
-    s.lane[1] += widen_high(lo);
-    s.lane[2] += widen_low(hi);
-    s.lane[3] += widen_high(hi);
+    Double4 w[4];
+    widen(lo, hi, w);
+    for (int k = 0; k < 4; ++k)
+        s.lane[k] += w[k];
 }
 
 // The same into sixteen doubles in memory.
 __attribute__((always_inline)) inline void add_widened(double* out, Float8 lo, Float8 hi) {
-    const Double4 w[4] = {widen_low(lo), widen_high(lo), widen_low(hi), widen_high(hi)};
+    Double4 w[4];
+    widen(lo, hi, w);
     for (int k = 0; k < 4; ++k) {
         const Double4 v = load_doubles(out + 4 * k) + w[k];
         std::memcpy(out + 4 * k, &v, sizeof v);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the comparison benchmarks and regenerates docs/benchmarks.md from their JSON.
-#   bash benchmarks/run.sh            # everything (about 15 minutes on 2 cores)
+#   bash benchmarks/run.sh            # everything (about 10 minutes on 2 cores, with the build)
+#   BENCH_ROUNDS=5 bash benchmarks/run.sh      # more rounds (default 3; medians over rounds)
 #   BENCH_FILTER=conv bash benchmarks/run.sh   # a subset (Google Benchmark regex / substring)
 # Set THREADS (default: all cores). Run on a quiet machine: the numbers are wall-clock medians.
 set -euo pipefail
@@ -23,24 +24,33 @@ export OMP_NUM_THREADS="$THREADS" OMP_PROC_BIND=close
 # the next call (normlab::reuse_freed_memory() in normalizer_bench); the environment gives
 # oneDNN and PyTorch the same malloc settings.
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824
-# Three repetitions of at least 0.1 s each; the report takes their median.
-REPS=(--benchmark_repetitions=3 --benchmark_report_aggregates_only=true)
-GB_ARGS=(--benchmark_format=json "${REPS[@]}")
-[ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER|triad")
-./build-bench/benchmarks/normalizer_bench "${GB_ARGS[@]}" > "$OUT/normlab.json"
-GB_ARGS=(--benchmark_format=json "${REPS[@]}")
-[ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER")
-./build-bench/benchmarks/onednn_bench "${GB_ARGS[@]}" > "$OUT/onednn.json"
+# Rounds: each runs normlab, oneDNN and PyTorch one after the other, and the report takes the
+# median over the rounds, so that the machine's drift over minutes reaches every implementation
+# alike (repetitions inside one program would all fall into the same few minutes).
+ROUNDS="${BENCH_ROUNDS:-3}"
+NORMLAB_FILES=() ONEDNN_FILES=() PYTORCH_FILES=()
+for round in $(seq 1 "$ROUNDS"); do
+  echo "benchmarks: round $round of $ROUNDS" >&2
+  GB_ARGS=(--benchmark_format=json)
+  [ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER|triad")
+  ./build-bench/benchmarks/normalizer_bench "${GB_ARGS[@]}" > "$OUT/normlab_$round.json"
+  GB_ARGS=(--benchmark_format=json)
+  [ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER")
+  ./build-bench/benchmarks/onednn_bench "${GB_ARGS[@]}" > "$OUT/onednn_$round.json"
+  /usr/bin/python3 benchmarks/pytorch_bench.py --threads "$THREADS" --min-time 0.1 \
+    --out "$OUT/pytorch_$round.json" --filter "$FILTER" > /dev/null
+  NORMLAB_FILES+=("$OUT/normlab_$round.json")
+  ONEDNN_FILES+=("$OUT/onednn_$round.json")
+  PYTORCH_FILES+=("$OUT/pytorch_$round.json")
+done
 ./build-bench/benchmarks/training_bench --benchmark_format=json \
   ${FILTER:+"--benchmark_filter=$FILTER"} > "$OUT/training.json"
-/usr/bin/python3 benchmarks/pytorch_bench.py --threads "$THREADS" --out "$OUT/pytorch.json" \
-  --filter "$FILTER" > /dev/null
 MACHINE="$(lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L2|L3)' | sed 's/  */ /g')
 compiler: $(c++ --version | head -n1)
 threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)"
-python3 benchmarks/report.py --normlab "$OUT/normlab.json" --onednn "$OUT/onednn.json" \
-  --pytorch "$OUT/pytorch.json" --training "$OUT/training.json" --machine "$MACHINE" \
-  --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER} bash benchmarks/run.sh" \
+python3 benchmarks/report.py --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
+  --pytorch "${PYTORCH_FILES[@]}" --training "$OUT/training.json" --machine "$MACHINE" \
+  --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS") bash benchmarks/run.sh" \
   --out docs/benchmarks.md
 echo "wrote docs/benchmarks.md (raw JSON in $OUT)"

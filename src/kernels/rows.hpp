@@ -117,6 +117,43 @@ __attribute__((always_inline)) inline V splat(S value) {
         return V(value);
 }
 
+// A coefficient as one value and as a vector of each width, formed once before a loop whose
+// body is written for any width: GCC does not hoist the broadcasts out of such a body when it
+// also branches.
+template <class T>
+struct Splat {
+    T one;
+    Float8 f8;
+    Double4 d4;
+    explicit Splat(T v) : one(splat<T>(v)), f8(splat<Float8>(v)), d4(splat<Double4>(v)) {}
+    template <class V>
+    __attribute__((always_inline)) V as() const {
+        if constexpr (std::is_same_v<V, Float8>)
+            return f8;
+        else if constexpr (std::is_same_v<V, Double4>)
+            return d4;
+        else
+            return one;
+    }
+};
+
+// f(std::bool_constant<a>, std::bool_constant<b>): a loop specialized on two flags instead of
+// testing them on every element.
+template <class F>
+__attribute__((always_inline)) inline void with_flags(bool a, bool b, F&& f) {
+    if (a) {
+        if (b)
+            f(std::true_type{}, std::true_type{});
+        else
+            f(std::true_type{}, std::false_type{});
+    } else {
+        if (b)
+            f(std::false_type{}, std::true_type{});
+        else
+            f(std::false_type{}, std::false_type{});
+    }
+}
+
 // s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
 // vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
 // combined in float kFloatSteps at a time and widened, a scalar tail in double. Every sum of the
@@ -183,7 +220,7 @@ NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, do
                                      double& s2) {
     paired_sums<T>(
         n,
-        [&](auto tag, std::size_t i) {
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
             const V d = load_as<V>(p + i) - splat<V>(T(shift));
             return std::pair{d, d};
@@ -205,7 +242,7 @@ NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, st
                                   double& s1, double& s2) {
     paired_sums<T>(
         n,
-        [&](auto tag, std::size_t i) {
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
             return std::pair{weighted<V>(dy, gamma, i), xhat ? load_as<V>(xhat + i) : V{}};
         },
@@ -390,17 +427,23 @@ template <class T>
 NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
                                             T* xhat, T* y, bool stream, const T* next, double shift,
                                             double& s1, double& s2) {
-    paired_sums<T>(
-        n,
-        [&](auto tag, std::size_t i) {
-            using V = decltype(tag);
-            const V h = (load_as<V>(x + i) - splat<V>(m)) * splat<V>(sc) + splat<V>(off);
-            if (xhat) store_as<V>(xhat + i, h, false);
-            store_as<V>(y + i, h * splat<V>(gs) + splat<V>(bs), stream);
-            const V d = load_as<V>(next + i) - splat<V>(T(shift));
-            return std::pair{d, d};
-        },
-        s1, s2);
+    const Splat<T> mk{m}, sck{sc}, offk{off}, gk{gs}, bk{bs}, shiftk{T(shift)};
+    with_flags(
+        xhat != nullptr,
+        stream, [&](auto stores_xhat, auto streams) __attribute__((always_inline)) {
+            paired_sums<T>(
+                n,
+                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    const V h = (load_as<V>(x + i) - mk.template as<V>()) * sck.template as<V>() +
+                                offk.template as<V>();
+                    if constexpr (stores_xhat) store_as<V>(xhat + i, h, false);
+                    store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), streams);
+                    const V d = load_as<V>(next + i) - shiftk.template as<V>();
+                    return std::pair{d, d};
+                },
+                s1, s2);
+        });
     if (stream) _mm_sfence();
 }
 
@@ -444,13 +487,13 @@ NORMLAB_ISA_CLONES void affine_channels_summing_next(const T* x, std::size_t s,
                                                      double& s2) {
     paired_sums<T>(
         channels * s,
-        [&](auto tag, std::size_t i) {
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
             const V d = load_as<V>(next + i) - splat<V>(T(shift));
             return std::pair{d, d};
         },
         s1, s2,
-        [&](std::size_t begin, std::size_t end) {
+        [&](std::size_t begin, std::size_t end) __attribute__((always_inline)) {
             while (begin < end) {
                 const std::size_t c = begin / s, stop = std::min(end, (c + 1) * s);
                 affine_span(x, begin, stop, m, sc, g[c], b[c], xhat, y, stream);
@@ -542,7 +585,7 @@ NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc,
                                              std::size_t n, double& s1, double& s2) {
     paired_sums<T>(
         n,
-        [&](auto tag, std::size_t i) {
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
             const V h = (load_as<V>(x + i) - splat<V>(m)) * splat<V>(sc) + V{};
             return std::pair{weighted<V>(dy, gamma, i), h};
@@ -652,14 +695,6 @@ NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, 
     }
 }
 
-// x̂ of a run at i: stored, or formed from the input as h = (x − m)·sc + 0 (as above).
-template <class V, class T>
-__attribute__((always_inline)) inline V xhat_at(const T* xhat, const T* x, T m, T sc,
-                                                std::size_t i) {
-    if (xhat) return load_as<V>(xhat + i);
-    return (load_as<V>(x + i) - splat<V>(m)) * splat<V>(sc) + V{};
-}
-
 // apply with g_step 0 of one run (x̂ stored in xhat, or formed from x by m, sc) while taking the
 // gradient sums of another run of the same length: s1 += Σ next_dy, s2 += Σ next_dy·x̂ with its
 // x̂ likewise from next_xhat or next_x by next_m, next_sc — the same values in the same order as
@@ -672,19 +707,34 @@ NORMLAB_ISA_CLONES void apply_summing_next(const T* dy, const T* xhat, const T* 
                                            bool stream, const T* next_dy, const T* next_xhat,
                                            const T* next_x, T next_m, T next_sc, double& s1,
                                            double& s2) {
-    paired_sums<T>(
-        n,
-        [&](auto tag, std::size_t i) {
-            using V = decltype(tag);
-            const V h = xhat_at<V>(xhat, x, m, sc, i);
-            store_as<V>(dx + i,
-                        splat<V>(cg) *
-                            (splat<V>(gs) * load_as<V>(dy + i) - splat<V>(c1) - splat<V>(cx) * h),
-                        stream);
-            return std::pair{load_as<V>(next_dy + i),
-                             xhat_at<V>(next_xhat, next_x, next_m, next_sc, i)};
-        },
-        s1, s2);
+    const Splat<T> mk(m), sck(sc), cgk(cg), gk(gs), c1k(c1), cxk(cx), next_mk(next_m),
+        next_sck(next_sc);
+    // x̂ of both runs is stored, or both are formed from the input.
+    with_flags(
+        xhat != nullptr, stream, [&](auto stored, auto streams) __attribute__((always_inline)) {
+            paired_sums<T>(
+                n,
+                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    V h, next_h;
+                    if constexpr (stored) {
+                        h = load_as<V>(xhat + i);
+                        next_h = load_as<V>(next_xhat + i);
+                    } else {
+                        h = (load_as<V>(x + i) - mk.template as<V>()) * sck.template as<V>() + V{};
+                        next_h = (load_as<V>(next_x + i) - next_mk.template as<V>()) *
+                                     next_sck.template as<V>() +
+                                 V{};
+                    }
+                    store_as<V>(
+                        dx + i,
+                        cgk.template as<V>() * (gk.template as<V>() * load_as<V>(dy + i) -
+                                                c1k.template as<V>() - cxk.template as<V>() * h),
+                        streams);
+                    return std::pair{load_as<V>(next_dy + i), next_h};
+                },
+                s1, s2);
+        });
     if (stream) _mm_sfence();
 }
 

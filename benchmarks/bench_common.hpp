@@ -4,10 +4,12 @@
 // triad run in the same process, same thread count), from which the roofline fraction follows.
 
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -16,12 +18,25 @@
 
 namespace normlab::bench {
 
+// Locks the process's memory, now and as it grows, so that the machine's background reclaim
+// cannot page out a freed tensor that the next call would then fault in again: on a machine
+// whose kernel pages out cold memory (DAMON pageout), timings otherwise depend on how long ago
+// a block was last used. Needs root or a high RLIMIT_MEMLOCK; records in the benchmark context
+// whether it was done. NORMLAB_BENCH_UNLOCKED=1 skips it.
+inline void lock_memory() {
+    const char* skip = std::getenv("NORMLAB_BENCH_UNLOCKED");
+    const bool locked =
+        !(skip && std::string(skip) == "1") && mlockall(MCL_CURRENT | MCL_FUTURE) == 0;
+    benchmark::AddCustomContext("memory_locked", locked ? "yes" : "no");
+}
+
 struct ShapeCase {
     std::string name;
     std::vector<std::size_t> dims;  // channel-first
     std::size_t elements() const {
         std::size_t e = 1;
-        for (auto d : dims) e *= d;
+        for (auto d : dims)
+            e *= d;
         return e;
     }
     bool has_trailing_dims() const { return dims.size() > 2; }
@@ -61,7 +76,8 @@ inline double triad_bandwidth(double bytes) {
     std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
     auto sweep = [&] {
 #pragma omp parallel for schedule(static)
-        for (std::size_t i = 0; i < n; ++i) a[i] = b[i] + 3.0f * c[i];
+        for (std::size_t i = 0; i < n; ++i)
+            a[i] = b[i] + 3.0f * c[i];
         benchmark::DoNotOptimize(a.data());
         benchmark::ClobberMemory();
     };
@@ -71,7 +87,8 @@ inline double triad_bandwidth(double bytes) {
     for (int r = 0; r < reps; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
         sweep();
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        best = std::min(
+            best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     return cache[key] = 3.0 * double(n) * sizeof(float) / best;
 }
@@ -107,7 +124,8 @@ inline void register_triad_benchmarks() {
                     const int previous = omp_get_max_threads();
                     omp_set_num_threads(threads);
                     const double bw = triad_bandwidth(bytes);
-                    for (auto _ : state) benchmark::DoNotOptimize(bw);
+                    for (auto _ : state)
+                        benchmark::DoNotOptimize(bw);
                     state.counters["bandwidth_GBps"] = bw / 1e9;
                     state.counters["bytes"] = bytes;
                     omp_set_num_threads(previous);

@@ -107,6 +107,7 @@ void register_all() {
 
 int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
+    normlab::bench::lock_memory();
     normlab::reuse_freed_memory();
     normlab::bench::register_all();
     benchmark::RunSpecifiedBenchmarks();

@@ -142,6 +142,7 @@ void register_all() {
 
 int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
+    normlab::bench::lock_memory();
     benchmark::AddCustomContext(
         "onednn_blocked_layout",
         normlab::bench::blocked_tag() == dnnl::memory::format_tag::nChw16c ? "nChw16c" : "nChw8c");

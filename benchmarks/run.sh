@@ -24,24 +24,32 @@ export OMP_NUM_THREADS="$THREADS" OMP_PROC_BIND=close
 # the next call (normlab::reuse_freed_memory() in normalizer_bench); the environment gives
 # oneDNN and PyTorch the same malloc settings.
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824
-# Rounds: each runs normlab, oneDNN and PyTorch one after the other, and the report takes the
-# median over the rounds, so that the machine's drift over minutes reaches every implementation
-# alike (repetitions inside one program would all fall into the same few minutes).
+# Rounds: in each, every shape is timed by normlab, oneDNN and PyTorch one right after the
+# other, and the report takes the median over the rounds, so that the machine's drift over
+# minutes reaches every implementation alike (a whole program's run takes minutes; one shape's
+# cases take seconds). The triad runs once per round, with the first shape.
 ROUNDS="${BENCH_ROUNDS:-3}"
+if [ -n "$FILTER" ]; then
+  GROUPS_=("$FILTER")
+else
+  GROUPS_=(/mlp/ /conv/ /conv_small_batch/ /conv_deep/ /seq/ /transformer/)
+fi
 NORMLAB_FILES=() ONEDNN_FILES=() PYTORCH_FILES=()
 for round in $(seq 1 "$ROUNDS"); do
   echo "benchmarks: round $round of $ROUNDS" >&2
-  GB_ARGS=(--benchmark_format=json)
-  [ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER|triad")
-  ./build-bench/benchmarks/normalizer_bench "${GB_ARGS[@]}" > "$OUT/normlab_$round.json"
-  GB_ARGS=(--benchmark_format=json)
-  [ -n "$FILTER" ] && GB_ARGS+=("--benchmark_filter=$FILTER")
-  ./build-bench/benchmarks/onednn_bench "${GB_ARGS[@]}" > "$OUT/onednn_$round.json"
-  /usr/bin/python3 benchmarks/pytorch_bench.py --threads "$THREADS" --min-time 0.1 \
-    --out "$OUT/pytorch_$round.json" --filter "$FILTER" > /dev/null
-  NORMLAB_FILES+=("$OUT/normlab_$round.json")
-  ONEDNN_FILES+=("$OUT/onednn_$round.json")
-  PYTORCH_FILES+=("$OUT/pytorch_$round.json")
+  for g in "${!GROUPS_[@]}"; do
+    group="${GROUPS_[$g]}"
+    triad=""; [ "$g" -eq 0 ] && triad="|triad"
+    ./build-bench/benchmarks/normalizer_bench --benchmark_format=json \
+      "--benchmark_filter=$group$triad" > "$OUT/normlab_${round}_$g.json"
+    ./build-bench/benchmarks/onednn_bench --benchmark_format=json \
+      "--benchmark_filter=$group" > "$OUT/onednn_${round}_$g.json"
+    /usr/bin/python3 benchmarks/pytorch_bench.py --threads "$THREADS" --min-time 0.1 \
+      --out "$OUT/pytorch_${round}_$g.json" --filter "$group" > /dev/null
+    NORMLAB_FILES+=("$OUT/normlab_${round}_$g.json")
+    ONEDNN_FILES+=("$OUT/onednn_${round}_$g.json")
+    PYTORCH_FILES+=("$OUT/pytorch_${round}_$g.json")
+  done
 done
 ./build-bench/benchmarks/training_bench --benchmark_format=json \
   ${FILTER:+"--benchmark_filter=$FILTER"} > "$OUT/training.json"
@@ -49,7 +57,7 @@ MACHINE="$(lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L2|L3)'
 compiler: $(c++ --version | head -n1)
 threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)"
-python3 benchmarks/report.py --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
+python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
   --pytorch "${PYTORCH_FILES[@]}" --training "$OUT/training.json" --machine "$MACHINE" \
   --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS") bash benchmarks/run.sh" \
   --out docs/benchmarks.md

@@ -266,7 +266,8 @@ void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_s
                           [](std::size_t, const T*) {});
         return;
     }
-    // Rows in memory order, then each channel's rows added in sample order.
+    // Rows in memory order, then each channel's rows added in sample order (the runs of one
+    // sample are a block of C partials to add_partials).
     const std::size_t runs = v.n * v.c;
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
@@ -274,15 +275,7 @@ void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_s
     for (std::size_t r = 0; r < runs; ++r)
         run_grad_sums_from(dy, xhat, r * v.s, v.s, xhat.x ? sets->set_of(r / v.c, r % v.c, v) : 0,
                            row1[r], row2[r]);
-    for (std::size_t c = 0; c < v.c; ++c) {
-        double s1 = 0, s2 = 0;
-        for (std::size_t n = 0; n < v.n; ++n) {
-            s1 += row1[n * v.c + c];
-            s2 += row2[n * v.c + c];
-        }
-        if (chan_sum_dy) chan_sum_dy[c] = s1;
-        if (chan_sum_dy_xhat) chan_sum_dy_xhat[c] = s2;
-    }
+    add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }
 
 template <class T>
@@ -720,15 +713,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             }
         }
     }
-    for (std::size_t c = 0; c < v.c; ++c) {
-        double s1 = 0, s2 = 0;
-        for (std::size_t n = 0; n < v.n; ++n) {
-            s1 += row1[n * v.c + c];
-            s2 += row2[n * v.c + c];
-        }
-        chan_sum_dy[c] = s1;
-        chan_sum_dy_xhat[c] = s2;
-    }
+    add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }
 
 #define NORMLAB_INSTANTIATE_KERNELS(T)                                                             \

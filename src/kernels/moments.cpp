@@ -228,6 +228,26 @@ std::pair<std::size_t, std::size_t> static_share(std::size_t count) {
     return {begin, begin + base + (t < extra ? 1 : 0)};
 }
 
+// The calling thread's share of `count` sets (static_share), each set's sums taken in the pass
+// that writes the set before it: sum(k, s1, s2) adds the sums of set k alone (the share's first
+// set); step(k, s1, s2, has_next, next1, next2) writes set k from its sums and, when has_next,
+// adds the sums of set k + 1 into next1, next2 in the same pass. Reads of the next set from
+// memory then overlap the writes of the current one.
+template <class Sum, class Step>
+void overlapped_sets(std::size_t count, bool parallel, Sum&& sum, Step&& step) {
+#pragma omp parallel if (parallel)
+    {
+        const auto [k0, k1] = static_share(count);
+        double s1 = 0, s2 = 0;
+        if (k0 < k1) sum(k0, s1, s2);
+        for (std::size_t k = k0; k < k1; ++k) {
+            const double t1 = s1, t2 = s2;
+            s1 = s2 = 0;
+            step(k, t1, t2, k + 1 < k1, s1, s2);
+        }
+    }
+}
+
 // Mean and variance (or mean square) of one set from its shifted sums.
 template <class T>
 void finish_moments(bool center, double inv_m, double shift, double s1, double s2, T& mean,
@@ -407,21 +427,17 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             return center ? double(x[k * cps * v.s]) : 0.0;
         };
         const bool stream_y = stream && !xhat && rows::aligned16(y) && v.s % 4 == 0;
-#pragma omp parallel if (v.size() >= kParallelMin)
-        {
-            const auto [k0, k1] = static_share(num_sets);
-            double s1 = 0, s2 = 0;
-            if (k0 < k1)
+        overlapped_sets(
+            num_sets, v.size() >= kParallelMin,
+            [&](std::size_t k, double& s1, double& s2) {
                 for (std::size_t n = 0; n < v.n; ++n)
-                    for (std::size_t c = k0 * cps; c < (k0 + 1) * cps; ++c)
-                        rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, first_value(k0), s1, s2);
-            for (std::size_t k = k0; k < k1; ++k) {
-                const double shift = first_value(k);
-                finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
+                    for (std::size_t c = k * cps; c < (k + 1) * cps; ++c)
+                        rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, first_value(k), s1, s2);
+            },
+            [&](std::size_t k, double t1, double t2, bool has_next, double& s1, double& s2) {
+                finish_moments(center, inv_m, first_value(k), t1, t2, mean[k], var[k]);
                 inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-                const bool has_next = k + 1 < k1;
                 const double next_shift = has_next ? first_value(k + 1) : 0.0;
-                s1 = s2 = 0;
                 for (std::size_t n = 0; n < v.n; ++n)
                     for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
                         const std::size_t base = (n * v.c + c) * v.s;
@@ -434,8 +450,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                             affine_run(stream, x + base, v.s, mean[k], inv_std[k], T(0), g[c], b[c],
                                        h, y + base);
                     }
-            }
-        }
+            });
         return;
     }
     if (sets.across_batch) {
@@ -459,29 +474,25 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     const auto first_value = [&](std::size_t k) { return center ? double(x[k * block_len]) : 0.0; };
     const bool stream_y = stream && !xhat;
     const std::size_t cps = sets.channels_per_set;
-#pragma omp parallel if (v.size() >= kParallelMin)
-    {
-        const auto [k0, k1] = static_share(num_sets);
-        double s1 = 0, s2 = 0;
-        if (k0 < k1) rows::shifted_sums(x + k0 * block_len, block_len, first_value(k0), s1, s2);
-        for (std::size_t k = k0; k < k1; ++k) {
-            finish_moments(center, inv_m, first_value(k), s1, s2, mean[k], var[k]);
+    const auto sum = [&](std::size_t k, double& s1, double& s2) {
+        rows::shifted_sums(x + k * block_len, block_len, first_value(k), s1, s2);
+    };
+    overlapped_sets(
+        num_sets, v.size() >= kParallelMin, sum,
+        [&](std::size_t k, double t1, double t2, bool has_next, double& s1, double& s2) {
+            finish_moments(center, inv_m, first_value(k), t1, t2, mean[k], var[k]);
             inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-            s1 = s2 = 0;
-            if (v.s == 1 || k + 1 == k1) {
+            if (v.s == 1 || !has_next) {
                 normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
-                if (k + 1 < k1)
-                    rows::shifted_sums(x + (k + 1) * block_len, block_len, first_value(k + 1), s1,
-                                       s2);
-                continue;
+                if (has_next) sum(k + 1, s1, s2);
+                return;
             }
             const std::size_t start = k * block_len, c0 = (k % sets.sets_per_sample(v)) * cps;
             rows::affine_channels_summing_next(x + start, v.s, cps, mean[k], inv_std[k], g + c0,
                                                b + c0, xhat ? xhat + start : nullptr, y + start,
                                                stream_y, x + start + block_len, first_value(k + 1),
                                                s1, s2);
-        }
-    }
+        });
 }
 
 template <class T>
@@ -674,22 +685,21 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     };
     const bool stream_dx = stream && rows::aligned16(dx) && v.s % 4 == 0;
     // A thread's next set is reduced in the same pass that applies the current one
-    // (rows::apply_summing_next), so reads from memory and writes overlap.
-#pragma omp parallel if (v.size() >= kParallelMin)
-    {
-        const auto [k0, k1] = static_share(num_sets);
-        double a = 0, b = 0;
-        for (std::size_t j = 0; k0 < k1 && j < runs_per_set; ++j) {
-            const std::size_t r = run_of(k0, j);
-            run_grad_sums_from(dy, xhat, r * v.s, v.s, k0, row1[r], row2[r]);
-            a += double(g[r % v.c]) * row1[r];
-            b += double(g[r % v.c]) * row2[r];
-        }
-        for (std::size_t k = k0; k < k1; ++k) {
+    // (rows::apply_summing_next), so reads from memory and writes overlap. Each run's sums are
+    // kept in row1, row2 for the channel sums; a set's sums weight them by γ of the channel.
+    overlapped_sets(
+        num_sets, v.size() >= kParallelMin,
+        [&](std::size_t k, double& a, double& b) {
+            for (std::size_t j = 0; j < runs_per_set; ++j) {
+                const std::size_t r = run_of(k, j);
+                run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
+                a += double(g[r % v.c]) * row1[r];
+                b += double(g[r % v.c]) * row2[r];
+            }
+        },
+        [&](std::size_t k, double t1, double t2, bool has_next, double& a, double& b) {
             T coef_1, coef_xhat;
-            coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
-            const bool has_next = k + 1 < k1;
-            a = b = 0;
+            coefficients(k, t1 * inv_m, t2 * inv_m, coef_1, coef_xhat);
             for (std::size_t j = 0; j < runs_per_set; ++j) {
                 const std::size_t r = run_of(k, j), base = r * v.s;
                 const T cg = coef_g[k], gc = g[r % v.c];
@@ -711,8 +721,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                 a += double(g[rn % v.c]) * row1[rn];
                 b += double(g[rn % v.c]) * row2[rn];
             }
-        }
-    }
+        });
     add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }
 

@@ -368,18 +368,26 @@ inline bool aligned16(const void* p) {
     return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0;
 }
 
-// Calls scalar(i) for the elements before out + i is 16-byte aligned and after the last full
-// run of eight, body(i) for each full run of eight in between.
+// Calls scalar(i) for the elements of [begin, end) before out + i is 16-byte aligned and after
+// the last full run of eight, body(i) for each full run of eight in between.
+template <class Scalar, class Body>
+__attribute__((always_inline)) inline void aligned_eights(std::size_t begin, std::size_t end,
+                                                          const float* out, Scalar&& scalar,
+                                                          Body&& body) {
+    std::size_t i = begin;
+    for (; i < end && !aligned16(out + i); ++i)
+        scalar(i);
+    for (; i + 8 <= end; i += 8)
+        body(i);
+    for (; i < end; ++i)
+        scalar(i);
+}
+
+// aligned_eights over [0, n) for a body that streams its stores, then the fence.
 template <class Scalar, class Body>
 __attribute__((always_inline)) inline void streamed_loop(std::size_t n, const float* out,
                                                          Scalar&& scalar, Body&& body) {
-    std::size_t i = 0;
-    for (; i < n && !aligned16(out + i); ++i)
-        scalar(i);
-    for (; i + 8 <= n; i += 8)
-        body(i);
-    for (; i < n; ++i)
-        scalar(i);
+    aligned_eights(0, n, out, scalar, body);
     _mm_sfence();
 }
 
@@ -453,25 +461,24 @@ template <class T>
 __attribute__((always_inline)) inline void affine_span(const T* x, std::size_t begin,
                                                        std::size_t end, T m, T sc, T gs, T bs,
                                                        T* xhat, T* y, bool stream) {
-    const auto one = [&](std::size_t i) {
+    const auto one = [&](std::size_t i) __attribute__((always_inline)) {
         const T h = (x[i] - m) * sc + T(0);
         if (xhat) xhat[i] = h;
         y[i] = h * gs + bs;
     };
-    std::size_t i = begin;
     if constexpr (std::is_same_v<T, float>) {
-        for (; stream && i < end && !aligned16(y + i); ++i)
-            one(i);
         const Float8 mv = splat<Float8>(m), scv = splat<Float8>(sc), gv = splat<Float8>(gs),
                      bv = splat<Float8>(bs);
-        for (; i + 8 <= end; i += 8) {
-            const Float8 h = (load_floats(x + i) - mv) * scv + Float8{};
-            if (xhat) store_as<Float8>(xhat + i, h, false);
-            store_as<Float8>(y + i, h * gv + bv, stream);
-        }
+        aligned_eights(
+            begin, end, y, one, [&](std::size_t i) __attribute__((always_inline)) {
+                const Float8 h = (load_floats(x + i) - mv) * scv + Float8{};
+                if (xhat) store_as<Float8>(xhat + i, h, false);
+                store_as<Float8>(y + i, h * gv + bv, stream);
+            });
+    } else {
+        for (std::size_t i = begin; i < end; ++i)
+            one(i);
     }
-    for (; i < end; ++i)
-        one(i);
 }
 
 // A set of `channels` runs of length s (x, y and x̂ contiguous, g and b per channel) normalized

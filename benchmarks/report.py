@@ -18,19 +18,20 @@ ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
                     ("layer_norm", "conv"), ("layer_norm", "transformer")}
 
 
-def load(path):
+def read_json(path):
     # A program whose filter matched nothing (BENCH_FILTER) leaves an empty file.
-    if not path or not os.path.exists(path) or os.path.getsize(path) == 0:
-        return []
-    with open(path) as fh:
-        return json.load(fh).get("benchmarks", [])
-
-
-def load_context(path):
     if not path or not os.path.exists(path) or os.path.getsize(path) == 0:
         return {}
     with open(path) as fh:
-        return json.load(fh).get("context", {})
+        return json.load(fh)
+
+
+def load(path):
+    return read_json(path).get("benchmarks", [])
+
+
+def load_context(path):
+    return read_json(path).get("context", {})
 
 
 def to_us(entry):

@@ -120,7 +120,7 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
 
 template <class T>
 Array<T> SetNormalizer<T>::backward(const Array<T>& dy) {
-    const SavedNormalization<T> ctx = this->take(dy);
+    SavedNormalization<T> ctx = this->take(dy);
     const bool kept_input = !ctx.mean.empty();
     if (kept_input && ctx.input_pending)
         throw StateError(this->label() +
@@ -137,7 +137,7 @@ Array<T> SetNormalizer<T>::backward(const Array<T>& dy) {
             coef_1 = center ? T(mean_g) : T(0);
             coef_xhat = T(mean_g_xhat);
         },
-        sum_dy, sum_dy_xhat);
+        sum_dy, sum_dy_xhat, kept_input ? std::move(ctx.input) : std::move(ctx.xhat));
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

@@ -2,10 +2,14 @@
 // reduced by one thread in a fixed order), and the dense and strided paths agree.
 #include <omp.h>
 
+#include <functional>
+#include <numeric>
+
 #include <gtest/gtest.h>
 #include <xtensor/xview.hpp>
 
 #include "gradient_check.hpp"
+#include "kernels/set_backward.hpp"
 #include "normlab/normlab.hpp"
 
 namespace normlab {
@@ -171,6 +175,78 @@ TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
                     << spec << " part " << p << ", " << threads << " threads";
                 ASSERT_EQ(part(dx), single->backward(part(dy)))
                     << spec << " part " << p << ", " << threads << " threads";
+            }
+        }
+    }
+}
+
+// set_backward writes dx over the spent x̂ or input where dx_may_overwrite_xhat allows it; the
+// result must be the same bits as into a new array, on every layout the stages distinguish
+// (dense sets across the batch, one and several sets per row, trailing dimensions, and a tensor
+// large enough for streamed stores), with x̂ stored and formed from the input, 1 and 2 threads.
+TEST(Kernels, DxWrittenOverTheSpentInputEqualsDxIntoANewArrayBitForBit) {
+    struct Case {
+        Shape shape;
+        SetSpec sets;
+        bool reused_with_input, reused_with_xhat;
+    };
+    const std::vector<Case> cases = {
+        {{300, 48}, {true, 1}, true, true},        // batch norm on (N, C)
+        {{37, 1000}, {false, 1000}, true, false},  // layer norm on rows
+        {{37, 48}, {false, 8}, false, false},      // group norm on rows: never reused
+        {{6, 48, 40}, {true, 1}, true, true},      // batch norm, trailing dimensions
+        {{6, 48, 40}, {false, 6}, true, true},     // group norm, trailing dimensions
+        {{8, 4, 131072}, {false, 4}, true, true},  // layer norm, 16 MiB: streamed when new
+        {{8, 4, 131072}, {true, 1}, true, true},   // batch norm, 16 MiB
+    };
+    for (const Case& c : cases) {
+        const std::string where = format_shape(c.shape) +
+                                  " across_batch=" + std::to_string(c.sets.across_batch) +
+                                  " channels_per_set=" + std::to_string(c.sets.channels_per_set);
+        const NcsView v{c.shape[0], c.shape[1],
+                        std::accumulate(c.shape.begin() + 2, c.shape.end(), std::size_t{1},
+                                        std::multiplies<>())};
+        const Tensor x = xt::cast<float>(testing::random_array(c.shape, 31, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(c.shape, 32));
+        const std::size_t k = c.sets.num_sets(v);
+        const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 33, 1.0, 0.5));
+        std::vector<float> mean(k), var(k), inv_std(k);
+        Tensor xhat = Tensor::from_shape(c.shape), y = Tensor::from_shape(c.shape);
+        kernels::standardize(x.data(), v, c.sets, true, 1e-5, gamma.data(),
+                             static_cast<const float*>(nullptr), mean.data(), var.data(),
+                             inv_std.data(), xhat.data(), y.data());
+        const auto coefficients = [](std::size_t, double mean_g, double mean_g_xhat, float& c1,
+                                     float& cx) {
+            c1 = float(mean_g);
+            cx = float(mean_g_xhat);
+        };
+        for (int threads : {1, 2}) {
+            ThreadCount tc(threads);
+            for (const bool stored : {false, true}) {
+                if (!stored && !kernels::recomputes_xhat_in_registers(v, c.sets)) continue;
+                const kernels::XhatSource<float> src =
+                    stored ? kernels::XhatSource<float>(xhat.data())
+                           : kernels::XhatSource<float>(x.data(), mean.data(), inv_std.data());
+                std::vector<double> s1, s2, t1, t2;
+                const Tensor dx_new = kernels::set_backward(dy, src, v, c.sets, gamma.data(),
+                                                            inv_std, true, coefficients, s1, s2);
+                // The spent storage is a copy, so that x and x̂ stay for the next round.
+                Tensor spent = stored ? xhat : x;
+                const float* spent_data = spent.data();
+                const kernels::XhatSource<float> spent_src =
+                    stored ? kernels::XhatSource<float>(spent.data())
+                           : kernels::XhatSource<float>(spent.data(), mean.data(), inv_std.data());
+                const Tensor dx_over =
+                    kernels::set_backward(dy, spent_src, v, c.sets, gamma.data(), inv_std, true,
+                                          coefficients, t1, t2, std::move(spent));
+                const std::string what = where + (stored ? " x̂ stored, " : " from input, ") +
+                                         std::to_string(threads) + " threads";
+                EXPECT_EQ(dx_over.data() == spent_data,
+                          stored ? c.reused_with_xhat : c.reused_with_input)
+                    << what;
+                ASSERT_EQ(dx_over, dx_new) << what;
+                EXPECT_EQ(t1, s1) << what;
+                EXPECT_EQ(t2, s2) << what;
             }
         }
     }

@@ -149,7 +149,7 @@ Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 
 template <class T>
 Array<T> BatchRenorm<T>::backward(const Array<T>& dy) {
-    const SavedRenorm<T> ctx = this->take(dy);
+    SavedRenorm<T> ctx = this->take(dy);
     std::vector<double> sum_dy, sum_dy_xhat;
     Array<T> dx = kernels::set_backward(
         dy, ctx.xhat.data(), this->view_of(ctx.shape), kChannelSets, this->gamma(), ctx.scale,
@@ -157,7 +157,7 @@ Array<T> BatchRenorm<T>::backward(const Array<T>& dy) {
         [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
             renorm_coefficients(ctx.r[c], ctx.d[c], mean_g, mean_g_xhat, coef_1, coef_xhat);
         },
-        sum_dy, sum_dy_xhat);
+        sum_dy, sum_dy_xhat, std::move(ctx.xhat));
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

@@ -46,6 +46,14 @@ bool streams(const NcsView& v) {
     return v.size() * sizeof(T) >= kStreamingBytes;
 }
 
+// Whether the backward stages should stream dx: not when dx is written over the x̂ or input it
+// is computed from (set_backward's spent storage), whose lines the same pass has just brought
+// into the cache — a streaming store to a cached line first has to evict it.
+template <class T>
+bool streams_dx(const NcsView& v, const XhatSource<T>& src, const T* dx) {
+    return streams<T>(v) && dx != src.xhat && dx != src.x;
+}
+
 // One channel's run of S values: x̂ and y, or dx, with the run's scalar coefficients.
 template <class T>
 void affine_run(bool stream, const T* x, std::size_t n, T m, T sc, T off, T g, T b, T* xhat, T* y) {
@@ -181,6 +189,24 @@ bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets
     return src.x != nullptr && sets != nullptr && recomputes_xhat_in_registers(v, *sets);
 }
 
+// The column sums of a dense (N, C) input, block by block: rows are split into fixed blocks of
+// kRowBlock, each block into groups of kFloatSteps rows; group(n0, count, part1, part2) adds the
+// column sums of rows n0 .. n0 + count into its block's partials (part2 null without `second`),
+// and the partials are added in block order into s1, s2.
+template <class Group>
+void column_sums_by_blocks(const NcsView& v, bool second, double* s1, double* s2, Group&& group) {
+    const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
+    double* part1 = scratch(kPart1, blocks * v.c);
+    double* part2 = second ? scratch(kPart2, blocks * v.c) : nullptr;
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+    for (std::size_t b = 0; b < blocks; ++b)
+        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
+                           [&](std::size_t n0, std::size_t count) {
+                               group(n0, count, part1 + b * v.c, part2 ? part2 + b * v.c : nullptr);
+                           });
+    add_partials(part1, part2, blocks, v.c, s1, s2);
+}
+
 // per_row(n, x̂ of row n or null) runs first on every row of a group. With per_row_reads_input
 // and x̂ recomputed directly from the input (direct_rows), per_row gets null and reads the input
 // itself; otherwise null means there is no x̂.
@@ -188,34 +214,25 @@ template <class T, class PerRow>
 void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                        const SetSpec* sets, double* s1, double* s2, bool per_row_reads_input,
                        PerRow&& per_row) {
-    const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
-    double* part1 = scratch(kPart1, blocks * v.c);
-    double* part2 = xhat.present() ? scratch(kPart2, blocks * v.c) : nullptr;
     const bool direct = per_row_reads_input && direct_rows(xhat, v, sets);
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t b = 0; b < blocks; ++b) {
-        for_each_row_group(
-            b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
-            [&](std::size_t n0, std::size_t count) {
-                if (direct) {
-                    for (std::size_t n = n0; n < n0 + count; ++n)
-                        per_row(n, static_cast<const T*>(nullptr));
-                    const bool by_row = !sets->across_batch;
-                    rows::column_grad_sums_from_input(
-                        dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c,
-                        by_row ? xhat.shift + n0 : nullptr, by_row ? xhat.scale + n0 : nullptr,
-                        by_row ? nullptr : xhat.shift, by_row ? nullptr : xhat.scale,
-                        part1 + b * v.c, part2 + b * v.c);
-                    return;
-                }
-                const T* h = xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
+    column_sums_by_blocks(
+        v, xhat.present(), s1, s2,
+        [&](std::size_t n0, std::size_t count, double* part1, double* part2) {
+            if (direct) {
                 for (std::size_t n = n0; n < n0 + count; ++n)
-                    per_row(n, h ? h + (n - n0) * v.c : nullptr);
-                rows::column_grad_sums(dy + n0 * v.c, h, count, v.c, v.c, part1 + b * v.c,
-                                       part2 ? part2 + b * v.c : nullptr);
-            });
-    }
-    add_partials(part1, part2, blocks, v.c, s1, s2);
+                    per_row(n, static_cast<const T*>(nullptr));
+                const bool by_row = !sets->across_batch;
+                rows::column_grad_sums_from_input(
+                    dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c,
+                    by_row ? xhat.shift + n0 : nullptr, by_row ? xhat.scale + n0 : nullptr,
+                    by_row ? nullptr : xhat.shift, by_row ? nullptr : xhat.scale, part1, part2);
+                return;
+            }
+            const T* h = xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
+            for (std::size_t n = n0; n < n0 + count; ++n)
+                per_row(n, h ? h + (n - n0) * v.c : nullptr);
+            rows::column_grad_sums(dy + n0 * v.c, h, count, v.c, v.c, part1, part2);
+        });
 }
 
 // The share of `count` items of the calling thread in an OpenMP parallel region, as
@@ -565,7 +582,7 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
 template <class T>
 void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const T* coef_1, const T* coef_xhat, T* dx) {
-    const bool stream = streams<T>(v);
+    const bool stream = streams_dx(v, xhat, dx);
     std::vector<T> ones, zeros_1, zeros_x;
     const std::size_t num_sets = sets.num_sets(v);
     const T* g = or_constant(gamma, ones, v.c, T(1));
@@ -625,46 +642,61 @@ bool can_fuse_backward(const NcsView& v, const SetSpec& sets) {
     return !dense_across_batch(v, sets);
 }
 
+bool dx_may_overwrite_xhat(const NcsView& v, const SetSpec& sets, bool stored) {
+    // Per-sample sets on rows with x̂ stored are applied row by row before the column sums read
+    // the group's x̂ again; every other path reads each value for the last time where it writes
+    // its dx (or reduces everything before it applies).
+    if (v.s == 1 && !sets.across_batch) return !stored && recomputes_xhat_in_registers(v, sets);
+    return true;
+}
+
 template <class T>
 void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                     const T* gamma, const T* coef_g, const SetCoefficients<T>& coefficients, T* dx,
                     double* chan_sum_dy, double* chan_sum_dy_xhat) {
-    const bool stream = streams<T>(v);
+    const bool stream = streams_dx(v, xhat, dx);
     std::vector<T> ones;
     const T* g = or_constant(gamma, ones, v.c, T(1));
     const std::size_t cps = sets.channels_per_set;
     const double inv_m = 1.0 / double(sets.set_size(v));
 
-    if (v.s == 1) {
-        // Rows: each row's sets are reduced and applied as the row's block adds it into the
-        // column sums behind dγ and dβ.
-        const std::size_t spp = sets.sets_per_sample(v);
-        dense_column_sums(
-            dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, true,
-            [&](std::size_t n, const T* h) {
-                if (!h) {
-                    // One set per row, x̂ formed from the input in registers.
-                    const std::size_t start = n * v.c;
-                    const T m = xhat.shift[n], sc = xhat.scale[n];
+    if (v.s == 1 && direct_rows(xhat, v, &sets)) {
+        // One set per row, x̂ formed from the input in registers: each group's rows are reduced
+        // one by one, then applied together while the same pass takes their column sums.
+        column_sums_by_blocks(
+            v, true, chan_sum_dy, chan_sum_dy_xhat,
+            [&](std::size_t n0, std::size_t count, double* part1, double* part2) {
+                T coef_1[rows::kFloatSteps], coef_xhat[rows::kFloatSteps];
+                for (std::size_t n = n0; n < n0 + count; ++n) {
                     double a = 0, b = 0;
-                    rows::grad_sums_from_input(dy + start, xhat.x + start, m, sc, g, v.c, a, b);
-                    T coef_1, coef_xhat;
-                    coefficients(n, a * inv_m, b * inv_m, coef_1, coef_xhat);
-                    rows::apply_from_input(dy + start, xhat.x + start, m, sc, v.c, coef_g[n], g, 1,
-                                           coef_1, coef_xhat, dx + start);
-                    return;
+                    rows::grad_sums_from_input(dy + n * v.c, xhat.x + n * v.c, xhat.shift[n],
+                                               xhat.scale[n], g, v.c, a, b);
+                    coefficients(n, a * inv_m, b * inv_m, coef_1[n - n0], coef_xhat[n - n0]);
                 }
-                for (std::size_t kk = 0; kk < spp; ++kk) {
-                    const std::size_t k = n * spp + kk;
-                    const std::size_t start = n * v.c + kk * cps;
-                    double a = 0, b = 0;
-                    rows::grad_sums(dy + start, h + kk * cps, g + kk * cps, cps, a, b);
-                    T coef_1, coef_xhat;
-                    coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
-                    rows::apply(dy + start, h + kk * cps, cps, coef_g[k], g + kk * cps, 1, coef_1,
-                                coef_xhat, dx + start);
-                }
+                rows::apply_rows_summing_columns(dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c,
+                                                 xhat.shift + n0, xhat.scale + n0, coef_g + n0, g,
+                                                 coef_1, coef_xhat, dx + n0 * v.c, part1, part2);
             });
+        return;
+    }
+    if (v.s == 1) {
+        // Rows with x̂ stored: each row's sets are reduced and applied as the row's block adds it
+        // into the column sums behind dγ and dβ.
+        const std::size_t spp = sets.sets_per_sample(v);
+        dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, false,
+                          [&](std::size_t n, const T* h) {
+                              for (std::size_t kk = 0; kk < spp; ++kk) {
+                                  const std::size_t k = n * spp + kk;
+                                  const std::size_t start = n * v.c + kk * cps;
+                                  double a = 0, b = 0;
+                                  rows::grad_sums(dy + start, h + kk * cps, g + kk * cps, cps, a,
+                                                  b);
+                                  T coef_1, coef_xhat;
+                                  coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
+                                  rows::apply(dy + start, h + kk * cps, cps, coef_g[k],
+                                              g + kk * cps, 1, coef_1, coef_xhat, dx + start);
+                              }
+                          });
         return;
     }
 

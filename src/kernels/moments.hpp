@@ -96,6 +96,12 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                     const T* gamma, const T* coef_g, const SetCoefficients<T>& coefficients, T* dx,
                     double* chan_sum_dy, double* chan_sum_dy_xhat);
 
+// Whether stages 3 and 4 (fused or not) may write dx over the x̂ (stored) or input (not stored)
+// they read: every value of dx is then written after the last read of x̂ or the input at the
+// same place. False for per-sample sets on rows with x̂ stored, whose fused backward reads a
+// group's x̂ again after applying its rows.
+bool dx_may_overwrite_xhat(const NcsView& v, const SetSpec& sets, bool stored);
+
 // Per channel Σdy and Σdy·x̂ only (dβ, dγ) — for layers whose dx comes from elsewhere. sets
 // says which set each value belongs to when x̂ is recomputed from the input (else unused).
 template <class T>

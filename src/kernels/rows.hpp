@@ -662,6 +662,57 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
     }
 }
 
+// apply_from_input (γ per column) of `rows` consecutive rows (row stride `stride`), row r with
+// its own m_row[r], sc_row[r], cg[r], c1[r], cx[r], while taking the column sums of those rows
+// as column_grad_sums_from_input does (s1[i] += Σ_rows dy[i], s2[i] += Σ_rows dy[i]·x̂[i]): the
+// same dx and the same sums in the same order. Walking a block of columns down the rows keeps
+// the column sums in registers, so dy and x are read once for both jobs.
+template <class T>
+NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std::size_t rows,
+                                                   std::size_t stride, std::size_t n,
+                                                   const T* m_row, const T* sc_row, const T* cg,
+                                                   const T* g, const T* c1, const T* cx, T* dx,
+                                                   double* s1, double* s2) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        const Float8 zero = {};
+        for (; i + kLanes <= n; i += kLanes) {
+            const Float8 g0 = load_floats(g + i), g1 = load_floats(g + i + 8);
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (std::size_t r = 0; r < rows; ++r) {
+                const Float8 m = splat<Float8>(m_row[r]), sc = splat<Float8>(sc_row[r]);
+                const Float8 cgv = splat<Float8>(cg[r]), c1v = splat<Float8>(c1[r]),
+                             cxv = splat<Float8>(cx[r]);
+                const std::size_t at = r * stride + i;
+                const Float8 d0 = load_floats(dy + at), d1 = load_floats(dy + at + 8);
+                const Float8 h0 = (load_floats(x + at) - m) * sc + zero;
+                const Float8 h1 = (load_floats(x + at + 8) - m) * sc + zero;
+                store_as<Float8>(dx + at, cgv * (g0 * d0 - c1v - cxv * h0), false);
+                store_as<Float8>(dx + at + 8, cgv * (g1 * d1 - c1v - cxv * h1), false);
+                fa0 += d0;
+                fa1 += d1;
+                fq0 += d0 * h0;
+                fq1 += d1 * h1;
+            }
+            add_widened(s1 + i, fa0, fa1);
+            add_widened(s2 + i, fq0, fq1);
+        }
+    }
+    for (; i < n; ++i) {
+        double a = 0, q = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            const std::size_t at = r * stride + i;
+            const T h = (x[at] - m_row[r]) * sc_row[r] + T(0);
+            dx[at] = cg[r] * (g[i] * dy[at] - c1[r] - cx[r] * h);
+            const double d = double(dy[at]);
+            a += d;
+            q += d * double(h);
+        }
+        s1[i] += a;
+        s2[i] += q;
+    }
+}
+
 template <class T>
 NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std::size_t n, T cg,
                                          const T* g, std::size_t g_step, T c1, T cx, T* dx) {

@@ -12,14 +12,23 @@ namespace normlab::kernels {
 
 // coefficients(k, mean_g, mean_g_xhat, coef_1, coef_xhat) fills stage 4's per-set terms;
 // dx = scale[k]·(γ·dy − coef_1 − coef_xhat·x̂). Writes the per-channel Σdy and Σdy·x̂.
+//
+// spent: the saved x̂, or the kept input x̂ is formed from, when nothing reads it after this
+// backward. Where the stages allow it (dx_may_overwrite_xhat), dx is written over it: its lines
+// are in cache from the reads just before, where a new array's would first be fetched from
+// memory to be written, and no new memory is taken. Otherwise (or when spent is empty or not
+// dy's shape) dx is a new array.
 template <class T, class Coefficients>
 Array<T> set_backward(const Array<T>& dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
                       const T* gamma, const std::vector<T>& scale, bool batch_stats,
                       Coefficients&& coefficients, std::vector<double>& sum_dy,
-                      std::vector<double>& sum_dy_xhat) {
+                      std::vector<double>& sum_dy_xhat, Array<T>&& spent = Array<T>()) {
     sum_dy.assign(v.c, 0.0);
     sum_dy_xhat.assign(v.c, 0.0);
-    Array<T> dx = Array<T>::from_shape(dy.shape());
+    Array<T> dx =
+        spent.shape() == dy.shape() && dx_may_overwrite_xhat(v, sets, xhat.xhat != nullptr)
+            ? std::move(spent)
+            : Array<T>::from_shape(dy.shape());
     if (!batch_stats) {
         channel_sums(dy.data(), xhat, v, sum_dy.data(), sum_dy_xhat.data(), &sets);
         backward_apply(dy.data(), xhat, v, sets, gamma, scale.data(),

@@ -494,14 +494,37 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     const auto sum = [&](std::size_t k, double& s1, double& s2) {
         rows::shifted_sums(x + k * block_len, block_len, first_value(k), s1, s2);
     };
+    const auto finish = [&](std::size_t k, double s1, double s2) {
+        finish_moments(center, inv_m, first_value(k), s1, s2, mean[k], var[k]);
+        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+    };
+    if (v.s == 1) {
+        // Rows: a few sets are summed, then finished, then normalized. The end of a set's sums
+        // is serial (lanes added into one total, then a square root and a division) and its
+        // normalization waits for it; with a few sets in flight those chains overlap each
+        // other's vector work. The sets stay in L1 between the two passes.
+        constexpr std::size_t kSetsInFlight = 4;
+        const std::size_t groups = (num_sets + kSetsInFlight - 1) / kSetsInFlight;
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+        for (std::size_t grp = 0; grp < groups; ++grp) {
+            const std::size_t k0 = grp * kSetsInFlight;
+            const std::size_t k1 = std::min(num_sets, k0 + kSetsInFlight);
+            double s1[kSetsInFlight] = {}, s2[kSetsInFlight] = {};
+            for (std::size_t k = k0; k < k1; ++k)
+                sum(k, s1[k - k0], s2[k - k0]);
+            for (std::size_t k = k0; k < k1; ++k)
+                finish(k, s1[k - k0], s2[k - k0]);
+            for (std::size_t k = k0; k < k1; ++k)
+                normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+        }
+        return;
+    }
     overlapped_sets(
         num_sets, v.size() >= kParallelMin, sum,
         [&](std::size_t k, double t1, double t2, bool has_next, double& s1, double& s2) {
-            finish_moments(center, inv_m, first_value(k), t1, t2, mean[k], var[k]);
-            inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-            if (v.s == 1 || !has_next) {
+            finish(k, t1, t2);
+            if (!has_next) {
                 normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
-                if (has_next) sum(k + 1, s1, s2);
                 return;
             }
             const std::size_t start = k * block_len, c0 = (k % sets.sets_per_sample(v)) * cps;

@@ -133,14 +133,22 @@ void for_each_dense_row(const NcsView& v, F&& f) {
 
 // Column sums of a dense (N, C) input, walked in memory order: rows are split into fixed blocks
 // of kRowBlock (independent of the thread count), each block sums its rows into its own C
-// partial sums, kFloatSteps rows at a time, and the partials are added in block order.
+// partial sums a group of rows at a time (at most kFloatSteps, combined in float first), and
+// the partials are added in block order.
 constexpr std::size_t kRowBlock = 64;
 
 template <class F>
-void for_each_row_group(std::size_t begin, std::size_t end, F&& f) {
-    for (std::size_t n = begin; n < end; n += rows::kFloatSteps)
-        f(n, std::min(rows::kFloatSteps, end - n));
+void for_each_row_group(std::size_t begin, std::size_t end, std::size_t rows_per_group, F&& f) {
+    for (std::size_t n = begin; n < end; n += rows_per_group)
+        f(n, std::min(rows_per_group, end - n));
 }
+
+// Rows per group of the gradient column sums, which walk a group column block by column block
+// and read dy and x̂ (or x) of every row of it at each block: with rows of a multiple of 4 KiB
+// (C = 1024 floats), all of them fall into one set of an 8-way L1 cache, and eight rows of two
+// arrays would evict each other at every block (up to 1.4× slower backward, depending only on
+// where dy and x happen to lie relative to each other).
+constexpr std::size_t kGradRowGroup = 4;
 
 // Adds the blocks' partial column sums in block order into out1 / out2 (either may be null),
 // block by block over contiguous columns (the loop vectorizes and reads the partials in memory
@@ -190,7 +198,7 @@ bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets
 }
 
 // The column sums of a dense (N, C) input, block by block: rows are split into fixed blocks of
-// kRowBlock, each block into groups of kFloatSteps rows; group(n0, count, part1, part2) adds the
+// kRowBlock, each block into groups of kGradRowGroup rows; group(n0, count, part1, part2) adds the
 // column sums of rows n0 .. n0 + count into its block's partials (part2 null without `second`),
 // and the partials are added in block order into s1, s2.
 template <class Group>
@@ -200,7 +208,7 @@ void column_sums_by_blocks(const NcsView& v, bool second, double* s1, double* s2
     double* part2 = second ? scratch(kPart2, blocks * v.c) : nullptr;
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
     for (std::size_t b = 0; b < blocks; ++b)
-        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
+        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock), kGradRowGroup,
                            [&](std::size_t n0, std::size_t count) {
                                group(n0, count, part1 + b * v.c, part2 ? part2 + b * v.c : nullptr);
                            });
@@ -332,7 +340,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         double* part2 = scratch(kPart2, blocks * v.c);
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
         for (std::size_t b = 0; b < blocks; ++b)
-            for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock),
+            for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock), rows::kFloatSteps,
                                [&](std::size_t n0, std::size_t count) {
                                    rows::column_shifted_sums(x + n0 * v.c, count, v.c, v.c,
                                                              shift.data(), part1 + b * v.c,
@@ -689,7 +697,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         column_sums_by_blocks(
             v, true, chan_sum_dy, chan_sum_dy_xhat,
             [&](std::size_t n0, std::size_t count, double* part1, double* part2) {
-                T coef_1[rows::kFloatSteps], coef_xhat[rows::kFloatSteps];
+                T coef_1[kGradRowGroup], coef_xhat[kGradRowGroup];
                 for (std::size_t n = n0; n < n0 + count; ++n) {
                     double a = 0, b = 0;
                     rows::grad_sums_from_input(dy + n * v.c, xhat.x + n * v.c, xhat.shift[n],

@@ -70,7 +70,10 @@ void expect_like_one_process(bool drop_last, std::size_t train_examples) {
     ASSERT_EQ(r.status, "ok") << r.message;
     ASSERT_EQ(s.status, "ok") << s.message;
     EXPECT_EQ(r.steps, s.steps);
-    expect_same_model(replica.model(), reference.model(), 1e-5);
+    // Two epochs of float SGD in which the synchronized and the single-process BatchNorm add
+    // their sums in different orders: the models drift apart by rounding alone, up to ~2e-5
+    // relative in a running variance (7e-6 or 2e-5 depending on how the kernels group rows).
+    expect_same_model(replica.model(), reference.model(), 5e-5);
     ASSERT_EQ(r.loss_curve.size(), s.loss_curve.size());
     for (std::size_t i = 0; i < r.loss_curve.size(); ++i)
         EXPECT_NEAR(r.loss_curve[i], s.loss_curve[i], 1e-5) << "loss curve point " << i;

@@ -123,12 +123,18 @@ void for_each_block(const NcsView& v, const SetSpec& sets, F&& f) {
     }
 }
 
-// Calls f(offset) for every sample's row of C values of a dense (N, C) input.
+// Calls f(offset, rows) for consecutive groups of a few sample rows of C values of a dense
+// (N, C) input (the rows::*_columns kernels load each column's coefficients once per group).
+constexpr std::size_t kDenseRows = 4;
+
 template <class F>
-void for_each_dense_row(const NcsView& v, F&& f) {
+void for_each_dense_rows(const NcsView& v, F&& f) {
+    const std::size_t groups = (v.n + kDenseRows - 1) / kDenseRows;
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t n = 0; n < v.n; ++n)
-        f(n * v.c);
+    for (std::size_t grp = 0; grp < groups; ++grp) {
+        const std::size_t n0 = grp * kDenseRows;
+        f(n0 * v.c, std::min(kDenseRows, v.n - n0));
+    }
 }
 
 // Column sums of a dense (N, C) input, walked in memory order: rows are split into fixed blocks
@@ -412,8 +418,8 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
             sc[c] = scale[k];
             o[c] = off[k];
         }
-        for_each_dense_row(v, [&](std::size_t row) {
-            rows::affine_columns(x + row, v.c, m.data(), sc.data(), o.data(), g, bt,
+        for_each_dense_rows(v, [&](std::size_t row, std::size_t count) {
+            rows::affine_columns(x + row, count, v.c, v.c, m.data(), sc.data(), o.data(), g, bt,
                                  xhat ? xhat + row : nullptr, y + row);
         });
         return;
@@ -630,14 +636,16 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             cxc[c] = cx[k];
         }
         const bool direct = reads_xhat && direct_rows(xhat, v, &sets);
-        for_each_dense_row(v, [&](std::size_t row) {
+        for_each_dense_rows(v, [&](std::size_t row, std::size_t count) {
             if (direct) {
-                rows::apply_columns_from_input(dy + row, xhat.x + row, v.c, xhat.shift, xhat.scale,
-                                               cg.data(), g, c1c.data(), cxc.data(), dx + row);
+                rows::apply_columns_from_input(dy + row, xhat.x + row, count, v.c, v.c, xhat.shift,
+                                               xhat.scale, cg.data(), g, c1c.data(), cxc.data(),
+                                               dx + row);
                 return;
             }
             const T* h = reads_xhat ? stored_xhat_rows(xhat, v, row / v.c) : nullptr;
-            rows::apply_columns(dy + row, h, v.c, cg.data(), g, c1c.data(), cxc.data(), dx + row);
+            rows::apply_columns(dy + row, h, count, v.c, v.c, cg.data(), g, c1c.data(), cxc.data(),
+                                dx + row);
         });
         return;
     }

@@ -510,22 +510,50 @@ NORMLAB_ISA_CLONES void affine_channels_summing_next(const T* x, std::size_t s,
     if (stream) _mm_sfence();
 }
 
-// The dense form: every coefficient per element.
-template <class T>
-NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t n, const T* m, const T* sc,
-                                       const T* off, const T* g, const T* b, T* xhat, T* y) {
-    if (xhat) {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) {
-            const T h = (x[i] - m[i]) * sc[i] + off[i];
-            xhat[i] = h;
-            y[i] = h * g[i] + b[i];
+// Walks the columns i < n of `rows` rows: f(V{}, i) loads the coefficients of the columns at i
+// (a vector of V's width: eight floats; or one value for V = T) and returns row(r), which writes
+// those columns of row r from them. For floats eight columns at a time go down all the rows, so
+// each coefficient is loaded once per group of rows (the compiler cannot hoist such loads past
+// the stores itself: it must assume they may alias); the columns past the last eight one by
+// one. The dense kernels below are this loop with different bodies.
+template <class T, class F>
+__attribute__((always_inline)) inline void down_columns(std::size_t rows, std::size_t n, F&& f) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        for (; i + 8 <= n; i += 8) {
+            const auto row = f(Float8{}, i);
+            for (std::size_t r = 0; r < rows; ++r)
+                row(r);
         }
-    } else {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i)
-            y[i] = ((x[i] - m[i]) * sc[i] + off[i]) * g[i] + b[i];
     }
+    for (; i < n; ++i) {
+        const auto row = f(T{}, i);
+        for (std::size_t r = 0; r < rows; ++r)
+            row(r);
+    }
+}
+
+// The dense form, every coefficient per column: `rows` rows of n values, `stride` apart.
+template <class T>
+NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t stride,
+                                       std::size_t n, const T* m, const T* sc, const T* off,
+                                       const T* g, const T* b, T* xhat, T* y) {
+    with_flags(
+        xhat != nullptr, false, [&](auto stores_xhat, auto) __attribute__((always_inline)) {
+            down_columns<T>(
+                rows, n, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i),
+                            offv = load_as<V>(off + i), gv = load_as<V>(g + i),
+                            bv = load_as<V>(b + i);
+                    return [=](std::size_t r) __attribute__((always_inline)) {
+                        const std::size_t at = r * stride + i;
+                        const V h = (load_as<V>(x + at) - mv) * scv + offv;
+                        if constexpr (stores_xhat) store_as<V>(xhat + at, h, false);
+                        store_as<V>(y + at, h * gv + bv, false);
+                    };
+                });
+        });
 }
 
 // dx = cg·(g·dy − c1 − cx·x̂), g per element (g_step 1) or one value (g_step 0); null xhat:
@@ -652,14 +680,21 @@ NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std
 
 // apply_columns over h recomputed from the input with m, sc per column.
 template <class T>
-NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::size_t n, const T* m,
+NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::size_t rows,
+                                                 std::size_t stride, std::size_t n, const T* m,
                                                  const T* sc, const T* cg, const T* g, const T* c1,
                                                  const T* cx, T* dx) {
-#pragma omp simd
-    for (std::size_t i = 0; i < n; ++i) {
-        const T h = (x[i] - m[i]) * sc[i] + T(0);
-        dx[i] = cg[i] * (g[i] * dy[i] - c1[i] - cx[i] * h);
-    }
+    down_columns<T>(
+        rows, n, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i), cgv = load_as<V>(cg + i),
+                    gv = load_as<V>(g + i), c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
+            return [=](std::size_t r) __attribute__((always_inline)) {
+                const std::size_t at = r * stride + i;
+                const V h = (load_as<V>(x + at) - mv) * scv + V{};
+                store_as<V>(dx + at, cgv * (gv * load_as<V>(dy + at) - c1v - cxv * h), false);
+            };
+        });
 }
 
 // apply_from_input (γ per column) of `rows` consecutive rows (row stride `stride`), row r with
@@ -796,19 +831,26 @@ NORMLAB_ISA_CLONES void apply_summing_next(const T* dy, const T* xhat, const T* 
     if (stream) _mm_sfence();
 }
 
-// The dense form, every coefficient per element.
+// The dense form, every coefficient per column: `rows` rows of n values, `stride` apart.
 template <class T>
-NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t n, const T* cg,
-                                      const T* g, const T* c1, const T* cx, T* dx) {
-    if (xhat) {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i)
-            dx[i] = cg[i] * (g[i] * dy[i] - c1[i] - cx[i] * xhat[i]);
-    } else {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i)
-            dx[i] = cg[i] * (g[i] * dy[i] - c1[i]);
-    }
+NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t rows,
+                                      std::size_t stride, std::size_t n, const T* cg, const T* g,
+                                      const T* c1, const T* cx, T* dx) {
+    with_flags(
+        xhat != nullptr, false, [&](auto reads_xhat, auto) __attribute__((always_inline)) {
+            down_columns<T>(
+                rows, n, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    const V cgv = load_as<V>(cg + i), gv = load_as<V>(g + i),
+                            c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
+                    return [=](std::size_t r) __attribute__((always_inline)) {
+                        const std::size_t at = r * stride + i;
+                        V t = gv * load_as<V>(dy + at) - c1v;
+                        if constexpr (reads_xhat) t = t - cxv * load_as<V>(xhat + at);
+                        store_as<V>(dx + at, cgv * t, false);
+                    };
+                });
+        });
 }
 
 }  // namespace normlab::kernels::rows

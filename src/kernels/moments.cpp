@@ -419,8 +419,9 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
             o[c] = off[k];
         }
         for_each_dense_rows(v, [&](std::size_t row, std::size_t count) {
-            rows::affine_columns(x + row, count, v.c, v.c, m.data(), sc.data(), o.data(), g, bt,
-                                 xhat ? xhat + row : nullptr, y + row);
+            rows::affine_columns(x + row, count, v.c, v.c, m.data(), sc.data(),
+                                 offset ? o.data() : nullptr, g, bt, xhat ? xhat + row : nullptr,
+                                 y + row);
         });
         return;
     }
@@ -474,8 +475,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                         const std::size_t base = (n * v.c + c) * v.s;
                         T* h = xhat ? xhat + base : nullptr;
                         if (has_next)
-                            rows::affine_summing_next(x + base, v.s, mean[k], inv_std[k], T(0),
-                                                      g[c], b[c], h, y + base, stream_y,
+                            rows::affine_summing_next(x + base, v.s, mean[k], inv_std[k], g[c],
+                                                      b[c], h, y + base, stream_y,
                                                       x + base + cps * v.s, next_shift, s1, s2);
                         else
                             affine_run(stream, x + base, v.s, mean[k], inv_std[k], T(0), g[c], b[c],

@@ -107,14 +107,27 @@ __attribute__((always_inline)) inline V load_as(const T* p) {
         return *p;
 }
 
+// Exact, a −0 included (adding it to a zero vector would turn it into +0): vector bodies and
+// scalar tails then compute with the same values.
 template <class V, class S>
 __attribute__((always_inline)) inline V splat(S value) {
-    if constexpr (std::is_same_v<V, Float8>)
-        return Float8{} + float(value);
-    else if constexpr (std::is_same_v<V, Double4>)
-        return Double4{} + double(value);
-    else
+    if constexpr (std::is_same_v<V, Float8>) {
+        const Float8 f = {float(value)};
+        return __builtin_shufflevector(f, f, 0, 0, 0, 0, 0, 0, 0, 0);
+    } else if constexpr (std::is_same_v<V, Double4>) {
+        const Double4 d = {double(value)};
+        return __builtin_shufflevector(d, d, 0, 0, 0, 0);
+    } else {
         return V(value);
+    }
+}
+
+// x̂ = (x − m)·sc: the one formula of every stage, whether forward stores x̂ or backward forms
+// it again from the input, so both give the same bits. (An offset, Batch Renormalization's d,
+// is added only where it is not 0; x̂ with an offset is always stored.)
+template <class V>
+__attribute__((always_inline)) inline V standardized(V x, V m, V sc) {
+    return (x - m) * sc;
 }
 
 // A coefficient as one value and as a vector of each width, formed once before a loop whose
@@ -320,40 +333,37 @@ NORMLAB_ISA_CLONES void column_grad_sums(const T* dy, const T* xhat, std::size_t
     }
 }
 
-// x̂ = (x − m)·sc + off, y = x̂·g + b, with g, b per element (g_step 1) or one value (g_step 0).
+// x̂ = (x − m)·sc + off (off = 0: nothing added), y = x̂·g + b, with g, b per element (g_step 1)
+// or one value (g_step 0). y is computed the same way whether x̂ is stored or not, so inference,
+// training and a training forward that keeps its input instead of x̂ give the same bits.
 template <class T>
 NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, const T* g, const T* b,
                                std::size_t g_step, T* xhat, T* y) {
-    if (g_step == 0) {
-        // y is computed the same way whether x̂ is stored or not, so inference, training and a
-        // training forward that keeps its input instead of x̂ give the same bits.
-        const T gs = g[0], bs = b[0];
-        if (xhat) {
+    with_flags(
+        off != T(0), g_step == 0, [&](auto offset, auto one_g) __attribute__((always_inline)) {
+            const auto h_at = [&](std::size_t i) __attribute__((always_inline)) {
+                const T h = standardized(x[i], m, sc);
+                if constexpr (offset) return T(h + off);
+                return h;
+            };
+            const T gs = g[0], bs = b[0];
+            const auto y_of = [&](T h, std::size_t i) __attribute__((always_inline)) {
+                if constexpr (one_g) return T(h * gs + bs);
+                return T(h * g[i] + b[i]);
+            };
+            if (xhat) {
 #pragma omp simd
-            for (std::size_t i = 0; i < n; ++i) {
-                const T h = (x[i] - m) * sc + off;
-                xhat[i] = h;
-                y[i] = h * gs + bs;
+                for (std::size_t i = 0; i < n; ++i) {
+                    const T h = h_at(i);
+                    xhat[i] = h;
+                    y[i] = y_of(h, i);
+                }
+            } else {
+#pragma omp simd
+                for (std::size_t i = 0; i < n; ++i)
+                    y[i] = y_of(h_at(i), i);
             }
-        } else {
-#pragma omp simd
-            for (std::size_t i = 0; i < n; ++i)
-                y[i] = ((x[i] - m) * sc + off) * gs + bs;
-        }
-        return;
-    }
-    if (xhat) {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i) {
-            const T h = (x[i] - m) * sc + off;
-            xhat[i] = h;
-            y[i] = h * g[i] + b[i];
-        }
-    } else {
-#pragma omp simd
-        for (std::size_t i = 0; i < n; ++i)
-            y[i] = ((x[i] - m) * sc + off) * g[i] + b[i];
-    }
+        });
 }
 
 // Stores that bypass the caches (SSE, so every ISA clone has them), for outputs too large to
@@ -396,12 +406,22 @@ template <class T>
 NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
                                         T* y) {
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 mv = Float8{} + m, scv = Float8{} + sc, offv = Float8{} + off,
-                     gv = Float8{} + gs, bv = Float8{} + bs;
-        streamed_loop(
-            n, y, [&](std::size_t i) { y[i] = ((x[i] - m) * sc + off) * gs + bs; },
-            [&](std::size_t i) {
-                stream_floats(y + i, ((load_floats(x + i) - mv) * scv + offv) * gv + bv);
+        const Float8 mv = splat<Float8>(m), scv = splat<Float8>(sc), offv = splat<Float8>(off),
+                     gv = splat<Float8>(gs), bv = splat<Float8>(bs);
+        with_flags(
+            off != T(0), false, [&](auto offset, auto) __attribute__((always_inline)) {
+                streamed_loop(
+                    n, y,
+                    [&](std::size_t i) __attribute__((always_inline)) {
+                        T h = standardized(x[i], m, sc);
+                        if constexpr (offset) h = h + off;
+                        y[i] = h * gs + bs;
+                    },
+                    [&](std::size_t i) __attribute__((always_inline)) {
+                        Float8 h = standardized(load_floats(x + i), mv, scv);
+                        if constexpr (offset) h = h + offv;
+                        stream_floats(y + i, h * gv + bv);
+                    });
             });
     } else {
         affine(x, n, m, sc, off, &gs, &bs, 0, static_cast<T*>(nullptr), y);
@@ -432,10 +452,10 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
 // read path idle during the normalization. y is streamed when `stream` (x̂ must then be null and
 // y 16-byte aligned).
 template <class T>
-NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
+NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, T gs, T bs,
                                             T* xhat, T* y, bool stream, const T* next, double shift,
                                             double& s1, double& s2) {
-    const Splat<T> mk{m}, sck{sc}, offk{off}, gk{gs}, bk{bs}, shiftk{T(shift)};
+    const Splat<T> mk{m}, sck{sc}, gk{gs}, bk{bs}, shiftk{T(shift)};
     with_flags(
         xhat != nullptr,
         stream, [&](auto stores_xhat, auto streams) __attribute__((always_inline)) {
@@ -443,8 +463,8 @@ NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc
                 n,
                 [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);
-                    const V h = (load_as<V>(x + i) - mk.template as<V>()) * sck.template as<V>() +
-                                offk.template as<V>();
+                    const V h =
+                        standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
                     if constexpr (stores_xhat) store_as<V>(xhat + i, h, false);
                     store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), streams);
                     const V d = load_as<V>(next + i) - shiftk.template as<V>();
@@ -462,7 +482,7 @@ __attribute__((always_inline)) inline void affine_span(const T* x, std::size_t b
                                                        std::size_t end, T m, T sc, T gs, T bs,
                                                        T* xhat, T* y, bool stream) {
     const auto one = [&](std::size_t i) __attribute__((always_inline)) {
-        const T h = (x[i] - m) * sc + T(0);
+        const T h = standardized(x[i], m, sc);
         if (xhat) xhat[i] = h;
         y[i] = h * gs + bs;
     };
@@ -471,7 +491,7 @@ __attribute__((always_inline)) inline void affine_span(const T* x, std::size_t b
                      bv = splat<Float8>(bs);
         aligned_eights(
             begin, end, y, one, [&](std::size_t i) __attribute__((always_inline)) {
-                const Float8 h = (load_floats(x + i) - mv) * scv + Float8{};
+                const Float8 h = standardized(load_floats(x + i), mv, scv);
                 if (xhat) store_as<Float8>(xhat + i, h, false);
                 store_as<Float8>(y + i, h * gv + bv, stream);
             });
@@ -539,16 +559,19 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
                                        std::size_t n, const T* m, const T* sc, const T* off,
                                        const T* g, const T* b, T* xhat, T* y) {
     with_flags(
-        xhat != nullptr, false, [&](auto stores_xhat, auto) __attribute__((always_inline)) {
+        xhat != nullptr,
+        off != nullptr, [&](auto stores_xhat, auto offset) __attribute__((always_inline)) {
             down_columns<T>(
                 rows, n, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);
                     const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i),
-                            offv = load_as<V>(off + i), gv = load_as<V>(g + i),
-                            bv = load_as<V>(b + i);
+                            gv = load_as<V>(g + i), bv = load_as<V>(b + i);
+                    V offv{};
+                    if constexpr (offset) offv = load_as<V>(off + i);
                     return [=](std::size_t r) __attribute__((always_inline)) {
                         const std::size_t at = r * stride + i;
-                        const V h = (load_as<V>(x + at) - mv) * scv + offv;
+                        V h = standardized(load_as<V>(x + at), mv, scv);
+                        if constexpr (offset) h = h + offv;
                         if constexpr (stores_xhat) store_as<V>(xhat + at, h, false);
                         store_as<V>(y + at, h * gv + bv, false);
                     };
@@ -591,8 +614,8 @@ template <class T>
 NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n, T cg, T gs, T c1,
                                        T cx, T* dx) {
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 cgv = Float8{} + cg, gv = Float8{} + gs, c1v = Float8{} + c1,
-                     cxv = Float8{} + cx;
+        const Float8 cgv = splat<Float8>(cg), gv = splat<Float8>(gs), c1v = splat<Float8>(c1),
+                     cxv = splat<Float8>(cx);
         if (xhat)
             streamed_loop(
                 n, dx, [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]); },
@@ -611,10 +634,9 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
     }
 }
 
-// The backward stages when x̂ is recomputed from the input: h = (x − m)·sc + 0, exactly as affine
-// computes x̂ with no offset (the + 0 included: it turns a −0 into +0 there too), formed in
-// registers. grad_sums_from_input is grad_sums over h, apply_from_input is apply, and so on:
-// the same bits as those functions reading a stored x̂.
+// The backward stages when x̂ is recomputed from the input: h = standardized(x, m, sc), exactly as
+// affine computes x̂ with no offset, formed in registers. grad_sums_from_input is grad_sums over
+// h, apply_from_input is apply, and so on: the same bits as those functions reading a stored x̂.
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc, const T* gamma,
                                              std::size_t n, double& s1, double& s2) {
@@ -622,7 +644,7 @@ NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc,
         n,
         [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
-            const V h = (load_as<V>(x + i) - splat<V>(m)) * splat<V>(sc) + V{};
+            const V h = standardized(load_as<V>(x + i), splat<V>(m), splat<V>(sc));
             return std::pair{weighted<V>(dy, gamma, i), h};
         },
         s1, s2);
@@ -637,7 +659,6 @@ NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std
                                                     const T* sc_col, double* s1, double* s2) {
     std::size_t i = 0;
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 zero = {};
         for (; i + kLanes <= n; i += kLanes) {
             Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
             Float8 m0 = {}, m1 = {}, sc0 = {}, sc1 = {};
@@ -649,16 +670,16 @@ NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std
             }
             for (std::size_t r = 0; r < rows; ++r) {
                 if (!m_col) {
-                    m0 = m1 = Float8{} + m_row[r];
-                    sc0 = sc1 = Float8{} + sc_row[r];
+                    m0 = m1 = splat<Float8>(m_row[r]);
+                    sc0 = sc1 = splat<Float8>(sc_row[r]);
                 }
                 const float* g = dy + r * stride + i;
                 const float* xr = x + r * stride + i;
                 const Float8 g0 = load_floats(g), g1 = load_floats(g + 8);
                 fa0 += g0;
                 fa1 += g1;
-                fq0 += g0 * ((load_floats(xr) - m0) * sc0 + zero);
-                fq1 += g1 * ((load_floats(xr + 8) - m1) * sc1 + zero);
+                fq0 += g0 * standardized(load_floats(xr), m0, sc0);
+                fq1 += g1 * standardized(load_floats(xr + 8), m1, sc1);
             }
             add_widened(s1 + i, fa0, fa1);
             add_widened(s2 + i, fq0, fq1);
@@ -668,7 +689,7 @@ NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std
         double a = 0, q = 0;
         for (std::size_t r = 0; r < rows; ++r) {
             const T m = m_col ? m_col[i] : m_row[r], sc = m_col ? sc_col[i] : sc_row[r];
-            const T h = (x[r * stride + i] - m) * sc + T(0);
+            const T h = standardized(x[r * stride + i], m, sc);
             const double g = double(dy[r * stride + i]);
             a += g;
             q += g * double(h);
@@ -691,7 +712,7 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
                     gv = load_as<V>(g + i), c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
             return [=](std::size_t r) __attribute__((always_inline)) {
                 const std::size_t at = r * stride + i;
-                const V h = (load_as<V>(x + at) - mv) * scv + V{};
+                const V h = standardized(load_as<V>(x + at), mv, scv);
                 store_as<V>(dx + at, cgv * (gv * load_as<V>(dy + at) - c1v - cxv * h), false);
             };
         });
@@ -710,7 +731,6 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
                                                    double* s1, double* s2) {
     std::size_t i = 0;
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 zero = {};
         for (; i + kLanes <= n; i += kLanes) {
             const Float8 g0 = load_floats(g + i), g1 = load_floats(g + i + 8);
             Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
@@ -720,8 +740,8 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
                              cxv = splat<Float8>(cx[r]);
                 const std::size_t at = r * stride + i;
                 const Float8 d0 = load_floats(dy + at), d1 = load_floats(dy + at + 8);
-                const Float8 h0 = (load_floats(x + at) - m) * sc + zero;
-                const Float8 h1 = (load_floats(x + at + 8) - m) * sc + zero;
+                const Float8 h0 = standardized(load_floats(x + at), m, sc);
+                const Float8 h1 = standardized(load_floats(x + at + 8), m, sc);
                 store_as<Float8>(dx + at, cgv * (g0 * d0 - c1v - cxv * h0), false);
                 store_as<Float8>(dx + at + 8, cgv * (g1 * d1 - c1v - cxv * h1), false);
                 fa0 += d0;
@@ -737,7 +757,7 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
         double a = 0, q = 0;
         for (std::size_t r = 0; r < rows; ++r) {
             const std::size_t at = r * stride + i;
-            const T h = (x[at] - m_row[r]) * sc_row[r] + T(0);
+            const T h = standardized(x[at], m_row[r], sc_row[r]);
             dx[at] = cg[r] * (g[i] * dy[at] - c1[r] - cx[r] * h);
             const double d = double(dy[at]);
             a += d;
@@ -755,14 +775,14 @@ NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std
         const T gs = g[0];
 #pragma omp simd
         for (std::size_t i = 0; i < n; ++i) {
-            const T h = (x[i] - m) * sc + T(0);
+            const T h = standardized(x[i], m, sc);
             dx[i] = cg * (gs * dy[i] - c1 - cx * h);
         }
         return;
     }
 #pragma omp simd
     for (std::size_t i = 0; i < n; ++i) {
-        const T h = (x[i] - m) * sc + T(0);
+        const T h = standardized(x[i], m, sc);
         dx[i] = cg * (g[i] * dy[i] - c1 - cx * h);
     }
 }
@@ -771,16 +791,16 @@ template <class T>
 NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, T sc, std::size_t n,
                                                   T cg, T gs, T c1, T cx, T* dx) {
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 cgv = Float8{} + cg, gv = Float8{} + gs, c1v = Float8{} + c1,
-                     cxv = Float8{} + cx, mv = Float8{} + m, scv = Float8{} + sc, zero = {};
+        const Float8 cgv = splat<Float8>(cg), gv = splat<Float8>(gs), c1v = splat<Float8>(c1),
+                     cxv = splat<Float8>(cx), mv = splat<Float8>(m), scv = splat<Float8>(sc);
         streamed_loop(
             n, dx,
             [&](std::size_t i) {
-                const float h = (x[i] - m) * sc + 0.0f;
+                const float h = standardized(x[i], m, sc);
                 dx[i] = cg * (gs * dy[i] - c1 - cx * h);
             },
             [&](std::size_t i) {
-                const Float8 h = (load_floats(x + i) - mv) * scv + zero;
+                const Float8 h = standardized(load_floats(x + i), mv, scv);
                 stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v - cxv * h));
             });
     } else {
@@ -814,10 +834,10 @@ NORMLAB_ISA_CLONES void apply_summing_next(const T* dy, const T* xhat, const T* 
                         h = load_as<V>(xhat + i);
                         next_h = load_as<V>(next_xhat + i);
                     } else {
-                        h = (load_as<V>(x + i) - mk.template as<V>()) * sck.template as<V>() + V{};
-                        next_h = (load_as<V>(next_x + i) - next_mk.template as<V>()) *
-                                     next_sck.template as<V>() +
-                                 V{};
+                        h = standardized(load_as<V>(x + i), mk.template as<V>(),
+                                         sck.template as<V>());
+                        next_h = standardized(load_as<V>(next_x + i), next_mk.template as<V>(),
+                                              next_sck.template as<V>());
                     }
                     store_as<V>(
                         dx + i,

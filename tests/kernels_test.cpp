@@ -62,8 +62,8 @@ TEST(Kernels, DenseInputEqualsTheSameDataWithATrailingUnitDimension) {
     }
 }
 
-// The float kernels combine up to 128 values in float before widening to double, 16 lanes at a
-// time, with scalar tails; these shapes reach every one of those paths (runs and rows of 16,
+// The float kernels combine up to 256 values of a run in float before widening to double, 16 lanes
+// at a time, with scalar tails; these shapes reach every one of those paths (runs and rows of 16,
 // 40, 300 and 1000 values; dense inputs of 48 channels) and sets whose channels straddle them.
 TEST(Kernels, FloatAgreesWithDoubleOnEveryVectorPath) {
     const std::vector<std::pair<std::string, std::vector<Shape>>> cases = {

@@ -86,12 +86,15 @@ __attribute__((always_inline)) inline double total(const Sum16& s) {
     return t;
 }
 
-// Float data is first combined in float, up to kFloatSteps vectors per lane, and only each
-// block's partial sums are widened and added in double: the widening (one conversion per value)
-// would otherwise cost more than the arithmetic, and a partial of kFloatSteps deviations from
-// the shift loses at most a few float ulps of itself, far below what the double total then adds.
+// Float data is first combined in float, up to kRunSteps vectors per lane along a run (up to
+// kFloatSteps rows down a column block), and only each block's partial sums are widened and
+// added in double: the widening (one conversion per value) would otherwise cost more than the
+// arithmetic, and a partial of sixteen deviations from the shift loses at most a few float ulps
+// of itself, far below what the double total then adds. (Sixteen steps instead of eight along a
+// run: the in-cache forward and backward on rows 3-6% faster.)
 constexpr std::size_t kFloatSteps = 8;
-constexpr std::size_t kFloatBlock = kLanes * kFloatSteps;
+constexpr std::size_t kRunSteps = 16;
+constexpr std::size_t kFloatBlock = kLanes * kRunSteps;
 // Shorter runs (GroupNorm's sets of a few channels) are summed by the scalar loop alone: setting
 // up and reducing sixteen lanes would cost more than the run itself.
 constexpr std::size_t kShortRun = 2 * kLanes;
@@ -169,7 +172,7 @@ __attribute__((always_inline)) inline void with_flags(bool a, bool b, F&& f) {
 
 // s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
 // vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
-// combined in float kFloatSteps at a time and widened, a scalar tail in double. Every sum of the
+// combined in float kRunSteps at a time and widened, a scalar tail in double. Every sum of the
 // kernel is this loop with a different term. after(begin, end) is called once the sums of
 // [begin, end) are taken, in order, the ranges covering [0, n): a caller does other work on the
 // same range there, interleaved with the sums at the granularity of a float block.

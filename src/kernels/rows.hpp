@@ -265,39 +265,71 @@ NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, st
         s1, s2);
 }
 
+// Column sums down `rows` rows (callers pass at most kFloatSteps): s1[i] += Σ_r u,
+// s2[i] += Σ_r u·w (s2 null: not taken), with (u, w) = f(V{}, i)(r) the values at column i of
+// row r — f(V{}, i) loads once what the columns share down the rows and returns row(r) (a vector
+// of V's width, or one value for V = T). Floats: sixteen columns at a time, combined in float
+// down the rows and widened; the columns past the last sixteen, and other types, in double.
+// Every column sum of the kernel is this loop with a different f.
+template <class T, class F>
+__attribute__((always_inline)) inline void column_paired_sums(std::size_t rows, std::size_t n,
+                                                              F&& f, double* s1, double* s2) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        for (; i + kLanes <= n; i += kLanes) {
+            const auto lo = f(Float8{}, i), hi = f(Float8{}, i + 8);
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (std::size_t r = 0; r < rows; ++r) {
+                const auto [u0, w0] = lo(r);
+                const auto [u1, w1] = hi(r);
+                fa0 += u0;
+                fa1 += u1;
+                fq0 += u0 * w0;
+                fq1 += u1 * w1;
+            }
+            add_widened(s1 + i, fa0, fa1);
+            if (s2) add_widened(s2 + i, fq0, fq1);
+        }
+    }
+    for (; i < n; ++i) {
+        const auto column = f(T{}, i);
+        double a = 0, q = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            const auto [u, w] = column(r);
+            a += double(u);
+            q += double(u) * double(w);
+        }
+        s1[i] += a;
+        if (s2) s2[i] += q;
+    }
+}
+
 // Column sums down `rows` consecutive rows (row stride `stride`) of a dense block:
 // s1[i] += Σ_rows (x[i] − shift[i]), s2[i] += its square. Float rows are combined in float
 // first (callers pass at most kFloatSteps rows), as in shifted_sums.
 template <class T>
 NORMLAB_ISA_CLONES void column_shifted_sums(const T* x, std::size_t rows, std::size_t stride,
                                             std::size_t n, const T* shift, double* s1, double* s2) {
-    std::size_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
-        for (; i + kLanes <= n; i += kLanes) {
-            const Float8 sh0 = load_floats(shift + i), sh1 = load_floats(shift + i + 8);
-            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
-            for (std::size_t r = 0; r < rows; ++r) {
-                const float* p = x + r * stride + i;
-                const Float8 d0 = load_floats(p) - sh0, d1 = load_floats(p + 8) - sh1;
-                fa0 += d0;
-                fa1 += d1;
-                fq0 += d0 * d0;
-                fq1 += d1 * d1;
+    column_paired_sums<T>(
+        rows, n,
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            if constexpr (std::is_same_v<V, T>) {
+                // The scalar columns subtract in double.
+                const double sh = double(shift[i]);
+                return [=](std::size_t r) __attribute__((always_inline)) {
+                    const double d = double(x[r * stride + i]) - sh;
+                    return std::pair{d, d};
+                };
+            } else {
+                const V sh = load_as<V>(shift + i);
+                return [=](std::size_t r) __attribute__((always_inline)) {
+                    const V d = load_as<V>(x + r * stride + i) - sh;
+                    return std::pair{d, d};
+                };
             }
-            add_widened(s1 + i, fa0, fa1);
-            add_widened(s2 + i, fq0, fq1);
-        }
-    }
-    for (; i < n; ++i) {
-        double a = 0, q = 0;
-        for (std::size_t r = 0; r < rows; ++r) {
-            const double d = double(x[r * stride + i]) - double(shift[i]);
-            a += d;
-            q += d * d;
-        }
-        s1[i] += a;
-        s2[i] += q;
-    }
+        },
+        s1, s2);
 }
 
 // s1[i] += Σ_rows dy[i], s2[i] += Σ_rows dy[i]·x̂[i] (xhat may be null), as above.
@@ -305,35 +337,16 @@ template <class T>
 NORMLAB_ISA_CLONES void column_grad_sums(const T* dy, const T* xhat, std::size_t rows,
                                          std::size_t stride, std::size_t n, double* s1,
                                          double* s2) {
-    std::size_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
-        for (; i + kLanes <= n; i += kLanes) {
-            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
-            for (std::size_t r = 0; r < rows; ++r) {
-                const float* g = dy + r * stride + i;
-                const Float8 g0 = load_floats(g), g1 = load_floats(g + 8);
-                fa0 += g0;
-                fa1 += g1;
-                if (xhat) {
-                    const float* h = xhat + r * stride + i;
-                    fq0 += g0 * load_floats(h);
-                    fq1 += g1 * load_floats(h + 8);
-                }
-            }
-            add_widened(s1 + i, fa0, fa1);
-            if (xhat) add_widened(s2 + i, fq0, fq1);
-        }
-    }
-    for (; i < n; ++i) {
-        double a = 0, q = 0;
-        for (std::size_t r = 0; r < rows; ++r) {
-            const double g = double(dy[r * stride + i]);
-            a += g;
-            if (xhat) q += g * double(xhat[r * stride + i]);
-        }
-        s1[i] += a;
-        if (xhat) s2[i] += q;
-    }
+    column_paired_sums<T>(
+        rows, n,
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            return [=](std::size_t r) __attribute__((always_inline)) {
+                const std::size_t at = r * stride + i;
+                return std::pair{load_as<V>(dy + at), xhat ? load_as<V>(xhat + at) : V{}};
+            };
+        },
+        s1, xhat ? s2 : nullptr);
 }
 
 // x̂ = (x − m)·sc + off (off = 0: nothing added), y = x̂·g + b, with g, b per element (g_step 1)
@@ -660,46 +673,24 @@ NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std
                                                     std::size_t stride, std::size_t n,
                                                     const T* m_row, const T* sc_row, const T* m_col,
                                                     const T* sc_col, double* s1, double* s2) {
-    std::size_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
-        for (; i + kLanes <= n; i += kLanes) {
-            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
-            Float8 m0 = {}, m1 = {}, sc0 = {}, sc1 = {};
+    column_paired_sums<T>(
+        rows, n,
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            V m{}, sc{};
             if (m_col) {
-                m0 = load_floats(m_col + i);
-                m1 = load_floats(m_col + i + 8);
-                sc0 = load_floats(sc_col + i);
-                sc1 = load_floats(sc_col + i + 8);
+                m = load_as<V>(m_col + i);
+                sc = load_as<V>(sc_col + i);
             }
-            for (std::size_t r = 0; r < rows; ++r) {
-                if (!m_col) {
-                    m0 = m1 = splat<Float8>(m_row[r]);
-                    sc0 = sc1 = splat<Float8>(sc_row[r]);
-                }
-                const float* g = dy + r * stride + i;
-                const float* xr = x + r * stride + i;
-                const Float8 g0 = load_floats(g), g1 = load_floats(g + 8);
-                fa0 += g0;
-                fa1 += g1;
-                fq0 += g0 * standardized(load_floats(xr), m0, sc0);
-                fq1 += g1 * standardized(load_floats(xr + 8), m1, sc1);
-            }
-            add_widened(s1 + i, fa0, fa1);
-            add_widened(s2 + i, fq0, fq1);
-        }
-    }
-    for (; i < n; ++i) {
-        double a = 0, q = 0;
-        for (std::size_t r = 0; r < rows; ++r) {
-            const T m = m_col ? m_col[i] : m_row[r], sc = m_col ? sc_col[i] : sc_row[r];
-            const T h = standardized(x[r * stride + i], m, sc);
-            const double g = double(dy[r * stride + i]);
-            a += g;
-            q += g * double(h);
-        }
-        s1[i] += a;
-        s2[i] += q;
-    }
+            return [=](std::size_t r) __attribute__((always_inline)) {
+                const std::size_t at = r * stride + i;
+                const V h = m_col ? standardized(load_as<V>(x + at), m, sc)
+                                  : standardized(load_as<V>(x + at), splat<V>(m_row[r]),
+                                                 splat<V>(sc_row[r]));
+                return std::pair{load_as<V>(dy + at), h};
+            };
+        },
+        s1, s2);
 }
 
 // apply_columns over h recomputed from the input with m, sc per column.
@@ -732,43 +723,23 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
                                                    const T* m_row, const T* sc_row, const T* cg,
                                                    const T* g, const T* c1, const T* cx, T* dx,
                                                    double* s1, double* s2) {
-    std::size_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
-        for (; i + kLanes <= n; i += kLanes) {
-            const Float8 g0 = load_floats(g + i), g1 = load_floats(g + i + 8);
-            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
-            for (std::size_t r = 0; r < rows; ++r) {
-                const Float8 m = splat<Float8>(m_row[r]), sc = splat<Float8>(sc_row[r]);
-                const Float8 cgv = splat<Float8>(cg[r]), c1v = splat<Float8>(c1[r]),
-                             cxv = splat<Float8>(cx[r]);
+    column_paired_sums<T>(
+        rows, n,
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            const V gv = load_as<V>(g + i);
+            return [=](std::size_t r) __attribute__((always_inline)) {
                 const std::size_t at = r * stride + i;
-                const Float8 d0 = load_floats(dy + at), d1 = load_floats(dy + at + 8);
-                const Float8 h0 = standardized(load_floats(x + at), m, sc);
-                const Float8 h1 = standardized(load_floats(x + at + 8), m, sc);
-                store_as<Float8>(dx + at, cgv * (g0 * d0 - c1v - cxv * h0), false);
-                store_as<Float8>(dx + at + 8, cgv * (g1 * d1 - c1v - cxv * h1), false);
-                fa0 += d0;
-                fa1 += d1;
-                fq0 += d0 * h0;
-                fq1 += d1 * h1;
-            }
-            add_widened(s1 + i, fa0, fa1);
-            add_widened(s2 + i, fq0, fq1);
-        }
-    }
-    for (; i < n; ++i) {
-        double a = 0, q = 0;
-        for (std::size_t r = 0; r < rows; ++r) {
-            const std::size_t at = r * stride + i;
-            const T h = standardized(x[at], m_row[r], sc_row[r]);
-            dx[at] = cg[r] * (g[i] * dy[at] - c1[r] - cx[r] * h);
-            const double d = double(dy[at]);
-            a += d;
-            q += d * double(h);
-        }
-        s1[i] += a;
-        s2[i] += q;
-    }
+                const V d = load_as<V>(dy + at);
+                const V h =
+                    standardized(load_as<V>(x + at), splat<V>(m_row[r]), splat<V>(sc_row[r]));
+                store_as<V>(dx + at,
+                            splat<V>(cg[r]) * (gv * d - splat<V>(c1[r]) - splat<V>(cx[r]) * h),
+                            false);
+                return std::pair{d, h};
+            };
+        },
+        s1, s2);
 }
 
 template <class T>

@@ -203,49 +203,70 @@ bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets
     return src.x != nullptr && sets != nullptr && recomputes_xhat_in_registers(v, *sets);
 }
 
+// Columns per range when a block's columns are split between threads: a multiple of the sixteen
+// lanes, so every column takes the vector or the scalar path it takes in one range.
+constexpr std::size_t kColumnRange = 512;
+
 // The column sums of a dense (N, C) input, block by block: rows are split into fixed blocks of
-// kRowBlock, each block into groups of kGradRowGroup rows; group(n0, count, part1, part2) adds the
-// column sums of rows n0 .. n0 + count into its block's partials (part2 null without `second`),
-// and the partials are added in block order into s1, s2.
+// kRowBlock, each block into groups of rows_per_group rows; group(n0, count, c0, c1, part1, part2)
+// adds the sums of columns [c0, c1) of rows n0 .. n0 + count into its block's partials (pointers
+// at the block's column 0; part2 null without `second`), and the partials are added in block
+// order into s1, s2. With split_columns and fewer blocks than twice the threads (a small batch of
+// many features), the columns are also split into ranges of kColumnRange, so that every thread
+// has work; each column's sums are the same either way.
 template <class Group>
-void column_sums_by_blocks(const NcsView& v, bool second, double* s1, double* s2, Group&& group) {
+void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool second,
+                           bool split_columns, double* s1, double* s2, Group&& group) {
     const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
+    const bool split = split_columns && blocks < 2 * std::size_t(omp_get_max_threads());
+    const std::size_t ranges = split ? (v.c + kColumnRange - 1) / kColumnRange : 1;
     double* part1 = scratch(kPart1, blocks * v.c);
     double* part2 = second ? scratch(kPart2, blocks * v.c) : nullptr;
 #pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t b = 0; b < blocks; ++b)
-        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock), kGradRowGroup,
+    for (std::size_t task = 0; task < blocks * ranges; ++task) {
+        const std::size_t b = task / ranges, c0 = (task % ranges) * kColumnRange;
+        const std::size_t c1 = ranges == 1 ? v.c : std::min(v.c, c0 + kColumnRange);
+        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock), rows_per_group,
                            [&](std::size_t n0, std::size_t count) {
-                               group(n0, count, part1 + b * v.c, part2 ? part2 + b * v.c : nullptr);
+                               group(n0, count, c0, c1, part1 + b * v.c,
+                                     part2 ? part2 + b * v.c : nullptr);
                            });
+    }
     add_partials(part1, part2, blocks, v.c, s1, s2);
 }
 
-// per_row(n, x̂ of row n or null) runs first on every row of a group. With per_row_reads_input
-// and x̂ recomputed directly from the input (direct_rows), per_row gets null and reads the input
-// itself; otherwise null means there is no x̂.
+// per_row(n, x̂ of row n or null) runs first on every row of a group (once, with the group's
+// first range of columns). With per_row_reads_input and x̂ recomputed directly from the input
+// (direct_rows), per_row gets null and reads the input itself; otherwise null means there is no
+// x̂. per_row must not write what the column sums read (other ranges run at the same time).
 template <class T, class PerRow>
 void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                        const SetSpec* sets, double* s1, double* s2, bool per_row_reads_input,
                        PerRow&& per_row) {
     const bool direct = per_row_reads_input && direct_rows(xhat, v, sets);
     column_sums_by_blocks(
-        v, xhat.present(), s1, s2,
-        [&](std::size_t n0, std::size_t count, double* part1, double* part2) {
+        v, kGradRowGroup, xhat.present(), true, s1, s2,
+        [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1, double* part1,
+            double* part2) {
+            const std::size_t at = n0 * v.c + c0, width = c1 - c0;
+            double* p2 = part2 ? part2 + c0 : nullptr;
             if (direct) {
-                for (std::size_t n = n0; n < n0 + count; ++n)
-                    per_row(n, static_cast<const T*>(nullptr));
+                if (c0 == 0)
+                    for (std::size_t n = n0; n < n0 + count; ++n)
+                        per_row(n, static_cast<const T*>(nullptr));
                 const bool by_row = !sets->across_batch;
                 rows::column_grad_sums_from_input(
-                    dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c,
-                    by_row ? xhat.shift + n0 : nullptr, by_row ? xhat.scale + n0 : nullptr,
-                    by_row ? nullptr : xhat.shift, by_row ? nullptr : xhat.scale, part1, part2);
+                    dy + at, xhat.x + at, count, v.c, width, by_row ? xhat.shift + n0 : nullptr,
+                    by_row ? xhat.scale + n0 : nullptr, by_row ? nullptr : xhat.shift + c0,
+                    by_row ? nullptr : xhat.scale + c0, part1 + c0, p2);
                 return;
             }
             const T* h = xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
-            for (std::size_t n = n0; n < n0 + count; ++n)
-                per_row(n, h ? h + (n - n0) * v.c : nullptr);
-            rows::column_grad_sums(dy + n0 * v.c, h, count, v.c, v.c, part1, part2);
+            if (c0 == 0)
+                for (std::size_t n = n0; n < n0 + count; ++n)
+                    per_row(n, h ? h + (n - n0) * v.c : nullptr);
+            rows::column_grad_sums(dy + at, h ? h + c0 : nullptr, count, v.c, width, part1 + c0,
+                                   p2);
         });
 }
 
@@ -341,19 +362,14 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         std::vector<T> shift(v.c);
         for (std::size_t c = 0; c < v.c; ++c)
             shift[c] = center ? x[(c / cps) * cps] : T(0);
-        const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
-        double* part1 = scratch(kPart1, blocks * v.c);
-        double* part2 = scratch(kPart2, blocks * v.c);
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-        for (std::size_t b = 0; b < blocks; ++b)
-            for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock), rows::kFloatSteps,
-                               [&](std::size_t n0, std::size_t count) {
-                                   rows::column_shifted_sums(x + n0 * v.c, count, v.c, v.c,
-                                                             shift.data(), part1 + b * v.c,
-                                                             part2 + b * v.c);
-                               });
         std::vector<double> s1(v.c), s2(v.c);
-        add_partials(part1, part2, blocks, v.c, s1.data(), s2.data());
+        column_sums_by_blocks(v, rows::kFloatSteps, true, true, s1.data(), s2.data(),
+                              [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1,
+                                  double* part1, double* part2) {
+                                  rows::column_shifted_sums(x + n0 * v.c + c0, count, v.c, c1 - c0,
+                                                            shift.data() + c0, part1 + c0,
+                                                            part2 + c0);
+                              });
         for (std::size_t k = 0; k < num_sets; ++k) {
             double t1 = 0, t2 = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
@@ -703,9 +719,11 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     if (v.s == 1 && direct_rows(xhat, v, &sets)) {
         // One set per row, x̂ formed from the input in registers: each group's rows are reduced
         // one by one, then applied together while the same pass takes their column sums.
+        // Not split by columns: each group's rows are applied in place after their sums.
         column_sums_by_blocks(
-            v, true, chan_sum_dy, chan_sum_dy_xhat,
-            [&](std::size_t n0, std::size_t count, double* part1, double* part2) {
+            v, kGradRowGroup, true, false, chan_sum_dy, chan_sum_dy_xhat,
+            [&](std::size_t n0, std::size_t count, std::size_t, std::size_t, double* part1,
+                double* part2) {
                 T coef_1[kGradRowGroup], coef_xhat[kGradRowGroup];
                 for (std::size_t n = n0; n < n0 + count; ++n) {
                     double a = 0, b = 0;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <omp.h>
+
 #include "kernels/moments.hpp"
 
 namespace normlab {
@@ -117,17 +119,42 @@ void standardize(const Array<T>& x, const std::vector<BranchCall>& calls,
                                   out.data() + call.offset);
 }
 
+// Calls f(i, count, c) for every run of values of one channel c of the [N][C][S] view, with the
+// runs split between the OpenMP threads: the runs are of length S, or, without trailing
+// dimensions, of length 1 gathered into rows (then c is the row's first channel, 0, and the
+// channel advances with the value). The elementwise passes of this layer are loops over them.
+template <class F>
+void for_each_channel_run(const NcsView& v, F&& f) {
+    const std::size_t runs = v.s == 1 ? v.n : v.n * v.c;
+#pragma omp parallel for schedule(static) if (v.size() >= (std::size_t{1} << 15))
+    for (std::size_t r = 0; r < runs; ++r) {
+        if (v.s == 1)
+            f(r * v.c, v.c, std::size_t{0});
+        else
+            f(r * v.s, v.s, r % v.c);
+    }
+}
+
+// The per-channel factor of value j of a run that starts at channel c: the run's channel with
+// trailing dimensions, the value's own channel without.
+template <class T>
+T per_channel(const T* values, const NcsView& v, std::size_t c, std::size_t j) {
+    return values[v.s == 1 ? c + j : c];
+}
+
 // y = γ_c·(cf·x̂_F + cb·x̂_B) + β_c, where cf = w_F/√C and cb = w_B/√C.
 template <class T>
 void mix_affine(const T* xhat_f, const T* xhat_b, T cf, T cb, const T* gamma, const T* beta,
                 const NcsView& v, T* y) {
-    for (std::size_t n = 0; n < v.n; ++n)
-        for (std::size_t c = 0; c < v.c; ++c) {
-            const std::size_t base = (n * v.c + c) * v.s;
-            const T g = gamma ? gamma[c] : T(1), b = beta ? beta[c] : T(0);
-            for (std::size_t s = 0; s < v.s; ++s)
-                y[base + s] = (cf * xhat_f[base + s] + cb * xhat_b[base + s]) * g + b;
-        }
+    const std::vector<T> ones(gamma ? 0 : v.c, T(1)), zeros(beta ? 0 : v.c, T(0));
+    const T* g = gamma ? gamma : ones.data();
+    const T* b = beta ? beta : zeros.data();
+    for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
+#pragma omp simd
+        for (std::size_t j = 0; j < count; ++j)
+            y[i + j] = (cf * xhat_f[i + j] + cb * xhat_b[i + j]) * per_channel(g, v, c, j) +
+                       per_channel(b, v, c, j);
+    });
 }
 
 std::string flag_list(const BatchLayerNormOptions& o) {
@@ -337,10 +364,12 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
     // transposed view cannot express as a kernel argument.
     Array<T> g = dy;
     if (gamma)
-        for (std::size_t n = 0; n < v.n; ++n)
-            for (std::size_t c = 0; c < v.c; ++c)
-                for (std::size_t s = 0; s < v.s; ++s)
-                    g.data()[(n * v.c + c) * v.s + s] *= gamma[c];
+        for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
+            T* gi = g.data() + i;
+#pragma omp simd
+            for (std::size_t j = 0; j < count; ++j)
+                gi[j] *= per_channel(gamma, v, c, j);
+        });
 
     Array<T> dx = Array<T>::from_shape(dy.shape());
     Array<T> scratch = Array<T>::from_shape(dy.shape());
@@ -348,13 +377,18 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
                     v.c * v.s, dx.data());
     branch_backward(g.data(), ctx.xhat_feature.data(), feature_calls(v), ctx.feature,
                     ctx.coef_feature, v.n * v.s, scratch.data());
-    for (std::size_t i = 0; i < dx.size(); ++i)
-        dx.data()[i] += scratch.data()[i];
-
-    // dγ needs the mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C; scratch is free again.
-    for (std::size_t i = 0; i < dx.size(); ++i)
-        scratch.data()[i] = ctx.coef_feature * ctx.xhat_feature.data()[i] +
-                            ctx.coef_batch * ctx.xhat_batch.data()[i];
+    // dγ needs the mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C; scratch is free once added into dx.
+    const T* xf = ctx.xhat_feature.data();
+    const T* xb = ctx.xhat_batch.data();
+    for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t) {
+        T* d = dx.data() + i;
+        T* m = scratch.data() + i;
+#pragma omp simd
+        for (std::size_t j = 0; j < count; ++j) {
+            d[j] += m[j];
+            m[j] = ctx.coef_feature * xf[i + j] + ctx.coef_batch * xb[i + j];
+        }
+    });
     std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
     kernels::channel_sums(dy.data(), scratch.data(), v, sum_dy.data(), sum_dy_xhat.data());
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());

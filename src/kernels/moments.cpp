@@ -310,6 +310,14 @@ void finish_moments(bool center, double inv_m, double shift, double s1, double s
     var = T(std::max(m2, 0.0) * inv_m);
 }
 
+// finish_moments, then the set's inv_std = 1/√(var + eps), as standardize normalizes with it.
+template <class T>
+void finish_standardized(bool center, double inv_m, double eps, double shift, double s1, double s2,
+                         T& mean, T& var, T& inv_std) {
+    finish_moments(center, inv_m, shift, s1, s2, mean, var);
+    inv_std = T(1.0 / std::sqrt(double(var) + eps));
+}
+
 // Normalizes set k of a per-sample SetSpec: one contiguous run of channels_per_set·S values.
 template <class T>
 void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_t k, T m, T sc,
@@ -483,8 +491,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                         rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, first_value(k), s1, s2);
             },
             [&](std::size_t k, double t1, double t2, bool has_next, double& s1, double& s2) {
-                finish_moments(center, inv_m, first_value(k), t1, t2, mean[k], var[k]);
-                inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+                finish_standardized(center, inv_m, eps, first_value(k), t1, t2, mean[k], var[k],
+                                    inv_std[k]);
                 const double next_shift = has_next ? first_value(k + 1) : 0.0;
                 for (std::size_t n = 0; n < v.n; ++n)
                     for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
@@ -526,8 +534,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         rows::shifted_sums(x + k * block_len, block_len, first_value(k), s1, s2);
     };
     const auto finish = [&](std::size_t k, double s1, double s2) {
-        finish_moments(center, inv_m, first_value(k), s1, s2, mean[k], var[k]);
-        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+        finish_standardized(center, inv_m, eps, first_value(k), s1, s2, mean[k], var[k],
+                            inv_std[k]);
     };
     if (v.s == 1) {
         // Rows: a few sets are summed, then finished, then normalized. The end of a set's sums

@@ -499,8 +499,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                         const std::size_t base = (n * v.c + c) * v.s;
                         T* h = xhat ? xhat + base : nullptr;
                         if (has_next)
-                            rows::affine_summing_next(x + base, v.s, mean[k], inv_std[k], g[c],
-                                                      b[c], h, y + base, stream_y,
+                            rows::affine_summing_next(x + base, v.s, mean[k], inv_std[k], g + c,
+                                                      b + c, 0, h, y + base, stream_y,
                                                       x + base + cps * v.s, next_shift, s1, s2);
                         else
                             affine_run(stream, x + base, v.s, mean[k], inv_std[k], T(0), g[c], b[c],
@@ -538,23 +538,48 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                             inv_std[k]);
     };
     if (v.s == 1) {
-        // Rows: a few sets are summed, then finished, then normalized. The end of a set's sums
-        // is serial (lanes added into one total, then a square root and a division) and its
-        // normalization waits for it; with a few sets in flight those chains overlap each
-        // other's vector work. The sets stay in L1 between the two passes.
+        // Rows: a few sets are finished together, then normalized while the next few are summed
+        // (rows::affine_summing_next, row j of a group with row j of the next). The end of a
+        // set's sums is serial (lanes added into one total, then a square root and a division)
+        // and its normalization waits for it; with a few sets in flight those chains overlap
+        // each other's vector work. The fused pass keeps both the adders (the sums) and the
+        // loads and stores (the normalization) busy, and reads the next rows from memory while
+        // the current ones are written.
         constexpr std::size_t kSetsInFlight = 4;
         const std::size_t groups = (num_sets + kSetsInFlight - 1) / kSetsInFlight;
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-        for (std::size_t grp = 0; grp < groups; ++grp) {
-            const std::size_t k0 = grp * kSetsInFlight;
-            const std::size_t k1 = std::min(num_sets, k0 + kSetsInFlight);
+        // Sets too short for vector sums (GroupNorm's few channels) gain nothing from fusing.
+        const bool fuse = block_len >= rows::kShortRun;
+#pragma omp parallel if (v.size() >= kParallelMin)
+        {
+            const auto [grp0, grp1] = static_share(groups);
             double s1[kSetsInFlight] = {}, s2[kSetsInFlight] = {};
-            for (std::size_t k = k0; k < k1; ++k)
-                sum(k, s1[k - k0], s2[k - k0]);
-            for (std::size_t k = k0; k < k1; ++k)
-                finish(k, s1[k - k0], s2[k - k0]);
-            for (std::size_t k = k0; k < k1; ++k)
-                normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+            const auto sum_group = [&](std::size_t grp) {
+                for (std::size_t k = grp * kSetsInFlight;
+                     k < std::min(num_sets, (grp + 1) * kSetsInFlight); ++k)
+                    sum(k, s1[k % kSetsInFlight], s2[k % kSetsInFlight]);
+            };
+            if (grp0 < grp1) sum_group(grp0);
+            for (std::size_t grp = grp0; grp < grp1; ++grp) {
+                const std::size_t k0 = grp * kSetsInFlight;
+                const std::size_t k1 = std::min(num_sets, k0 + kSetsInFlight);
+                for (std::size_t k = k0; k < k1; ++k) {
+                    finish(k, s1[k - k0], s2[k - k0]);
+                    s1[k - k0] = s2[k - k0] = 0;
+                }
+                const bool has_next = grp + 1 < grp1;
+                for (std::size_t k = k0; k < k1; ++k) {
+                    const std::size_t next = k + kSetsInFlight;
+                    const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
+                    if (fuse && has_next && next < num_sets)
+                        rows::affine_summing_next(
+                            x + k * block_len, block_len, mean[k], inv_std[k], g + c0, b + c0, 1,
+                            xhat ? xhat + k * block_len : nullptr, y + k * block_len, false,
+                            x + next * block_len, first_value(next), s1[k - k0], s2[k - k0]);
+                    else
+                        normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+                }
+                if (!fuse && has_next) sum_group(grp + 1);
+            }
         }
         return;
     }

@@ -460,33 +460,46 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
     }
 }
 
-// affine with g_step 0 of one run (x → x̂, y) while taking the shifted sums of another run of
-// the same length, `next`: s1 += Σ(next − shift), s2 += Σ(next − shift)², the same values in the
-// same order as shifted_sums, and the same y and x̂ as affine / affine_streamed. A kernel that
+// affine (offset 0) of one run (x → x̂, y) while taking the shifted sums of another run of the
+// same length, `next`: s1 += Σ(next − shift), s2 += Σ(next − shift)², the same values in the
+// same order as shifted_sums, and the same y and x̂ as affine / affine_streamed. g and b are one
+// value (g_step 0: a channel's run) or one per element (g_step 1: a row). A kernel that
 // normalizes one set while reading the next from memory keeps reads and writes in flight
 // together, where normalizing after summing leaves the write path idle during the sums and the
-// read path idle during the normalization. y is streamed when `stream` (x̂ must then be null and
-// y 16-byte aligned).
+// read path idle during the normalization; on rows in cache it also fills the vector units
+// that each loop alone leaves half idle (the sums are add-bound, the normalization load-bound).
+// y is streamed when `stream` (x̂ must then be null and y 16-byte aligned).
 template <class T>
-NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, T gs, T bs,
-                                            T* xhat, T* y, bool stream, const T* next, double shift,
-                                            double& s1, double& s2) {
-    const Splat<T> mk{m}, sck{sc}, gk{gs}, bk{bs}, shiftk{T(shift)};
+NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, const T* g,
+                                            const T* b, std::size_t g_step, T* xhat, T* y,
+                                            bool stream, const T* next, double shift, double& s1,
+                                            double& s2) {
+    const Splat<T> mk{m}, sck{sc}, gk{g[0]}, bk{b[0]}, shiftk{T(shift)};
+    const auto run = [&](auto stores_xhat, auto streams, auto one_g)
+        __attribute__((always_inline)) {
+        paired_sums<T>(
+            n,
+            [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                using V = decltype(tag);
+                const V h =
+                    standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
+                if constexpr (stores_xhat) store_as<V>(xhat + i, h, false);
+                if constexpr (one_g)
+                    store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), streams);
+                else
+                    store_as<V>(y + i, h * load_as<V>(g + i) + load_as<V>(b + i), streams);
+                const V d = load_as<V>(next + i) - shiftk.template as<V>();
+                return std::pair{d, d};
+            },
+            s1, s2);
+    };
     with_flags(
         xhat != nullptr,
         stream, [&](auto stores_xhat, auto streams) __attribute__((always_inline)) {
-            paired_sums<T>(
-                n,
-                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-                    using V = decltype(tag);
-                    const V h =
-                        standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
-                    if constexpr (stores_xhat) store_as<V>(xhat + i, h, false);
-                    store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), streams);
-                    const V d = load_as<V>(next + i) - shiftk.template as<V>();
-                    return std::pair{d, d};
-                },
-                s1, s2);
+            if (g_step == 0)
+                run(stores_xhat, streams, std::true_type{});
+            else
+                run(stores_xhat, streams, std::false_type{});
         });
     if (stream) _mm_sfence();
 }

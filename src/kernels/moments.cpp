@@ -799,12 +799,22 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const std::size_t runs = v.n * v.c;
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
-    // The j-th run of set k (runs in sample order, then channel order).
-    const std::size_t runs_per_set = (sets.across_batch ? v.n : 1) * cps;
-    const auto run_of = [&](std::size_t k, std::size_t j) {
-        const std::size_t c0 = (sets.across_batch ? k : k % spp) * cps;
-        const std::size_t n0 = sets.across_batch ? 0 : k / spp;
-        return (n0 + j / cps) * v.c + c0 + j % cps;
+    // The runs of set k in sample order, then channel order: f(run, channel, step, dc) with
+    // step = dn·C + dc the run's offset from the set's first run (its dn-th sample, dc-th
+    // channel). Every set has as many samples and channels, so run j of set k + 1 is at the
+    // same step from its first run as run j of set k.
+    const std::size_t samples = sets.across_batch ? v.n : 1;
+    // Set k's first run and its channel.
+    const auto first_run = [&](std::size_t k) -> std::pair<std::size_t, std::size_t> {
+        if (sets.across_batch) return {k * cps, k * cps};
+        const std::size_t c0 = (k % spp) * cps;
+        return {(k / spp) * v.c + c0, c0};
+    };
+    const auto for_each_run = [&](std::size_t k, auto&& f) {
+        const auto [r0, c0] = first_run(k);
+        for (std::size_t dn = 0; dn < samples; ++dn)
+            for (std::size_t dc = 0; dc < cps; ++dc)
+                f(r0 + dn * v.c + dc, c0 + dc, dn * v.c + dc, dc);
     };
     const bool stream_dx = stream && rows::aligned16(dx) && v.s % 4 == 0;
     // A thread's next set is reduced in the same pass that applies the current one
@@ -813,24 +823,26 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     overlapped_sets(
         num_sets, v.size() >= kParallelMin,
         [&](std::size_t k, double& a, double& b) {
-            for (std::size_t j = 0; j < runs_per_set; ++j) {
-                const std::size_t r = run_of(k, j);
+            for_each_run(k, [&](std::size_t r, std::size_t c, std::size_t, std::size_t) {
                 run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
-                a += double(g[r % v.c]) * row1[r];
-                b += double(g[r % v.c]) * row2[r];
-            }
+                a += double(g[c]) * row1[r];
+                b += double(g[c]) * row2[r];
+            });
         },
         [&](std::size_t k, double t1, double t2, bool has_next, double& a, double& b) {
             T coef_1, coef_xhat;
             coefficients(k, t1 * inv_m, t2 * inv_m, coef_1, coef_xhat);
-            for (std::size_t j = 0; j < runs_per_set; ++j) {
-                const std::size_t r = run_of(k, j), base = r * v.s;
-                const T cg = coef_g[k], gc = g[r % v.c];
+            const T cg = coef_g[k];
+            const auto [next_r0, next_c0] =
+                has_next ? first_run(k + 1) : std::pair<std::size_t, std::size_t>{};
+            for_each_run(k, [&](std::size_t r, std::size_t c, std::size_t step, std::size_t dc) {
+                const std::size_t base = r * v.s;
+                const T gc = g[c];
                 if (!has_next) {
                     apply_run_from(stream, dy, xhat, base, v.s, k, cg, gc, coef_1, coef_xhat, dx);
-                    continue;
+                    return;
                 }
-                const std::size_t rn = run_of(k + 1, j), next = rn * v.s;
+                const std::size_t rn = next_r0 + step, next = rn * v.s;
                 if (xhat.xhat)
                     rows::apply_summing_next<T>(dy + base, xhat.xhat + base, nullptr, T(0), T(0),
                                                 v.s, cg, gc, coef_1, coef_xhat, dx + base,
@@ -841,9 +853,10 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                         dy + base, nullptr, xhat.x + base, xhat.shift[k], xhat.scale[k], v.s, cg,
                         gc, coef_1, coef_xhat, dx + base, stream_dx, dy + next, nullptr,
                         xhat.x + next, xhat.shift[k + 1], xhat.scale[k + 1], row1[rn], row2[rn]);
-                a += double(g[rn % v.c]) * row1[rn];
-                b += double(g[rn % v.c]) * row2[rn];
-            }
+                const double gn = double(g[next_c0 + dc]);
+                a += gn * row1[rn];
+                b += gn * row2[rn];
+            });
         });
     add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }

@@ -126,7 +126,7 @@ void standardize(const Array<T>& x, const std::vector<BranchCall>& calls,
 template <class F>
 void for_each_channel_run(const NcsView& v, F&& f) {
     const std::size_t runs = v.s == 1 ? v.n : v.n * v.c;
-#pragma omp parallel for schedule(static) if (v.size() >= (std::size_t{1} << 15))
+#pragma omp parallel for schedule(static) if (v.size() >= kernels::kParallelMin)
     for (std::size_t r = 0; r < runs; ++r) {
         if (v.s == 1)
             f(r * v.c, v.c, std::size_t{0});
@@ -146,9 +146,9 @@ T per_channel(const T* values, const NcsView& v, std::size_t c, std::size_t j) {
 template <class T>
 void mix_affine(const T* xhat_f, const T* xhat_b, T cf, T cb, const T* gamma, const T* beta,
                 const NcsView& v, T* y) {
-    const std::vector<T> ones(gamma ? 0 : v.c, T(1)), zeros(beta ? 0 : v.c, T(0));
-    const T* g = gamma ? gamma : ones.data();
-    const T* b = beta ? beta : zeros.data();
+    std::vector<T> ones, zeros;
+    const T* g = kernels::or_constant(gamma, ones, v.c, T(1));
+    const T* b = kernels::or_constant(beta, zeros, v.c, T(0));
     for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
 #pragma omp simd
         for (std::size_t j = 0; j < count; ++j)

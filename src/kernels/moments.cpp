@@ -13,9 +13,6 @@
 namespace normlab::kernels {
 namespace {
 
-// Below this many elements one thread does the whole job: thread start-up would cost more.
-constexpr std::size_t kParallelMin = std::size_t{1} << 15;
-
 // Per-call temporaries that grow with N·C, kept per calling thread and reused: freshly allocated,
 // each would be mapped and page-faulted in again on every call. Each use has its own slot.
 enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kSlots };
@@ -26,13 +23,6 @@ double* scratch(Slot slot, std::size_t n) {
     if (b.size() < n) b.resize(n);
     std::fill_n(b.data(), n, 0.0);
     return b.data();
-}
-
-template <class T>
-const T* or_constant(const T* p, std::vector<T>& storage, std::size_t n, T value) {
-    if (p) return p;
-    storage.assign(n, value);
-    return storage.data();
 }
 
 // Tensors from this size on are written with streaming stores where a kernel writes whole runs
@@ -235,15 +225,16 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
     add_partials(part1, part2, blocks, v.c, s1, s2);
 }
 
-// per_row(n, x̂ of row n or null) runs first on every row of a group (once, with the group's
-// first range of columns). With per_row_reads_input and x̂ recomputed directly from the input
-// (direct_rows), per_row gets null and reads the input itself; otherwise null means there is no
-// x̂. per_row must not write what the column sums read (other ranges run at the same time).
+// Σdy and Σdy·x̂ per column of a dense (N, C) input. per_row(n, x̂ of row n or null: no x̂) runs
+// first on every row of a group (once, with the group's first range of columns); it must not
+// write what the column sums read (other ranges run at the same time). Without per_row, x̂ is
+// formed from the input in registers where direct_rows allows; with it, x̂ must be stored (or
+// absent), since per_row reads it.
 template <class T, class PerRow>
 void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
-                       const SetSpec* sets, double* s1, double* s2, bool per_row_reads_input,
-                       PerRow&& per_row) {
-    const bool direct = per_row_reads_input && direct_rows(xhat, v, sets);
+                       const SetSpec* sets, double* s1, double* s2, PerRow&& per_row) {
+    constexpr bool has_per_row = !std::is_same_v<std::decay_t<PerRow>, std::nullptr_t>;
+    const bool direct = !has_per_row && direct_rows(xhat, v, sets);
     column_sums_by_blocks(
         v, kGradRowGroup, xhat.present(), true, s1, s2,
         [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1, double* part1,
@@ -251,9 +242,6 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
             const std::size_t at = n0 * v.c + c0, width = c1 - c0;
             double* p2 = part2 ? part2 + c0 : nullptr;
             if (direct) {
-                if (c0 == 0)
-                    for (std::size_t n = n0; n < n0 + count; ++n)
-                        per_row(n, static_cast<const T*>(nullptr));
                 const bool by_row = !sets->across_batch;
                 rows::column_grad_sums_from_input(
                     dy + at, xhat.x + at, count, v.c, width, by_row ? xhat.shift + n0 : nullptr,
@@ -262,9 +250,10 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                 return;
             }
             const T* h = xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
-            if (c0 == 0)
-                for (std::size_t n = n0; n < n0 + count; ++n)
-                    per_row(n, h ? h + (n - n0) * v.c : nullptr);
+            if constexpr (has_per_row)
+                if (c0 == 0)
+                    for (std::size_t n = n0; n < n0 + count; ++n)
+                        per_row(n, h ? h + (n - n0) * v.c : nullptr);
             rows::column_grad_sums(dy + at, h ? h + c0 : nullptr, count, v.c, width, part1 + c0,
                                    p2);
         });
@@ -342,8 +331,7 @@ template <class T>
 void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_sum_dy,
                   double* chan_sum_dy_xhat, const SetSpec* sets) {
     if (v.s == 1) {
-        dense_column_sums(dy, xhat, v, sets, chan_sum_dy, chan_sum_dy_xhat, true,
-                          [](std::size_t, const T*) {});
+        dense_column_sums(dy, xhat, v, sets, chan_sum_dy, chan_sum_dy_xhat, nullptr);
         return;
     }
     // Rows in memory order, then each channel's rows added in sample order (the runs of one
@@ -628,7 +616,7 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
         // Each set is a contiguous run of channels of one sample: its sums are taken row by row
         // in the same pass that adds the rows into the channel sums.
         const std::size_t spp = sets.sets_per_sample(v);
-        dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, false,
+        dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat,
                           [&](std::size_t n, const T* h) {
                               for (std::size_t kk = 0; kk < spp; ++kk) {
                                   const std::size_t start = n * v.c + kk * cps;
@@ -774,20 +762,19 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         // Rows with x̂ stored: each row's sets are reduced and applied as the row's block adds it
         // into the column sums behind dγ and dβ.
         const std::size_t spp = sets.sets_per_sample(v);
-        dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, false,
-                          [&](std::size_t n, const T* h) {
-                              for (std::size_t kk = 0; kk < spp; ++kk) {
-                                  const std::size_t k = n * spp + kk;
-                                  const std::size_t start = n * v.c + kk * cps;
-                                  double a = 0, b = 0;
-                                  rows::grad_sums(dy + start, h + kk * cps, g + kk * cps, cps, a,
-                                                  b);
-                                  T coef_1, coef_xhat;
-                                  coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
-                                  rows::apply(dy + start, h + kk * cps, cps, coef_g[k],
-                                              g + kk * cps, 1, coef_1, coef_xhat, dx + start);
-                              }
-                          });
+        dense_column_sums(
+            dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n, const T* h) {
+                for (std::size_t kk = 0; kk < spp; ++kk) {
+                    const std::size_t k = n * spp + kk;
+                    const std::size_t start = n * v.c + kk * cps;
+                    double a = 0, b = 0;
+                    rows::grad_sums(dy + start, h + kk * cps, g + kk * cps, cps, a, b);
+                    T coef_1, coef_xhat;
+                    coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
+                    rows::apply(dy + start, h + kk * cps, cps, coef_g[k], g + kk * cps, 1, coef_1,
+                                coef_xhat, dx + start);
+                }
+            });
         return;
     }
 

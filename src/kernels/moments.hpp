@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <functional>
 #include <type_traits>
+#include <vector>
 
 #include "normlab/set_spec.hpp"
 #include "normlab/tensor.hpp"
@@ -16,6 +17,18 @@
 namespace normlab::kernels {
 
 using normlab::SetSpec;
+
+// Below this many elements one thread does the whole job: thread start-up would cost more.
+// (The elementwise passes of layers built beside the kernel use the same threshold.)
+constexpr std::size_t kParallelMin = std::size_t{1} << 15;
+
+// p, or n copies of value kept in storage when p is null (an absent γ or β).
+template <class T>
+const T* or_constant(const T* p, std::vector<T>& storage, std::size_t n, T value) {
+    if (p) return p;
+    storage.assign(n, value);
+    return storage.data();
+}
 
 // Stage 1. Per set: mean and biased variance (center = true), or mean = 0 and the mean square
 // (center = false, RMSNorm). Sums are shifted by the set's first value and accumulated in double,

@@ -153,8 +153,16 @@ struct Splat {
     }
 };
 
-// f(std::bool_constant<a>, std::bool_constant<b>): a loop specialized on two flags instead of
-// testing them on every element.
+// f(std::bool_constant<a>): a loop specialized on a flag instead of testing it on every element.
+template <class F>
+__attribute__((always_inline)) inline void with_flag(bool a, F&& f) {
+    if (a)
+        f(std::true_type{});
+    else
+        f(std::false_type{});
+}
+
+// f(std::bool_constant<a>, std::bool_constant<b>): the same for two flags.
 template <class F>
 __attribute__((always_inline)) inline void with_flags(bool a, bool b, F&& f) {
     if (a) {
@@ -424,8 +432,8 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
     if constexpr (std::is_same_v<T, float>) {
         const Float8 mv = splat<Float8>(m), scv = splat<Float8>(sc), offv = splat<Float8>(off),
                      gv = splat<Float8>(gs), bv = splat<Float8>(bs);
-        with_flags(
-            off != T(0), false, [&](auto offset, auto) __attribute__((always_inline)) {
+        with_flag(
+            off != T(0), [&](auto offset) __attribute__((always_inline)) {
                 streamed_loop(
                     n, y,
                     [&](std::size_t i) __attribute__((always_inline)) {
@@ -496,10 +504,10 @@ NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc
     with_flags(
         xhat != nullptr,
         stream, [&](auto stores_xhat, auto streams) __attribute__((always_inline)) {
-            if (g_step == 0)
-                run(stores_xhat, streams, std::true_type{});
-            else
-                run(stores_xhat, streams, std::false_type{});
+            with_flag(
+                g_step == 0, [&](auto one_g) __attribute__((always_inline)) {
+                    run(stores_xhat, streams, one_g);
+                });
         });
     if (stream) _mm_sfence();
 }
@@ -843,8 +851,8 @@ template <class T>
 NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t rows,
                                       std::size_t stride, std::size_t n, const T* cg, const T* g,
                                       const T* c1, const T* cx, T* dx) {
-    with_flags(
-        xhat != nullptr, false, [&](auto reads_xhat, auto) __attribute__((always_inline)) {
+    with_flag(
+        xhat != nullptr, [&](auto reads_xhat) __attribute__((always_inline)) {
             down_columns<T>(
                 rows, n, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);

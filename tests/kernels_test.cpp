@@ -63,15 +63,18 @@ TEST(Kernels, DenseInputEqualsTheSameDataWithATrailingUnitDimension) {
 }
 
 // The float kernels combine up to 256 values of a run in float before widening to double, 16 lanes
-// at a time, with scalar tails; these shapes reach every one of those paths (runs and rows of 16,
-// 40, 300 and 1000 values; dense inputs of 48 channels) and sets whose channels straddle them.
+// at a time, with scalar tails, and runs of 8 to 31 values eight lanes at a time; these shapes
+// reach every one of those paths (runs and rows of 6, 12, 13, 16, 24, 40, 300 and 1000 values;
+// dense inputs of 48 channels) and sets whose channels straddle them.
 TEST(Kernels, FloatAgreesWithDoubleOnEveryVectorPath) {
     const std::vector<std::pair<std::string, std::vector<Shape>>> cases = {
         {"batch_norm", {{300, 48}, {5, 48, 40}, {3, 48, 300}}},
         {"batch_renorm", {{300, 48}, {3, 48, 300}}},
         {"layer_norm", {{37, 48}, {7, 48, 300}, {5, 1000}}},
         {"group_norm(groups=8)", {{37, 48}, {4, 48, 40}}},
-        {"instance_norm", {{4, 48, 300}, {3, 48, 16}}},
+        {"group_norm(groups=4)", {{37, 48}}},
+        {"group_norm(groups=2)", {{37, 48}}},
+        {"instance_norm", {{4, 48, 300}, {3, 48, 16}, {3, 48, 13}}},
         {"rms_norm", {{37, 48}, {4, 48, 40}}},
     };
     for (const auto& [spec, shapes] : cases) {

@@ -760,19 +760,30 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     }
     if (v.s == 1) {
         // Rows with x̂ stored: each row's sets are reduced and applied as the row's block adds it
-        // into the column sums behind dγ and dβ.
+        // into the column sums behind dγ and dβ, a few sets reduced before they are applied:
+        // reduced and applied one by one, the loads of a set's dy and x̂ came right after the
+        // stores of the set before, and where dx lies a multiple of 4 KiB (plus a little) from
+        // dy or x̂ the core takes those loads for dependent on the stores (4 KiB aliasing).
         const std::size_t spp = sets.sets_per_sample(v);
+        constexpr std::size_t kSetsInFlight = 8;
         dense_column_sums(
             dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n, const T* h) {
-                for (std::size_t kk = 0; kk < spp; ++kk) {
-                    const std::size_t k = n * spp + kk;
-                    const std::size_t start = n * v.c + kk * cps;
-                    double a = 0, b = 0;
-                    rows::grad_sums(dy + start, h + kk * cps, g + kk * cps, cps, a, b);
-                    T coef_1, coef_xhat;
-                    coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
-                    rows::apply(dy + start, h + kk * cps, cps, coef_g[k], g + kk * cps, 1, coef_1,
-                                coef_xhat, dx + start);
+                for (std::size_t kk0 = 0; kk0 < spp; kk0 += kSetsInFlight) {
+                    const std::size_t kk1 = std::min(spp, kk0 + kSetsInFlight);
+                    T coef_1[kSetsInFlight], coef_xhat[kSetsInFlight];
+                    for (std::size_t kk = kk0; kk < kk1; ++kk) {
+                        double a = 0, b = 0;
+                        rows::grad_sums(dy + n * v.c + kk * cps, h + kk * cps, g + kk * cps, cps, a,
+                                        b);
+                        coefficients(n * spp + kk, a * inv_m, b * inv_m, coef_1[kk - kk0],
+                                     coef_xhat[kk - kk0]);
+                    }
+                    for (std::size_t kk = kk0; kk < kk1; ++kk) {
+                        const std::size_t start = n * v.c + kk * cps;
+                        rows::apply(dy + start, h + kk * cps, cps, coef_g[n * spp + kk],
+                                    g + kk * cps, 1, coef_1[kk - kk0], coef_xhat[kk - kk0],
+                                    dx + start);
+                    }
                 }
             });
         return;

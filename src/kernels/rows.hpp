@@ -95,9 +95,23 @@ __attribute__((always_inline)) inline double total(const Sum16& s) {
 constexpr std::size_t kFloatSteps = 8;
 constexpr std::size_t kRunSteps = 16;
 constexpr std::size_t kFloatBlock = kLanes * kRunSteps;
-// Shorter runs (GroupNorm's sets of a few channels) are summed by the scalar loop alone: setting
-// up and reducing sixteen lanes would cost more than the run itself.
+// Shorter runs (GroupNorm's sets of a few channels on rows, small feature maps) are summed
+// eight values at a time in one float vector, then the rest one by one in double: setting up
+// and reducing sixteen lanes would cost more than the run itself, and the scalar loop alone is
+// a chain of dependent double adds (GroupNorm(32) on rows of 512 ran 8× LayerNorm's time).
+// Runs under eight values take the scalar loop alone.
 constexpr std::size_t kShortRun = 2 * kLanes;
+constexpr std::size_t kShortVector = 8;
+
+// Σ of a float vector's eight lanes in double, in a fixed order.
+__attribute__((always_inline)) inline double total8(Float8 f) {
+    float v[8];
+    std::memcpy(v, &f, sizeof f);
+    double d[8];
+    for (std::size_t j = 0; j < 8; ++j)
+        d[j] = double(v[j]);
+    return ((d[0] + d[4]) + (d[1] + d[5])) + ((d[2] + d[6]) + (d[3] + d[7]));
+}
 
 // Loads a vector of V's width (Float8, Double4) or one value (V = T) from p; splat broadcasts.
 template <class V, class T>
@@ -180,7 +194,8 @@ __attribute__((always_inline)) inline void with_flags(bool a, bool b, F&& f) {
 
 // s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
 // vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
-// combined in float kRunSteps at a time and widened, a scalar tail in double. Every sum of the
+// combined in float kRunSteps at a time and widened, a scalar tail in double (float runs shorter
+// than kShortRun: one vector of eight lanes, then the tail). Every sum of the
 // kernel is this loop with a different term. after(begin, end) is called once the sums of
 // [begin, end) are taken, in order, the ranges covering [0, n): a caller does other work on the
 // same range there, interleaved with the sums at the granularity of a float block.
@@ -188,9 +203,21 @@ template <class T, class Term, class After>
 __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
                                                        double& s2, After&& after) {
     Sum16 a, q;
+    double ta = 0, tq = 0;
     std::size_t i = 0;
     if (n < kShortRun) {
-        // all in the scalar loop below
+        if constexpr (std::is_same_v<T, float>) {
+            if (n >= kShortVector) {
+                Float8 fa = {}, fq = {};
+                for (; i + kShortVector <= n; i += kShortVector) {
+                    const auto [u, w] = term(Float8{}, i);
+                    fa += u;
+                    fq += u * w;
+                }
+                ta = total8(fa);
+                tq = total8(fq);
+            }
+        }
     } else if constexpr (std::is_same_v<T, float>) {
         while (i + kLanes <= n) {
             const std::size_t begin = i;
@@ -216,12 +243,11 @@ __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& ter
                 q.lane[k] += u * w;
             }
     }
-    double ta = 0, tq = 0;
     if (n >= kShortRun) {
         ta = total(a);
         tq = total(q);
     }
-    const std::size_t rest = std::is_same_v<T, float> ? i : 0;
+    const std::size_t rest = std::is_same_v<T, float> && n >= kShortRun ? i : 0;
     for (; i < n; ++i) {
         const auto [u, w] = term(T{}, i);
         ta += double(u);

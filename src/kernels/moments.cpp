@@ -527,7 +527,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     };
     if (v.s == 1) {
         // Rows: a few sets are finished together, then normalized while the next few are summed
-        // (rows::affine_summing_next, row j of a group with row j of the next). The end of a
+        // (rows::affine_summing_next, set j of a group with set j of the next). The end of a
         // set's sums is serial (lanes added into one total, then a square root and a division)
         // and its normalization waits for it; with a few sets in flight those chains overlap
         // each other's vector work. The fused pass keeps both the adders (the sums) and the
@@ -535,8 +535,9 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         // the current ones are written.
         constexpr std::size_t kSetsInFlight = 4;
         const std::size_t groups = (num_sets + kSetsInFlight - 1) / kSetsInFlight;
-        // Sets too short for vector sums (GroupNorm's few channels) gain nothing from fusing.
-        const bool fuse = block_len >= rows::kShortRun;
+        // Sets too short for vector sums (GroupNorm with a few channels per set on narrow rows)
+        // gain nothing from fusing.
+        const bool fuse = block_len >= rows::kShortVector;
 #pragma omp parallel if (v.size() >= kParallelMin)
         {
             const auto [grp0, grp1] = static_share(groups);

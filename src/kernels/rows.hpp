@@ -770,19 +770,26 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
                                                    const T* m_row, const T* sc_row, const T* cg,
                                                    const T* g, const T* c1, const T* cx, T* dx,
                                                    double* s1, double* s2) {
+    // The rows' coefficients, copied where no store to dx can reach them: read through the
+    // pointers, each was loaded again after every store (the compiler must assume dx may alias
+    // them), five loads per vector of dx on top of dy and x.
+    struct RowCoefficients {
+        T m, sc, cg, c1, cx;
+    } coef[kFloatSteps];
+    for (std::size_t r = 0; r < rows; ++r)
+        coef[r] = {m_row[r], sc_row[r], cg[r], c1[r], cx[r]};
     column_paired_sums<T>(
         rows, n,
         [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
             const V gv = load_as<V>(g + i);
-            return [=](std::size_t r) __attribute__((always_inline)) {
+            return [ =, &coef ](std::size_t r) __attribute__((always_inline)) {
                 const std::size_t at = r * stride + i;
+                const RowCoefficients& k = coef[r];
                 const V d = load_as<V>(dy + at);
-                const V h =
-                    standardized(load_as<V>(x + at), splat<V>(m_row[r]), splat<V>(sc_row[r]));
+                const V h = standardized(load_as<V>(x + at), splat<V>(k.m), splat<V>(k.sc));
                 store_as<V>(dx + at,
-                            splat<V>(cg[r]) * (gv * d - splat<V>(c1[r]) - splat<V>(cx[r]) * h),
-                            false);
+                            splat<V>(k.cg) * (gv * d - splat<V>(k.c1) - splat<V>(k.cx) * h), false);
                 return std::pair{d, h};
             };
         },

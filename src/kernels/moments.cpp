@@ -36,6 +36,13 @@ bool streams(const NcsView& v) {
     return v.size() * sizeof(T) >= kStreamingBytes;
 }
 
+// Tensors from this size on have the rows backward prefetch the next group of rows while it
+// applies the current one: at a quarter of a 32 MiB last-level cache, dy, x and dx no longer
+// stay in it from one call to the next, and the rows' sums wait on memory. (In cache the
+// prefetches only take load slots: LayerNorm (1792, 512) backward was 7% slower with them,
+// (4096, 768) 15-20% faster.)
+constexpr std::size_t kPrefetchBytes = std::size_t{8} << 20;
+
 // Whether the backward stages should stream dx: not when dx is written over the x̂ or input it
 // is computed from (set_backward's spent storage), whose lines the same pass has just brought
 // into the cache — a streaming store to a cached line first has to evict it.
@@ -739,6 +746,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const double inv_m = 1.0 / double(sets.set_size(v));
 
     if (v.s == 1 && direct_rows(xhat, v, &sets)) {
+        const bool prefetch = v.size() * sizeof(T) >= kPrefetchBytes;
         // One set per row, x̂ formed from the input in registers: each group's rows are reduced
         // one by one, then applied together while the same pass takes their column sums.
         // Not split by columns: each group's rows are applied in place after their sums.
@@ -753,9 +761,13 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                                                xhat.scale[n], g, v.c, a, b);
                     coefficients(n, a * inv_m, b * inv_m, coef_1[n - n0], coef_xhat[n - n0]);
                 }
-                rows::apply_rows_summing_columns(dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c,
-                                                 xhat.shift + n0, xhat.scale + n0, coef_g + n0, g,
-                                                 coef_1, coef_xhat, dx + n0 * v.c, part1, part2);
+                const std::size_t n1 = n0 + count;
+                const std::size_t block_end = std::min(v.n, (n0 / kRowBlock + 1) * kRowBlock);
+                rows::apply_rows_summing_columns(
+                    dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c, xhat.shift + n0,
+                    xhat.scale + n0, coef_g + n0, g, coef_1, coef_xhat, dx + n0 * v.c, part1, part2,
+                    dy + n1 * v.c, xhat.x + n1 * v.c,
+                    prefetch ? std::min(kGradRowGroup, block_end - n1) : 0);
             });
         return;
     }

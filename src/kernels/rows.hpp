@@ -763,13 +763,15 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
 // its own m_row[r], sc_row[r], cg[r], c1[r], cx[r], while taking the column sums of those rows
 // as column_grad_sums_from_input does (s1[i] += Σ_rows dy[i], s2[i] += Σ_rows dy[i]·x̂[i]): the
 // same dx and the same sums in the same order. Walking a block of columns down the rows keeps
-// the column sums in registers, so dy and x are read once for both jobs.
+// the column sums in registers, so dy and x are read once for both jobs. The same columns of
+// ahead_rows rows at ahead_dy, ahead_x (the next group, whose sums come next) are prefetched.
 template <class T>
 NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std::size_t rows,
                                                    std::size_t stride, std::size_t n,
                                                    const T* m_row, const T* sc_row, const T* cg,
                                                    const T* g, const T* c1, const T* cx, T* dx,
-                                                   double* s1, double* s2) {
+                                                   double* s1, double* s2, const T* ahead_dy,
+                                                   const T* ahead_x, std::size_t ahead_rows) {
     // The rows' coefficients, copied where no store to dx can reach them: read through the
     // pointers, each was loaded again after every store (the compiler must assume dx may alias
     // them), five loads per vector of dx on top of dy and x.
@@ -782,6 +784,12 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
         rows, n,
         [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
+            if constexpr (std::is_same_v<V, Float8>)
+                if (i % kLanes == 0)
+                    for (std::size_t r = 0; r < ahead_rows; ++r) {
+                        __builtin_prefetch(ahead_dy + r * stride + i);
+                        __builtin_prefetch(ahead_x + r * stride + i);
+                    }
             const V gv = load_as<V>(g + i);
             return [ =, &coef ](std::size_t r) __attribute__((always_inline)) {
                 const std::size_t at = r * stride + i;

@@ -36,12 +36,20 @@ bool streams(const NcsView& v) {
     return v.size() * sizeof(T) >= kStreamingBytes;
 }
 
-// Tensors from this size on have the rows backward prefetch the next group of rows while it
-// applies the current one: at a quarter of a 32 MiB last-level cache, dy, x and dx no longer
-// stay in it from one call to the next, and the rows' sums wait on memory. (In cache the
-// prefetches only take load slots: LayerNorm (1792, 512) backward was 7% slower with them,
-// (4096, 768) 15-20% faster.)
+// Tensors from this size on have the backward kernels that walk a group of rows column by
+// column (the fused rows backward, and BatchNorm's column sums and apply on (N, C)) prefetch
+// the rows of the next group meanwhile: at a quarter of a 32 MiB last-level cache, dy, x and dx
+// no longer stay in it from one call to the next, and each new group's rows waited on memory.
+// (In cache the prefetches only take load slots: LayerNorm (1792, 512) backward was 7% slower.)
 constexpr std::size_t kPrefetchBytes = std::size_t{8} << 20;
+
+// How many rows after rows [n0, n1) a kernel walking them should prefetch: the next group's, up
+// to `group` rows and not past row `end`, on tensors of kPrefetchBytes or more; otherwise none.
+template <class T>
+std::size_t rows_ahead(const NcsView& v, std::size_t n1, std::size_t group, std::size_t end) {
+    if (v.size() * sizeof(T) < kPrefetchBytes) return 0;
+    return std::min(group, end - n1);
+}
 
 // Whether the backward stages should stream dx: not when dx is written over the x̂ or input it
 // is computed from (set_backward's spent storage), whose lines the same pass has just brought
@@ -139,6 +147,11 @@ void for_each_dense_rows(const NcsView& v, F&& f) {
 // partial sums a group of rows at a time (at most kFloatSteps, combined in float first), and
 // the partials are added in block order.
 constexpr std::size_t kRowBlock = 64;
+
+// The end of the block of kRowBlock rows that row n is in.
+std::size_t block_end(const NcsView& v, std::size_t n) {
+    return std::min(v.n, (n / kRowBlock + 1) * kRowBlock);
+}
 
 template <class F>
 void for_each_row_group(std::size_t begin, std::size_t end, std::size_t rows_per_group, F&& f) {
@@ -253,7 +266,8 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                 rows::column_grad_sums_from_input(
                     dy + at, xhat.x + at, count, v.c, width, by_row ? xhat.shift + n0 : nullptr,
                     by_row ? xhat.scale + n0 : nullptr, by_row ? nullptr : xhat.shift + c0,
-                    by_row ? nullptr : xhat.scale + c0, part1 + c0, p2);
+                    by_row ? nullptr : xhat.scale + c0, part1 + c0, p2,
+                    rows_ahead<T>(v, n0 + count, kGradRowGroup, block_end(v, n0)));
                 return;
             }
             const T* h = xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
@@ -684,9 +698,10 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         const bool direct = reads_xhat && direct_rows(xhat, v, &sets);
         for_each_dense_rows(v, [&](std::size_t row, std::size_t count) {
             if (direct) {
-                rows::apply_columns_from_input(dy + row, xhat.x + row, count, v.c, v.c, xhat.shift,
-                                               xhat.scale, cg.data(), g, c1c.data(), cxc.data(),
-                                               dx + row);
+                rows::apply_columns_from_input(
+                    dy + row, xhat.x + row, count, v.c, v.c, xhat.shift, xhat.scale, cg.data(), g,
+                    c1c.data(), cxc.data(), dx + row,
+                    rows_ahead<T>(v, row / v.c + count, kDenseRows, v.n));
                 return;
             }
             const T* h = reads_xhat ? stored_xhat_rows(xhat, v, row / v.c) : nullptr;
@@ -746,7 +761,6 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const double inv_m = 1.0 / double(sets.set_size(v));
 
     if (v.s == 1 && direct_rows(xhat, v, &sets)) {
-        const bool prefetch = v.size() * sizeof(T) >= kPrefetchBytes;
         // One set per row, x̂ formed from the input in registers: each group's rows are reduced
         // one by one, then applied together while the same pass takes their column sums.
         // Not split by columns: each group's rows are applied in place after their sums.
@@ -761,13 +775,10 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                                                xhat.scale[n], g, v.c, a, b);
                     coefficients(n, a * inv_m, b * inv_m, coef_1[n - n0], coef_xhat[n - n0]);
                 }
-                const std::size_t n1 = n0 + count;
-                const std::size_t block_end = std::min(v.n, (n0 / kRowBlock + 1) * kRowBlock);
                 rows::apply_rows_summing_columns(
                     dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c, xhat.shift + n0,
                     xhat.scale + n0, coef_g + n0, g, coef_1, coef_xhat, dx + n0 * v.c, part1, part2,
-                    dy + n1 * v.c, xhat.x + n1 * v.c,
-                    prefetch ? std::min(kGradRowGroup, block_end - n1) : 0);
+                    rows_ahead<T>(v, n0 + count, kGradRowGroup, block_end(v, n0)));
             });
         return;
     }

@@ -299,6 +299,21 @@ NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, st
         s1, s2);
 }
 
+// Prefetches column i of the `ahead` rows that follow `rows` rows of a and b (stride apart): a
+// kernel walking a group of rows column by column fetches the next group's lines meanwhile. Once
+// per sixteen columns, from the vector path only.
+template <class V, class T>
+__attribute__((always_inline)) inline void prefetch_ahead(const T* a, const T* b, std::size_t rows,
+                                                          std::size_t ahead, std::size_t stride,
+                                                          std::size_t i) {
+    if constexpr (std::is_same_v<V, Float8>)
+        if (i % kLanes == 0)
+            for (std::size_t r = rows; r < rows + ahead; ++r) {
+                __builtin_prefetch(a + r * stride + i);
+                __builtin_prefetch(b + r * stride + i);
+            }
+}
+
 // Column sums down `rows` rows (callers pass at most kFloatSteps): s1[i] += Σ_r u,
 // s2[i] += Σ_r u·w (s2 null: not taken), with (u, w) = f(V{}, i)(r) the values at column i of
 // row r — f(V{}, i) loads once what the columns share down the rows and returns row(r) (a vector
@@ -714,16 +729,18 @@ NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc,
 }
 
 // column_grad_sums over h recomputed from the input: with m, sc per row (m_col null) or per
-// column (m_row null).
+// column (m_row null); the `ahead` rows after them are prefetched.
 template <class T>
 NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std::size_t rows,
                                                     std::size_t stride, std::size_t n,
                                                     const T* m_row, const T* sc_row, const T* m_col,
-                                                    const T* sc_col, double* s1, double* s2) {
+                                                    const T* sc_col, double* s1, double* s2,
+                                                    std::size_t ahead) {
     column_paired_sums<T>(
         rows, n,
         [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
+            prefetch_ahead<V>(dy, x, rows, ahead, stride, i);
             V m{}, sc{};
             if (m_col) {
                 m = load_as<V>(m_col + i);
@@ -740,15 +757,17 @@ NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std
         s1, s2);
 }
 
-// apply_columns over h recomputed from the input with m, sc per column.
+// apply_columns over h recomputed from the input with m, sc per column; the `ahead` rows after
+// them are prefetched.
 template <class T>
 NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::size_t rows,
                                                  std::size_t stride, std::size_t n, const T* m,
                                                  const T* sc, const T* cg, const T* g, const T* c1,
-                                                 const T* cx, T* dx) {
+                                                 const T* cx, T* dx, std::size_t ahead) {
     down_columns<T>(
         rows, n, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
+            prefetch_ahead<V>(dy, x, rows, ahead, stride, i);
             const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i), cgv = load_as<V>(cg + i),
                     gv = load_as<V>(g + i), c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
             return [=](std::size_t r) __attribute__((always_inline)) {
@@ -763,15 +782,14 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
 // its own m_row[r], sc_row[r], cg[r], c1[r], cx[r], while taking the column sums of those rows
 // as column_grad_sums_from_input does (s1[i] += Σ_rows dy[i], s2[i] += Σ_rows dy[i]·x̂[i]): the
 // same dx and the same sums in the same order. Walking a block of columns down the rows keeps
-// the column sums in registers, so dy and x are read once for both jobs. The same columns of
-// ahead_rows rows at ahead_dy, ahead_x (the next group, whose sums come next) are prefetched.
+// the column sums in registers, so dy and x are read once for both jobs. The `ahead` rows after
+// them (the next group, whose sums come next) are prefetched.
 template <class T>
 NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std::size_t rows,
                                                    std::size_t stride, std::size_t n,
                                                    const T* m_row, const T* sc_row, const T* cg,
                                                    const T* g, const T* c1, const T* cx, T* dx,
-                                                   double* s1, double* s2, const T* ahead_dy,
-                                                   const T* ahead_x, std::size_t ahead_rows) {
+                                                   double* s1, double* s2, std::size_t ahead) {
     // The rows' coefficients, copied where no store to dx can reach them: read through the
     // pointers, each was loaded again after every store (the compiler must assume dx may alias
     // them), five loads per vector of dx on top of dy and x.
@@ -784,12 +802,7 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
         rows, n,
         [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
-            if constexpr (std::is_same_v<V, Float8>)
-                if (i % kLanes == 0)
-                    for (std::size_t r = 0; r < ahead_rows; ++r) {
-                        __builtin_prefetch(ahead_dy + r * stride + i);
-                        __builtin_prefetch(ahead_x + r * stride + i);
-                    }
+            prefetch_ahead<V>(dy, x, rows, ahead, stride, i);
             const V gv = load_as<V>(g + i);
             return [ =, &coef ](std::size_t r) __attribute__((always_inline)) {
                 const std::size_t at = r * stride + i;

@@ -780,10 +780,11 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
 
 // apply_from_input (γ per column) of `rows` consecutive rows (at most kFloatSteps, as for
 // column_paired_sums; row stride `stride`), row r with its own m_row[r], sc_row[r], cg[r],
-// c1[r], cx[r], while taking the column sums of those rows as column_grad_sums_from_input does (s1[i] += Σ_rows dy[i], s2[i] += Σ_rows dy[i]·x̂[i]): the
-// same dx and the same sums in the same order. Walking a block of columns down the rows keeps
-// the column sums in registers, so dy and x are read once for both jobs. The `ahead` rows after
-// them (the next group, whose sums come next) are prefetched.
+// c1[r], cx[r], while taking the column sums of those rows as column_grad_sums_from_input does
+// (s1[i] += Σ_rows dy[i], s2[i] += Σ_rows dy[i]·x̂[i]): the same dx and the same sums in the
+// same order. Walking a block of columns down the rows keeps the column sums in registers, so
+// dy and x are read once for both jobs. The `ahead` rows after them (the next group, whose sums
+// come next) are prefetched.
 template <class T>
 NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std::size_t rows,
                                                    std::size_t stride, std::size_t n,

@@ -147,6 +147,20 @@ __attribute__((always_inline)) inline V standardized(V x, V m, V sc) {
     return (x - m) * sc;
 }
 
+// dx = cg·(g·dy − c1 − cx·x̂): the one formula of every apply stage, whether x̂ is stored or
+// formed again from the input, run by run or down columns, so they all give the same bits. The
+// bracket is formed before the scaling, so that a set of one value (g·dy = c1, x̂ = 0) gets
+// exactly 0 however large cg = 1/σ is. Without x̂ (no cx term) the second form.
+template <class V>
+__attribute__((always_inline)) inline V applied(V cg, V g, V dy, V c1, V cx, V h) {
+    return cg * (g * dy - c1 - cx * h);
+}
+
+template <class V>
+__attribute__((always_inline)) inline V applied(V cg, V g, V dy, V c1) {
+    return cg * (g * dy - c1);
+}
+
 // A coefficient as one value and as a vector of each width, formed once before a loop whose
 // body is written for any width: GCC does not hoist the broadcasts out of such a body when it
 // also branches.
@@ -657,9 +671,8 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
         });
 }
 
-// dx = cg·(g·dy − c1 − cx·x̂), g per element (g_step 1) or one value (g_step 0); null xhat:
-// cx = 0. The bracket is formed before scaling so that a set of one value (g·dy = c1, x̂ = 0)
-// gets exactly 0 however large cg = 1/σ is.
+// dx = applied(cg, g, dy, c1, cx, x̂), g per element (g_step 1) or one value (g_step 0); null
+// xhat: cx = 0.
 template <class T>
 NORMLAB_ISA_CLONES void apply(const T* dy, const T* xhat, std::size_t n, T cg, const T* g,
                               std::size_t g_step, T c1, T cx, T* dx) {
@@ -668,22 +681,22 @@ NORMLAB_ISA_CLONES void apply(const T* dy, const T* xhat, std::size_t n, T cg, c
         if (xhat) {
 #pragma omp simd
             for (std::size_t i = 0; i < n; ++i)
-                dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]);
+                dx[i] = applied(cg, gs, dy[i], c1, cx, xhat[i]);
         } else {
 #pragma omp simd
             for (std::size_t i = 0; i < n; ++i)
-                dx[i] = cg * (gs * dy[i] - c1);
+                dx[i] = applied(cg, gs, dy[i], c1);
         }
         return;
     }
     if (xhat) {
 #pragma omp simd
         for (std::size_t i = 0; i < n; ++i)
-            dx[i] = cg * (g[i] * dy[i] - c1 - cx * xhat[i]);
+            dx[i] = applied(cg, g[i], dy[i], c1, cx, xhat[i]);
     } else {
 #pragma omp simd
         for (std::size_t i = 0; i < n; ++i)
-            dx[i] = cg * (g[i] * dy[i] - c1);
+            dx[i] = applied(cg, g[i], dy[i], c1);
     }
 }
 
@@ -696,16 +709,16 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
                      cxv = splat<Float8>(cx);
         if (xhat)
             streamed_loop(
-                n, dx, [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1 - cx * xhat[i]); },
+                n, dx, [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1, cx, xhat[i]); },
                 [&](std::size_t i) {
-                    stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v -
-                                                 cxv * load_floats(xhat + i)));
+                    stream_floats(dx + i, applied(cgv, gv, load_floats(dy + i), c1v, cxv,
+                                                  load_floats(xhat + i)));
                 });
         else
             streamed_loop(
-                n, dx, [&](std::size_t i) { dx[i] = cg * (gs * dy[i] - c1); },
+                n, dx, [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1); },
                 [&](std::size_t i) {
-                    stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v));
+                    stream_floats(dx + i, applied(cgv, gv, load_floats(dy + i), c1v));
                 });
     } else {
         apply(dy, xhat, n, cg, &gs, 0, c1, cx, dx);
@@ -773,7 +786,7 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
             return [=](std::size_t r) __attribute__((always_inline)) {
                 const std::size_t at = r * stride + i;
                 const V h = standardized(load_as<V>(x + at), mv, scv);
-                store_as<V>(dx + at, cgv * (gv * load_as<V>(dy + at) - c1v - cxv * h), false);
+                store_as<V>(dx + at, applied(cgv, gv, load_as<V>(dy + at), c1v, cxv, h), false);
             };
         });
 }
@@ -811,7 +824,8 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
                 const V d = load_as<V>(dy + at);
                 const V h = standardized(load_as<V>(x + at), splat<V>(k.m), splat<V>(k.sc));
                 store_as<V>(dx + at,
-                            splat<V>(k.cg) * (gv * d - splat<V>(k.c1) - splat<V>(k.cx) * h), false);
+                            applied(splat<V>(k.cg), gv, d, splat<V>(k.c1), splat<V>(k.cx), h),
+                            false);
                 return std::pair{d, h};
             };
         },
@@ -826,14 +840,14 @@ NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std
 #pragma omp simd
         for (std::size_t i = 0; i < n; ++i) {
             const T h = standardized(x[i], m, sc);
-            dx[i] = cg * (gs * dy[i] - c1 - cx * h);
+            dx[i] = applied(cg, gs, dy[i], c1, cx, h);
         }
         return;
     }
 #pragma omp simd
     for (std::size_t i = 0; i < n; ++i) {
         const T h = standardized(x[i], m, sc);
-        dx[i] = cg * (g[i] * dy[i] - c1 - cx * h);
+        dx[i] = applied(cg, g[i], dy[i], c1, cx, h);
     }
 }
 
@@ -847,11 +861,11 @@ NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, 
             n, dx,
             [&](std::size_t i) {
                 const float h = standardized(x[i], m, sc);
-                dx[i] = cg * (gs * dy[i] - c1 - cx * h);
+                dx[i] = applied(cg, gs, dy[i], c1, cx, h);
             },
             [&](std::size_t i) {
                 const Float8 h = standardized(load_floats(x + i), mv, scv);
-                stream_floats(dx + i, cgv * (gv * load_floats(dy + i) - c1v - cxv * h));
+                stream_floats(dx + i, applied(cgv, gv, load_floats(dy + i), c1v, cxv, h));
             });
     } else {
         apply_from_input(dy, x, m, sc, n, cg, &gs, 0, c1, cx, dx);
@@ -891,8 +905,8 @@ NORMLAB_ISA_CLONES void apply_summing_next(const T* dy, const T* xhat, const T* 
                     }
                     store_as<V>(
                         dx + i,
-                        cgk.template as<V>() * (gk.template as<V>() * load_as<V>(dy + i) -
-                                                c1k.template as<V>() - cxk.template as<V>() * h),
+                        applied(cgk.template as<V>(), gk.template as<V>(), load_as<V>(dy + i),
+                                c1k.template as<V>(), cxk.template as<V>(), h),
                         streams);
                     return std::pair{load_as<V>(next_dy + i), next_h};
                 },
@@ -915,9 +929,13 @@ NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t ro
                             c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
                     return [=](std::size_t r) __attribute__((always_inline)) {
                         const std::size_t at = r * stride + i;
-                        V t = gv * load_as<V>(dy + at) - c1v;
-                        if constexpr (reads_xhat) t = t - cxv * load_as<V>(xhat + at);
-                        store_as<V>(dx + at, cgv * t, false);
+                        const V d = load_as<V>(dy + at);
+                        if constexpr (reads_xhat)
+                            store_as<V>(dx + at,
+                                        applied(cgv, gv, d, c1v, cxv, load_as<V>(xhat + at)),
+                                        false);
+                        else
+                            store_as<V>(dx + at, applied(cgv, gv, d, c1v), false);
                     };
                 });
         });

@@ -236,7 +236,7 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
     for (std::size_t task = 0; task < blocks * ranges; ++task) {
         const std::size_t b = task / ranges, c0 = (task % ranges) * kColumnRange;
         const std::size_t c1 = ranges == 1 ? v.c : std::min(v.c, c0 + kColumnRange);
-        for_each_row_group(b * kRowBlock, std::min(v.n, (b + 1) * kRowBlock), rows_per_group,
+        for_each_row_group(b * kRowBlock, block_end(v, b * kRowBlock), rows_per_group,
                            [&](std::size_t n0, std::size_t count) {
                                group(n0, count, c0, c1, part1 + b * v.c,
                                      part2 ? part2 + b * v.c : nullptr);

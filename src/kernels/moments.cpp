@@ -15,14 +15,19 @@ namespace {
 
 // Per-call temporaries that grow with N·C, kept per calling thread and reused: freshly allocated,
 // each would be mapped and page-faulted in again on every call. Each use has its own slot.
-enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kSlots };
+enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kTotal1, kTotal2, kSlots };
 
 double* scratch(Slot slot, std::size_t n) {
     thread_local std::vector<double> buffers[kSlots];
     auto& b = buffers[slot];
     if (b.size() < n) b.resize(n);
-    std::fill_n(b.data(), n, 0.0);
-    return b.data();
+    double* p = b.data();
+    // Zeroed by the threads that are about to fill it (the partials of a small batch with many
+    // columns run to megabytes).
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    for (std::size_t i = 0; i < n; ++i)
+        p[i] = 0.0;
+    return p;
 }
 
 // Tensors from this size on are written with streaming stores where a kernel writes whole runs
@@ -384,17 +389,21 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
 
     if (dense_across_batch(v, sets)) {
         // Dense (N, C): blocks of rows in memory order, each into its own column partials.
-        std::vector<T> shift(v.c);
-        for (std::size_t c = 0; c < v.c; ++c)
-            shift[c] = center ? x[(c / cps) * cps] : T(0);
-        std::vector<double> s1(v.c), s2(v.c);
-        column_sums_by_blocks(v, rows::kFloatSteps, true, true, s1.data(), s2.data(),
+        // Each set's shift is its first value in row 0, repeated over the set's channels.
+        std::vector<T> shift(v.c, T(0));
+        if (center)
+            for (std::size_t k = 0; k < num_sets; ++k)
+                std::fill_n(shift.begin() + std::ptrdiff_t(k * cps), cps, x[k * cps]);
+        double* s1 = scratch(kTotal1, v.c);
+        double* s2 = scratch(kTotal2, v.c);
+        column_sums_by_blocks(v, rows::kFloatSteps, true, true, s1, s2,
                               [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1,
                                   double* part1, double* part2) {
                                   rows::column_shifted_sums(x + n0 * v.c + c0, count, v.c, c1 - c0,
                                                             shift.data() + c0, part1 + c0,
                                                             part2 + c0);
                               });
+#pragma omp parallel for schedule(static) if (num_sets >= kParallelSets)
         for (std::size_t k = 0; k < num_sets; ++k) {
             double t1 = 0, t2 = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
@@ -449,23 +458,31 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
     std::vector<T> ones, zeros_c, zeros_k;
     const T* g = or_constant(gamma, ones, v.c, T(1));
     const T* bt = or_constant(beta, zeros_c, v.c, T(0));
-    const T* off = or_constant(offset, zeros_k, sets.num_sets(v), T(0));
 
     if (dense_across_batch(v, sets)) {
-        std::vector<T> m(v.c), sc(v.c), o(v.c);
-        for (std::size_t c = 0; c < v.c; ++c) {
-            const std::size_t k = c / sets.channels_per_set;
-            m[c] = shift[k];
-            sc[c] = scale[k];
-            o[c] = off[k];
+        // The kernel takes its coefficients per column: with one channel per set (BatchNorm)
+        // those are the sets' own; otherwise each set's are repeated over its channels.
+        const std::size_t cps = sets.channels_per_set;
+        std::vector<T> m, sc, o;
+        const T *m_col = shift, *sc_col = scale, *off_col = offset;
+        if (cps > 1) {
+            const auto per_column = [&](const T* per_set, std::vector<T>& out) {
+                out.resize(v.c);
+                for (std::size_t k = 0; k < sets.num_sets(v); ++k)
+                    std::fill_n(out.begin() + std::ptrdiff_t(k * cps), cps, per_set[k]);
+                return out.data();
+            };
+            m_col = per_column(shift, m);
+            sc_col = per_column(scale, sc);
+            if (offset) off_col = per_column(offset, o);
         }
         for_each_dense_rows(v, [&](std::size_t row, std::size_t count) {
-            rows::affine_columns(x + row, count, v.c, v.c, m.data(), sc.data(),
-                                 offset ? o.data() : nullptr, g, bt, xhat ? xhat + row : nullptr,
-                                 y + row);
+            rows::affine_columns(x + row, count, v.c, v.c, m_col, sc_col, off_col, g, bt,
+                                 xhat ? xhat + row : nullptr, y + row);
         });
         return;
     }
+    const T* off = or_constant(offset, zeros_k, sets.num_sets(v), T(0));
     for_each_block(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
         if (v.s == 1) {
             rows::affine(x + start, sets.channels_per_set, shift[k], scale[k], off[k], g + c0,

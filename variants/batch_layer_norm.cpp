@@ -62,13 +62,20 @@ BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
     b.inv_std.resize(num_sets);
     b.delta.assign(num_sets, T(0));
     shift.resize(num_sets);
+    // Branch-free loops over plain arrays, so that the square roots and divisions vectorize (the
+    // batch branch on conv input has a set per channel and position).
+    const T* mean = mean_from_input ? current.mean.data() : population_mean;
+    const T* var = var_from_input ? current.var.data() : population_var;
+    T* inv_std = b.inv_std.data();
+    T* shift_k = shift.data();
+#pragma omp parallel for simd schedule(static) if (num_sets >= kernels::kParallelSets)
     for (std::size_t k = 0; k < num_sets; ++k) {
-        shift[k] = mean_from_input ? current.mean[k] : population_mean[k];
-        const double var = var_from_input ? double(current.var[k]) : double(population_var[k]);
-        b.inv_std[k] = T(1.0 / std::sqrt(var + eps));
-        if (var_from_input && !mean_from_input)
-            b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(b.inv_std[k]));
+        shift_k[k] = mean[k];
+        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
     }
+    if (var_from_input && !mean_from_input)
+        for (std::size_t k = 0; k < num_sets; ++k)
+            b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(inv_std[k]));
     return b;
 }
 
@@ -95,6 +102,7 @@ void branch_backward(const T* g, const T* xhat, const std::vector<BranchCall>& c
                                  sum_gx.data() + call.first_set, nullptr, nullptr);
     std::vector<T> coef_1(num_sets), coef_xhat(num_sets);
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
+#pragma omp parallel for schedule(static) if (num_sets >= kernels::kParallelSets)
     for (std::size_t k = 0; k < num_sets; ++k) {
         const double per_xhat = b.var_from_input ? sum_gx[k] * inv_m : 0.0;
         const double mean_g = b.mean_from_input ? sum_g[k] * inv_m : 0.0;
@@ -300,7 +308,17 @@ Array<T> BatchLayerNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     if (batch_mean_in || batch_var_in) b_cur = branch_moments(x, b_calls, b_sets);
     if (feature_mean_in || feature_var_in) f_cur = branch_moments(x, f_calls, f_sets);
     auto check_finite = [&](const Moments<T>& m, const char* branch) {
-        for (std::size_t k = 0; k < m.mean.size(); ++k)
+        // A sum is finite only if every term is: one vectorized pass, and the search for the
+        // first non-finite set only on failure.
+        T total = 0;
+        const std::size_t n = m.mean.size();
+        const T* mean = m.mean.data();
+        const T* var = m.var.data();
+#pragma omp simd reduction(+ : total)
+        for (std::size_t k = 0; k < n; ++k)
+            total += mean[k] * T(0) + var[k] * T(0);
+        if (std::isfinite(total)) return;
+        for (std::size_t k = 0; k < n; ++k)
             if (!std::isfinite(m.mean[k]) || !std::isfinite(m.var[k]))
                 throw NonFiniteError(this->label() + ": " + branch +
                                      " statistics of the input are not finite (set " +

@@ -147,6 +147,20 @@ void for_each_dense_rows(const NcsView& v, F&& f) {
     }
 }
 
+// Per-set coefficients as the dense (N, C) kernels take them, per column: the sets' own array
+// with one channel per set (BatchNorm), otherwise each set's value repeated over its channels
+// in storage.
+template <class T>
+const T* per_column(const T* per_set, const NcsView& v, const SetSpec& sets,
+                    std::vector<T>& storage) {
+    const std::size_t cps = sets.channels_per_set;
+    if (cps == 1) return per_set;
+    storage.resize(v.c);
+    for (std::size_t k = 0; k < sets.num_sets(v); ++k)
+        std::fill_n(storage.begin() + std::ptrdiff_t(k * cps), cps, per_set[k]);
+    return storage.data();
+}
+
 // Column sums of a dense (N, C) input, walked in memory order: rows are split into fixed blocks
 // of kRowBlock (independent of the thread count), each block sums its rows into its own C
 // partial sums a group of rows at a time (at most kFloatSteps, combined in float first), and
@@ -460,22 +474,10 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
     const T* bt = or_constant(beta, zeros_c, v.c, T(0));
 
     if (dense_across_batch(v, sets)) {
-        // The kernel takes its coefficients per column: with one channel per set (BatchNorm)
-        // those are the sets' own; otherwise each set's are repeated over its channels.
-        const std::size_t cps = sets.channels_per_set;
         std::vector<T> m, sc, o;
-        const T *m_col = shift, *sc_col = scale, *off_col = offset;
-        if (cps > 1) {
-            const auto per_column = [&](const T* per_set, std::vector<T>& out) {
-                out.resize(v.c);
-                for (std::size_t k = 0; k < sets.num_sets(v); ++k)
-                    std::fill_n(out.begin() + std::ptrdiff_t(k * cps), cps, per_set[k]);
-                return out.data();
-            };
-            m_col = per_column(shift, m);
-            sc_col = per_column(scale, sc);
-            if (offset) off_col = per_column(offset, o);
-        }
+        const T* m_col = per_column(shift, v, sets, m);
+        const T* sc_col = per_column(scale, v, sets, sc);
+        const T* off_col = offset ? per_column(offset, v, sets, o) : nullptr;
         for_each_dense_rows(v, [&](std::size_t row, std::size_t count) {
             rows::affine_columns(x + row, count, v.c, v.c, m_col, sc_col, off_col, g, bt,
                                  xhat ? xhat + row : nullptr, y + row);
@@ -644,8 +646,10 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
     const std::size_t cps = sets.channels_per_set;
 
     if (dense_across_batch(v, sets)) {
-        std::vector<double> r1(v.c), r2(v.c);
-        channel_sums(dy, xhat, v, r1.data(), xhat.present() ? r2.data() : nullptr, &sets);
+        double* r1 = scratch(kTotal1, v.c);
+        double* r2 = scratch(kTotal2, v.c);
+        channel_sums(dy, xhat, v, r1, xhat.present() ? r2 : nullptr, &sets);
+#pragma omp parallel for schedule(static) if (num_sets >= kParallelSets)
         for (std::size_t k = 0; k < num_sets; ++k) {
             double a = 0, b = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
@@ -655,8 +659,8 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
             set_sum_g[k] = a;
             if (set_sum_g_xhat) set_sum_g_xhat[k] = b;
         }
-        if (chan_sum_dy) std::copy(r1.begin(), r1.end(), chan_sum_dy);
-        if (chan_sum_dy_xhat) std::copy(r2.begin(), r2.end(), chan_sum_dy_xhat);
+        if (chan_sum_dy) std::copy_n(r1, v.c, chan_sum_dy);
+        if (chan_sum_dy_xhat) std::copy_n(r2, v.c, chan_sum_dy_xhat);
         return;
     }
     if (v.s == 1) {
@@ -713,25 +717,20 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const bool reads_xhat = coef_xhat != nullptr && xhat.present();
 
     if (dense_across_batch(v, sets)) {
-        std::vector<T> cg(v.c), c1c(v.c), cxc(v.c);
-        for (std::size_t c = 0; c < v.c; ++c) {
-            const std::size_t k = c / sets.channels_per_set;
-            cg[c] = coef_g[k];
-            c1c[c] = c1[k];
-            cxc[c] = cx[k];
-        }
+        std::vector<T> cg_storage, c1_storage, cx_storage;
+        const T* cg = per_column(coef_g, v, sets, cg_storage);
+        const T* c1c = per_column(c1, v, sets, c1_storage);
+        const T* cxc = per_column(cx, v, sets, cx_storage);
         const bool direct = reads_xhat && direct_rows(xhat, v, &sets);
         for_each_dense_rows(v, [&](std::size_t row, std::size_t count) {
             if (direct) {
                 rows::apply_columns_from_input(
-                    dy + row, xhat.x + row, count, v.c, v.c, xhat.shift, xhat.scale, cg.data(), g,
-                    c1c.data(), cxc.data(), dx + row,
-                    rows_ahead<T>(v, row / v.c + count, kDenseRows, v.n));
+                    dy + row, xhat.x + row, count, v.c, v.c, xhat.shift, xhat.scale, cg, g, c1c,
+                    cxc, dx + row, rows_ahead<T>(v, row / v.c + count, kDenseRows, v.n));
                 return;
             }
             const T* h = reads_xhat ? stored_xhat_rows(xhat, v, row / v.c) : nullptr;
-            rows::apply_columns(dy + row, h, count, v.c, v.c, cg.data(), g, c1c.data(), cxc.data(),
-                                dx + row);
+            rows::apply_columns(dy + row, h, count, v.c, v.c, cg, g, c1c, cxc, dx + row);
         });
         return;
     }

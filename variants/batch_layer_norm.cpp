@@ -1,6 +1,7 @@
 #include "batch_layer_norm.hpp"
 
 #include <cmath>
+#include <type_traits>
 
 #include <omp.h>
 
@@ -116,17 +117,6 @@ void branch_backward(const T* g, const T* xhat, const std::vector<BranchCall>& c
                                 out + call.offset);
 }
 
-template <class T>
-void standardize(const Array<T>& x, const std::vector<BranchCall>& calls,
-                 const std::vector<T>& shift, const std::vector<T>& inv_std, Array<T>& out) {
-    for (const auto& call : calls)
-        kernels::normalize_affine(x.data() + call.offset, call.view, call.sets,
-                                  shift.data() + call.first_set, inv_std.data() + call.first_set,
-                                  static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                                  static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
-                                  out.data() + call.offset);
-}
-
 // Calls f(i, count, c) for every run of values of one channel c of the [N][C][S] view, with the
 // runs split between the OpenMP threads: the runs are of length S, or, without trailing
 // dimensions, of length 1 gathered into rows (then c is the row's first channel, 0, and the
@@ -150,19 +140,76 @@ T per_channel(const T* values, const NcsView& v, std::size_t c, std::size_t j) {
     return values[v.s == 1 ? c + j : c];
 }
 
-// y = γ_c·(cf·x̂_F + cb·x̂_B) + β_c, where cf = w_F/√C and cb = w_B/√C.
+// One branch's standardization: x̂ = (x − shift_k)·inv_std_k for the set k of every value.
 template <class T>
-void mix_affine(const T* xhat_f, const T* xhat_b, T cf, T cb, const T* gamma, const T* beta,
-                const NcsView& v, T* y) {
+struct BranchScale {
+    const T* shift;
+    const T* inv_std;
+};
+
+// Both branches standardized and mixed in one pass over x: x̂_B = (x − m_B)·s_B per (c, s),
+// x̂_F = (x − m_F)·s_F per (n, s), y = γ_c·(cf·x̂_F + cb·x̂_B) + β_c with cf = w_F/√C and
+// cb = w_B/√C. x is read once and y written once; the x̂ are written only where kept for
+// backward (xhat_b, xhat_f null otherwise). The same float operations, in the same order, as
+// standardizing each branch into an array and then mixing the arrays.
+template <class T>
+void standardize_and_mix(const T* x, const NcsView& v, BranchScale<T> batch, BranchScale<T> feature,
+                         T cf, T cb, const T* gamma, const T* beta, T* xhat_b, T* xhat_f, T* y) {
     std::vector<T> ones, zeros;
     const T* g = kernels::or_constant(gamma, ones, v.c, T(1));
     const T* b = kernels::or_constant(beta, zeros, v.c, T(0));
-    for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
+    // Specialized on whether the run is a row (per-element γ, β and batch set, one feature set)
+    // and on whether the x̂ are kept, so that each loop vectorizes.
+    const auto pass = [&](auto rows, auto keeps) {
+        for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
+            // The run's first set of each branch: the batch set advances with every value (a
+            // position, or in a row a channel); the feature set with every position, and is one
+            // for a row.
+            const std::size_t kb = i % (v.c * v.s);
+            const std::size_t kf = i / (v.c * v.s) * v.s;
+            const T* mb = batch.shift + kb;
+            const T* sb = batch.inv_std + kb;
+            const T* mf = feature.shift + kf;
+            const T* sf = feature.inv_std + kf;
+            const T* gc = g + c;
+            const T* bc = b + c;
+            const T* xi = x + i;
+            T* yi = y + i;
+            T* hb_out = xhat_b + (keeps ? i : 0);
+            T* hf_out = xhat_f + (keeps ? i : 0);
 #pragma omp simd
-        for (std::size_t j = 0; j < count; ++j)
-            y[i + j] = (cf * xhat_f[i + j] + cb * xhat_b[i + j]) * per_channel(g, v, c, j) +
-                       per_channel(b, v, c, j);
-    });
+            for (std::size_t j = 0; j < count; ++j) {
+                const T hb = (xi[j] - mb[j]) * sb[j];
+                T hf, gj, bj;
+                if constexpr (rows) {
+                    hf = (xi[j] - mf[0]) * sf[0];
+                    gj = gc[j];
+                    bj = bc[j];
+                } else {
+                    hf = (xi[j] - mf[j]) * sf[j];
+                    gj = gc[0];
+                    bj = bc[0];
+                }
+                if constexpr (keeps) {
+                    hb_out[j] = hb;
+                    hf_out[j] = hf;
+                }
+                yi[j] = (cf * hf + cb * hb) * gj + bj;
+            }
+        });
+    };
+    const bool keeps = xhat_b != nullptr;
+    if (v.s == 1) {
+        if (keeps)
+            pass(std::true_type{}, std::true_type{});
+        else
+            pass(std::true_type{}, std::false_type{});
+    } else {
+        if (keeps)
+            pass(std::false_type{}, std::true_type{});
+        else
+            pass(std::false_type{}, std::false_type{});
+    }
 }
 
 std::string flag_list(const BatchLayerNormOptions& o) {
@@ -337,23 +384,26 @@ Array<T> BatchLayerNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     if (fixes_buffers) allocate_buffers();
 
     SavedBln<T> ctx;
-    std::vector<T> shift;
+    std::vector<T> b_shift, f_shift;
     ctx.batch = make_branch(b_cur, moving_batch_mean_.data(), moving_batch_var_.data(),
-                            batch_mean_in, batch_var_in, b_sets, options_.eps, shift);
-    ctx.xhat_batch = Array<T>::from_shape(x.shape());
-    standardize(x, b_calls, shift, ctx.batch.inv_std, ctx.xhat_batch);
+                            batch_mean_in, batch_var_in, b_sets, options_.eps, b_shift);
     ctx.feature = make_branch(f_cur, moving_feature_mean_.data(), moving_feature_var_.data(),
-                              feature_mean_in, feature_var_in, f_sets, options_.eps, shift);
-    ctx.xhat_feature = Array<T>::from_shape(x.shape());
-    standardize(x, f_calls, shift, ctx.feature.inv_std, ctx.xhat_feature);
-
+                              feature_mean_in, feature_var_in, f_sets, options_.eps, f_shift);
     const BlnWeights w = weights_for(v.n);
     const double root_c = std::sqrt(double(v.c));
     ctx.coef_batch = T(w.batch / root_c);
     ctx.coef_feature = T(w.feature / root_c);
+    const bool keeps = grad == Grad::keep;
+    if (keeps) {
+        ctx.xhat_batch = Array<T>::from_shape(x.shape());
+        ctx.xhat_feature = Array<T>::from_shape(x.shape());
+    }
     Array<T> y = Array<T>::from_shape(x.shape());
-    mix_affine(ctx.xhat_feature.data(), ctx.xhat_batch.data(), ctx.coef_feature, ctx.coef_batch,
-               this->gamma(), this->beta(), v, y.data());
+    standardize_and_mix(x.data(), v, BranchScale<T>{b_shift.data(), ctx.batch.inv_std.data()},
+                        BranchScale<T>{f_shift.data(), ctx.feature.inv_std.data()},
+                        ctx.coef_feature, ctx.coef_batch, this->gamma(), this->beta(),
+                        keeps ? ctx.xhat_batch.data() : nullptr,
+                        keeps ? ctx.xhat_feature.data() : nullptr, y.data());
 
     if (train && tracking) {
         for (std::size_t k = 0; k < b_sets; ++k) {

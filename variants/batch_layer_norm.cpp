@@ -5,6 +5,7 @@
 
 #include <omp.h>
 
+#include "kernels/formulas.hpp"
 #include "kernels/moments.hpp"
 
 namespace normlab {
@@ -80,41 +81,54 @@ BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
     return b;
 }
 
-// Writes dx_branch = coef·s·(g − c1 − cx·x̂) with the projection terms of the statistics that
-// came from the input (spec §6.4 for the fully-current case).
+// One branch's backward coefficients per set: dx_branch = cg·(g − c1 − cx·x̂)
+// (kernels::applied with γ = 1, since g = γ ⊙ dy already carries it), with the projection terms
+// of the statistics that came from the input (spec §6.4 for the fully-current case). When none
+// did, c1 and cx are empty and the branch is cg·g (applied without the x̂ term).
 template <class T>
-void branch_backward(const T* g, const T* xhat, const std::vector<BranchCall>& calls,
-                     const BlnBranch<T>& b, T coef, std::size_t num_sets, T* out) {
-    std::vector<T> coef_g(num_sets);
+struct BranchGrad {
+    std::vector<T> cg, c1, cx;
+};
+
+template <class T>
+BranchGrad<T> branch_grad(const T* g, const T* xhat, const std::vector<BranchCall>& calls,
+                          const BlnBranch<T>& b, T coef, std::size_t num_sets) {
+    BranchGrad<T> out;
+    out.cg.resize(num_sets);
     for (std::size_t k = 0; k < num_sets; ++k)
-        coef_g[k] = coef * b.inv_std[k];
-    if (!b.mean_from_input && !b.var_from_input) {
-        for (const auto& call : calls)
-            kernels::backward_apply(g + call.offset, xhat + call.offset, call.view, call.sets,
-                                    static_cast<const T*>(nullptr), coef_g.data() + call.first_set,
-                                    static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                                    out + call.offset);
-        return;
-    }
+        out.cg[k] = coef * b.inv_std[k];
+    if (!b.mean_from_input && !b.var_from_input) return out;
     std::vector<double> sum_g(num_sets), sum_gx(num_sets);
     for (const auto& call : calls)
         kernels::backward_reduce(g + call.offset, xhat + call.offset, call.view, call.sets,
                                  static_cast<const T*>(nullptr), sum_g.data() + call.first_set,
                                  sum_gx.data() + call.first_set, nullptr, nullptr);
-    std::vector<T> coef_1(num_sets), coef_xhat(num_sets);
+    out.c1.resize(num_sets);
+    out.cx.resize(num_sets);
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
 #pragma omp parallel for schedule(static) if (num_sets >= kernels::kParallelSets)
     for (std::size_t k = 0; k < num_sets; ++k) {
         const double per_xhat = b.var_from_input ? sum_gx[k] * inv_m : 0.0;
         const double mean_g = b.mean_from_input ? sum_g[k] * inv_m : 0.0;
-        coef_xhat[k] = T(per_xhat);
-        coef_1[k] = T(mean_g + per_xhat * double(b.delta[k]));
+        out.cx[k] = T(per_xhat);
+        out.c1[k] = T(mean_g + per_xhat * double(b.delta[k]));
     }
-    for (const auto& call : calls)
-        kernels::backward_apply(g + call.offset, xhat + call.offset, call.view, call.sets,
-                                static_cast<const T*>(nullptr), coef_g.data() + call.first_set,
-                                coef_1.data() + call.first_set, coef_xhat.data() + call.first_set,
-                                out + call.offset);
+    return out;
+}
+
+// f(std::bool_constant<flags>...): one instantiation of f per combination of the flags, so
+// that loops specialized on them vectorize.
+template <class F>
+void with_flags(F&& f) {
+    f();
+}
+
+template <class F, class... Flags>
+void with_flags(F&& f, bool first, Flags... rest) {
+    if (first)
+        with_flags([&](auto... t) { f(std::true_type{}, t...); }, rest...);
+    else
+        with_flags([&](auto... t) { f(std::false_type{}, t...); }, rest...);
 }
 
 // Calls f(i, count, c) for every run of values of one channel c of the [N][C][S] view, with the
@@ -179,14 +193,14 @@ void standardize_and_mix(const T* x, const NcsView& v, BranchScale<T> batch, Bra
             T* hf_out = xhat_f + (keeps ? i : 0);
 #pragma omp simd
             for (std::size_t j = 0; j < count; ++j) {
-                const T hb = (xi[j] - mb[j]) * sb[j];
+                const T hb = kernels::standardized(xi[j], mb[j], sb[j]);
                 T hf, gj, bj;
                 if constexpr (rows) {
-                    hf = (xi[j] - mf[0]) * sf[0];
+                    hf = kernels::standardized(xi[j], mf[0], sf[0]);
                     gj = gc[j];
                     bj = bc[j];
                 } else {
-                    hf = (xi[j] - mf[j]) * sf[j];
+                    hf = kernels::standardized(xi[j], mf[j], sf[j]);
                     gj = gc[0];
                     bj = bc[0];
                 }
@@ -198,18 +212,49 @@ void standardize_and_mix(const T* x, const NcsView& v, BranchScale<T> batch, Bra
             }
         });
     };
-    const bool keeps = xhat_b != nullptr;
-    if (v.s == 1) {
-        if (keeps)
-            pass(std::true_type{}, std::true_type{});
-        else
-            pass(std::true_type{}, std::false_type{});
-    } else {
-        if (keeps)
-            pass(std::false_type{}, std::true_type{});
-        else
-            pass(std::false_type{}, std::false_type{});
-    }
+    with_flags(pass, v.s == 1, xhat_b != nullptr);
+}
+
+// The backward's elementwise pass: dx = dx_B + dx_F from each branch's coefficients (as
+// kernels::backward_apply would write each branch, then added), and the mixed
+// x̂ = cf·x̂_F + cb·x̂_B that dγ needs, into `mixed`. One pass over g and both x̂.
+template <class T>
+void apply_and_mix(const T* g, const T* xhat_b, const T* xhat_f, const NcsView& v,
+                   const BranchGrad<T>& batch, const BranchGrad<T>& feature, T cf, T cb, T* dx,
+                   T* mixed) {
+    const auto pass = [&](auto rows, auto batch_xhat, auto feature_xhat) {
+        for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t) {
+            const std::size_t kb = i % (v.c * v.s);
+            const std::size_t kf = i / (v.c * v.s) * v.s;
+            const T* cgb = batch.cg.data() + kb;
+            const T* c1b = batch.c1.data() + (batch_xhat ? kb : 0);
+            const T* cxb = batch.cx.data() + (batch_xhat ? kb : 0);
+            const T* cgf = feature.cg.data() + kf;
+            const T* c1f = feature.c1.data() + (feature_xhat ? kf : 0);
+            const T* cxf = feature.cx.data() + (feature_xhat ? kf : 0);
+            const T* gi = g + i;
+            const T* hb = xhat_b + i;
+            const T* hf = xhat_f + i;
+            T* dxi = dx + i;
+            T* mi = mixed + i;
+#pragma omp simd
+            for (std::size_t j = 0; j < count; ++j) {
+                const std::size_t f = rows ? 0 : j;
+                T db, df;
+                if constexpr (batch_xhat)
+                    db = kernels::applied(cgb[j], T(1), gi[j], c1b[j], cxb[j], hb[j]);
+                else
+                    db = kernels::applied(cgb[j], T(1), gi[j], T(0));
+                if constexpr (feature_xhat)
+                    df = kernels::applied(cgf[f], T(1), gi[j], c1f[f], cxf[f], hf[j]);
+                else
+                    df = kernels::applied(cgf[f], T(1), gi[j], T(0));
+                dxi[j] = db + df;
+                mi[j] = cf * hf[j] + cb * hb[j];
+            }
+        });
+    };
+    with_flags(pass, v.s == 1, !batch.cx.empty(), !feature.cx.empty());
 }
 
 std::string flag_list(const BatchLayerNormOptions& o) {
@@ -430,35 +475,31 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
     const T* gamma = this->gamma();
     // g = γ ⊙ dy: both branches see it, and γ is per channel, which the feature branch's
     // transposed view cannot express as a kernel argument.
-    Array<T> g = dy;
-    if (gamma)
+    const T* g = dy.data();
+    Array<T> weighted;
+    if (gamma) {
+        weighted = Array<T>::from_shape(dy.shape());
         for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
-            T* gi = g.data() + i;
+            const T* dyi = dy.data() + i;
+            T* gi = weighted.data() + i;
 #pragma omp simd
             for (std::size_t j = 0; j < count; ++j)
-                gi[j] *= per_channel(gamma, v, c, j);
+                gi[j] = dyi[j] * per_channel(gamma, v, c, j);
         });
+        g = weighted.data();
+    }
 
+    const BranchGrad<T> batch =
+        branch_grad(g, ctx.xhat_batch.data(), batch_calls(v), ctx.batch, ctx.coef_batch, v.c * v.s);
+    const BranchGrad<T> feature = branch_grad(g, ctx.xhat_feature.data(), feature_calls(v),
+                                              ctx.feature, ctx.coef_feature, v.n * v.s);
     Array<T> dx = Array<T>::from_shape(dy.shape());
-    Array<T> scratch = Array<T>::from_shape(dy.shape());
-    branch_backward(g.data(), ctx.xhat_batch.data(), batch_calls(v), ctx.batch, ctx.coef_batch,
-                    v.c * v.s, dx.data());
-    branch_backward(g.data(), ctx.xhat_feature.data(), feature_calls(v), ctx.feature,
-                    ctx.coef_feature, v.n * v.s, scratch.data());
-    // dγ needs the mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C; scratch is free once added into dx.
-    const T* xf = ctx.xhat_feature.data();
-    const T* xb = ctx.xhat_batch.data();
-    for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t) {
-        T* d = dx.data() + i;
-        T* m = scratch.data() + i;
-#pragma omp simd
-        for (std::size_t j = 0; j < count; ++j) {
-            d[j] += m[j];
-            m[j] = ctx.coef_feature * xf[i + j] + ctx.coef_batch * xb[i + j];
-        }
-    });
+    // dγ needs the mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C.
+    Array<T> mixed = Array<T>::from_shape(dy.shape());
+    apply_and_mix(g, ctx.xhat_batch.data(), ctx.xhat_feature.data(), v, batch, feature,
+                  ctx.coef_feature, ctx.coef_batch, dx.data(), mixed.data());
     std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
-    kernels::channel_sums(dy.data(), scratch.data(), v, sum_dy.data(), sum_dy_xhat.data());
+    kernels::channel_sums(dy.data(), mixed.data(), v, sum_dy.data(), sum_dy_xhat.data());
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

@@ -83,6 +83,17 @@ def collect_rounds(paths):
     return merged[0], merged[1], merged[2], len(rounds)
 
 
+def spread_of(paths):
+    """Per case, the slowest round's time over the fastest's (1.00 = every round the same)."""
+    rounds = [collect(load(p))[0] for p in paths or []]
+    out = {}
+    for k in {k for r in rounds for k in r}:
+        values = [r[k] for r in rounds if k in r and r[k]]
+        if len(values) > 1:
+            out[k] = max(values) / min(values)
+    return out
+
+
 def fmt_us(v):
     if v is None:
         return "—"
@@ -111,6 +122,7 @@ def main():
 
     times, counters, triad, files = collect_rounds(args.normlab)
     rounds = args.rounds or files
+    spread = spread_of(args.normlab)
     for paths in (args.onednn, args.pytorch):
         t, c, _, _ = collect_rounds(paths)
         times.update(t)
@@ -138,7 +150,9 @@ def main():
              "normalizes the last dimension, so 4-D shapes are given to it as (N, C·H·W) rows. "
              "PyTorch runs the functional ops (`F.batch_norm`, `F.layer_norm`/`F.group_norm(1)`, "
              "`F.instance_norm`, `F.group_norm`, and RMSNorm composed of elementwise ops, as 1.13 "
-             "has no RMSNorm kernel); its backward is `torch.autograd.grad` for x, γ, β.", "",
+             "has no RMSNorm kernel); its backward is `torch.autograd.grad` for x, γ, β. "
+             "`spread` is the slowest round of normlab over its fastest: the run-to-run noise "
+             "of this machine, against which a ratio near 1.0× (or 1.5×) should be read.", "",
              "Roofline: the minimal traffic of the pass (forward reads x and writes y; backward "
              "reads dy and x and writes dx) divided by the time, as a fraction of the triad "
              "bandwidth measured in the same run at the same working-set size (`roofline`), and "
@@ -160,9 +174,9 @@ def main():
     misses = defaultdict(list)
     for variant in variants:
         lines += [f"## `{variant}`", "",
-                  "| shape | pass | normlab | oneDNN plain | oneDNN blocked | PyTorch | vs oneDNN | "
-                  "vs PyTorch | roofline | DRAM |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| shape | pass | normlab | spread | oneDNN plain | oneDNN blocked | PyTorch | "
+                  "vs oneDNN | vs PyTorch | roofline | DRAM |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for shape in SHAPES:
             for p in PASSES:
                 ours = times.get(("normlab", variant, shape, p))
@@ -189,8 +203,10 @@ def main():
                     summary["roofline"][0] += roof >= 0.7
                     if roof < 0.7:
                         misses["roofline"].append(f"{case} ({100 * roof:.0f}%)")
+                k = ("normlab", variant, shape, p)
                 lines.append(
-                    f"| {shape} {SHAPE_TEXT[shape]} | {p} | {fmt_us(ours)} | {fmt_us(plain)} | "
+                    f"| {shape} {SHAPE_TEXT[shape]} | {p} | {fmt_us(ours)} | "
+                    f"{f'{spread[k]:.2f}×' if k in spread else '—'} | {fmt_us(plain)} | "
                     f"{fmt_us(blocked)} | {fmt_us(torch_t)} | {ratio(onednn, ours)} | "
                     f"{ratio(torch_t, ours)} | "
                     f"{'—' if roof is None else f'{100 * roof:.0f}%'} | "

@@ -317,35 +317,16 @@ std::pair<std::size_t, std::size_t> static_share(std::size_t count) {
     return {begin, begin + base + (t < extra ? 1 : 0)};
 }
 
-// The calling thread's share of `count` sets (static_share), each set's sums taken in the pass
-// that writes the set before it: sum(k, s1, s2) adds the sums of set k alone (the share's first
-// set); step(k, s1, s2, has_next, next1, next2) writes set k from its sums and, when has_next,
-// adds the sums of set k + 1 into next1, next2 in the same pass. Reads of the next set from
-// memory then overlap the writes of the current one.
-template <class Sum, class Step>
-void overlapped_sets(std::size_t count, bool parallel, Sum&& sum, Step&& step) {
-#pragma omp parallel if (parallel)
-    {
-        const auto [k0, k1] = static_share(count);
-        double s1 = 0, s2 = 0;
-        if (k0 < k1) sum(k0, s1, s2);
-        for (std::size_t k = k0; k < k1; ++k) {
-            const double t1 = s1, t2 = s2;
-            s1 = s2 = 0;
-            step(k, t1, t2, k + 1 < k1, s1, s2);
-        }
-    }
-}
-
 // Sets spread over the batch (one run per sample and channel of a set) are written a group of
 // consecutive sets at a time, sample by sample: each sample's runs of the group lie one after the
 // other in memory. Set by set, the pass jumped from sample to sample after every run; with C·S
 // a multiple of 4 KiB (BatchNorm on (8, 256, 14, 14)) the runs of all samples fall into the same
-// L1 sets, and BatchNorm's backward on (8, 256, 14, 14) ran ~25% slower than with groups of
-// eight. A group's data must still be in cache when it is written, one pass after it was
-// summed: groups take up to kGroupBytes of the input (and as much of dy). Runs of kLongRunBytes
-// or more are long enough for the hardware prefetchers as they are, and their sets go one at a
-// time (BatchNorm backward on (2, 64, 56, 56), runs of 12 KB, was 5–10% slower in pairs).
+// L1 sets (BatchNorm's backward on (8, 256, 14, 14) is 6% faster in groups of eight; the
+// same runs alone, walked in memory order, ~25%). A group's data must still be in cache when it is
+// written, one pass after it was summed: groups take up to kGroupBytes of the input (and as much of
+// dy). Runs of kLongRunBytes or more are long enough for the hardware prefetchers as they are, and
+// their sets go one at a time (BatchNorm backward on (2, 64, 56, 56), runs of 12 KB, was 5–10%
+// slower in pairs).
 constexpr std::size_t kMaxSetsPerPass = 8;
 constexpr std::size_t kGroupBytes = std::size_t{64} << 10;
 constexpr std::size_t kLongRunBytes = std::size_t{4} << 10;
@@ -364,6 +345,9 @@ std::size_t sets_per_pass(const NcsView& v, const SetSpec& sets) {
 // sample n's runs of set k and, when has_next, adds the sums of the same runs of set k + group
 // (the next group) into next1, next2. The pass goes over the samples (0 .. samples), and within
 // each over the group's sets, so every set's runs are still summed and written in sample order.
+// Sets of one sample each (a contiguous block, set k + 1 right after set k) take group 1 and
+// samples 1: set by set, the pass that writes a set summing the next one, so that reads from
+// memory and writes overlap.
 template <class Sum, class Finish, class Write>
 void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum, Finish&& finish,
                   Write&& write, std::size_t samples) {
@@ -673,10 +657,9 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         }
         return;
     }
-    overlapped_sets(
-        num_sets, v.size() >= kParallelMin, sum,
-        [&](std::size_t k, double t1, double t2, bool has_next, double& s1, double& s2) {
-            finish(k, t1, t2);
+    grouped_sets(
+        num_sets, 1, v.size() >= kParallelMin, sum, finish,
+        [&](std::size_t, std::size_t k, bool has_next, double& s1, double& s2) {
             if (!has_next) {
                 normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
                 return;
@@ -686,7 +669,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                                                b + c0, xhat ? xhat + start : nullptr, y + start,
                                                stream_y, x + start + block_len, first_value(k + 1),
                                                s1, s2);
-        });
+        },
+        1);
 }
 
 template <class T>
@@ -898,8 +882,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const std::size_t runs = v.n * v.c;
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
-    // The runs of set k in sample order, then channel order: f(run, channel, dc), dc the run's
-    // channel within the set.
+    // The runs of set k in sample order, then channel order: f(run, channel).
     const std::size_t samples = sets.across_batch ? v.n : 1;
     // Set k's first run and its channel.
     const auto first_run = [&](std::size_t k) -> std::pair<std::size_t, std::size_t> {
@@ -911,7 +894,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         const auto [r0, c0] = first_run(k);
         for (std::size_t dn = 0; dn < samples; ++dn)
             for (std::size_t dc = 0; dc < cps; ++dc)
-                f(r0 + dn * v.c + dc, c0 + dc, dc);
+                f(r0 + dn * v.c + dc, c0 + dc);
     };
     const bool stream_dx = stream && rows::aligned16(dx) && v.s % 4 == 0;
     // Applies run r of set k (channel c) and, when `next`, reduces run r + step (set k_next,
@@ -942,44 +925,31 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         b += gn * row2[rn];
     };
     const auto sum_set = [&](std::size_t k, double& a, double& b) {
-        for_each_run(k, [&](std::size_t r, std::size_t c, std::size_t) {
+        for_each_run(k, [&](std::size_t r, std::size_t c) {
             run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
             a += double(g[c]) * row1[r];
             b += double(g[c]) * row2[r];
         });
     };
-    if (sets.across_batch) {
-        // Sets over the batch: a group of sets at a time, sample by sample (grouped_sets).
-        std::vector<T> set_coef_1(num_sets), set_coef_xhat(num_sets);
-        const std::size_t group = sets_per_pass<T>(v, sets);
-        grouped_sets(
-            num_sets, group, v.size() >= kParallelMin, sum_set,
-            [&](std::size_t k, double t1, double t2) {
-                coefficients(k, t1 * inv_m, t2 * inv_m, set_coef_1[k], set_coef_xhat[k]);
-            },
-            [&](std::size_t n, std::size_t k, bool has_next, double& a, double& b) {
-                for (std::size_t dc = 0; dc < cps; ++dc) {
-                    const std::size_t c = k * cps + dc;
-                    apply_run_summing(k, n * v.c + c, c, coef_g[k], set_coef_1[k], set_coef_xhat[k],
-                                      has_next, k + group, group * cps, c + group * cps, a, b);
-                }
-            },
-            v.n);
-    } else {
-        // Per-sample sets: a thread's next set is reduced in the same pass that applies the
-        // current one; set k + 1's runs lie right after set k's, at the same steps.
-        overlapped_sets(
-            num_sets, v.size() >= kParallelMin, sum_set,
-            [&](std::size_t k, double t1, double t2, bool has_next, double& a, double& b) {
-                T coef_1, coef_xhat;
-                coefficients(k, t1 * inv_m, t2 * inv_m, coef_1, coef_xhat);
-                const std::size_t next_c0 = has_next ? first_run(k + 1).second : 0;
-                for_each_run(k, [&](std::size_t r, std::size_t c, std::size_t dc) {
-                    apply_run_summing(k, r, c, coef_g[k], coef_1, coef_xhat, has_next, k + 1, cps,
-                                      next_c0 + dc, a, b);
-                });
-            });
-    }
+    // Sets over the batch go a group at a time, sample by sample (grouped_sets); per-sample sets
+    // one at a time, set k + 1's runs right after set k's.
+    std::vector<T> set_coef_1(num_sets), set_coef_xhat(num_sets);
+    const std::size_t group = sets.across_batch ? sets_per_pass<T>(v, sets) : 1;
+    grouped_sets(
+        num_sets, group, v.size() >= kParallelMin, sum_set,
+        [&](std::size_t k, double t1, double t2) {
+            coefficients(k, t1 * inv_m, t2 * inv_m, set_coef_1[k], set_coef_xhat[k]);
+        },
+        [&](std::size_t n, std::size_t k, bool has_next, double& a, double& b) {
+            const auto [r0, c0] = first_run(k);
+            for (std::size_t dc = 0; dc < cps; ++dc) {
+                const std::size_t c = c0 + dc;
+                apply_run_summing(k, r0 + n * v.c + dc, c, coef_g[k], set_coef_1[k],
+                                  set_coef_xhat[k], has_next, k + group, group * cps,
+                                  (c + group * cps) % v.c, a, b);
+            }
+        },
+        samples);
     add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }
 

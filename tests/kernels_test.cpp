@@ -148,36 +148,39 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
 }
 
 // With trailing dimensions each thread normalizes one set while it sums the next
-// (rows::affine_summing_next, rows::apply_summing_next), streaming y and dx at this size. A set
-// computed alone (one channel for batch norm, one sample for the others) takes the plain path:
-// the bits must be the same.
+// (rows::affine_summing_next, rows::apply_summing_next), streaming y and dx on the first shape
+// (16 MiB of float, runs a multiple of four long). On the second, runs are short, and batch
+// norm's sets go a group of eight at a time, sample by sample (grouped_sets; 40 channels: full
+// and partial groups on 1 and 2 threads). A set computed alone (one channel for batch norm, one
+// sample for the others) takes the plain path: the bits must be the same.
 TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
-    const Shape shape{8, 4, 131072};  // 16 MiB of float, runs a multiple of four long
-    const Tensor x = xt::cast<float>(testing::random_array(shape, 23, 1.0, 2.0));
-    const Tensor dy = xt::cast<float>(testing::random_array(shape, 24));
-    for (const std::string spec : {"batch_norm", "layer_norm", "instance_norm(affine=true)"}) {
-        const bool by_channel = spec == "batch_norm";
-        for (int threads : {1, 2}) {
-            ThreadCount tc(threads);
-            auto whole = make_normalizer(spec, shape[1]);
-            Tensor input = x;
-            const Tensor y_handed = whole->forward(std::move(input), Mode::train);
-            const Tensor dx_handed = whole->backward(dy);
-            const Tensor y = whole->forward(x, Mode::train);
-            const Tensor dx = whole->backward(dy);
-            ASSERT_EQ(y_handed, y) << spec;
-            ASSERT_EQ(dx_handed, dx) << spec;
-            const std::size_t parts = by_channel ? shape[1] : shape[0];
-            for (std::size_t p = 0; p < parts; ++p) {
-                const auto part = [&](const Tensor& t) {
-                    return by_channel ? Tensor(xt::view(t, xt::all(), xt::range(p, p + 1)))
-                                      : Tensor(xt::view(t, xt::range(p, p + 1)));
-                };
-                auto single = make_normalizer(spec, by_channel ? 1 : shape[1]);
-                ASSERT_EQ(part(y), single->forward(part(x), Mode::train))
-                    << spec << " part " << p << ", " << threads << " threads";
-                ASSERT_EQ(part(dx), single->backward(part(dy)))
-                    << spec << " part " << p << ", " << threads << " threads";
+    for (const Shape& shape : {Shape{8, 4, 131072}, Shape{8, 40, 11, 11}}) {
+        const Tensor x = xt::cast<float>(testing::random_array(shape, 23, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(shape, 24));
+        for (const std::string spec : {"batch_norm", "layer_norm", "instance_norm(affine=true)"}) {
+            const bool by_channel = spec == "batch_norm";
+            for (int threads : {1, 2}) {
+                ThreadCount tc(threads);
+                auto whole = make_normalizer(spec, shape[1]);
+                Tensor input = x;
+                const Tensor y_handed = whole->forward(std::move(input), Mode::train);
+                const Tensor dx_handed = whole->backward(dy);
+                const Tensor y = whole->forward(x, Mode::train);
+                const Tensor dx = whole->backward(dy);
+                ASSERT_EQ(y_handed, y) << spec;
+                ASSERT_EQ(dx_handed, dx) << spec;
+                const std::size_t parts = by_channel ? shape[1] : shape[0];
+                for (std::size_t p = 0; p < parts; ++p) {
+                    const auto part = [&](const Tensor& t) {
+                        return by_channel ? Tensor(xt::view(t, xt::all(), xt::range(p, p + 1)))
+                                          : Tensor(xt::view(t, xt::range(p, p + 1)));
+                    };
+                    auto single = make_normalizer(spec, by_channel ? 1 : shape[1]);
+                    ASSERT_EQ(part(y), single->forward(part(x), Mode::train))
+                        << spec << " part " << p << ", " << threads << " threads";
+                    ASSERT_EQ(part(dx), single->backward(part(dy)))
+                        << spec << " part " << p << ", " << threads << " threads";
+                }
             }
         }
     }

@@ -186,6 +186,41 @@ TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
     }
 }
 
+// GroupNorm's sets on rows of 8, 16 or 24 values are standardized a row at a time, four sets'
+// totals and square roots together (rows::standardize_short_sets), with a remainder of sets one
+// by one. Each set must be the same bits as the same values normalized alone (one group, which
+// takes the plain path), on 1 and 2 threads.
+TEST(Kernels, ShortSetsOnRowsEqualSetsAloneBitForBit) {
+    const Shape shape{350, 96};
+    Tensor x = xt::cast<float>(testing::random_array(shape, 25, 1.0, 2.0));
+    x(3, 0) = 1e4f;                          // a large offset in one set
+    for (std::size_t groups : {4, 6, 12}) {  // sets of 24, 16 and 8 values; 6: 4 + 2 per row
+        const std::size_t cps = shape[1] / groups;
+        for (int threads : {1, 2}) {
+            ThreadCount tc(threads);
+            auto whole =
+                make_normalizer("group_norm(groups=" + std::to_string(groups) + ")", shape[1]);
+            auto params = whole->parameters();
+            *params[0].value = xt::cast<float>(testing::random_array({shape[1]}, 26, 1.0, 0.5));
+            *params[1].value = xt::cast<float>(testing::random_array({shape[1]}, 27));
+            const Tensor y = whole->forward(x, Mode::train);
+            for (std::size_t n = 0; n < shape[0]; n += 7)
+                for (std::size_t j = 0; j < groups; ++j) {
+                    const auto cols = [&] { return xt::range(j * cps, (j + 1) * cps); };
+                    auto single = make_normalizer("group_norm(groups=1)", cps);
+                    auto single_params = single->parameters();
+                    *single_params[0].value = xt::view(*params[0].value, cols());
+                    *single_params[1].value = xt::view(*params[1].value, cols());
+                    const Tensor part = xt::view(x, xt::range(n, n + 1), cols());
+                    ASSERT_EQ(Tensor(xt::view(y, xt::range(n, n + 1), cols())),
+                              single->forward(part, Mode::train))
+                        << groups << " groups, row " << n << ", set " << j << ", " << threads
+                        << " threads";
+                }
+        }
+    }
+}
+
 // set_backward writes dx over the spent x̂ or input where dx_may_overwrite_xhat allows it; the
 // result must be the same bits as into a new array, on every layout the stages distinguish
 // (dense sets across the batch, one and several sets per row, trailing dimensions, and a tensor

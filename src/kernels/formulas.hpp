@@ -1,8 +1,11 @@
 #pragma once
-// The two elementwise formulas of the statistics kernel, for one value or a vector of values.
-// Every stage that forms x̂ or dx uses them, and so does a layer that applies the kernel's
-// coefficients in a pass of its own (Batch-Layer Norm's two branches), so that all give the
-// same bits.
+// The formulas of the statistics kernel: a set's moments and inv_std from its shifted sums, and
+// the two elementwise formulas, for one value or a vector of values. Every stage that finishes a
+// set or forms x̂ or dx uses them, and so does a layer that applies the kernel's coefficients in
+// a pass of its own (Batch-Layer Norm's two branches), so that all give the same bits.
+
+#include <algorithm>
+#include <cmath>
 
 namespace normlab::kernels {
 
@@ -26,6 +29,24 @@ __attribute__((always_inline)) inline V applied(V cg, V g, V dy, V c1, V cx, V h
 template <class V>
 __attribute__((always_inline)) inline V applied(V cg, V g, V dy, V c1) {
     return cg * (g * dy - c1);
+}
+
+// Mean and variance (or mean square) of one set from its shifted sums.
+template <class T>
+void finish_moments(bool center, double inv_m, double shift, double s1, double s2, T& mean,
+                    T& var) {
+    const double centered_mean = s1 * inv_m;
+    mean = center ? T(shift + centered_mean) : T(0);
+    const double m2 = center ? s2 - s1 * centered_mean : s2;
+    var = T(std::max(m2, 0.0) * inv_m);
+}
+
+// finish_moments, then the set's inv_std = 1/√(var + eps), as standardize normalizes with it.
+template <class T>
+void finish_standardized(bool center, double inv_m, double eps, double shift, double s1, double s2,
+                         T& mean, T& var, T& inv_std) {
+    finish_moments(center, inv_m, shift, s1, s2, mean, var);
+    inv_std = T(1.0 / std::sqrt(double(var) + eps));
 }
 
 }  // namespace normlab::kernels

@@ -370,24 +370,6 @@ void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum
     }
 }
 
-// Mean and variance (or mean square) of one set from its shifted sums.
-template <class T>
-void finish_moments(bool center, double inv_m, double shift, double s1, double s2, T& mean,
-                    T& var) {
-    const double centered_mean = s1 * inv_m;
-    mean = center ? T(shift + centered_mean) : T(0);
-    const double m2 = center ? s2 - s1 * centered_mean : s2;
-    var = T(std::max(m2, 0.0) * inv_m);
-}
-
-// finish_moments, then the set's inv_std = 1/√(var + eps), as standardize normalizes with it.
-template <class T>
-void finish_standardized(bool center, double inv_m, double eps, double shift, double s1, double s2,
-                         T& mean, T& var, T& inv_std) {
-    finish_moments(center, inv_m, shift, s1, s2, mean, var);
-    inv_std = T(1.0 / std::sqrt(double(var) + eps));
-}
-
 // Normalizes set k of a per-sample SetSpec: one contiguous run of channels_per_set·S values.
 template <class T>
 void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_t k, T m, T sc,
@@ -610,6 +592,22 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         finish_standardized(center, inv_m, eps, first_value(k), s1, s2, mean[k], var[k],
                             inv_std[k]);
     };
+    if constexpr (std::is_same_v<T, float>) {
+        if (v.s == 1 && block_len % rows::kShortVector == 0 && block_len < rows::kShortRun &&
+            num_sets > v.n) {
+            // Rows of several short sets (GroupNorm): a row at a time, four sets' totals
+            // together (rows::standardize_short_sets).
+            const std::size_t spp = sets.sets_per_sample(v);
+#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
+            for (std::size_t n = 0; n < v.n; ++n) {
+                const std::size_t at = n * v.c, k0 = n * spp;
+                rows::standardize_short_sets(x + at, spp, block_len, center, inv_m, eps, g, b,
+                                             mean + k0, var + k0, inv_std + k0,
+                                             xhat ? xhat + at : nullptr, y + at);
+            }
+            return;
+        }
+    }
     if (v.s == 1) {
         // Rows: a few sets are finished together, then normalized while the next few are summed
         // (rows::affine_summing_next, set j of a group with set j of the next). The end of a

@@ -921,4 +921,96 @@ NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t ro
         });
 }
 
+// Sets of `len` floats each, one after the other (GroupNorm's sets on a row), len a multiple of
+// eight under kShortRun: each set's shifted sums (as shifted_sums, shifted by its first value
+// when center), moments and inv_std (finish_standardized), and x̂ (if xhat), y = x̂·g + b with g,
+// b per element (as affine) — the same bits as those calls, set by set. Four sets at a time:
+// their eight-lane totals (total8's order within each set) and their moments, square roots and
+// divisions are taken together, set j in lane j of one vector; the row is then written while
+// it is in L1. Set by set, each set of 16–24 values cost two horizontal totals, a scalar square
+// root and a division (GroupNorm(32) training forward on (1792, 512): 630–650 → 390–400 µs,
+// (4096, 768): 1600–1680 → 1250–1440, 2 threads).
+template <class T>
+NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std::size_t len,
+                                               bool center, double inv_m, double eps, const T* g,
+                                               const T* b, T* mean, T* var, T* inv_std, T* xhat,
+                                               T* y) {
+    static_assert(std::is_same_v<T, float>, "float sets only");
+    const auto partials = [&](std::size_t k, Float8 & fa, Float8 & fq)
+        __attribute__((always_inline)) {
+        const float* p = x + k * len;
+        const Float8 sh = splat<Float8>(center ? p[0] : 0.0f);
+        fa = Float8{};
+        fq = Float8{};
+        for (std::size_t i = 0; i < len; i += kShortVector) {
+            const Float8 d = load_floats(p + i) - sh;
+            fa += d;
+            fq += d * d;
+        }
+    };
+    // Lanes 0–3 + lanes 4–7, widened: total8's pairs.
+    const auto pairs = [](Float8 f) __attribute__((always_inline)) {
+        const Float4 lo = __builtin_shufflevector(f, f, 0, 1, 2, 3);
+        const Float4 hi = __builtin_shufflevector(f, f, 4, 5, 6, 7);
+        return __builtin_convertvector(lo, Double4) + __builtin_convertvector(hi, Double4);
+    };
+    // ((p0 + p1) + (p2 + p3)) of four sets' pairs, set j in lane j.
+    const auto totals =
+        [](Double4 a, Double4 b, Double4 c, Double4 d) __attribute__((always_inline)) {
+        const Double4 t0 = __builtin_shufflevector(a, b, 0, 4, 2, 6);
+        const Double4 t1 = __builtin_shufflevector(a, b, 1, 5, 3, 7);
+        const Double4 t2 = __builtin_shufflevector(c, d, 0, 4, 2, 6);
+        const Double4 t3 = __builtin_shufflevector(c, d, 1, 5, 3, 7);
+        const Double4 q0 = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+        const Double4 q1 = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+        const Double4 q2 = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+        const Double4 q3 = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+        // Added to 0, as the per-set sums start from 0.
+        return Double4{} + ((q0 + q1) + (q2 + q3));
+    };
+    std::size_t k = 0;
+    for (; k + 4 <= sets; k += 4) {
+        Float8 fa0, fa1, fa2, fa3, fq0, fq1, fq2, fq3;
+        partials(k, fa0, fq0);
+        partials(k + 1, fa1, fq1);
+        partials(k + 2, fa2, fq2);
+        partials(k + 3, fa3, fq3);
+        const Double4 s1 = totals(pairs(fa0), pairs(fa1), pairs(fa2), pairs(fa3));
+        const Double4 s2 = totals(pairs(fq0), pairs(fq1), pairs(fq2), pairs(fq3));
+        // finish_standardized for the four sets, lane by lane the same operations.
+        const Double4 inv_mv = splat<Double4>(inv_m);
+        const Double4 cm = s1 * inv_mv;
+        Double4 m2 = s2;
+        Float4 mean4 = {};
+        if (center) {
+            const Double4 shift = {double(x[k * len]), double(x[(k + 1) * len]),
+                                   double(x[(k + 2) * len]), double(x[(k + 3) * len])};
+            mean4 = __builtin_convertvector(shift + cm, Float4);
+            m2 = s2 - s1 * cm;
+        }
+        const Float4 var4 = __builtin_convertvector((m2 < 0.0 ? Double4{} : m2) * inv_mv, Float4);
+        Double4 root = __builtin_convertvector(var4, Double4) + splat<Double4>(eps);
+        for (int j = 0; j < 4; ++j)
+            root[j] = std::sqrt(root[j]);
+        const Float4 inv_std4 = __builtin_convertvector(splat<Double4>(1.0) / root, Float4);
+        std::memcpy(mean + k, &mean4, sizeof mean4);
+        std::memcpy(var + k, &var4, sizeof var4);
+        std::memcpy(inv_std + k, &inv_std4, sizeof inv_std4);
+    }
+    for (; k < sets; ++k) {
+        Float8 fa, fq;
+        partials(k, fa, fq);
+        finish_standardized(center, inv_m, eps, center ? double(x[k * len]) : 0.0, 0.0 + total8(fa),
+                            0.0 + total8(fq), mean[k], var[k], inv_std[k]);
+    }
+    for (k = 0; k < sets; ++k) {
+        const Float8 m = splat<Float8>(mean[k]), sc = splat<Float8>(inv_std[k]);
+        for (std::size_t i = k * len; i < (k + 1) * len; i += kShortVector) {
+            const Float8 h = standardized(load_floats(x + i), m, sc);
+            if (xhat) store_as<Float8>(xhat + i, h, false);
+            store_as<Float8>(y + i, h * load_floats(g + i) + load_floats(b + i), false);
+        }
+    }
+}
+
 }  // namespace normlab::kernels::rows

@@ -105,14 +105,18 @@ constexpr std::size_t kFloatBlock = kLanes * kRunSteps;
 constexpr std::size_t kShortRun = 2 * kLanes;
 constexpr std::size_t kShortVector = 8;
 
-// Σ of a float vector's eight lanes in double, in a fixed order.
+// Lanes j and j + 4 of a float vector, widened and added: the four pairs total8 adds up.
+__attribute__((always_inline)) inline Double4 lane_pairs(Float8 f) {
+    const Float4 lo = __builtin_shufflevector(f, f, 0, 1, 2, 3);
+    const Float4 hi = __builtin_shufflevector(f, f, 4, 5, 6, 7);
+    return __builtin_convertvector(lo, Double4) + __builtin_convertvector(hi, Double4);
+}
+
+// Σ of a float vector's eight lanes in double, in a fixed order: (p0 + p1) + (p2 + p3) of its
+// lane_pairs.
 __attribute__((always_inline)) inline double total8(Float8 f) {
-    float v[8];
-    std::memcpy(v, &f, sizeof f);
-    double d[8];
-    for (std::size_t j = 0; j < 8; ++j)
-        d[j] = double(v[j]);
-    return ((d[0] + d[4]) + (d[1] + d[5])) + ((d[2] + d[6]) + (d[3] + d[7]));
+    const Double4 p = lane_pairs(f);
+    return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
 // Loads a vector of V's width (Float8, Double4) or one value (V = T) from p; splat broadcasts.
@@ -948,13 +952,7 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
             fq += d * d;
         }
     };
-    // Lanes 0–3 + lanes 4–7, widened: total8's pairs.
-    const auto pairs = [](Float8 f) __attribute__((always_inline)) {
-        const Float4 lo = __builtin_shufflevector(f, f, 0, 1, 2, 3);
-        const Float4 hi = __builtin_shufflevector(f, f, 4, 5, 6, 7);
-        return __builtin_convertvector(lo, Double4) + __builtin_convertvector(hi, Double4);
-    };
-    // ((p0 + p1) + (p2 + p3)) of four sets' pairs, set j in lane j.
+    // total8 of four sets from their lane_pairs, set j in lane j.
     const auto totals =
         [](Double4 a, Double4 b, Double4 c, Double4 d) __attribute__((always_inline)) {
         const Double4 t0 = __builtin_shufflevector(a, b, 0, 4, 2, 6);
@@ -975,8 +973,10 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         partials(k + 1, fa1, fq1);
         partials(k + 2, fa2, fq2);
         partials(k + 3, fa3, fq3);
-        const Double4 s1 = totals(pairs(fa0), pairs(fa1), pairs(fa2), pairs(fa3));
-        const Double4 s2 = totals(pairs(fq0), pairs(fq1), pairs(fq2), pairs(fq3));
+        const Double4 s1 =
+            totals(lane_pairs(fa0), lane_pairs(fa1), lane_pairs(fa2), lane_pairs(fa3));
+        const Double4 s2 =
+            totals(lane_pairs(fq0), lane_pairs(fq1), lane_pairs(fq2), lane_pairs(fq3));
         // finish_standardized for the four sets, lane by lane the same operations.
         const Double4 inv_mv = splat<Double4>(inv_m);
         const Double4 cm = s1 * inv_mv;

@@ -345,9 +345,9 @@ std::size_t sets_per_pass(const NcsView& v, const SetSpec& sets) {
 // sample n's runs of set k and, when has_next, adds the sums of the same runs of set k + group
 // (the next group) into next1, next2. The pass goes over the samples (0 .. samples), and within
 // each over the group's sets, so every set's runs are still summed and written in sample order.
-// Sets of one sample each (a contiguous block, set k + 1 right after set k) take group 1 and
-// samples 1: set by set, the pass that writes a set summing the next one, so that reads from
-// memory and writes overlap.
+// Sets that are contiguous blocks take samples 1: with group 1 each set's pass sums the set right
+// after it, so that reads from memory and writes overlap; rows take a group of a few sets, whose
+// finishes (each a serial chain of a total, a square root and a division) overlap each other.
 template <class Sum, class Finish, class Write>
 void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum, Finish&& finish,
                   Write&& write, std::size_t samples) {
@@ -617,42 +617,25 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         // loads and stores (the normalization) busy, and reads the next rows from memory while
         // the current ones are written.
         constexpr std::size_t kSetsInFlight = 4;
-        const std::size_t groups = (num_sets + kSetsInFlight - 1) / kSetsInFlight;
         // Sets too short for vector sums (GroupNorm with a few channels per set on narrow rows)
-        // gain nothing from fusing.
+        // gain nothing from fusing: they are summed after their partner is written.
         const bool fuse = block_len >= rows::kShortVector;
-#pragma omp parallel if (v.size() >= kParallelMin)
-        {
-            const auto [grp0, grp1] = static_share(groups);
-            double s1[kSetsInFlight] = {}, s2[kSetsInFlight] = {};
-            const auto sum_group = [&](std::size_t grp) {
-                for (std::size_t k = grp * kSetsInFlight;
-                     k < std::min(num_sets, (grp + 1) * kSetsInFlight); ++k)
-                    sum(k, s1[k % kSetsInFlight], s2[k % kSetsInFlight]);
-            };
-            if (grp0 < grp1) sum_group(grp0);
-            for (std::size_t grp = grp0; grp < grp1; ++grp) {
-                const std::size_t k0 = grp * kSetsInFlight;
-                const std::size_t k1 = std::min(num_sets, k0 + kSetsInFlight);
-                for (std::size_t k = k0; k < k1; ++k) {
-                    finish(k, s1[k - k0], s2[k - k0]);
-                    s1[k - k0] = s2[k - k0] = 0;
+        grouped_sets(
+            num_sets, kSetsInFlight, v.size() >= kParallelMin, sum, finish,
+            [&](std::size_t, std::size_t k, bool has_next, double& s1, double& s2) {
+                const std::size_t next = k + kSetsInFlight;
+                if (!fuse || !has_next) {
+                    normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+                    if (has_next) sum(next, s1, s2);
+                    return;
                 }
-                const bool has_next = grp + 1 < grp1;
-                for (std::size_t k = k0; k < k1; ++k) {
-                    const std::size_t next = k + kSetsInFlight;
-                    const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
-                    if (fuse && has_next && next < num_sets)
-                        rows::affine_summing_next(
-                            x + k * block_len, block_len, mean[k], inv_std[k], g + c0, b + c0, 1,
-                            xhat ? xhat + k * block_len : nullptr, y + k * block_len, false,
-                            x + next * block_len, first_value(next), s1[k - k0], s2[k - k0]);
-                    else
-                        normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
-                }
-                if (!fuse && has_next) sum_group(grp + 1);
-            }
-        }
+                const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
+                rows::affine_summing_next(x + k * block_len, block_len, mean[k], inv_std[k], g + c0,
+                                          b + c0, 1, xhat ? xhat + k * block_len : nullptr,
+                                          y + k * block_len, false, x + next * block_len,
+                                          first_value(next), s1, s2);
+            },
+            1);
         return;
     }
     grouped_sets(
@@ -895,33 +878,6 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                 f(r0 + dn * v.c + dc, c0 + dc);
     };
     const bool stream_dx = stream && rows::aligned16(dx) && v.s % 4 == 0;
-    // Applies run r of set k (channel c) and, when `next`, reduces run r + step (set k_next,
-    // channel c_next) in the same pass (rows::apply_summing_next), so reads from memory and
-    // writes overlap; adds that run's sums, weighted by γ of its channel, into a, b. Each run's
-    // sums are kept in row1, row2 for the channel sums.
-    const auto apply_run_summing = [&](std::size_t k, std::size_t r, std::size_t c, T cg, T coef_1,
-                                       T coef_xhat, bool next, std::size_t k_next, std::size_t step,
-                                       std::size_t c_next, double& a, double& b) {
-        const std::size_t base = r * v.s;
-        const T gc = g[c];
-        if (!next) {
-            apply_run_from(stream, dy, xhat, base, v.s, k, cg, gc, coef_1, coef_xhat, dx);
-            return;
-        }
-        const std::size_t rn = r + step, at = rn * v.s;
-        if (xhat.xhat)
-            rows::apply_summing_next<T>(dy + base, xhat.xhat + base, nullptr, T(0), T(0), v.s, cg,
-                                        gc, coef_1, coef_xhat, dx + base, stream_dx, dy + at,
-                                        xhat.xhat + at, nullptr, T(0), T(0), row1[rn], row2[rn]);
-        else
-            rows::apply_summing_next<T>(dy + base, nullptr, xhat.x + base, xhat.shift[k],
-                                        xhat.scale[k], v.s, cg, gc, coef_1, coef_xhat, dx + base,
-                                        stream_dx, dy + at, nullptr, xhat.x + at,
-                                        xhat.shift[k_next], xhat.scale[k_next], row1[rn], row2[rn]);
-        const double gn = double(g[c_next]);
-        a += gn * row1[rn];
-        b += gn * row2[rn];
-    };
     const auto sum_set = [&](std::size_t k, double& a, double& b) {
         for_each_run(k, [&](std::size_t r, std::size_t c) {
             run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
@@ -938,13 +894,36 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         [&](std::size_t k, double t1, double t2) {
             coefficients(k, t1 * inv_m, t2 * inv_m, set_coef_1[k], set_coef_xhat[k]);
         },
+        // Sample n's runs of set k are applied; with a next group, the runs `step` runs further
+        // (set k + group, the same places) are reduced in the same pass
+        // (rows::apply_summing_next), so reads from memory and writes overlap, their sums kept in
+        // row1, row2 for the channel sums and added, weighted by γ of their channel, into a, b.
         [&](std::size_t n, std::size_t k, bool has_next, double& a, double& b) {
             const auto [r0, c0] = first_run(k);
+            const std::size_t kn = k + group, step = group * cps;
+            const T cg = coef_g[k], coef_1 = set_coef_1[k], coef_xhat = set_coef_xhat[k];
             for (std::size_t dc = 0; dc < cps; ++dc) {
-                const std::size_t c = c0 + dc;
-                apply_run_summing(k, r0 + n * v.c + dc, c, coef_g[k], set_coef_1[k],
-                                  set_coef_xhat[k], has_next, k + group, group * cps,
-                                  (c + group * cps) % v.c, a, b);
+                const std::size_t r = r0 + n * v.c + dc, base = r * v.s;
+                const T gc = g[c0 + dc];
+                if (!has_next) {
+                    apply_run_from(stream, dy, xhat, base, v.s, k, cg, gc, coef_1, coef_xhat, dx);
+                    continue;
+                }
+                const std::size_t rn = r + step, at = rn * v.s;
+                if (xhat.xhat)
+                    rows::apply_summing_next<T>(dy + base, xhat.xhat + base, nullptr, T(0), T(0),
+                                                v.s, cg, gc, coef_1, coef_xhat, dx + base,
+                                                stream_dx, dy + at, xhat.xhat + at, nullptr, T(0),
+                                                T(0), row1[rn], row2[rn]);
+                else
+                    rows::apply_summing_next<T>(dy + base, nullptr, xhat.x + base, xhat.shift[k],
+                                                xhat.scale[k], v.s, cg, gc, coef_1, coef_xhat,
+                                                dx + base, stream_dx, dy + at, nullptr, xhat.x + at,
+                                                xhat.shift[kn], xhat.scale[kn], row1[rn], row2[rn]);
+                // The next run's channel (per-sample sets: possibly in the next sample's row).
+                const double gn = double(g[(c0 + dc + step) % v.c]);
+                a += gn * row1[rn];
+                b += gn * row2[rn];
             }
         },
         samples);

@@ -67,9 +67,12 @@ def median_of(values):
 
 
 def collect_rounds(paths):
-    """collect() over the JSON of several rounds, each value the median over the rounds."""
+    """collect() over the JSON of several rounds, each value the median over the rounds; and
+    per timed case its spread, the slowest round's time over the fastest's (1.00 = every round
+    the same)."""
     rounds = [collect(load(p)) for p in paths or []]
     merged = []
+    spread = {}
     for part in range(3):
         keys = {k for r in rounds for k in r[part]}
         out = {}
@@ -79,19 +82,11 @@ def collect_rounds(paths):
                 out[k] = tuple(median_of(v[i] for v in values) for i in range(len(values[0])))
             else:
                 out[k] = median_of(values)
+                timed = [v for v in values if v]
+                if part == 0 and len(timed) > 1:
+                    spread[k] = max(timed) / min(timed)
         merged.append(out)
-    return merged[0], merged[1], merged[2], len(rounds)
-
-
-def spread_of(paths):
-    """Per case, the slowest round's time over the fastest's (1.00 = every round the same)."""
-    rounds = [collect(load(p))[0] for p in paths or []]
-    out = {}
-    for k in {k for r in rounds for k in r}:
-        values = [r[k] for r in rounds if k in r and r[k]]
-        if len(values) > 1:
-            out[k] = max(values) / min(values)
-    return out
+    return merged[0], merged[1], merged[2], len(rounds), spread
 
 
 def fmt_us(v):
@@ -120,11 +115,10 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    times, counters, triad, files = collect_rounds(args.normlab)
+    times, counters, triad, files, spread = collect_rounds(args.normlab)
     rounds = args.rounds or files
-    spread = spread_of(args.normlab)
     for paths in (args.onednn, args.pytorch):
-        t, c, _, _ = collect_rounds(paths)
+        t, c, _, _, _ = collect_rounds(paths)
         times.update(t)
         counters.update(c)
 

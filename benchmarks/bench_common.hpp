@@ -96,15 +96,49 @@ inline double triad_bandwidth(double bytes) {
 // Far beyond any last-level cache: 1.5 GB per sweep.
 constexpr double kBeyondCacheBytes = 1.5e9;
 
-// Bytes processed, achieved bandwidth, and the fraction of the triad bandwidth at this pass's
+// Wall-clock times of the timed calls of one case. The report uses their median, as for
+// PyTorch's calls: on a shared machine a few calls that are preempted or wait on a page fault
+// (up to 7× the typical call here) would weigh as much in a mean as hundreds of undisturbed
+// ones, and they fall on the implementations unevenly.
+class CallTimes {
+  public:
+    void add(double seconds) { seconds_.push_back(seconds); }
+    double median() {
+        if (seconds_.empty()) return 0.0;
+        const auto mid = seconds_.begin() + std::ptrdiff_t(seconds_.size() / 2);
+        std::nth_element(seconds_.begin(), mid, seconds_.end());
+        if (seconds_.size() % 2 == 1) return *mid;
+        return (*mid + *std::max_element(seconds_.begin(), mid)) / 2;
+    }
+
+  private:
+    std::vector<double> seconds_;
+};
+
+// Times each call(), Google Benchmark's manual time and `calls`.
+template <class Call>
+void time_calls(benchmark::State& state, CallTimes& calls, Call&& call) {
+    for (auto _ : state) {
+        const auto t0 = std::chrono::steady_clock::now();
+        call();
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        state.SetIterationTime(seconds);
+        calls.add(seconds);
+    }
+}
+
+// The median call time (`call_median_us`, the time the report uses), bytes processed, and the
+// fraction of the triad bandwidth that the minimal traffic at the median time is, at this pass's
 // working-set size ("roofline") and at a size far beyond the caches ("roofline_dram").
-inline void add_traffic_counters(benchmark::State& state, double bytes) {
-    const double iters = double(state.iterations());
-    state.SetBytesProcessed(std::int64_t(bytes * iters));
-    state.counters["roofline"] =
-        benchmark::Counter(bytes * iters / triad_bandwidth(bytes), benchmark::Counter::kIsRate);
-    state.counters["roofline_dram"] = benchmark::Counter(
-        bytes * iters / triad_bandwidth(kBeyondCacheBytes), benchmark::Counter::kIsRate);
+inline void add_traffic_counters(benchmark::State& state, double bytes, CallTimes& calls) {
+    const double median = calls.median();
+    state.SetBytesProcessed(std::int64_t(bytes * double(state.iterations())));
+    state.counters["call_median_us"] = median * 1e6;
+    if (median > 0) {
+        state.counters["roofline"] = bytes / median / triad_bandwidth(bytes);
+        state.counters["roofline_dram"] = bytes / median / triad_bandwidth(kBeyondCacheBytes);
+    }
     state.counters["threads"] = omp_get_max_threads();
 }
 

@@ -53,6 +53,7 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
     for (int i = 0; i < 2; ++i)
         norm->forward(x, Mode::train, Grad::none);
     norm->end_epoch();
+    CallTimes calls;
     for (auto _ : state) {
         double seconds = 0;
         // Training forwards are handed their input, as Sequential hands each layer the output of
@@ -78,8 +79,9 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
             norm->clear_saved();
         }
         state.SetIterationTime(seconds);
+        calls.add(seconds);
     }
-    add_traffic_counters(state, minimal_bytes(shape, pass));
+    add_traffic_counters(state, minimal_bytes(shape, pass), calls);
 }
 
 void register_all() {

@@ -81,11 +81,12 @@ void run(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer,
     fwd.execute(stream, fwd_args);
     stream.wait();
 
+    CallTimes calls;
     if (pass != Pass::bwd) {
-        for (auto _ : state) {
+        time_calls(state, calls, [&] {
             fwd.execute(stream, fwd_args);
             stream.wait();
-        }
+        });
     } else {
         typename Bwd::desc bwd_desc(prop_kind::backward, md, md, eps, scale_shift);
         typename Bwd::primitive_desc bwd_pd(bwd_desc, cpu(), fwd_pd);
@@ -102,12 +103,12 @@ void run(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer,
                                                     {DNNL_ARG_DIFF_SCALE, diff_scale},
                                                     {DNNL_ARG_DIFF_SHIFT, diff_shift}};
         Bwd bwd(bwd_pd);
-        for (auto _ : state) {
+        time_calls(state, calls, [&] {
             bwd.execute(stream, bwd_args);
             stream.wait();
-        }
+        });
     }
-    add_traffic_counters(state, minimal_bytes(shape, pass));
+    add_traffic_counters(state, minimal_bytes(shape, pass), calls);
 }
 
 void register_all() {
@@ -122,6 +123,7 @@ void register_all() {
                         run<dnnl::batch_normalization_forward, dnnl::batch_normalization_backward>(
                             s, shape, pass, false, blocked);
                     })
+                    ->UseManualTime()
                     ->Unit(benchmark::kMicrosecond)
                     ->MinTime(0.1);
             }
@@ -131,6 +133,7 @@ void register_all() {
                     run<dnnl::layer_normalization_forward, dnnl::layer_normalization_backward>(
                         s, shape, pass, true, false);
                 })
+                ->UseManualTime()
                 ->Unit(benchmark::kMicrosecond)
                 ->MinTime(0.1);
         }

@@ -35,6 +35,10 @@ def load_context(path):
 
 
 def to_us(entry):
+    """The median call time of a case (normlab, oneDNN: the counter call_median_us; PyTorch's
+    script writes its median as real_time)."""
+    if "call_median_us" in entry:
+        return entry["call_median_us"]
     scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[entry.get("time_unit", "ns")]
     return entry["real_time"] * scale
 
@@ -132,9 +136,9 @@ def main():
              f"Times are in microseconds, float32, OpenMP/intra-op threads as listed above: the "
              f"median over {rounds} rounds; in each round every shape is timed by normlab, oneDNN "
              "and PyTorch one right after the other, so that drift of the machine over minutes "
-             "reaches all three alike (within a round: Google Benchmark's mean over at least "
-             "0.1 s of calls for normlab and oneDNN, the median of the timed calls for "
-             "PyTorch). "
+             "reaches all three alike (within a round: the median of each call's wall-clock time, "
+             "over at least 0.1 s of calls, for all three; a mean would let the few calls that "
+             "the machine preempts weigh as much as hundreds of undisturbed ones). "
              "`vs X` is X's time divided by ours (above 1: we are faster). `fwd_eval` is "
              "inference: no gradient bookkeeping, batch norm with its running statistics, the "
              "other layers with the statistics of their input. oneDNN is timed in the "
@@ -148,9 +152,9 @@ def main():
              "`spread` is the slowest round of normlab over its fastest: the run-to-run noise "
              "of this machine, against which a ratio near 1.0× (or 1.5×) should be read.", "",
              "Roofline: the minimal traffic of the pass (forward reads x and writes y; backward "
-             "reads dy and x and writes dx) divided by the time, as a fraction of the triad "
-             "bandwidth measured in the same run at the same working-set size (`roofline`), and "
-             "at 1.5 GB, far beyond the caches (`DRAM`). normlab's training forward is handed its "
+             "reads dy and x and writes dx) divided by the median call time, as a fraction of "
+             "the triad bandwidth measured in the same run at the same working-set size "
+             "(`roofline`), and at 1.5 GB, far beyond the caches (`DRAM`). normlab's training forward is handed its "
              "input and keeps it for backward instead of writing x̂, as a network's layers hand "
              "it over (GroupNorm on (N, C) still writes x̂, which this minimal count does not "
              "include); the untimed copy it is handed is made by the same threads, each its own "

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Checks benchmarks/report.py on small hand-made benchmark JSON: which time of a case it takes,
+the medians and spreads over rounds, the ratios and the counts against the targets."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "benchmarks"))
+import report  # noqa: E402
+
+
+def entry(name, real_time, median=None, unit="us", **counters):
+    e = {"name": name + "/min_time:0.100/manual_time", "run_type": "iteration",
+         "real_time": real_time, "time_unit": unit}
+    if median is not None:
+        e["call_median_us"] = median
+    e.update(counters)
+    return e
+
+
+def write(directory, name, entries, context=None):
+    path = os.path.join(directory, name)
+    with open(path, "w") as fh:
+        json.dump({"context": context or {}, "benchmarks": entries}, fh)
+    return path
+
+
+class TimeOfACase(unittest.TestCase):
+    def test_median_call_is_taken_over_the_mean(self):
+        self.assertEqual(report.to_us(entry("normlab/layer_norm/mlp/bwd", 120.0, median=80.0)),
+                         80.0)
+
+    def test_without_a_median_the_real_time_in_its_unit(self):
+        self.assertEqual(report.to_us(entry("pytorch/layer_norm/mlp/bwd", 0.25, unit="ms")), 250.0)
+        self.assertAlmostEqual(report.to_us(entry("pytorch/layer_norm/mlp/bwd", 1500, unit="ns")),
+                               1.5)
+
+
+class Rounds(unittest.TestCase):
+    def test_median_over_rounds_and_spread(self):
+        with tempfile.TemporaryDirectory() as d:
+            paths = [write(d, f"r{i}.json",
+                           [entry("normlab/batch_norm/conv/bwd", 999.0, median=m,
+                                  roofline=r, roofline_dram=r / 2)])
+                     for i, (m, r) in enumerate([(100.0, 0.9), (130.0, 0.6), (110.0, 0.8)])]
+            times, counters, _, files, spread = report.collect_rounds(paths)
+        k = ("normlab", "batch_norm", "conv", "bwd")
+        self.assertEqual(files, 3)
+        self.assertEqual(times[k], 110.0)
+        self.assertAlmostEqual(spread[k], 1.3)
+        self.assertEqual(counters[k], (0.8, 0.4))
+
+
+class Page(unittest.TestCase):
+    def test_ratios_and_targets(self):
+        with tempfile.TemporaryDirectory() as d:
+            ours = write(d, "normlab.json", [
+                entry("normlab/batch_norm/conv/fwd_train", 0, median=100.0, roofline=0.75,
+                      roofline_dram=1.0),
+                entry("normlab/batch_norm/conv/bwd", 0, median=200.0, roofline=0.5,
+                      roofline_dram=0.9),
+                {"name": "triad/conv_fwd/threads:2", "run_type": "iteration",
+                 "bandwidth_GBps": 50.0, "bytes": 5.0e7},
+                {"name": "triad/conv_fwd/threads:1", "run_type": "iteration",
+                 "bandwidth_GBps": 28.0, "bytes": 5.0e7},
+            ], context={"memory_locked": "yes"})
+            onednn = write(d, "onednn.json", [
+                entry("onednn_plain/batch_norm/conv/fwd_train", 0, median=400.0),
+                entry("onednn_blocked/batch_norm/conv/fwd_train", 0, median=120.0),
+                entry("onednn_plain/batch_norm/conv/bwd", 0, median=180.0),
+            ], context={"onednn_blocked_layout": "nChw8c"})
+            torch = write(d, "pytorch.json", [
+                entry("pytorch/batch_norm/conv/fwd_train", 160.0),
+                entry("pytorch/batch_norm/conv/bwd", 250.0),
+            ])
+            out = os.path.join(d, "page.md")
+            subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"),
+                            "--normlab", ours, "--onednn", onednn, "--pytorch", torch,
+                            "--machine", "test machine", "--command", "test", "--out", out],
+                           check=True)
+            with open(out) as fh:
+                page = fh.read()
+        # The faster oneDNN layout is the bar: 120 / 100 and 180 / 200.
+        self.assertIn("| conv (32, 64, 56, 56) | fwd_train | 100 | — | 400 | 120 | 160 | "
+                      "1.20× | 1.60× | 75% | 100% |", page)
+        self.assertIn("| conv (32, 64, 56, 56) | bwd | 200 | — | 180 | — | 250 | 0.90× | "
+                      "1.25× | 50% | 90% |", page)
+        self.assertIn("| at least as fast as oneDNN (faster layout) where oneDNN has the "
+                      "operation | 1 of 2 |", page)
+        self.assertIn("| at least 1.5× faster than PyTorch 1.13 | 1 of 2 |", page)
+        self.assertIn("Missed, slower than oneDNN: batch_norm conv bwd (0.90×).", page)
+        self.assertIn("Missed, below 70% of roofline: batch_norm conv bwd (50%).", page)
+        self.assertIn("| conv_fwd | 50.0 MB | 28.0 | 50.0 |", page)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -221,6 +221,42 @@ TEST(Kernels, ShortSetsOnRowsEqualSetsAloneBitForBit) {
     }
 }
 
+// The backward of the same short sets: each set's dx equals that of its values taken alone (the
+// four-set totals of rows::grad_sums_short_sets against one set's own total, and the apply with
+// each set's own coefficients).
+TEST(Kernels, ShortSetsOnRowsBackwardEqualsSetsAloneBitForBit) {
+    const Shape shape{350, 96};
+    const Tensor x = xt::cast<float>(testing::random_array(shape, 28, 1.0, 2.0));
+    const Tensor dy = xt::cast<float>(testing::random_array(shape, 29));
+    for (std::size_t groups : {4, 6, 12}) {  // sets of 24, 16 and 8 values; 6: 4 + 2 per row
+        const std::size_t cps = shape[1] / groups;
+        for (int threads : {1, 2}) {
+            ThreadCount tc(threads);
+            auto whole =
+                make_normalizer("group_norm(groups=" + std::to_string(groups) + ")", shape[1]);
+            auto params = whole->parameters();
+            *params[0].value = xt::cast<float>(testing::random_array({shape[1]}, 30, 1.0, 0.5));
+            *params[1].value = xt::cast<float>(testing::random_array({shape[1]}, 31));
+            whole->forward(x, Mode::train);
+            const Tensor dx = whole->backward(dy);
+            for (std::size_t n = 0; n < shape[0]; n += 7)
+                for (std::size_t j = 0; j < groups; ++j) {
+                    const auto rows = [&] { return xt::range(n, n + 1); };
+                    const auto cols = [&] { return xt::range(j * cps, (j + 1) * cps); };
+                    auto single = make_normalizer("group_norm(groups=1)", cps);
+                    auto single_params = single->parameters();
+                    *single_params[0].value = xt::view(*params[0].value, cols());
+                    *single_params[1].value = xt::view(*params[1].value, cols());
+                    single->forward(Tensor(xt::view(x, rows(), cols())), Mode::train);
+                    ASSERT_EQ(Tensor(xt::view(dx, rows(), cols())),
+                              single->backward(Tensor(xt::view(dy, rows(), cols()))))
+                        << groups << " groups, row " << n << ", set " << j << ", " << threads
+                        << " threads";
+                }
+        }
+    }
+}
+
 // set_backward writes dx over the spent x̂ or input where dx_may_overwrite_xhat allows it; the
 // result must be the same bits as into a new array, on every layout the stages distinguish
 // (dense sets across the batch, one and several sets per row, trailing dimensions, and a tensor

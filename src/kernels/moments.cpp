@@ -853,6 +853,33 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         // stores of the set before, and where dx lies a multiple of 4 KiB (plus a little) from
         // dy or x̂ the core takes those loads for dependent on the stores (4 KiB aliasing).
         const std::size_t spp = sets.sets_per_sample(v);
+        if constexpr (std::is_same_v<T, float>) {
+            if (cps % rows::kShortVector == 0 && cps < rows::kShortRun && xhat.xhat) {
+                // Short sets (GroupNorm(32) on 256–768 channels): a chunk of a row's sets is
+                // reduced, four sets' totals at a time, then applied, without a call per set
+                // (rows::grad_sums_short_sets, rows::apply_short_sets).
+                constexpr std::size_t kChunk = 64;
+                dense_column_sums(
+                    dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat,
+                    [&](std::size_t n, const T* h) {
+                        for (std::size_t kk0 = 0; kk0 < spp; kk0 += kChunk) {
+                            const std::size_t count = std::min(kChunk, spp - kk0);
+                            const std::size_t at = kk0 * cps, k0 = n * spp + kk0;
+                            double sum_g[kChunk], sum_g_xhat[kChunk];
+                            T coef_1[kChunk], coef_xhat[kChunk];
+                            rows::grad_sums_short_sets(dy + n * v.c + at, h + at, g + at, count,
+                                                       cps, sum_g, sum_g_xhat);
+                            for (std::size_t kk = 0; kk < count; ++kk)
+                                coefficients(k0 + kk, sum_g[kk] * inv_m, sum_g_xhat[kk] * inv_m,
+                                             coef_1[kk], coef_xhat[kk]);
+                            rows::apply_short_sets(dy + n * v.c + at, h + at, g + at, count, cps,
+                                                   coef_g + k0, coef_1, coef_xhat,
+                                                   dx + n * v.c + at);
+                        }
+                    });
+                return;
+            }
+        }
         constexpr std::size_t kSetsInFlight = 8;
         dense_column_sums(
             dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat, [&](std::size_t n, const T* h) {

@@ -940,6 +940,22 @@ NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t ro
         });
 }
 
+// total8 of four float vectors (the partial sums of four sets), vector j's in lane j, added to 0
+// as a set's sums start from 0: lanes j and j + 4 of each widened and added (lane_pairs), then
+// those four pairs in total8's order, the four sets side by side.
+__attribute__((always_inline)) inline Double4 totals4(Float8 f0, Float8 f1, Float8 f2, Float8 f3) {
+    const Double4 a = lane_pairs(f0), b = lane_pairs(f1), c = lane_pairs(f2), d = lane_pairs(f3);
+    const Double4 t0 = __builtin_shufflevector(a, b, 0, 4, 2, 6);
+    const Double4 t1 = __builtin_shufflevector(a, b, 1, 5, 3, 7);
+    const Double4 t2 = __builtin_shufflevector(c, d, 0, 4, 2, 6);
+    const Double4 t3 = __builtin_shufflevector(c, d, 1, 5, 3, 7);
+    const Double4 q0 = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    const Double4 q1 = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    const Double4 q2 = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    const Double4 q3 = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+    return Double4{} + ((q0 + q1) + (q2 + q3));
+}
+
 // Sets of `len` floats each, one after the other (GroupNorm's sets on a row), len a multiple of
 // eight under kShortRun: each set's shifted sums (as shifted_sums, shifted by its first value
 // when center), moments and inv_std (finish_standardized), and x̂ (if xhat), y = x̂·g + b with g,
@@ -967,20 +983,6 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
             fq += d * d;
         }
     };
-    // total8 of four sets from their lane_pairs, set j in lane j.
-    const auto totals =
-        [](Double4 a, Double4 b, Double4 c, Double4 d) __attribute__((always_inline)) {
-        const Double4 t0 = __builtin_shufflevector(a, b, 0, 4, 2, 6);
-        const Double4 t1 = __builtin_shufflevector(a, b, 1, 5, 3, 7);
-        const Double4 t2 = __builtin_shufflevector(c, d, 0, 4, 2, 6);
-        const Double4 t3 = __builtin_shufflevector(c, d, 1, 5, 3, 7);
-        const Double4 q0 = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
-        const Double4 q1 = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
-        const Double4 q2 = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
-        const Double4 q3 = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
-        // Added to 0, as the per-set sums start from 0.
-        return Double4{} + ((q0 + q1) + (q2 + q3));
-    };
     std::size_t k = 0;
     for (; k + 4 <= sets; k += 4) {
         Float8 fa0, fa1, fa2, fa3, fq0, fq1, fq2, fq3;
@@ -988,10 +990,8 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         partials(k + 1, fa1, fq1);
         partials(k + 2, fa2, fq2);
         partials(k + 3, fa3, fq3);
-        const Double4 s1 =
-            totals(lane_pairs(fa0), lane_pairs(fa1), lane_pairs(fa2), lane_pairs(fa3));
-        const Double4 s2 =
-            totals(lane_pairs(fq0), lane_pairs(fq1), lane_pairs(fq2), lane_pairs(fq3));
+        const Double4 s1 = totals4(fa0, fa1, fa2, fa3);
+        const Double4 s2 = totals4(fq0, fq1, fq2, fq3);
         // finish_standardized for the four sets, lane by lane the same operations.
         const Double4 inv_mv = splat<Double4>(inv_m);
         const Double4 cm = s1 * inv_mv;
@@ -1025,6 +1025,61 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
             if (xhat) store_as<Float8>(xhat + i, h, false);
             store_as<Float8>(y + i, h * load_floats(g + i) + load_floats(b + i), false);
         }
+    }
+}
+
+// Sets of `len` floats each, one after the other, len a multiple of eight under kShortRun, as in
+// standardize_short_sets: each set's Σ g·dy and Σ g·dy·x̂ (g = dy·gamma, gamma per element),
+// the same bits as grad_sums set by set, four sets' totals taken together.
+template <class T>
+NORMLAB_ISA_CLONES void grad_sums_short_sets(const T* dy, const T* xhat, const T* gamma,
+                                             std::size_t sets, std::size_t len, double* s1,
+                                             double* s2) {
+    static_assert(std::is_same_v<T, float>, "float sets only");
+    const auto partials = [&](std::size_t k, Float8 & fa, Float8 & fq)
+        __attribute__((always_inline)) {
+        fa = Float8{};
+        fq = Float8{};
+        for (std::size_t i = k * len; i < (k + 1) * len; i += kShortVector) {
+            const Float8 g = weighted<Float8>(dy, gamma, i);
+            fa += g;
+            fq += g * load_floats(xhat + i);
+        }
+    };
+    std::size_t k = 0;
+    for (; k + 4 <= sets; k += 4) {
+        Float8 fa0, fa1, fa2, fa3, fq0, fq1, fq2, fq3;
+        partials(k, fa0, fq0);
+        partials(k + 1, fa1, fq1);
+        partials(k + 2, fa2, fq2);
+        partials(k + 3, fa3, fq3);
+        const Double4 t1 = totals4(fa0, fa1, fa2, fa3), t2 = totals4(fq0, fq1, fq2, fq3);
+        std::memcpy(s1 + k, &t1, sizeof t1);
+        std::memcpy(s2 + k, &t2, sizeof t2);
+    }
+    for (; k < sets; ++k) {
+        Float8 fa, fq;
+        partials(k, fa, fq);
+        s1[k] = 0.0 + total8(fa);
+        s2[k] = 0.0 + total8(fq);
+    }
+}
+
+// apply (g per element, x̂ stored) of `sets` sets of `len` values one after the other, set k with
+// cg[k], c1[k], cx[k]: the same dx as apply set by set, without a call per set.
+template <class T>
+NORMLAB_ISA_CLONES void apply_short_sets(const T* dy, const T* xhat, const T* g, std::size_t sets,
+                                         std::size_t len, const T* cg, const T* c1, const T* cx,
+                                         T* dx) {
+    static_assert(std::is_same_v<T, float>, "float sets only");
+    for (std::size_t k = 0; k < sets; ++k) {
+        const Float8 cgv = splat<Float8>(cg[k]), c1v = splat<Float8>(c1[k]),
+                     cxv = splat<Float8>(cx[k]);
+        for (std::size_t i = k * len; i < (k + 1) * len; i += kShortVector)
+            store_as<Float8>(dx + i,
+                             applied(cgv, load_floats(g + i), load_floats(dy + i), c1v, cxv,
+                                     load_floats(xhat + i)),
+                             false);
     }
 }
 

@@ -186,72 +186,81 @@ TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
     }
 }
 
-// GroupNorm's sets on rows of 8, 16 or 24 values are standardized a row at a time, four sets'
-// totals and square roots together (rows::standardize_short_sets), with a remainder of sets one
-// by one. Each set must be the same bits as the same values normalized alone (one group, which
-// takes the plain path), on 1 and 2 threads.
+// GroupNorm's short sets on rows (rows::short_set: 8, 16, 24 values, and multiples of 16 up to
+// 64) are standardized and reduced a row at a time, four sets' totals together, with a remainder
+// of sets one by one. Each set must be the same bits as the same values taken alone (one group,
+// which takes the plain path), forward and backward, on 1 and 2 threads.
+struct ShortSetsCase {
+    std::size_t channels, groups;
+};
+// Sets of 24, 16 (four and two per row), 8, 32 (eight and two) and 64 values (four and one).
+const std::vector<ShortSetsCase> kShortSetsCases = {
+    {96, 4}, {96, 6}, {96, 12}, {320, 10}, {320, 5}};
+
+// GroupNorm(groups) on `channels` with γ, β, and the same on group j's channels alone.
+std::unique_ptr<Normalizer> group_norm_with(std::size_t groups, const Tensor& gamma,
+                                            const Tensor& beta) {
+    auto norm = make_normalizer("group_norm(groups=" + std::to_string(groups) + ")", gamma.size());
+    auto params = norm->parameters();
+    *params[0].value = gamma;
+    *params[1].value = beta;
+    return norm;
+}
+
+std::unique_ptr<Normalizer> one_group_of(const Tensor& gamma, const Tensor& beta, std::size_t j,
+                                         std::size_t cps) {
+    return group_norm_with(1, xt::view(gamma, xt::range(j * cps, (j + 1) * cps)),
+                           xt::view(beta, xt::range(j * cps, (j + 1) * cps)));
+}
+
 TEST(Kernels, ShortSetsOnRowsEqualSetsAloneBitForBit) {
-    const Shape shape{350, 96};
-    Tensor x = xt::cast<float>(testing::random_array(shape, 25, 1.0, 2.0));
-    x(3, 0) = 1e4f;                          // a large offset in one set
-    for (std::size_t groups : {4, 6, 12}) {  // sets of 24, 16 and 8 values; 6: 4 + 2 per row
-        const std::size_t cps = shape[1] / groups;
+    for (const auto& [channels, groups] : kShortSetsCases) {
+        const Shape shape{350, channels};
+        Tensor x = xt::cast<float>(testing::random_array(shape, 25, 1.0, 2.0));
+        x(3, 0) = 1e4f;  // a large offset in one set
+        const Tensor gamma = xt::cast<float>(testing::random_array({channels}, 26, 1.0, 0.5));
+        const Tensor beta = xt::cast<float>(testing::random_array({channels}, 27));
+        const std::size_t cps = channels / groups;
         for (int threads : {1, 2}) {
             ThreadCount tc(threads);
-            auto whole =
-                make_normalizer("group_norm(groups=" + std::to_string(groups) + ")", shape[1]);
-            auto params = whole->parameters();
-            *params[0].value = xt::cast<float>(testing::random_array({shape[1]}, 26, 1.0, 0.5));
-            *params[1].value = xt::cast<float>(testing::random_array({shape[1]}, 27));
-            const Tensor y = whole->forward(x, Mode::train);
+            const Tensor y = group_norm_with(groups, gamma, beta)->forward(x, Mode::train);
             for (std::size_t n = 0; n < shape[0]; n += 7)
                 for (std::size_t j = 0; j < groups; ++j) {
+                    const auto rows = [&] { return xt::range(n, n + 1); };
                     const auto cols = [&] { return xt::range(j * cps, (j + 1) * cps); };
-                    auto single = make_normalizer("group_norm(groups=1)", cps);
-                    auto single_params = single->parameters();
-                    *single_params[0].value = xt::view(*params[0].value, cols());
-                    *single_params[1].value = xt::view(*params[1].value, cols());
-                    const Tensor part = xt::view(x, xt::range(n, n + 1), cols());
-                    ASSERT_EQ(Tensor(xt::view(y, xt::range(n, n + 1), cols())),
-                              single->forward(part, Mode::train))
-                        << groups << " groups, row " << n << ", set " << j << ", " << threads
-                        << " threads";
+                    ASSERT_EQ(Tensor(xt::view(y, rows(), cols())),
+                              one_group_of(gamma, beta, j, cps)
+                                  ->forward(Tensor(xt::view(x, rows(), cols())), Mode::train))
+                        << groups << " groups of " << cps << ", row " << n << ", set " << j << ", "
+                        << threads << " threads";
                 }
         }
     }
 }
 
-// The backward of the same short sets: each set's dx equals that of its values taken alone (the
-// four-set totals of rows::grad_sums_short_sets against one set's own total, and the apply with
-// each set's own coefficients).
 TEST(Kernels, ShortSetsOnRowsBackwardEqualsSetsAloneBitForBit) {
-    const Shape shape{350, 96};
-    const Tensor x = xt::cast<float>(testing::random_array(shape, 28, 1.0, 2.0));
-    const Tensor dy = xt::cast<float>(testing::random_array(shape, 29));
-    for (std::size_t groups : {4, 6, 12}) {  // sets of 24, 16 and 8 values; 6: 4 + 2 per row
-        const std::size_t cps = shape[1] / groups;
+    for (const auto& [channels, groups] : kShortSetsCases) {
+        const Shape shape{350, channels};
+        const Tensor x = xt::cast<float>(testing::random_array(shape, 28, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(shape, 29));
+        const Tensor gamma = xt::cast<float>(testing::random_array({channels}, 30, 1.0, 0.5));
+        const Tensor beta = xt::cast<float>(testing::random_array({channels}, 31));
+        const std::size_t cps = channels / groups;
         for (int threads : {1, 2}) {
             ThreadCount tc(threads);
-            auto whole =
-                make_normalizer("group_norm(groups=" + std::to_string(groups) + ")", shape[1]);
-            auto params = whole->parameters();
-            *params[0].value = xt::cast<float>(testing::random_array({shape[1]}, 30, 1.0, 0.5));
-            *params[1].value = xt::cast<float>(testing::random_array({shape[1]}, 31));
+            auto whole = group_norm_with(groups, gamma, beta);
             whole->forward(x, Mode::train);
             const Tensor dx = whole->backward(dy);
             for (std::size_t n = 0; n < shape[0]; n += 7)
                 for (std::size_t j = 0; j < groups; ++j) {
                     const auto rows = [&] { return xt::range(n, n + 1); };
                     const auto cols = [&] { return xt::range(j * cps, (j + 1) * cps); };
-                    auto single = make_normalizer("group_norm(groups=1)", cps);
-                    auto single_params = single->parameters();
-                    *single_params[0].value = xt::view(*params[0].value, cols());
-                    *single_params[1].value = xt::view(*params[1].value, cols());
+                    auto single = one_group_of(gamma, beta, j, cps);
                     single->forward(Tensor(xt::view(x, rows(), cols())), Mode::train);
                     ASSERT_EQ(Tensor(xt::view(dx, rows(), cols())),
                               single->backward(Tensor(xt::view(dy, rows(), cols()))))
-                        << groups << " groups, row " << n << ", set " << j << ", " << threads
-                        << " threads";
+                        << groups << " groups of " << cps << ", row " << n << ", set " << j << ", "
+                        << threads << " threads";
                 }
         }
     }

@@ -600,8 +600,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                             inv_std[k]);
     };
     if constexpr (std::is_same_v<T, float>) {
-        if (v.s == 1 && block_len % rows::kShortVector == 0 && block_len < rows::kShortRun &&
-            num_sets > v.n) {
+        if (v.s == 1 && rows::short_set(block_len) && num_sets > v.n) {
             // Rows of several short sets (GroupNorm): a row at a time, four sets' totals
             // together (rows::standardize_short_sets).
             const std::size_t spp = sets.sets_per_sample(v);
@@ -854,8 +853,8 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         // dy or x̂ the core takes those loads for dependent on the stores (4 KiB aliasing).
         const std::size_t spp = sets.sets_per_sample(v);
         if constexpr (std::is_same_v<T, float>) {
-            if (cps % rows::kShortVector == 0 && cps < rows::kShortRun && xhat.xhat) {
-                // Short sets (GroupNorm(32) on 256–768 channels): a chunk of a row's sets is
+            if (rows::short_set(cps) && xhat.xhat) {
+                // Short sets (GroupNorm(32) on 256–2048 channels): a chunk of a row's sets is
                 // reduced, four sets' totals at a time, then applied, without a call per set
                 // (rows::grad_sums_short_sets, rows::apply_short_sets).
                 constexpr std::size_t kChunk = 64;

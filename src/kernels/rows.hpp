@@ -940,58 +940,124 @@ NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t ro
         });
 }
 
-// total8 of four float vectors (the partial sums of four sets), vector j's in lane j, added to 0
-// as a set's sums start from 0: lanes j and j + 4 of each widened and added (lane_pairs), then
-// those four pairs in total8's order, the four sets side by side.
-__attribute__((always_inline)) inline Double4 totals4(Float8 f0, Float8 f1, Float8 f2, Float8 f3) {
-    const Double4 a = lane_pairs(f0), b = lane_pairs(f1), c = lane_pairs(f2), d = lane_pairs(f3);
+// Sets of this many floats or fewer, a multiple of eight under kShortRun or of sixteen from it,
+// are taken four at a time by the *_short_sets kernels below: their per-set costs (horizontal
+// totals, a square root, a division, a call) would otherwise outweigh their data.
+constexpr std::size_t kShortSetMax = 2 * kShortRun;
+
+constexpr bool short_set(std::size_t len) {
+    return len <= kShortSetMax && (len < kShortRun ? len % kShortVector == 0 : len % kLanes == 0);
+}
+
+// Four vectors of four doubles as the columns of a 4×4 block: out[j] holds lane j of each,
+// in[i]'s in lane i.
+__attribute__((always_inline)) inline void transpose4(Double4 a, Double4 b, Double4 c, Double4 d,
+                                                      Double4 (&out)[4]) {
     const Double4 t0 = __builtin_shufflevector(a, b, 0, 4, 2, 6);
     const Double4 t1 = __builtin_shufflevector(a, b, 1, 5, 3, 7);
     const Double4 t2 = __builtin_shufflevector(c, d, 0, 4, 2, 6);
     const Double4 t3 = __builtin_shufflevector(c, d, 1, 5, 3, 7);
-    const Double4 q0 = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
-    const Double4 q1 = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
-    const Double4 q2 = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
-    const Double4 q3 = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
-    return Double4{} + ((q0 + q1) + (q2 + q3));
+    out[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    out[1] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    out[2] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    out[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
 }
 
-// Sets of `len` floats each, one after the other (GroupNorm's sets on a row), len a multiple of
-// eight under kShortRun: each set's shifted sums (as shifted_sums, shifted by its first value
-// when center), moments and inv_std (finish_standardized), and x̂ (if xhat), y = x̂·g + b with g,
-// b per element (as affine) — the same bits as those calls, set by set. Four sets at a time:
-// their eight-lane totals (total8's order within each set) and their moments, square roots and
-// divisions are taken together, set j in lane j of one vector; the row is then written while
-// it is in L1. Set by set, each set of 16–24 values cost two horizontal totals, a scalar square
-// root and a division (GroupNorm(32) training forward on (1792, 512): 630–650 → 390–400 µs,
-// (4096, 768): 1600–1680 → 1250–1440, 2 threads).
+// paired_sums of sets k .. k + 3 of len values each (short_set(len)), set j's sums in lane j of
+// t1, t2, the same bits as paired_sums set by set: term(set, i) gives (u, w) at value i of the
+// row, which is in that set.
+// Under kShortRun, one float vector of eight lanes per set and total8's order, (p0 + p1) +
+// (p2 + p3) of its lane_pairs; from kShortRun, sixteen lanes in one float block, widened, and
+// total's order, lane j with lane j + 8 and those pairs added one after the other. Either way
+// the four sets' totals are added side by side, and to 0, as a set's sums start from 0.
+template <class Term>
+__attribute__((always_inline)) inline void four_set_sums(std::size_t k, std::size_t len,
+                                                         Term&& term, Double4& t1, Double4& t2) {
+    if (len < kShortRun) {
+        const auto partials = [&](std::size_t set, Float8 & fa, Float8 & fq)
+            __attribute__((always_inline)) {
+            fa = Float8{};
+            fq = Float8{};
+            for (std::size_t i = set * len; i < (set + 1) * len; i += kShortVector) {
+                const auto [u, w] = term(set, i);
+                fa += u;
+                fq += u * w;
+            }
+        };
+        Float8 fa0, fa1, fa2, fa3, fq0, fq1, fq2, fq3;
+        partials(k, fa0, fq0);
+        partials(k + 1, fa1, fq1);
+        partials(k + 2, fa2, fq2);
+        partials(k + 3, fa3, fq3);
+        const auto totals =
+            [](Float8 f0, Float8 f1, Float8 f2, Float8 f3) __attribute__((always_inline)) {
+            Double4 q[4];
+            transpose4(lane_pairs(f0), lane_pairs(f1), lane_pairs(f2), lane_pairs(f3), q);
+            return Double4{} + ((q[0] + q[1]) + (q[2] + q[3]));
+        };
+        t1 = totals(fa0, fa1, fa2, fa3);
+        t2 = totals(fq0, fq1, fq2, fq3);
+        return;
+    }
+    // Per set, the pairs of total (lanes j and j + 8 of the widened sums, j < 4 and j ≥ 4).
+    Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
+    for (std::size_t j = 0; j < 4; ++j) {
+        Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+        for (std::size_t i = (k + j) * len; i < (k + j + 1) * len; i += kLanes) {
+            const auto [u0, w0] = term(k + j, i);
+            const auto [u1, w1] = term(k + j, i + 8);
+            fa0 += u0;
+            fa1 += u1;
+            fq0 += u0 * w0;
+            fq1 += u1 * w1;
+        }
+        Sum16 a, q;
+        add_widened(a, fa0, fa1);
+        add_widened(q, fq0, fq1);
+        a_lo[j] = a.lane[0] + a.lane[2];
+        a_hi[j] = a.lane[1] + a.lane[3];
+        q_lo[j] = q.lane[0] + q.lane[2];
+        q_hi[j] = q.lane[1] + q.lane[3];
+    }
+    const auto totals =
+        [](const Double4(&lo)[4], const Double4(&hi)[4]) __attribute__((always_inline)) {
+        Double4 p[4], r[4];
+        transpose4(lo[0], lo[1], lo[2], lo[3], p);
+        transpose4(hi[0], hi[1], hi[2], hi[3], r);
+        Double4 t = Double4{};
+        for (int j = 0; j < 4; ++j)
+            t += p[j];
+        for (int j = 0; j < 4; ++j)
+            t += r[j];
+        return t;
+    };
+    t1 = totals(a_lo, a_hi);
+    t2 = totals(q_lo, q_hi);
+}
+
+// Sets of `len` floats each, one after the other (GroupNorm's sets on a row), short_set(len):
+// each set's shifted sums (as shifted_sums, shifted by its first value when center), moments and
+// inv_std (finish_standardized), and x̂ (if xhat), y = x̂·g + b with g, b per element (as
+// affine) — the same bits as those calls, set by set. Four sets at a time: their totals
+// (four_set_sums) and their moments, square roots and divisions are taken together, set j in
+// lane j of one vector; the row is then written while it is in L1. Set by set, each set of 16–24
+// values cost two horizontal totals, a scalar square root and a division (GroupNorm(32) training
+// forward on (1792, 512): 630–650 → 390–400 µs, (4096, 768): 1600–1680 → 1250–1440, 2 threads).
 template <class T>
 NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std::size_t len,
                                                bool center, double inv_m, double eps, const T* g,
                                                const T* b, T* mean, T* var, T* inv_std, T* xhat,
                                                T* y) {
     static_assert(std::is_same_v<T, float>, "float sets only");
-    const auto partials = [&](std::size_t k, Float8 & fa, Float8 & fq)
-        __attribute__((always_inline)) {
-        const float* p = x + k * len;
-        const Float8 sh = splat<Float8>(center ? p[0] : 0.0f);
-        fa = Float8{};
-        fq = Float8{};
-        for (std::size_t i = 0; i < len; i += kShortVector) {
-            const Float8 d = load_floats(p + i) - sh;
-            fa += d;
-            fq += d * d;
-        }
+    // The deviations of the values of set k from its shift.
+    const auto deviation = [&](std::size_t k, std::size_t i) __attribute__((always_inline)) {
+        const Float8 d = load_floats(x + i) - splat<Float8>(center ? x[k * len] : 0.0f);
+        return std::pair{d, d};
     };
     std::size_t k = 0;
     for (; k + 4 <= sets; k += 4) {
-        Float8 fa0, fa1, fa2, fa3, fq0, fq1, fq2, fq3;
-        partials(k, fa0, fq0);
-        partials(k + 1, fa1, fq1);
-        partials(k + 2, fa2, fq2);
-        partials(k + 3, fa3, fq3);
-        const Double4 s1 = totals4(fa0, fa1, fa2, fa3);
-        const Double4 s2 = totals4(fq0, fq1, fq2, fq3);
+        Double4 s1, s2;
+        four_set_sums(k, len, deviation, s1, s2);
         // finish_standardized for the four sets, lane by lane the same operations.
         const Double4 inv_mv = splat<Double4>(inv_m);
         const Double4 cm = s1 * inv_mv;
@@ -1013,10 +1079,10 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         std::memcpy(inv_std + k, &inv_std4, sizeof inv_std4);
     }
     for (; k < sets; ++k) {
-        Float8 fa, fq;
-        partials(k, fa, fq);
-        finish_standardized(center, inv_m, eps, center ? double(x[k * len]) : 0.0, 0.0 + total8(fa),
-                            0.0 + total8(fq), mean[k], var[k], inv_std[k]);
+        const double shift = center ? double(x[k * len]) : 0.0;
+        double s1 = 0, s2 = 0;
+        shifted_sums(x + k * len, len, shift, s1, s2);
+        finish_standardized(center, inv_m, eps, shift, s1, s2, mean[k], var[k], inv_std[k]);
     }
     for (k = 0; k < sets; ++k) {
         const Float8 m = splat<Float8>(mean[k]), sc = splat<Float8>(inv_std[k]);
@@ -1028,40 +1094,29 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
     }
 }
 
-// Sets of `len` floats each, one after the other, len a multiple of eight under kShortRun, as in
-// standardize_short_sets: each set's Σ g·dy and Σ g·dy·x̂ (g = dy·gamma, gamma per element),
-// the same bits as grad_sums set by set, four sets' totals taken together.
+// Sets of `len` floats each, one after the other, short_set(len), as in standardize_short_sets:
+// each set's Σ g·dy and Σ g·dy·x̂ (g = dy·gamma, gamma per element), the same bits as grad_sums
+// set by set, four sets' totals taken together.
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums_short_sets(const T* dy, const T* xhat, const T* gamma,
                                              std::size_t sets, std::size_t len, double* s1,
                                              double* s2) {
     static_assert(std::is_same_v<T, float>, "float sets only");
-    const auto partials = [&](std::size_t k, Float8 & fa, Float8 & fq)
-        __attribute__((always_inline)) {
-        fa = Float8{};
-        fq = Float8{};
-        for (std::size_t i = k * len; i < (k + 1) * len; i += kShortVector) {
-            const Float8 g = weighted<Float8>(dy, gamma, i);
-            fa += g;
-            fq += g * load_floats(xhat + i);
-        }
-    };
     std::size_t k = 0;
     for (; k + 4 <= sets; k += 4) {
-        Float8 fa0, fa1, fa2, fa3, fq0, fq1, fq2, fq3;
-        partials(k, fa0, fq0);
-        partials(k + 1, fa1, fq1);
-        partials(k + 2, fa2, fq2);
-        partials(k + 3, fa3, fq3);
-        const Double4 t1 = totals4(fa0, fa1, fa2, fa3), t2 = totals4(fq0, fq1, fq2, fq3);
+        Double4 t1, t2;
+        four_set_sums(
+            k, len,
+            [&](std::size_t, std::size_t i) __attribute__((always_inline)) {
+                return std::pair{weighted<Float8>(dy, gamma, i), load_floats(xhat + i)};
+            },
+            t1, t2);
         std::memcpy(s1 + k, &t1, sizeof t1);
         std::memcpy(s2 + k, &t2, sizeof t2);
     }
     for (; k < sets; ++k) {
-        Float8 fa, fq;
-        partials(k, fa, fq);
-        s1[k] = 0.0 + total8(fa);
-        s2[k] = 0.0 + total8(fq);
+        s1[k] = s2[k] = 0;
+        grad_sums(dy + k * len, xhat + k * len, gamma + k * len, len, s1[k], s2[k]);
     }
 }
 

@@ -147,14 +147,16 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
     }
 }
 
-// With trailing dimensions each thread normalizes one set while it sums the next
-// (rows::affine_summing_next, rows::apply_summing_next), streaming y and dx on the first shape
-// (16 MiB of float, runs a multiple of four long). On the second, runs are short, and batch
-// norm's sets go a group of eight at a time, sample by sample (grouped_sets; 40 channels: full
-// and partial groups on 1 and 2 threads). A set computed alone (one channel for batch norm, one
-// sample for the others) takes the plain path: the bits must be the same.
+// With trailing dimensions on tensors that do not stay in cache (8 MiB or more), each thread
+// normalizes one set while it sums the next (rows::affine_summing_next,
+// rows::apply_summing_next), streaming y and dx on the first shape (16 MiB of float, runs a
+// multiple of four long). On the second, runs are short, and batch norm's sets go a group of
+// eight at a time, sample by sample (grouped_sets; 2308 channels: full and partial groups on 1
+// and 2 threads). The third stays in cache: the forward goes set by set, and batch norm's
+// backward takes the two stages in memory order. A set computed alone (one channel for batch
+// norm, one sample for the others) takes the plain path: the bits must be the same.
 TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
-    for (const Shape& shape : {Shape{8, 4, 131072}, Shape{8, 40, 11, 11}}) {
+    for (const Shape& shape : {Shape{8, 4, 131072}, Shape{8, 2308, 11, 11}, Shape{8, 40, 11, 11}}) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 23, 1.0, 2.0));
         const Tensor dy = xt::cast<float>(testing::random_array(shape, 24));
         for (const std::string spec : {"batch_norm", "layer_norm", "instance_norm(affine=true)"}) {

@@ -801,8 +801,14 @@ bool recomputes_xhat_in_registers(const NcsView& v, const SetSpec& sets) {
     return sets.across_batch ? sets.channels_per_set == 1 : sets.sets_per_sample(v) == 1;
 }
 
+template <class T>
 bool can_fuse_backward(const NcsView& v, const SetSpec& sets) {
-    return !dense_across_batch(v, sets);
+    // Fused, a set over the batch is read run by run, one sample's run after another's, C·S
+    // values apart; in cache the stages' passes in memory order were faster (BatchNorm backward
+    // on (32, 256, 14, 14) 1.6×, (16, 256, 14, 14) and (16, 128, 28, 28) 1.2×, (8, 256, 14, 14)
+    // 1.15×, min of interleaved runs), while from memory the fused pass reads dy and x once.
+    if (!sets.across_batch) return true;
+    return v.s > 1 && !stays_cached<T>(v);
 }
 
 bool dx_may_overwrite_xhat(const NcsView& v, const SetSpec& sets, bool stored) {
@@ -990,6 +996,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                                     const T*, const T*, const T*, const T*, T*);                   \
     template void channel_sums<T>(const T*, XhatArg<T>, const NcsView&, double*, double*,          \
                                   const SetSpec*);                                                 \
+    template bool can_fuse_backward<T>(const NcsView&, const SetSpec&);                            \
     template void backward_fused<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,          \
                                     const T*, const T*, const SetCoefficients<T>&, T*, double*,    \
                                     double*);

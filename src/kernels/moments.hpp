@@ -103,11 +103,13 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
 template <class T>
 using SetCoefficients = std::function<void(std::size_t, double, double, T&, T&)>;
 
-// Stages 3 and 4 fused, for every SetSpec except sets across the batch of a dense (N, C) input
-// (whose sets span all rows, so nothing can be applied before everything is reduced): each set
-// (or, for rows, each block of rows) is reduced and then applied while it is still in cache,
-// so dy and x̂ come from memory once. Same sums, same order as stage 3 then stage 4; fills the
-// per-channel Σdy and Σdy·x̂.
+// Stages 3 and 4 fused: each set (or, for rows, each block of rows) is reduced and then applied
+// while it is still in cache, so dy and x̂ come from memory once. Same sums, same order as stage
+// 3 then stage 4; fills the per-channel Σdy and Σdy·x̂. can_fuse_backward says where the kernel
+// takes it: not for sets across the batch of a dense (N, C) input (whose sets span all rows, so
+// nothing can be applied before everything is reduced), nor for sets across the batch of a
+// tensor that stays in cache, where the two stages walking memory in order are faster.
+template <class T>
 bool can_fuse_backward(const NcsView& v, const SetSpec& sets);
 template <class T>
 void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,

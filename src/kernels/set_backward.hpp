@@ -35,7 +35,7 @@ Array<T> set_backward(const Array<T>& dy, XhatArg<T> xhat, const NcsView& v, con
                        static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), dx.data());
         return dx;
     }
-    if (can_fuse_backward(v, sets)) {
+    if (can_fuse_backward<T>(v, sets)) {
         backward_fused<T>(dy.data(), xhat, v, sets, gamma, scale.data(), coefficients, dx.data(),
                           sum_dy.data(), sum_dy_xhat.data());
         return dx;

@@ -80,11 +80,22 @@ __attribute__((always_inline)) inline void add_widened(double* out, Float8 lo, F
     }
 }
 
-// Σ over the lanes in a fixed order: lane j with lane j + 8, then those pairs in order.
+// Lane j + lane j + 8 of sixteen lanes: pairs 0–3 in lo, 4–7 in hi, the pairs total adds up.
+__attribute__((always_inline)) inline void lane_pairs16(const Sum16& s, Double4& lo, Double4& hi) {
+    lo = s.lane[0] + s.lane[2];
+    hi = s.lane[1] + s.lane[3];
+}
+
+// Σ over the lanes in a fixed order: lane j with lane j + 8 (lane_pairs16), then those pairs in
+// order.
 __attribute__((always_inline)) inline double total(const Sum16& s) {
+    Double4 lo, hi;
+    lane_pairs16(s, lo, hi);
     double t = 0;
-    for (int j = 0; j < 8; ++j)
-        t += s.lane[j / 4][j % 4] + s.lane[2 + j / 4][j % 4];
+    for (int j = 0; j < 4; ++j)
+        t += lo[j];
+    for (int j = 0; j < 4; ++j)
+        t += hi[j];
     return t;
 }
 
@@ -999,7 +1010,7 @@ __attribute__((always_inline)) inline void four_set_sums(std::size_t k, std::siz
         t2 = totals(fq0, fq1, fq2, fq3);
         return;
     }
-    // Per set, the pairs of total (lanes j and j + 8 of the widened sums, j < 4 and j ≥ 4).
+    // Per set, the pairs of total (lane_pairs16 of the widened sums).
     Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
     for (std::size_t j = 0; j < 4; ++j) {
         Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
@@ -1014,10 +1025,8 @@ __attribute__((always_inline)) inline void four_set_sums(std::size_t k, std::siz
         Sum16 a, q;
         add_widened(a, fa0, fa1);
         add_widened(q, fq0, fq1);
-        a_lo[j] = a.lane[0] + a.lane[2];
-        a_hi[j] = a.lane[1] + a.lane[3];
-        q_lo[j] = q.lane[0] + q.lane[2];
-        q_hi[j] = q.lane[1] + q.lane[3];
+        lane_pairs16(a, a_lo[j], a_hi[j]);
+        lane_pairs16(q, q_lo[j], q_hi[j]);
     }
     const auto totals =
         [](const Double4(&lo)[4], const Double4(&hi)[4]) __attribute__((always_inline)) {

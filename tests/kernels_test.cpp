@@ -152,14 +152,18 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
 // rows::apply_summing_next), streaming y and dx on the first shape (16 MiB of float, runs a
 // multiple of four long). On the second, runs are short, and batch norm's sets go a group of
 // eight at a time, sample by sample (grouped_sets; 2308 channels: full and partial groups on 1
-// and 2 threads). The third stays in cache: the forward goes set by set, and batch norm's
-// backward takes the two stages in memory order. A set computed alone (one channel for batch
-// norm, one sample for the others) takes the plain path: the bits must be the same.
+// and 2 threads); the backward of the per-sample sets of two channels or one (GroupNorm,
+// InstanceNorm) goes a group of 256 sets at a time, a thread's last group partial. The third
+// stays in cache: the forward goes set by set, and batch norm's backward takes the two stages in
+// memory order. A set computed alone (one channel for batch norm, one sample for the others)
+// takes the plain path: the bits must be the same.
 TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
     for (const Shape& shape : {Shape{8, 4, 131072}, Shape{8, 2308, 11, 11}, Shape{8, 40, 11, 11}}) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 23, 1.0, 2.0));
         const Tensor dy = xt::cast<float>(testing::random_array(shape, 24));
-        for (const std::string spec : {"batch_norm", "layer_norm", "instance_norm(affine=true)"}) {
+        const std::string pairs = "group_norm(groups=" + std::to_string(shape[1] / 2) + ")";
+        for (const std::string& spec : {std::string("batch_norm"), std::string("layer_norm"),
+                                        std::string("instance_norm(affine=true)"), pairs}) {
             const bool by_channel = spec == "batch_norm";
             for (int threads : {1, 2}) {
                 ThreadCount tc(threads);

@@ -345,15 +345,30 @@ std::size_t sets_per_pass(const NcsView& v, const SetSpec& sets) {
     return std::clamp<std::size_t>(kGroupBytes / set_bytes, 1, kMaxSetsPerPass);
 }
 
+// Per-sample sets (contiguous blocks) of a tensor that does not stay in cache are applied a
+// group at a time in the backward while the next group is summed; a group takes kLookaheadBytes
+// of the input or more, so the pass sums half a megabyte or more ahead of where it writes dx.
+// Paired set with set, GroupNorm's and InstanceNorm's sets of 3–200 KB were 1.3–1.75× slower
+// than LayerNorm's on the same data (docs/design.md). In cache a group of one set is as fast.
+constexpr std::size_t kLookaheadBytes = std::size_t{512} << 10;
+constexpr std::size_t kMaxLookaheadSets = 256;
+
+template <class T>
+std::size_t per_sample_sets_per_pass(const NcsView& v, const SetSpec& sets) {
+    if (stays_cached<T>(v)) return 1;
+    const std::size_t set_bytes = sets.set_size(v) * sizeof(T);
+    return std::clamp<std::size_t>(kLookaheadBytes / set_bytes, 1, kMaxLookaheadSets);
+}
+
 // The calling thread's share of `count` sets (static_share) in groups of `group` (at most
-// kMaxSetsPerPass), each group's sums taken in the pass that writes the group before it:
+// kMaxLookaheadSets), each group's sums taken in the pass that writes the group before it:
 // sum(k, s1, s2) adds the sums of set k alone (the share's first group); finish(k, t1, t2)
 // takes set k's sums before its group is written; write(n, k, has_next, next1, next2) writes
 // sample n's runs of set k and, when has_next, adds the sums of the same runs of set k + group
 // (the next group) into next1, next2. The pass goes over the samples (0 .. samples), and within
 // each over the group's sets, so every set's runs are still summed and written in sample order.
-// Sets that are contiguous blocks take samples 1: with group 1 each set's pass sums the set right
-// after it, so that reads from memory and writes overlap; rows take a group of a few sets, whose
+// Sets that are contiguous blocks take samples 1: each group's pass sums the group after it, so
+// that reads from memory and writes overlap; rows take a group of a few sets, whose
 // finishes (each a serial chain of a total, a square root and a division) overlap each other.
 template <class Sum, class Finish, class Write>
 void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum, Finish&& finish,
@@ -361,7 +376,9 @@ void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum
 #pragma omp parallel if (parallel)
     {
         const auto [k0, k1] = static_share(count);
-        double s1[kMaxSetsPerPass] = {}, s2[kMaxSetsPerPass] = {};
+        double s1[kMaxLookaheadSets], s2[kMaxLookaheadSets];
+        std::fill_n(s1, group, 0.0);
+        std::fill_n(s2, group, 0.0);
         for (std::size_t k = k0; k < std::min(k1, k0 + group); ++k)
             sum(k, s1[k - k0], s2[k - k0]);
         for (std::size_t g0 = k0; g0 < k1; g0 += group) {
@@ -940,9 +957,10 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         });
     };
     // Sets over the batch go a group at a time, sample by sample (grouped_sets); per-sample sets
-    // one at a time, set k + 1's runs right after set k's.
+    // a group at a time too (one set in cache), the next group's runs right after the group's.
     std::vector<T> set_coef_1(num_sets), set_coef_xhat(num_sets);
-    const std::size_t group = sets.across_batch ? sets_per_pass<T>(v, sets) : 1;
+    const std::size_t group =
+        sets.across_batch ? sets_per_pass<T>(v, sets) : per_sample_sets_per_pass<T>(v, sets);
     grouped_sets(
         num_sets, group, v.size() >= kParallelMin, sum_set,
         [&](std::size_t k, double t1, double t2) {

@@ -154,9 +154,9 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
 // eight at a time, sample by sample (grouped_sets; 2308 channels: full and partial groups on 1
 // and 2 threads); the backward of the per-sample sets of two channels or one (GroupNorm,
 // InstanceNorm) goes a group of 256 sets at a time, a thread's last group partial. The third
-// stays in cache: the forward goes set by set, and batch norm's backward takes the two stages in
-// memory order. A set computed alone (one channel for batch norm, one sample for the others)
-// takes the plain path: the bits must be the same.
+// stays in cache: the forward goes set by set, and batch norm's backward takes the two stages,
+// each thread its channels sample by sample. A set computed alone (one channel for batch norm, one
+// sample for the others) takes the plain path: the bits must be the same.
 TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
     for (const Shape& shape : {Shape{8, 4, 131072}, Shape{8, 2308, 11, 11}, Shape{8, 40, 11, 11}}) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 23, 1.0, 2.0));

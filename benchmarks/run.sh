@@ -54,6 +54,7 @@ done
 ./build-bench/benchmarks/training_bench --benchmark_format=json \
   ${FILTER:+"--benchmark_filter=$FILTER"} > "$OUT/training.json"
 MACHINE="$(lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L2|L3)' | sed 's/  */ /g')
+vector ISA: $(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')
 compiler: $(c++ --version | head -n1)
 threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)"

@@ -149,7 +149,7 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
 
 // With trailing dimensions on tensors that do not stay in cache (8 MiB or more), each thread
 // normalizes one set while it sums the next (rows::affine_summing_next,
-// rows::apply_summing_next), streaming y and dx on the first shape (16 MiB of float, runs a
+// rows::apply_runs_summing_next), streaming y and dx on the first shape (16 MiB of float, runs a
 // multiple of four long). On the second, runs are short, and batch norm's sets go a group of
 // eight at a time, sample by sample (grouped_sets; 2308 channels: full and partial groups on 1
 // and 2 threads); the backward of the per-sample sets of two channels or one (GroupNorm,

@@ -1000,34 +1000,34 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         },
         // Sample n's runs of set k are applied; with a next group, the runs `step` runs further
         // (set k + group, the same places) are reduced in the same pass
-        // (rows::apply_summing_next), so reads from memory and writes overlap, their sums kept in
-        // row1, row2 for the channel sums and added, weighted by γ of their channel, into a, b.
+        // (rows::apply_runs_summing_next), so reads from memory and writes overlap, their sums
+        // kept in row1, row2 for the channel sums and added, weighted by γ of their channel, into
+        // a, b.
         [&](std::size_t n, std::size_t k, bool has_next, double& a, double& b) {
             const auto [r0, c0] = first_run(k);
-            const std::size_t kn = k + group, step = group * cps;
+            const std::size_t r = r0 + n * v.c, base = r * v.s;
             const T cg = coef_g[k], coef_1 = set_coef_1[k], coef_xhat = set_coef_xhat[k];
+            if (!has_next) {
+                for (std::size_t dc = 0; dc < cps; ++dc)
+                    apply_run_from(stream, dy, xhat, base + dc * v.s, v.s, k, cg, g[c0 + dc],
+                                   coef_1, coef_xhat, dx);
+                return;
+            }
+            const std::size_t kn = k + group, step = group * cps, rn = r + step;
+            if (xhat.xhat)
+                rows::apply_runs_summing_next<T>(
+                    dy + base, xhat.xhat + base, nullptr, T(0), T(0), v.s, cps, cg, g + c0, coef_1,
+                    coef_xhat, dx + base, stream_dx, step * v.s, T(0), T(0), row1 + rn, row2 + rn);
+            else
+                rows::apply_runs_summing_next<T>(
+                    dy + base, nullptr, xhat.x + base, xhat.shift[k], xhat.scale[k], v.s, cps, cg,
+                    g + c0, coef_1, coef_xhat, dx + base, stream_dx, step * v.s, xhat.shift[kn],
+                    xhat.scale[kn], row1 + rn, row2 + rn);
             for (std::size_t dc = 0; dc < cps; ++dc) {
-                const std::size_t r = r0 + n * v.c + dc, base = r * v.s;
-                const T gc = g[c0 + dc];
-                if (!has_next) {
-                    apply_run_from(stream, dy, xhat, base, v.s, k, cg, gc, coef_1, coef_xhat, dx);
-                    continue;
-                }
-                const std::size_t rn = r + step, at = rn * v.s;
-                if (xhat.xhat)
-                    rows::apply_summing_next<T>(dy + base, xhat.xhat + base, nullptr, T(0), T(0),
-                                                v.s, cg, gc, coef_1, coef_xhat, dx + base,
-                                                stream_dx, dy + at, xhat.xhat + at, nullptr, T(0),
-                                                T(0), row1[rn], row2[rn]);
-                else
-                    rows::apply_summing_next<T>(dy + base, nullptr, xhat.x + base, xhat.shift[k],
-                                                xhat.scale[k], v.s, cg, gc, coef_1, coef_xhat,
-                                                dx + base, stream_dx, dy + at, nullptr, xhat.x + at,
-                                                xhat.shift[kn], xhat.scale[kn], row1[rn], row2[rn]);
                 // The next run's channel (per-sample sets: possibly in the next sample's row).
                 const double gn = double(g[(c0 + dc + step) % v.c]);
-                a += gn * row1[rn];
-                b += gn * row2[rn];
+                a += gn * row1[rn + dc];
+                b += gn * row2[rn + dc];
             }
         },
         samples);

@@ -867,20 +867,21 @@ NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, 
     }
 }
 
-// apply with g_step 0 of one run (x̂ stored in xhat, or formed from x by m, sc) while taking the
-// gradient sums of another run of the same length: s1 += Σ next_dy, s2 += Σ next_dy·x̂ with its
-// x̂ likewise from next_xhat or next_x by next_m, next_sc — the same values in the same order as
-// grad_sums / grad_sums_from_input (without gamma), and the same dx as apply / apply_streamed /
+// apply with g_step 0, run by run, of `runs` consecutive runs of length n (x̂ stored in xhat, or
+// formed from x by m, sc; γ of run j in g[j]) while taking the gradient sums of the runs `step`
+// values further, run j's into s1[j] += Σ next_dy, s2[j] += Σ next_dy·x̂ with its x̂ likewise
+// from next_xhat or next_x by next_m, next_sc — the same values in the same order as grad_sums /
+// grad_sums_from_input (without gamma) run by run, and the same dx as apply / apply_streamed /
 // apply_from_input. As in affine_summing_next, the writes of one set and the reads of the next
-// then overlap. dx is streamed when `stream` (it must then be 16-byte aligned).
+// then overlap. A set's runs go in one call: per run, a call through the clone dispatch and the
+// broadcasts of the set's coefficients cost ~10% of a run of 196 values. dx is streamed when
+// `stream` (it must then be 16-byte aligned).
 template <class T>
-NORMLAB_ISA_CLONES void apply_summing_next(const T* dy, const T* xhat, const T* x, T m, T sc,
-                                           std::size_t n, T cg, T gs, T c1, T cx, T* dx,
-                                           bool stream, const T* next_dy, const T* next_xhat,
-                                           const T* next_x, T next_m, T next_sc, double& s1,
-                                           double& s2) {
-    const Splat<T> mk(m), sck(sc), cgk(cg), gk(gs), c1k(c1), cxk(cx), next_mk(next_m),
-        next_sck(next_sc);
+NORMLAB_ISA_CLONES void apply_runs_summing_next(const T* dy, const T* xhat, const T* x, T m, T sc,
+                                                std::size_t n, std::size_t runs, T cg, const T* g,
+                                                T c1, T cx, T* dx, bool stream, std::size_t step,
+                                                T next_m, T next_sc, double* s1, double* s2) {
+    const Splat<T> mk(m), sck(sc), cgk(cg), c1k(c1), cxk(cx), next_mk(next_m), next_sck(next_sc);
     // x̂ of both runs is stored, or both are formed from the input. Each block's dx is written
     // after the block's sums (paired_sums' `after`), in a loop of its own: in one loop with the
     // sums, the eight coefficients of both runs and the four partial sums outnumbered the AVX2
@@ -888,39 +889,46 @@ NORMLAB_ISA_CLONES void apply_summing_next(const T* dy, const T* xhat, const T* 
     // x̂-from-input form 1.5× the time of the stored one).
     with_flags(
         xhat != nullptr, stream, [&](auto stored, auto streams) __attribute__((always_inline)) {
-            const auto apply_at = [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-                using V = decltype(tag);
-                V h;
-                if constexpr (stored)
-                    h = load_as<V>(xhat + i);
-                else
-                    h = standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
-                store_as<V>(dx + i,
-                            applied(cgk.template as<V>(), gk.template as<V>(), load_as<V>(dy + i),
-                                    c1k.template as<V>(), cxk.template as<V>(), h),
-                            streams);
-            };
-            paired_sums<T>(
-                n,
-                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            for (std::size_t j = 0; j < runs; ++j) {
+                const std::size_t at = j * n, next = at + step;
+                const Splat<T> gk(g[j]);
+                const auto apply_at = [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);
-                    V next_h;
+                    V h;
                     if constexpr (stored)
-                        next_h = load_as<V>(next_xhat + i);
+                        h = load_as<V>(xhat + at + i);
                     else
-                        next_h = standardized(load_as<V>(next_x + i), next_mk.template as<V>(),
-                                              next_sck.template as<V>());
-                    return std::pair{load_as<V>(next_dy + i), next_h};
-                },
-                s1, s2,
-                [&](std::size_t begin, std::size_t end) __attribute__((always_inline)) {
-                    std::size_t i = begin;
-                    if constexpr (std::is_same_v<T, float>)
-                        for (; i + 8 <= end; i += 8)
-                            apply_at(Float8{}, i);
-                    for (; i < end; ++i)
-                        apply_at(T{}, i);
-                });
+                        h = standardized(load_as<V>(x + at + i), mk.template as<V>(),
+                                         sck.template as<V>());
+                    store_as<V>(
+                        dx + at + i,
+                        applied(cgk.template as<V>(), gk.template as<V>(), load_as<V>(dy + at + i),
+                                c1k.template as<V>(), cxk.template as<V>(), h),
+                        streams);
+                };
+                paired_sums<T>(
+                    n,
+                    [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                        using V = decltype(tag);
+                        V next_h;
+                        if constexpr (stored)
+                            next_h = load_as<V>(xhat + next + i);
+                        else
+                            next_h =
+                                standardized(load_as<V>(x + next + i), next_mk.template as<V>(),
+                                             next_sck.template as<V>());
+                        return std::pair{load_as<V>(dy + next + i), next_h};
+                    },
+                    s1[j], s2[j],
+                    [&](std::size_t begin, std::size_t end) __attribute__((always_inline)) {
+                        std::size_t i = begin;
+                        if constexpr (std::is_same_v<T, float>)
+                            for (; i + 8 <= end; i += 8)
+                                apply_at(Float8{}, i);
+                        for (; i < end; ++i)
+                            apply_at(T{}, i);
+                    });
+            }
         });
     if (stream) _mm_sfence();
 }

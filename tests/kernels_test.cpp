@@ -272,6 +272,38 @@ TEST(Kernels, ShortSetsOnRowsBackwardEqualsSetsAloneBitForBit) {
     }
 }
 
+// Dense (N, C) tensors that do not stay in cache (8 MiB or more) are normalized and applied a
+// row at a time, smaller ones four rows at a time. Every column is summed on its own (float
+// lanes down the rows, sixteen columns side by side), so each block of sixteen columns of
+// BatchNorm must be the same bits as those columns alone (131 KB, four rows at a time), forward
+// and backward, on 1 and 2 threads.
+TEST(Kernels, DenseRowsOutOfCacheEqualColumnsAloneBitForBit) {
+    const Shape shape{2051, 1030};  // 8.4 MB of float; 2051 rows leave a partial group of rows
+    const Tensor x = xt::cast<float>(testing::random_array(shape, 31, 1.0, 2.0));
+    const Tensor dy = xt::cast<float>(testing::random_array(shape, 32));
+    constexpr std::size_t kBlock = 16;
+    for (int threads : {1, 2}) {
+        ThreadCount tc(threads);
+        auto whole = make_normalizer("batch_norm", shape[1]);
+        Tensor input = x;
+        const Tensor y = whole->forward(std::move(input), Mode::train);
+        const Tensor dx = whole->backward(dy);
+        const Tensor y_eval = whole->forward(x, Mode::eval, Grad::none);
+        for (std::size_t c = 0; c + kBlock <= shape[1]; c += 13 * kBlock) {
+            const auto block = [&](const Tensor& t) {
+                return Tensor(xt::view(t, xt::all(), xt::range(c, c + kBlock)));
+            };
+            auto alone = make_normalizer("batch_norm", kBlock);
+            ASSERT_EQ(block(y), alone->forward(block(x), Mode::train))
+                << "columns from " << c << ", " << threads << " threads";
+            ASSERT_EQ(block(dx), alone->backward(block(dy)))
+                << "columns from " << c << ", " << threads << " threads";
+            ASSERT_EQ(block(y_eval), alone->forward(block(x), Mode::eval, Grad::none))
+                << "columns from " << c << ", " << threads << " threads";
+        }
+    }
+}
+
 // set_backward writes dx over the spent x̂ or input where dx_may_overwrite_xhat allows it; the
 // result must be the same bits as into a new array, on every layout the stages distinguish
 // (dense sets across the batch, one and several sets per row, trailing dimensions, and a tensor

@@ -139,10 +139,11 @@ std::pair<std::size_t, std::size_t> static_share(std::size_t count) {
 // Whether the stage passes over sets across the batch with trailing dimensions give each thread
 // the channels the forward gave it (grouped_sets takes a contiguous share of the sets), walking
 // them sample by sample, instead of a contiguous share of memory. The backward writes dx over the
-// input the forward read: split by memory, half of the lines each thread wrote were still held
-// by the other core, and BatchNorm's backward on 2 threads was slower than on one (AMD Zen 5,
-// medians: (2, 64, 56, 56) 86 -> 38 us, (8, 256, 14, 14) 102 -> 51-76, (32, 256, 14, 14)
-// 382 -> 252-292; x̂ stored and dx in a new array were never slow). Not where the channels
+// input the forward read. Split by memory, BatchNorm's backward on 2 threads was at times slower
+// than on one (AMD Zen 5, medians: (2, 64, 56, 56) 86 -> 38 us, (8, 256, 14, 14) 102 -> 51-76,
+// (32, 256, 14, 14) 382 -> 252-292; x̂ stored and dx in a new array were never slow), presumably
+// because half of the lines each thread wrote were still held by the other core (not measured:
+// that machine had no cache-event counters). Not where the channels
 // would split unevenly (fewer than eight per thread, and not a multiple of the threads).
 bool splits_by_channel(const NcsView& v, const SetSpec& sets) {
     if (!sets.across_batch || v.s == 1) return false;

@@ -10,10 +10,16 @@ THREADS="${THREADS:-$(nproc)}"
 FILTER="${BENCH_FILTER:-}"
 OUT="${BENCH_OUT:-build-bench/results}"
 bash scripts/setup.sh
-if ! dpkg-query -W -f='${Status}' libdnnl-dev python3-torch 2>/dev/null | grep -q "installed"; then
-  echo "benchmarks: installing the peers (libdnnl-dev, python3-torch)" >&2
+# The peers: oneDNN (its CMake package config needs OpenCL's development files) and PyTorch.
+PEERS=(libdnnl-dev ocl-icd-opencl-dev python3-torch)
+missing_peers=()
+for p in "${PEERS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_peers+=("$p")
+done
+if [ ${#missing_peers[@]} -gt 0 ]; then
+  echo "benchmarks: installing the peers (${missing_peers[*]})" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libdnnl-dev python3-torch >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing_peers[@]}" >/dev/null
 fi
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNORMLAB_BUILD_BENCHMARKS=ON \
   -DNORMLAB_BUILD_TESTS=OFF -DNORMLAB_BUILD_EXAMPLES=OFF >/dev/null

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -115,10 +116,30 @@ class CallTimes {
     std::vector<double> seconds_;
 };
 
-// Times each call(), Google Benchmark's manual time and `calls`.
-template <class Call>
-void time_calls(benchmark::State& state, CallTimes& calls, Call&& call) {
+// Copies n floats with the OpenMP threads, each copying one contiguous share with memcpy, as the
+// layer before a normalizer writes its output in a network: each thread's share is then in that
+// thread's cache. Every implementation's training forward is handed its input written this way,
+// untimed, before each call, and every backward follows an untimed training forward on such an
+// input: timed on the same input call after call, an implementation whose threads split the
+// tensor unlike the copy would find each thread's part already in its own cache, which in a
+// network it is not. (A copy by the main thread alone would leave the other threads' parts in the
+// wrong core's cache; memcpy switches to streaming stores for large shares, so a tensor larger
+// than the caches is not left behind as dirty lines for the timed call to write back.)
+inline void copy_by_threads(const float* from, float* to, std::size_t n) {
+#pragma omp parallel
+    {
+        const auto threads = std::size_t(omp_get_num_threads());
+        const auto t = std::size_t(omp_get_thread_num());
+        const std::size_t begin = n * t / threads, end = n * (t + 1) / threads;
+        std::memcpy(to + begin, from + begin, (end - begin) * sizeof(float));
+    }
+}
+
+// Times each call() after an untimed prepare(): Google Benchmark's manual time and `calls`.
+template <class Prepare, class Call>
+void time_calls(benchmark::State& state, CallTimes& calls, Prepare&& prepare, Call&& call) {
     for (auto _ : state) {
+        prepare();
         const auto t0 = std::chrono::steady_clock::now();
         call();
         const double seconds =

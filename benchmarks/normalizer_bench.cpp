@@ -3,7 +3,6 @@
 // Run through benchmarks/run.sh, which also runs the oneDNN and PyTorch peers and writes
 // docs/benchmarks.md.
 #include <chrono>
-#include <cstring>
 
 #include <xtensor/xrandom.hpp>
 
@@ -24,22 +23,10 @@ std::string spec_for(const std::string& name, const ShapeCase& shape) {
     return name;
 }
 
-// A copy of x made by the OpenMP threads, each copying one contiguous share with memcpy, as the
-// layer before a normalizer writes its output in a network: each thread's part is then in that
-// thread's cache, as the peers' input is when they are timed on the same tensor call after call.
-// (A copy by the main thread alone leaves the other thread's half in the wrong core's cache;
-// memcpy switches to streaming stores for large shares, so a tensor larger than the caches is
-// not left behind as dirty lines for the timed call to write back.)
+// A copy of x written as a network's previous layer would write it (copy_by_threads).
 Tensor copied_by_threads(const Tensor& x) {
     Tensor out = Tensor::from_shape(x.shape());
-    const std::size_t n = x.size();
-#pragma omp parallel
-    {
-        const auto threads = std::size_t(omp_get_num_threads());
-        const auto t = std::size_t(omp_get_thread_num());
-        const std::size_t begin = n * t / threads, end = n * (t + 1) / threads;
-        std::memcpy(out.data() + begin, x.data() + begin, (end - begin) * sizeof(float));
-    }
+    copy_by_threads(x.data(), out.data(), x.size());
     return out;
 }
 

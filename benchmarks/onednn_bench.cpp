@@ -7,6 +7,8 @@
 // channel: the same traffic, a slightly different layer).
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <vector>
+
 #include "bench_common.hpp"
 
 namespace normlab::bench {
@@ -80,13 +82,23 @@ void run(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer,
     Fwd fwd(fwd_pd);
     fwd.execute(stream, fwd_args);
     stream.wait();
+    // The input a training pass is handed anew each call, as normlab's is (copy_by_threads).
+    float* src_data = static_cast<float*>(src.get_data_handle());
+    const std::vector<float> input(src_data,
+                                   src_data + fwd_pd.src_desc().get_size() / sizeof(float));
+    const auto hand_over_input = [&] { copy_by_threads(input.data(), src_data, input.size()); };
 
     CallTimes calls;
-    if (pass != Pass::bwd) {
-        time_calls(state, calls, [&] {
-            fwd.execute(stream, fwd_args);
-            stream.wait();
-        });
+    const auto run_forward = [&] {
+        fwd.execute(stream, fwd_args);
+        stream.wait();
+    };
+    if (pass == Pass::fwd_train) {
+        time_calls(state, calls, hand_over_input, run_forward);
+    } else if (pass == Pass::fwd_eval) {
+        // Inference reads the same input call after call, in every implementation.
+        time_calls(
+            state, calls, [] {}, run_forward);
     } else {
         typename Bwd::desc bwd_desc(prop_kind::backward, md, md, eps, scale_shift);
         typename Bwd::primitive_desc bwd_pd(bwd_desc, cpu(), fwd_pd);
@@ -103,7 +115,12 @@ void run(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer,
                                                     {DNNL_ARG_DIFF_SCALE, diff_scale},
                                                     {DNNL_ARG_DIFF_SHIFT, diff_shift}};
         Bwd bwd(bwd_pd);
-        time_calls(state, calls, [&] {
+        // Each backward follows an untimed training forward on a freshly handed-over input.
+        const auto forward_before = [&] {
+            hand_over_input();
+            run_forward();
+        };
+        time_calls(state, calls, forward_before, [&] {
             bwd.execute(stream, bwd_args);
             stream.wait();
         });

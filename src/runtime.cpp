@@ -1,6 +1,11 @@
 #include "normlab/runtime.hpp"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdlib>  // defines __GLIBC__ on glibc systems
+#include <fstream>
+#include <string>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -18,6 +23,66 @@ bool reuse_freed_memory() {
 #else
     return false;
 #endif
+}
+
+namespace {
+
+constexpr std::size_t kFallbackCacheBytes = std::size_t{32} << 20;
+
+// "48K", "2048K", "266240K", "32M" as /sys/devices/system/cpu/cpu0/cache/index*/size writes it.
+std::size_t parse_cache_size(const std::string& text) {
+    std::size_t pos = 0;
+    unsigned long long value = 0;
+    try {
+        value = std::stoull(text, &pos);
+    } catch (const std::exception&) {
+        return 0;
+    }
+    const char unit = pos < text.size() ? text[pos] : ' ';
+    return std::size_t(value) * (unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1);
+}
+
+// The largest cache of CPU 0 by level, from sysfs: where sysconf does not know (it reads
+// x86's cpuid; elsewhere it may answer 0).
+std::size_t cache_bytes_from_sysfs() {
+    std::size_t best_level = 0, best_bytes = 0;
+    for (int index = 0; index < 16; ++index) {
+        const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
+        std::ifstream level_file(dir + "/level"), size_file(dir + "/size");
+        std::size_t level = 0;
+        std::string size;
+        if (!(level_file >> level) || !(size_file >> size)) continue;
+        if (level >= best_level) {
+            best_level = level;
+            best_bytes = parse_cache_size(size);
+        }
+    }
+    return best_bytes;
+}
+
+std::size_t detected_cache_bytes() {
+    static const std::size_t detected = [] {
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+        const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        if (l3 > 0) return std::size_t(l3);
+#endif
+        const std::size_t from_sysfs = cache_bytes_from_sysfs();
+        return from_sysfs > 0 ? from_sysfs : kFallbackCacheBytes;
+    }();
+    return detected;
+}
+
+std::atomic<std::size_t> chosen_cache_bytes{0};
+
+}  // namespace
+
+void set_last_level_cache_bytes(std::size_t bytes) {
+    chosen_cache_bytes.store(bytes, std::memory_order_relaxed);
+}
+
+std::size_t last_level_cache_bytes() {
+    const std::size_t chosen = chosen_cache_bytes.load(std::memory_order_relaxed);
+    return chosen > 0 ? chosen : detected_cache_bytes();
 }
 
 bool set_blas_threads(int threads) {

@@ -11,9 +11,29 @@
 #include "gradient_check.hpp"
 #include "kernels/set_backward.hpp"
 #include "normlab/normlab.hpp"
+#include "normlab/runtime.hpp"
 
 namespace normlab {
 namespace {
+
+// The kernels plan for the machine's last-level cache (normlab::last_level_cache_bytes): a tensor
+// under a quarter of it stays in cache, outputs from half of it on are streamed. The shapes of
+// these tests are chosen around the thresholds of a 32 MiB cache (8 and 16 MiB), so every test of
+// this program runs with 32 MiB, and takes both sides of each threshold on any machine.
+class PlanFor32MiBCache : public ::testing::Environment {
+  public:
+    void SetUp() override { set_last_level_cache_bytes(std::size_t{32} << 20); }
+};
+[[maybe_unused]] ::testing::Environment* const plan_for_32mib_cache =
+    ::testing::AddGlobalTestEnvironment(new PlanFor32MiBCache);
+
+struct CacheSize {
+    explicit CacheSize(std::size_t bytes) : previous(last_level_cache_bytes()) {
+        set_last_level_cache_bytes(bytes);
+    }
+    ~CacheSize() { set_last_level_cache_bytes(previous); }
+    std::size_t previous;
+};
 
 struct ThreadCount {
     explicit ThreadCount(int n) : previous(omp_get_max_threads()) { omp_set_num_threads(n); }
@@ -36,6 +56,69 @@ TEST(Kernels, ResultsAreIdenticalWithOneAndTwoThreads) {
             }
             EXPECT_EQ(y[0], y[1]) << spec << " " << format_shape(shape);
             EXPECT_EQ(dx[0], dx[1]) << spec << " " << format_shape(shape);
+        }
+    }
+}
+
+TEST(Kernels, CacheSizeIsDetectedAndCanBeSet) {
+    const std::size_t pinned = last_level_cache_bytes();
+    set_last_level_cache_bytes(0);
+    const std::size_t detected = last_level_cache_bytes();
+    EXPECT_GE(detected, std::size_t{1} << 20) << "a last-level cache of under 1 MiB";
+    {
+        CacheSize cache(std::size_t{5} << 20);
+        EXPECT_EQ(last_level_cache_bytes(), std::size_t{5} << 20);
+    }
+    set_last_level_cache_bytes(0);
+    EXPECT_EQ(last_level_cache_bytes(), detected);
+    set_last_level_cache_bytes(pinned);
+}
+
+// Where the kernels take a tensor to be (whether it stays in cache, whether its outputs are
+// streamed) changes the order of work, never the bits. Planned for a 32 MiB cache, 7.6 MiB stays
+// in cache and is not streamed; for 16 MiB it is out of cache and not streamed; for 4 MiB out of
+// cache and streamed: every output is the same. Training forward, backward with x̂ stored, dγ
+// and dβ, training forward with the input handed over and backward from it, and inference.
+TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
+    struct Case {
+        std::string spec;
+        Shape shape;
+    };
+    const std::vector<Case> cases = {
+        {"batch_norm", {1999, 1000}},              // 7.6 MiB, dense columns; partial row groups
+        {"layer_norm", {1999, 1000}},              // rows
+        {"group_norm(groups=100)", {1999, 1000}},  // short sets on rows
+        {"batch_norm", {8, 64, 3901}},             // 7.6 MiB with trailing dimensions, odd runs
+        {"batch_renorm", {8, 64, 3901}},
+        {"layer_norm", {8, 64, 3901}},
+        {"group_norm(groups=32)", {8, 64, 3901}},
+        {"instance_norm(affine=true)", {8, 64, 3901}},
+        {"rms_norm", {8, 64, 3901}},
+    };
+    for (const auto& [spec, shape] : cases) {
+        const Tensor x = xt::cast<float>(testing::random_array(shape, 31, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(shape, 32));
+        std::vector<std::vector<Tensor>> outputs;
+        for (std::size_t cache_bytes :
+             {std::size_t{32} << 20, std::size_t{16} << 20, std::size_t{4} << 20}) {
+            CacheSize cache(cache_bytes);
+            auto norm = make_normalizer(spec, shape[1]);
+            std::vector<Tensor> out;
+            out.push_back(norm->forward(x, Mode::train));
+            out.push_back(norm->backward(dy));
+            for (const auto& p : norm->parameters())
+                out.push_back(*p.grad);
+            Tensor input = x;
+            out.push_back(norm->forward(std::move(input), Mode::train));
+            out.push_back(norm->backward(dy));
+            out.push_back(norm->forward(x, Mode::eval, Grad::none));
+            outputs.push_back(std::move(out));
+        }
+        for (std::size_t plan = 1; plan < outputs.size(); ++plan) {
+            ASSERT_EQ(outputs[plan].size(), outputs[0].size());
+            for (std::size_t i = 0; i < outputs[0].size(); ++i)
+                EXPECT_EQ(outputs[plan][i], outputs[0][i])
+                    << spec << " " << format_shape(shape) << ": output " << i << ", plan " << plan;
         }
     }
 }

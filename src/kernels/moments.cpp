@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include "kernels/rows.hpp"
+#include "normlab/runtime.hpp"
 
 namespace normlab::kernels {
 namespace {
@@ -30,26 +31,31 @@ double* scratch(Slot slot, std::size_t n) {
     return p;
 }
 
-// Tensors from this size on are written with streaming stores where a kernel writes whole runs
-// of one channel (rows::affine_streamed, rows::apply_streamed): at half of a 32 MiB last-level
-// cache, an input, its output and x̂ no longer fit in it together, so the output would be
-// evicted before anyone reads it and the stores would only cost reads of the lines they replace.
-constexpr std::size_t kStreamingBytes = std::size_t{16} << 20;
-
+// Tensors from half the last-level cache on are written with streaming stores where a kernel
+// writes whole runs of one channel (rows::affine_streamed, rows::apply_streamed): an input, its
+// output and x̂ no longer fit in it together, so the output would be evicted before anyone reads
+// it and the stores would only cost reads of the lines they replace. With a larger cache the
+// output stays: on an Intel Xeon VM with a 260 MiB L3, streamed from a fixed 16 MiB, the 25.7 MB
+// outputs of (32, 64, 56, 56) went to a memory of half the L3's bandwidth, and BatchNorm's
+// training forward took 2.4-2.7 ms instead of 1.3-1.8 (medians, interleaved runs).
 template <class T>
 bool streams(const NcsView& v) {
-    return v.size() * sizeof(T) >= kStreamingBytes;
+    return v.size() * sizeof(T) >= last_level_cache_bytes() / 2;
 }
 
 // Tensors under this size stay in the last-level cache from one call to the next: at a quarter of
 // a 32 MiB cache, a pass's other tensors of the same size (y; or dy and dx) still fit beside
 // them. Where the best order of work differs, kernels choose it by this: for data in cache, or
-// for data coming from memory.
+// for data coming from memory. A quarter of a smaller cache, but not more with a larger one: the
+// in-cache orders were tuned on tensors of L2 to a few L3 sizes, and on an Intel Xeon VM with a
+// 260 MiB L3, BatchNorm's backward on (32, 64, 56, 56) (25.7 MB) taken as in cache was 1.3-1.6x
+// slower: its two stages read dy and x twice from an L3 of ~25 GB/s per core, where the fused
+// pass reads them once.
 constexpr std::size_t kCachedBytes = std::size_t{8} << 20;
 
 template <class T>
 bool stays_cached(const NcsView& v) {
-    return v.size() * sizeof(T) < kCachedBytes;
+    return v.size() * sizeof(T) < std::min(kCachedBytes, last_level_cache_bytes() / 4);
 }
 
 // How many rows after rows [n0, n1) a kernel walking them should prefetch: the next group's, up

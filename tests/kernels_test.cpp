@@ -10,6 +10,7 @@
 
 #include "gradient_check.hpp"
 #include "kernels/set_backward.hpp"
+#include "kernels/vector_width.hpp"
 #include "normlab/normlab.hpp"
 #include "normlab/runtime.hpp"
 
@@ -120,6 +121,42 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
                 EXPECT_EQ(outputs[plan][i], outputs[0][i])
                     << spec << " " << format_shape(shape) << ": output " << i << ", plan " << plan;
         }
+    }
+}
+
+// The kernels' float vector widths (sixteen to a vector on AVX-512 machines, eight elsewhere)
+// give the same bits: layers whose forward normalizes a run while summing the next
+// (rows::affine_summing_next: sets on rows, and per-sample sets of tensors out of cache), runs
+// with and without a tail, γ per element and per channel; then their backward.
+TEST(Kernels, BothVectorWidthsGiveTheSameBits) {
+    struct Case {
+        std::string spec;
+        Shape shape;
+    };
+    const std::vector<Case> cases = {
+        {"layer_norm", {64, 1024}},
+        {"layer_norm", {67, 1027}},
+        {"rms_norm", {67, 1027}},
+        {"group_norm(groups=8)", {67, 1000}},  // sets of 125 values on rows
+        {"layer_norm", {8, 64, 4099}},         // out of cache: runs of one channel
+        {"group_norm(groups=32)", {8, 64, 4099}},
+    };
+    const bool machine_width = kernels::wide_vectors();
+    for (const auto& [spec, shape] : cases) {
+        const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(shape, 42));
+        Tensor y[2], y_eval[2], dx[2];
+        for (bool wide : {false, true}) {
+            kernels::set_wide_vectors(wide);
+            auto norm = make_normalizer(spec, shape[1]);
+            y[wide] = norm->forward(x, Mode::train);
+            dx[wide] = norm->backward(dy);
+            y_eval[wide] = norm->forward(x, Mode::eval, Grad::none);
+        }
+        kernels::set_wide_vectors(machine_width);
+        EXPECT_EQ(y[0], y[1]) << spec << " " << format_shape(shape);
+        EXPECT_EQ(dx[0], dx[1]) << spec << " " << format_shape(shape);
+        EXPECT_EQ(y_eval[0], y_eval[1]) << spec << " " << format_shape(shape);
     }
 }
 

@@ -124,10 +124,10 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
     }
 }
 
-// The kernels' float vector widths (sixteen to a vector on AVX-512 machines, eight elsewhere)
-// give the same bits: layers whose forward normalizes a run while summing the next
-// (rows::affine_summing_next: sets on rows, and per-sample sets of tensors out of cache), runs
-// with and without a tail, γ per element and per channel; then their backward.
+// The kernels' float vector widths for sums (sixteen to a vector on AVX-512 machines, eight
+// elsewhere) give the same bits: sets on rows, across the batch and per sample, in cache and out
+// of it (where a run is normalized while the next is summed), runs with and without a tail, γ
+// per element and per channel; forward, backward and inference.
 TEST(Kernels, BothVectorWidthsGiveTheSameBits) {
     struct Case {
         std::string spec;
@@ -138,8 +138,12 @@ TEST(Kernels, BothVectorWidthsGiveTheSameBits) {
         {"layer_norm", {67, 1027}},
         {"rms_norm", {67, 1027}},
         {"group_norm(groups=8)", {67, 1000}},  // sets of 125 values on rows
-        {"layer_norm", {8, 64, 4099}},         // out of cache: runs of one channel
+        {"batch_norm", {67, 1027}},
+        {"batch_norm", {8, 256, 14, 14}},
+        {"instance_norm(affine=true)", {4, 16, 999}},
+        {"layer_norm", {8, 64, 4099}},  // out of cache: runs of one channel
         {"group_norm(groups=32)", {8, 64, 4099}},
+        {"batch_renorm", {8, 64, 4099}},
     };
     const bool machine_width = kernels::wide_vectors();
     for (const auto& [spec, shape] : cases) {

@@ -1074,13 +1074,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
 NORMLAB_INSTANTIATE_KERNELS(float)
 NORMLAB_INSTANTIATE_KERNELS(double)
 
-namespace {
 bool wide_vector_width = __builtin_cpu_supports("avx512f");
-}  // namespace
-
-bool wide_vectors() {
-    return wide_vector_width;
-}
 
 void set_wide_vectors(bool wide) {
     wide_vector_width = wide;

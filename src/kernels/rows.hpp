@@ -29,7 +29,7 @@ constexpr std::size_t kLanes = 16;
 
 // Sixteen double lanes as four vectors of four (one AVX2 register or two SSE2 registers each;
 // wider vectors make GCC spill them through memory on AVX2), so every ISA clone vectorizes the
-// same fixed order. Floats come eight to a vector (sixteen in loops written for a width W where
+// same fixed order. Floats come eight to a vector (sixteen in paired_sums' loop where
 // kernels::wide_vectors says so).
 using Double4 = double __attribute__((vector_size(32)));
 using Float8 = float __attribute__((vector_size(32)));
@@ -155,6 +155,9 @@ __attribute__((always_inline)) inline V splat(S value) {
     if constexpr (std::is_same_v<V, Float8>) {
         const Float8 f = {float(value)};
         return __builtin_shufflevector(f, f, 0, 0, 0, 0, 0, 0, 0, 0);
+    } else if constexpr (std::is_same_v<V, Float16>) {
+        const Float16 f = {float(value)};
+        return __builtin_shufflevector(f, f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     } else if constexpr (std::is_same_v<V, Double4>) {
         const Double4 d = {double(value)};
         return __builtin_shufflevector(d, d, 0, 0, 0, 0);
@@ -173,10 +176,7 @@ struct Splat {
     Float16 f16;
     Double4 d4;
     explicit Splat(T v)
-        : one(splat<T>(v)),
-          f8(splat<Float8>(v)),
-          f16(__builtin_shufflevector(f8, f8, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7)),
-          d4(splat<Double4>(v)) {}
+        : one(splat<T>(v)), f8(splat<Float8>(v)), f16(splat<Float16>(v)), d4(splat<Double4>(v)) {}
     template <class V>
     __attribute__((always_inline)) V as() const {
         if constexpr (std::is_same_v<V, Float8>)
@@ -218,10 +218,10 @@ __attribute__((always_inline)) inline void with_flags(bool a, bool b, F&& f) {
 // s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
 // vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
 // combined in float kRunSteps at a time and widened, a scalar tail in double (float runs shorter
-// than kShortRun: one vector of eight lanes, then the tail). Float terms come W to a vector (8:
-// two vectors per sixteen lanes; 16: one, see kernels::wide_vectors). Every sum of the
-// kernel is this loop with a different term. after(begin, end) is called once the sums of
-// [begin, end) are taken, in order, the ranges covering [0, n): a caller does other work on the
+// than kShortRun: one vector of eight lanes, then the tail). Float terms come sixteen to a vector
+// where kernels::wide_vectors says so (AVX-512), else eight, two vectors per sixteen lanes. Every
+// sum of the kernel is this loop with a different term. after(begin, end) is called once the sums
+// of [begin, end) are taken, in order, the ranges covering [0, n): a caller does other work on the
 // same range there, interleaved with the sums at the granularity of a float block.
 // Lanes 0-7 and 8-15 of a vector of sixteen floats.
 __attribute__((always_inline)) inline Float8 low8(Float16 f) {
@@ -231,9 +231,10 @@ __attribute__((always_inline)) inline Float8 high8(Float16 f) {
     return __builtin_shufflevector(f, f, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
-template <class T, std::size_t W = 8, class Term, class After>
+template <class T, class Term, class After>
 __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
                                                        double& s2, After&& after) {
+    const bool wide = wide_vectors();
     Sum16 a, q;
     double ta = 0, tq = 0;
     std::size_t i = 0;
@@ -254,7 +255,7 @@ __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& ter
         while (i + kLanes <= n) {
             const std::size_t begin = i;
             const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
-            if constexpr (W == 16) {
+            if (wide) {
                 Float16 fa = {}, fq = {};
                 for (; i < end; i += kLanes) {
                     const auto [u, w] = term(Float16{}, i);
@@ -301,10 +302,10 @@ __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& ter
     s2 += tq;
 }
 
-template <class T, std::size_t W = 8, class Term>
+template <class T, class Term>
 __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
                                                        double& s2) {
-    paired_sums<T, W>(n, term, s1, s2, [](std::size_t, std::size_t) {});
+    paired_sums<T>(n, term, s1, s2, [](std::size_t, std::size_t) {});
 }
 
 // s1 += Σ(p − shift), s2 += Σ(p − shift)².
@@ -568,15 +569,15 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
 // read path idle during the normalization; on rows in cache it also fills the vector units
 // that each loop alone leaves half idle (the sums are add-bound, the normalization load-bound).
 // y is streamed when `stream` (x̂ must then be null and y 16-byte aligned).
-template <class T, std::size_t W>
-NORMLAB_ISA_CLONES void affine_summing_next_w(const T* x, std::size_t n, T m, T sc, const T* g,
-                                              const T* b, std::size_t g_step, T* xhat, T* y,
-                                              bool stream, const T* next, double shift, double& s1,
-                                              double& s2) {
+template <class T>
+NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, const T* g,
+                                            const T* b, std::size_t g_step, T* xhat, T* y,
+                                            bool stream, const T* next, double shift, double& s1,
+                                            double& s2) {
     const Splat<T> mk{m}, sck{sc}, gk{g[0]}, bk{b[0]}, shiftk{T(shift)};
     const auto run = [&](auto stores_xhat, auto streams, auto one_g)
         __attribute__((always_inline)) {
-        paired_sums<T, W>(
+        paired_sums<T>(
             n,
             [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                 using V = decltype(tag);
@@ -601,21 +602,6 @@ NORMLAB_ISA_CLONES void affine_summing_next_w(const T* x, std::size_t n, T m, T 
                 });
         });
     if (stream) _mm_sfence();
-}
-
-// affine_summing_next_w at the machine's vector width: LayerNorm's training forward on
-// (256, 1024) and (1792, 512), 2 threads, medians on an AVX-512 Intel Xeon, 45-70 -> 40-42 and
-// 195-206 -> 185-189 us.
-template <class T>
-inline void affine_summing_next(const T* x, std::size_t n, T m, T sc, const T* g, const T* b,
-                                std::size_t g_step, T* xhat, T* y, bool stream, const T* next,
-                                double shift, double& s1, double& s2) {
-    if (wide_vectors())
-        affine_summing_next_w<T, 16>(x, n, m, sc, g, b, g_step, xhat, y, stream, next, shift, s1,
-                                     s2);
-    else
-        affine_summing_next_w<T, 8>(x, n, m, sc, g, b, g_step, xhat, y, stream, next, shift, s1,
-                                    s2);
 }
 
 // y (and x̂) of [begin, end) of one channel: affine with g_step 0, y streamed when `stream`

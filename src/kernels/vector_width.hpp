@@ -3,13 +3,17 @@
 
 namespace normlab::kernels {
 
-// Whether the kernels take floats sixteen to a vector: on machines with AVX-512 (detected at
-// start-up), where the avx512f clone of a loop written for sixteen holds each vector in one
-// register and does half the instructions of two vectors of eight. Elsewhere eight: the other
-// clones would split a vector of sixteen, and GCC spills such vectors through memory on AVX2.
+// Whether the kernels' sums (rows::paired_sums: every sum over a run) take floats sixteen to a
+// vector: on machines with AVX-512 (detected at start-up), where the avx512f clone holds each
+// vector in one register and does half the instructions of two vectors of eight. Elsewhere
+// eight: the other clones would split a vector of sixteen, and GCC spills such vectors through
+// memory on AVX2 (each clone has both loops and takes one by this flag, once per run).
 // Value i goes to lane i % 16 at either width, so results are the same bits; tests switch the
 // width to compare them (safe on any x86-64: the loops for sixteen have clones for every ISA).
-bool wide_vectors();
+extern bool wide_vector_width;
+inline bool wide_vectors() {
+    return wide_vector_width;
+}
 void set_wide_vectors(bool wide);
 
 }  // namespace normlab::kernels

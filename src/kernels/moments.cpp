@@ -1074,7 +1074,12 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
 NORMLAB_INSTANTIATE_KERNELS(float)
 NORMLAB_INSTANTIATE_KERNELS(double)
 
-bool wide_vector_width = __builtin_cpu_supports("avx512f");
+// Set while the library's globals are initialized, which may come before libgcc's own
+// initializer of the CPU features has run: __builtin_cpu_init first.
+bool wide_vector_width = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+}();
 
 void set_wide_vectors(bool wide) {
     wide_vector_width = wide;

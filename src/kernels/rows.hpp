@@ -215,14 +215,6 @@ __attribute__((always_inline)) inline void with_flags(bool a, bool b, F&& f) {
     }
 }
 
-// s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
-// vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
-// combined in float kRunSteps at a time and widened, a scalar tail in double (float runs shorter
-// than kShortRun: one vector of eight lanes, then the tail). Float terms come sixteen to a vector
-// where kernels::wide_vectors says so (AVX-512), else eight, two vectors per sixteen lanes. Every
-// sum of the kernel is this loop with a different term. after(begin, end) is called once the sums
-// of [begin, end) are taken, in order, the ranges covering [0, n): a caller does other work on the
-// same range there, interleaved with the sums at the granularity of a float block.
 // Lanes 0-7 and 8-15 of a vector of sixteen floats.
 __attribute__((always_inline)) inline Float8 low8(Float16 f) {
     return __builtin_shufflevector(f, f, 0, 1, 2, 3, 4, 5, 6, 7);
@@ -231,6 +223,14 @@ __attribute__((always_inline)) inline Float8 high8(Float16 f) {
     return __builtin_shufflevector(f, f, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
+// s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
+// vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
+// combined in float kRunSteps at a time and widened, a scalar tail in double (float runs shorter
+// than kShortRun: one vector of eight lanes, then the tail). Float terms come sixteen to a vector
+// where kernels::wide_vectors says so (AVX-512), else eight, two vectors per sixteen lanes. Every
+// sum of the kernel is this loop with a different term. after(begin, end) is called once the sums
+// of [begin, end) are taken, in order, the ranges covering [0, n): a caller does other work on the
+// same range there, interleaved with the sums at the granularity of a float block.
 template <class T, class Term, class After>
 __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
                                                        double& s2, After&& after) {

@@ -9,18 +9,8 @@ cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
 FILTER="${BENCH_FILTER:-}"
 OUT="${BENCH_OUT:-build-bench/results}"
-bash scripts/setup.sh
 # The peers: oneDNN (its CMake package config needs OpenCL's development files) and PyTorch.
-PEERS=(libdnnl-dev ocl-icd-opencl-dev python3-torch)
-missing_peers=()
-for p in "${PEERS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_peers+=("$p")
-done
-if [ ${#missing_peers[@]} -gt 0 ]; then
-  echo "benchmarks: installing the peers (${missing_peers[*]})" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing_peers[@]}" >/dev/null
-fi
+bash scripts/setup.sh libdnnl-dev ocl-icd-opencl-dev python3-torch
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNORMLAB_BUILD_BENCHMARKS=ON \
   -DNORMLAB_BUILD_TESTS=OFF -DNORMLAB_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench training_bench

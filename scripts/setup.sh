@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything normlab needs from Debian's packages (idempotent: does nothing when all
-# packages are present). Run as root or with sudo available.
+# packages are present), and any further packages named as arguments (benchmarks/run.sh: the
+# peers it compares with). Run as root or with sudo available.
 set -euo pipefail
 
 PACKAGES=(
@@ -11,6 +12,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
   python3 python3-numpy python3-matplotlib
+  "$@"
 )
 
 missing=()

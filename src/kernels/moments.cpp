@@ -144,15 +144,18 @@ std::pair<std::size_t, std::size_t> static_share(std::size_t count) {
 
 // Whether the stage passes over sets across the batch with trailing dimensions give each thread
 // the channels the forward gave it (grouped_sets takes a contiguous share of the sets), walking
-// them sample by sample, instead of a contiguous share of memory. The backward writes dx over the
-// input the forward read. Split by memory, BatchNorm's backward on 2 threads was at times slower
-// than on one (AMD Zen 5, medians: (2, 64, 56, 56) 86 -> 38 us, (8, 256, 14, 14) 102 -> 51-76,
-// (32, 256, 14, 14) 382 -> 252-292; x̂ stored and dx in a new array were never slow), presumably
-// because half of the lines each thread wrote were still held by the other core (not measured:
-// that machine had no cache-event counters). Not where the channels
+// them sample by sample, instead of a contiguous share of memory: for tensors that do not stay in
+// cache, whose forward goes by channel. The backward writes dx over the input the forward read.
+// Split by memory after a forward by channel, BatchNorm's backward on 2 threads was at times
+// slower than on one (AMD Zen 5, medians: (2, 64, 56, 56) 86 -> 38 us, (8, 256, 14, 14) 102 ->
+// 51-76, (32, 256, 14, 14) 382 -> 252-292; x̂ stored and dx in a new array were never slow),
+// presumably because half of the lines each thread wrote were still held by the other core (not
+// measured: that machine had no cache-event counters). In cache the forward on several threads
+// goes in memory order (standardize), and so do the stages after it. Not where the channels
 // would split unevenly (fewer than eight per thread, and not a multiple of the threads).
+template <class T>
 bool splits_by_channel(const NcsView& v, const SetSpec& sets) {
-    if (!sets.across_batch || v.s == 1) return false;
+    if (!sets.across_batch || v.s == 1 || stays_cached<T>(v)) return false;
     const std::size_t spp = sets.sets_per_sample(v);
     const auto threads = std::size_t(omp_get_max_threads());
     return spp % threads == 0 || spp >= 8 * threads;
@@ -160,12 +163,12 @@ bool splits_by_channel(const NcsView& v, const SetSpec& sets) {
 
 // Calls f(k, c0, offset) for every contiguous run of channels_per_set·S values that belong to
 // one set: k is the set, c0 its first channel, offset the run's first element.
-template <class F>
+template <class T, class F>
 void for_each_block(const NcsView& v, const SetSpec& sets, F&& f) {
     const std::size_t spp = sets.sets_per_sample(v);
     const std::size_t blocks = v.n * spp;
     const std::size_t block_len = sets.channels_per_set * v.s;
-    if (splits_by_channel(v, sets)) {
+    if (splits_by_channel<T>(v, sets)) {
 #pragma omp parallel if (v.size() >= kParallelMin)
         {
             const auto [k0, k1] = static_share(spp);
@@ -180,6 +183,62 @@ void for_each_block(const NcsView& v, const SetSpec& sets, F&& f) {
         const std::size_t kk = b % spp;
         f(sets.across_batch ? kk : b, kk * sets.channels_per_set, b * block_len);
     }
+}
+
+// Calls f(r0, count) for runs [r0, r0 + count) of one sample, covering every run of S values of
+// the [N][C][S] view once, each thread its share as for_each_block gives it: by channel (the
+// share's channels, sample after sample) where splits_by_channel, else a contiguous share of
+// memory cut at the samples' ends. Consecutive runs go to the rows::runs_* kernels together.
+template <class T, class F>
+void for_each_run_piece(const NcsView& v, const SetSpec& sets, F&& f) {
+    const bool by_channel = splits_by_channel<T>(v, sets);
+#pragma omp parallel if (v.size() >= kParallelMin)
+    {
+        if (by_channel) {
+            const std::size_t cps = sets.channels_per_set;
+            const auto [k0, k1] = static_share(sets.sets_per_sample(v));
+            for (std::size_t n = 0; n < v.n; ++n)
+                if (k1 > k0) f(n * v.c + k0 * cps, (k1 - k0) * cps);
+        } else {
+            const auto [r0, r1] = static_share(v.n * v.c);
+            for (std::size_t r = r0; r < r1;) {
+                const std::size_t stop = std::min(r1, (r / v.c + 1) * v.c);
+                f(r, stop - r);
+                r = stop;
+            }
+        }
+    }
+}
+
+// A per-set coefficient for each of the runs [r0, r0 + count) of one sample: the per-set array
+// itself where one set is one channel (offset to the piece), else the sets' values laid out per
+// run in `storage`.
+template <class T>
+const T* per_run(const T* per_set, const NcsView& v, const SetSpec& sets, std::size_t r0,
+                 std::size_t count, std::vector<T>& storage) {
+    const std::size_t n = r0 / v.c, c0 = r0 % v.c;
+    if (sets.channels_per_set == 1) return per_set + sets.set_of(n, c0, v);
+    storage.resize(count);
+    for (std::size_t j = 0; j < count; ++j)
+        storage[j] = per_set[sets.set_of(n, c0 + j, v)];
+    return storage.data();
+}
+
+// Σdy and Σdy·x̂ of the runs [r0, r0 + count) of one sample into s1[j], s2[j]: run_grad_sums_from
+// run by run, the same bits.
+template <class T>
+void runs_grad_sums_from(const T* dy, const XhatSource<T>& src, const NcsView& v,
+                         const SetSpec& sets, std::size_t r0, std::size_t count, double* s1,
+                         double* s2) {
+    const std::size_t at = r0 * v.s;
+    if (!src.x) {
+        rows::runs_grad_sums(dy + at, src.xhat ? src.xhat + at : nullptr, v.s, count, s1, s2);
+        return;
+    }
+    std::vector<T> m_storage, sc_storage;
+    rows::runs_grad_sums_from_input(dy + at, src.x + at, v.s, count,
+                                    per_run(src.shift, v, sets, r0, count, m_storage),
+                                    per_run(src.scale, v, sets, r0, count, sc_storage), s1, s2);
 }
 
 // Calls f(offset, rows) for consecutive groups of a few sample rows of C values of a dense
@@ -470,10 +529,12 @@ void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_s
     const std::size_t runs = v.n * v.c;
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t r = 0; r < runs; ++r)
-        run_grad_sums_from(dy, xhat, r * v.s, v.s, xhat.x ? sets->set_of(r / v.c, r % v.c, v) : 0,
-                           row1[r], row2[r]);
+    const SetSpec per_channel{true, 1};
+    const SetSpec& run_sets = sets ? *sets : per_channel;
+    // (A SetSpec of per-sample sets never splits by channel: runs in memory order.)
+    for_each_run_piece<T>(v, SetSpec{}, [&](std::size_t r0, std::size_t count) {
+        runs_grad_sums_from(dy, xhat, v, run_sets, r0, count, row1 + r0, row2 + r0);
+    });
     add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }
 
@@ -523,9 +584,14 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         std::vector<double> shift(num_sets);
         for (std::size_t k = 0; k < num_sets; ++k)
             shift[k] = center ? double(x[k * block_len]) : 0.0;
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-        for (std::size_t r = 0; r < runs; ++r)
-            rows::shifted_sums(x + r * v.s, v.s, shift[(r % v.c) / cps], run1[r], run2[r]);
+        std::vector<double> channel_shift(v.c);
+        for (std::size_t c = 0; c < v.c; ++c)
+            channel_shift[c] = shift[c / cps];
+        // (Per-sample sets never split by channel: the runs in memory order.)
+        for_each_run_piece<T>(v, SetSpec{}, [&](std::size_t r0, std::size_t count) {
+            rows::runs_shifted_sums(x + r0 * v.s, v.s, count, channel_shift.data() + r0 % v.c,
+                                    run1 + r0, run2 + r0);
+        });
         for (std::size_t k = 0; k < num_sets; ++k) {
             double s1 = 0, s2 = 0;
             for (std::size_t n = 0; n < v.n; ++n)
@@ -568,7 +634,7 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
         return;
     }
     const T* off = or_constant(offset, zeros_k, sets.num_sets(v), T(0));
-    for_each_block(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
+    for_each_block<T>(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
         if (v.s == 1) {
             rows::affine(x + start, sets.channels_per_set, shift[k], scale[k], off[k], g + c0,
                          bt + c0, 1, xhat ? xhat + start : nullptr, y + start);
@@ -586,7 +652,27 @@ template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
                  const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y) {
     const bool stream = streams<T>(v);
-    if (sets.across_batch && v.s > 1) {
+    // Sets spread over the batch in two passes in memory order, statistics and then the
+    // normalization: on dense (N, C) inputs, whose sets span every row; and on tensors with
+    // trailing dimensions that stay in cache, when several threads share the work: each thread
+    // then reads the share of memory it is given, which is where the layer before (its threads
+    // writing contiguous shares) left it in this core's cache, while the fused pass below goes
+    // by channel through every sample and took half of its reads from the other core's cache.
+    // BatchNorm training forward, Intel Xeon VM, 2 threads, medians of interleaved runs:
+    // (2, 64, 56, 56) 87-95 -> 73-77 us, (8, 256, 14, 14) 110-120 -> 100-117. On one thread the
+    // fused pass stays: two passes over 1.6 MB were slower there (158-188 -> 190-205 us).
+    const bool in_memory_order =
+        sets.across_batch &&
+        (v.s == 1 || (stays_cached<T>(v) && v.size() >= kParallelMin && omp_get_max_threads() > 1));
+    if (in_memory_order) {
+        collect_moments(x, v, sets, center, mean, var);
+        for (std::size_t k = 0; k < sets.num_sets(v); ++k)
+            inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+        normalize_affine(x, v, sets, mean, inv_std, static_cast<const T*>(nullptr), gamma, beta,
+                         xhat, y);
+        return;
+    }
+    if (sets.across_batch) {
         // Each set's runs (one per sample and channel of the set) are summed in sample order and
         // normalized right after, while the set is still in this core's cache: x comes from
         // memory once instead of twice.
@@ -630,15 +716,6 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                 }
             },
             v.n);
-        return;
-    }
-    if (sets.across_batch) {
-        // Dense sets spread over the whole batch: statistics in memory order, then a second pass.
-        collect_moments(x, v, sets, center, mean, var);
-        for (std::size_t k = 0; k < sets.num_sets(v); ++k)
-            inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-        normalize_affine(x, v, sets, mean, inv_std, static_cast<const T*>(nullptr), gamma, beta,
-                         xhat, y);
         return;
     }
     std::vector<T> ones, zeros;
@@ -785,17 +862,9 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
     const std::size_t rows_total = v.n * v.c;
     double* row1 = scratch(kRow1, rows_total);
     double* row2 = scratch(kRow2, rows_total);
-    if (splits_by_channel(v, sets)) {
-        for_each_block(v, sets, [&](std::size_t k, std::size_t, std::size_t start) {
-            for (std::size_t r = start / v.s; r < start / v.s + cps; ++r)
-                run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
-        });
-    } else {
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-        for (std::size_t r = 0; r < rows_total; ++r)
-            run_grad_sums_from(dy, xhat, r * v.s, v.s, sets.set_of(r / v.c, r % v.c, v), row1[r],
-                               row2[r]);
-    }
+    for_each_run_piece<T>(v, sets, [&](std::size_t r0, std::size_t count) {
+        runs_grad_sums_from(dy, xhat, v, sets, r0, count, row1 + r0, row2 + r0);
+    });
     std::fill(set_sum_g, set_sum_g + num_sets, 0.0);
     if (set_sum_g_xhat) std::fill(set_sum_g_xhat, set_sum_g_xhat + num_sets, 0.0);
     if (chan_sum_dy) std::fill(chan_sum_dy, chan_sum_dy + v.c, 0.0);
@@ -842,7 +911,7 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         });
         return;
     }
-    for_each_block(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
+    for_each_block<T>(v, sets, [&](std::size_t k, std::size_t c0, std::size_t start) {
         if (v.s == 1) {
             if (reads_xhat && xhat.x)
                 rows::apply_from_input(dy + start, xhat.x + start, xhat.shift[k], xhat.scale[k],

@@ -778,6 +778,208 @@ NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc,
         s1, s2);
 }
 
+// Four vectors of four doubles as the columns of a 4×4 block: out[j] holds lane j of each,
+// in[i]'s in lane i.
+__attribute__((always_inline)) inline void transpose4(Double4 a, Double4 b, Double4 c, Double4 d,
+                                                      Double4 (&out)[4]) {
+    const Double4 t0 = __builtin_shufflevector(a, b, 0, 4, 2, 6);
+    const Double4 t1 = __builtin_shufflevector(a, b, 1, 5, 3, 7);
+    const Double4 t2 = __builtin_shufflevector(c, d, 0, 4, 2, 6);
+    const Double4 t3 = __builtin_shufflevector(c, d, 1, 5, 3, 7);
+    out[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    out[1] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    out[2] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    out[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+}
+
+// Four runs' totals side by side, run j in lane j, from each run's lane pairs (lane_pairs16):
+// total's order, lane pairs 0–3 of lo, then of hi, added one after the other to 0.
+__attribute__((always_inline)) inline Double4 four_totals(const Double4 (&lo)[4],
+                                                          const Double4 (&hi)[4]) {
+    Double4 p[4], r[4];
+    transpose4(lo[0], lo[1], lo[2], lo[3], p);
+    transpose4(hi[0], hi[1], hi[2], hi[3], r);
+    Double4 t = Double4{};
+    for (int j = 0; j < 4; ++j)
+        t += p[j];
+    for (int j = 0; j < 4; ++j)
+        t += r[j];
+    return t;
+}
+
+// paired_sums of R runs of n floats at once (n >= kShortRun), run j's (u, w) = term(V{}, j, i),
+// added to s1[j], s2[j]: the same lanes, blocks, totals and tail as R calls of paired_sums, so
+// the same bits. One run's float lanes are a chain of dependent adds through each block; runs of
+// a few hundred values (14×14 feature maps) were bound by that chain and by each run's totals and
+// tail waiting on it, where R runs side by side keep the adders busy.
+template <std::size_t R, class Term>
+__attribute__((always_inline)) inline void interleaved_run_sums(std::size_t n, Term&& term,
+                                                                double* s1, double* s2) {
+    Sum16 a[R], q[R];
+    const std::size_t body = n - n % kLanes;
+    std::size_t i = 0;
+    while (i < body) {
+        const std::size_t end = std::min(body, i + kFloatBlock);
+        if (wide_vectors()) {
+            Float16 fa[R] = {}, fq[R] = {};
+            for (; i < end; i += kLanes) {
+#pragma GCC unroll 4
+                for (std::size_t j = 0; j < R; ++j) {
+                    const auto [u, w] = term(Float16{}, j, i);
+                    fa[j] += u;
+                    fq[j] += u * w;
+                }
+            }
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j) {
+                add_widened(a[j], low8(fa[j]), high8(fa[j]));
+                add_widened(q[j], low8(fq[j]), high8(fq[j]));
+            }
+        } else {
+            Float8 fa0[R] = {}, fa1[R] = {}, fq0[R] = {}, fq1[R] = {};
+            for (; i < end; i += kLanes) {
+#pragma GCC unroll 4
+                for (std::size_t j = 0; j < R; ++j) {
+                    const auto [u0, w0] = term(Float8{}, j, i);
+                    const auto [u1, w1] = term(Float8{}, j, i + 8);
+                    fa0[j] += u0;
+                    fa1[j] += u1;
+                    fq0[j] += u0 * w0;
+                    fq1[j] += u1 * w1;
+                }
+            }
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j) {
+                add_widened(a[j], fa0[j], fa1[j]);
+                add_widened(q[j], fq0[j], fq1[j]);
+            }
+        }
+    }
+    if constexpr (R == 4) {
+        // The four runs' totals and tails side by side, run j in lane j: total's order, then
+        // the tail's values one after the other, as paired_sums adds them to each run's total.
+        const auto totals = [](const Sum16(&sums)[4]) __attribute__((always_inline)) {
+            Double4 lo[4], hi[4];
+            for (std::size_t j = 0; j < 4; ++j)
+                lane_pairs16(sums[j], lo[j], hi[j]);
+            return four_totals(lo, hi);
+        };
+        Double4 ta = totals(a), tq = totals(q);
+        for (i = body; i < n; ++i) {
+            const auto [u0, w0] = term(float{}, 0, i);
+            const auto [u1, w1] = term(float{}, 1, i);
+            const auto [u2, w2] = term(float{}, 2, i);
+            const auto [u3, w3] = term(float{}, 3, i);
+            const Double4 u = {double(u0), double(u1), double(u2), double(u3)};
+            const Double4 w = {double(w0), double(w1), double(w2), double(w3)};
+            ta += u;
+            tq += u * w;
+        }
+        const Double4 out1 = load_doubles(s1) + ta, out2 = load_doubles(s2) + tq;
+        std::memcpy(s1, &out1, sizeof out1);
+        std::memcpy(s2, &out2, sizeof out2);
+        return;
+    }
+    double ta[R], tq[R];
+#pragma GCC unroll 4
+    for (std::size_t j = 0; j < R; ++j) {
+        ta[j] = total(a[j]);
+        tq[j] = total(q[j]);
+    }
+    for (i = body; i < n; ++i)
+#pragma GCC unroll 4
+        for (std::size_t j = 0; j < R; ++j) {
+            const auto [u, w] = term(float{}, j, i);
+            ta[j] += double(u);
+            tq[j] += double(u) * double(w);
+        }
+#pragma GCC unroll 4
+    for (std::size_t j = 0; j < R; ++j) {
+        s1[j] += ta[j];
+        s2[j] += tq[j];
+    }
+}
+
+// paired_sums of `runs` consecutive runs of n values each (run j at j·n), term(V{}, j, i) at
+// value i of run j, run j's sums added to s1[j], s2[j], the same bits as run by run: float runs
+// from kShortRun values on go four (AVX-512: one register per vector) or two side by side
+// (interleaved_run_sums), others and the last few one by one.
+template <class T, class Term>
+__attribute__((always_inline)) inline void consecutive_run_sums(std::size_t n, std::size_t runs,
+                                                                Term&& term, double* s1,
+                                                                double* s2) {
+    std::size_t r = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        if (n >= kShortRun) {
+            const auto group = [&](auto size) __attribute__((always_inline)) {
+                constexpr std::size_t R = decltype(size)::value;
+                for (; r + R <= runs; r += R)
+                    interleaved_run_sums<R>(
+                        n,
+                        [&](auto tag, std::size_t j, std::size_t i)
+                            __attribute__((always_inline)) { return term(tag, r + j, i); },
+                        s1 + r, s2 + r);
+            };
+            if (wide_vectors())
+                group(std::integral_constant<std::size_t, 4>{});
+            else
+                group(std::integral_constant<std::size_t, 2>{});
+        }
+    }
+    for (; r < runs; ++r)
+        paired_sums<T>(
+            n,
+            [&](auto tag, std::size_t i) __attribute__((always_inline)) { return term(tag, r, i); },
+            s1[r], s2[r]);
+}
+
+// shifted_sums of `runs` consecutive runs of n values, run j shifted by shift[j]:
+// s1[j] += Σ(x − shift[j]), s2[j] += Σ(x − shift[j])².
+template <class T>
+NORMLAB_ISA_CLONES void runs_shifted_sums(const T* x, std::size_t n, std::size_t runs,
+                                          const double* shift, double* s1, double* s2) {
+    consecutive_run_sums<T>(
+        n, runs,
+        [&](auto tag, std::size_t j, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            const V d = load_as<V>(x + j * n + i) - splat<V>(T(shift[j]));
+            return std::pair{d, d};
+        },
+        s1, s2);
+}
+
+// grad_sums (gamma null) of `runs` consecutive runs of n values, x̂ stored (xhat may be null):
+// s1[j] += Σdy, s2[j] += Σdy·x̂ of run j.
+template <class T>
+NORMLAB_ISA_CLONES void runs_grad_sums(const T* dy, const T* xhat, std::size_t n, std::size_t runs,
+                                       double* s1, double* s2) {
+    consecutive_run_sums<T>(
+        n, runs,
+        [&](auto tag, std::size_t j, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            const std::size_t at = j * n + i;
+            return std::pair{load_as<V>(dy + at), xhat ? load_as<V>(xhat + at) : V{}};
+        },
+        s1, s2);
+}
+
+// runs_grad_sums with x̂ of run j recomputed from the input with m[j], sc[j], as
+// grad_sums_from_input.
+template <class T>
+NORMLAB_ISA_CLONES void runs_grad_sums_from_input(const T* dy, const T* x, std::size_t n,
+                                                  std::size_t runs, const T* m, const T* sc,
+                                                  double* s1, double* s2) {
+    consecutive_run_sums<T>(
+        n, runs,
+        [&](auto tag, std::size_t j, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            const std::size_t at = j * n + i;
+            const V h = standardized(load_as<V>(x + at), splat<V>(m[j]), splat<V>(sc[j]));
+            return std::pair{load_as<V>(dy + at), h};
+        },
+        s1, s2);
+}
+
 // column_grad_sums over h recomputed from the input: with m, sc per row (m_col null) or per
 // column (m_row null); the `ahead` rows after them are prefetched.
 template <class T>
@@ -1011,20 +1213,6 @@ constexpr bool short_set(std::size_t len) {
     return len <= kShortSetMax && (len < kShortRun ? len % kShortVector == 0 : len % kLanes == 0);
 }
 
-// Four vectors of four doubles as the columns of a 4×4 block: out[j] holds lane j of each,
-// in[i]'s in lane i.
-__attribute__((always_inline)) inline void transpose4(Double4 a, Double4 b, Double4 c, Double4 d,
-                                                      Double4 (&out)[4]) {
-    const Double4 t0 = __builtin_shufflevector(a, b, 0, 4, 2, 6);
-    const Double4 t1 = __builtin_shufflevector(a, b, 1, 5, 3, 7);
-    const Double4 t2 = __builtin_shufflevector(c, d, 0, 4, 2, 6);
-    const Double4 t3 = __builtin_shufflevector(c, d, 1, 5, 3, 7);
-    out[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
-    out[1] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
-    out[2] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
-    out[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
-}
-
 // paired_sums of sets k .. k + 3 of len values each (short_set(len)), set j's sums in lane j of
 // t1, t2, the same bits as paired_sums set by set: term(set, i) gives (u, w) at value i of the
 // row, which is in that set.
@@ -1079,20 +1267,8 @@ __attribute__((always_inline)) inline void four_set_sums(std::size_t k, std::siz
         lane_pairs16(a, a_lo[j], a_hi[j]);
         lane_pairs16(q, q_lo[j], q_hi[j]);
     }
-    const auto totals =
-        [](const Double4(&lo)[4], const Double4(&hi)[4]) __attribute__((always_inline)) {
-        Double4 p[4], r[4];
-        transpose4(lo[0], lo[1], lo[2], lo[3], p);
-        transpose4(hi[0], hi[1], hi[2], hi[3], r);
-        Double4 t = Double4{};
-        for (int j = 0; j < 4; ++j)
-            t += p[j];
-        for (int j = 0; j < 4; ++j)
-            t += r[j];
-        return t;
-    };
-    t1 = totals(a_lo, a_hi);
-    t2 = totals(q_lo, q_hi);
+    t1 = four_totals(a_lo, a_hi);
+    t2 = four_totals(q_lo, q_hi);
 }
 
 // Sets of `len` floats each, one after the other (GroupNorm's sets on a row), short_set(len):

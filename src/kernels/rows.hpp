@@ -811,74 +811,33 @@ __attribute__((always_inline)) inline Double4 four_totals(const Double4 (&lo)[4]
 // added to s1[j], s2[j]: the same lanes, blocks, totals and tail as R calls of paired_sums, so
 // the same bits. One run's float lanes are a chain of dependent adds through each block; runs of
 // a few hundred values (14×14 feature maps) were bound by that chain and by each run's totals and
-// tail waiting on it, where R runs side by side keep the adders busy.
+// tail waiting on it, where R runs side by side keep the adders busy. Eight floats per vector,
+// two vectors per sixteen lanes (the narrow width of paired_sums), two runs at a time (four would
+// not fit AVX2's registers).
 template <std::size_t R, class Term>
 __attribute__((always_inline)) inline void interleaved_run_sums(std::size_t n, Term&& term,
                                                                 double* s1, double* s2) {
     Sum16 a[R], q[R];
     const std::size_t body = n - n % kLanes;
-    std::size_t i = 0;
-    while (i < body) {
+    for (std::size_t i = 0; i < body;) {
         const std::size_t end = std::min(body, i + kFloatBlock);
-        if (wide_vectors()) {
-            Float16 fa[R] = {}, fq[R] = {};
-            for (; i < end; i += kLanes) {
-#pragma GCC unroll 4
-                for (std::size_t j = 0; j < R; ++j) {
-                    const auto [u, w] = term(Float16{}, j, i);
-                    fa[j] += u;
-                    fq[j] += u * w;
-                }
-            }
+        Float8 fa0[R] = {}, fa1[R] = {}, fq0[R] = {}, fq1[R] = {};
+        for (; i < end; i += kLanes) {
 #pragma GCC unroll 4
             for (std::size_t j = 0; j < R; ++j) {
-                add_widened(a[j], low8(fa[j]), high8(fa[j]));
-                add_widened(q[j], low8(fq[j]), high8(fq[j]));
-            }
-        } else {
-            Float8 fa0[R] = {}, fa1[R] = {}, fq0[R] = {}, fq1[R] = {};
-            for (; i < end; i += kLanes) {
-#pragma GCC unroll 4
-                for (std::size_t j = 0; j < R; ++j) {
-                    const auto [u0, w0] = term(Float8{}, j, i);
-                    const auto [u1, w1] = term(Float8{}, j, i + 8);
-                    fa0[j] += u0;
-                    fa1[j] += u1;
-                    fq0[j] += u0 * w0;
-                    fq1[j] += u1 * w1;
-                }
-            }
-#pragma GCC unroll 4
-            for (std::size_t j = 0; j < R; ++j) {
-                add_widened(a[j], fa0[j], fa1[j]);
-                add_widened(q[j], fq0[j], fq1[j]);
+                const auto [u0, w0] = term(Float8{}, j, i);
+                const auto [u1, w1] = term(Float8{}, j, i + 8);
+                fa0[j] += u0;
+                fa1[j] += u1;
+                fq0[j] += u0 * w0;
+                fq1[j] += u1 * w1;
             }
         }
-    }
-    if constexpr (R == 4) {
-        // The four runs' totals and tails side by side, run j in lane j: total's order, then
-        // the tail's values one after the other, as paired_sums adds them to each run's total.
-        const auto totals = [](const Sum16(&sums)[4]) __attribute__((always_inline)) {
-            Double4 lo[4], hi[4];
-            for (std::size_t j = 0; j < 4; ++j)
-                lane_pairs16(sums[j], lo[j], hi[j]);
-            return four_totals(lo, hi);
-        };
-        Double4 ta = totals(a), tq = totals(q);
-        for (i = body; i < n; ++i) {
-            const auto [u0, w0] = term(float{}, 0, i);
-            const auto [u1, w1] = term(float{}, 1, i);
-            const auto [u2, w2] = term(float{}, 2, i);
-            const auto [u3, w3] = term(float{}, 3, i);
-            const Double4 u = {double(u0), double(u1), double(u2), double(u3)};
-            const Double4 w = {double(w0), double(w1), double(w2), double(w3)};
-            ta += u;
-            tq += u * w;
+#pragma GCC unroll 4
+        for (std::size_t j = 0; j < R; ++j) {
+            add_widened(a[j], fa0[j], fa1[j]);
+            add_widened(q[j], fq0[j], fq1[j]);
         }
-        const Double4 out1 = load_doubles(s1) + ta, out2 = load_doubles(s2) + tq;
-        std::memcpy(s1, &out1, sizeof out1);
-        std::memcpy(s2, &out2, sizeof out2);
-        return;
     }
     double ta[R], tq[R];
 #pragma GCC unroll 4
@@ -886,7 +845,7 @@ __attribute__((always_inline)) inline void interleaved_run_sums(std::size_t n, T
         ta[j] = total(a[j]);
         tq[j] = total(q[j]);
     }
-    for (i = body; i < n; ++i)
+    for (std::size_t i = body; i < n; ++i)
 #pragma GCC unroll 4
         for (std::size_t j = 0; j < R; ++j) {
             const auto [u, w] = term(float{}, j, i);
@@ -900,30 +859,92 @@ __attribute__((always_inline)) inline void interleaved_run_sums(std::size_t n, T
     }
 }
 
+// Sixteen double lanes as two vectors of eight, lanes 0-7 and 8-15: the accumulators of the
+// AVX-512 loops, where each is one register (Sum16's four vectors of four, the width every clone
+// handles, take twice the instructions and, four runs at a time, spill).
+using Double8 = double __attribute__((vector_size(64)));
+
+// Lane j + lane j + 8 of sixteen lanes in two vectors of eight: lane_pairs16's lo (pairs 0-3)
+// and hi (pairs 4-7), the same sums.
+__attribute__((always_inline)) inline void lane_pairs16(const Double8 (&s)[2], Double4& lo,
+                                                        Double4& hi) {
+    const Double8 pairs = s[0] + s[1];
+    lo = __builtin_shufflevector(pairs, pairs, 0, 1, 2, 3);
+    hi = __builtin_shufflevector(pairs, pairs, 4, 5, 6, 7);
+}
+
+// Sixteen float lanes widened and added to two vectors of eight doubles (add_widened).
+__attribute__((always_inline)) inline void add_widened(Double8 (&s)[2], Float16 f) {
+    s[0] += __builtin_convertvector(low8(f), Double8);
+    s[1] += __builtin_convertvector(high8(f), Double8);
+}
+
+// interleaved_run_sums for four runs at sixteen floats per vector (paired_sums' wide width, on
+// AVX-512), every accumulator one register; the four runs' totals and tails side by side, run j
+// in lane j: total's order (four_totals), then the tail's values one after the other, as
+// paired_sums adds them to each run's total.
+template <class Term>
+__attribute__((always_inline)) inline void four_wide_run_sums(std::size_t n, Term&& term,
+                                                              double* s1, double* s2) {
+    Double8 a[4][2] = {}, q[4][2] = {};
+    const std::size_t body = n - n % kLanes;
+    for (std::size_t i = 0; i < body;) {
+        const std::size_t end = std::min(body, i + kFloatBlock);
+        Float16 fa[4] = {}, fq[4] = {};
+        for (; i < end; i += kLanes) {
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < 4; ++j) {
+                const auto [u, w] = term(Float16{}, j, i);
+                fa[j] += u;
+                fq[j] += u * w;
+            }
+        }
+#pragma GCC unroll 4
+        for (std::size_t j = 0; j < 4; ++j) {
+            add_widened(a[j], fa[j]);
+            add_widened(q[j], fq[j]);
+        }
+    }
+    const auto totals = [](const Double8(&sums)[4][2]) __attribute__((always_inline)) {
+        Double4 lo[4], hi[4];
+        for (std::size_t j = 0; j < 4; ++j)
+            lane_pairs16(sums[j], lo[j], hi[j]);
+        return four_totals(lo, hi);
+    };
+    Double4 ta = totals(a), tq = totals(q);
+    for (std::size_t i = body; i < n; ++i) {
+        const auto [u0, w0] = term(float{}, 0, i);
+        const auto [u1, w1] = term(float{}, 1, i);
+        const auto [u2, w2] = term(float{}, 2, i);
+        const auto [u3, w3] = term(float{}, 3, i);
+        const Double4 u = {double(u0), double(u1), double(u2), double(u3)};
+        const Double4 w = {double(w0), double(w1), double(w2), double(w3)};
+        ta += u;
+        tq += u * w;
+    }
+    const Double4 out1 = load_doubles(s1) + ta, out2 = load_doubles(s2) + tq;
+    std::memcpy(s1, &out1, sizeof out1);
+    std::memcpy(s2, &out2, sizeof out2);
+}
+
 // paired_sums of `runs` consecutive runs of n values each (run j at j·n), term(V{}, j, i) at
 // value i of run j, run j's sums added to s1[j], s2[j], the same bits as run by run: float runs
-// from kShortRun values on go four (AVX-512: one register per vector) or two side by side
-// (interleaved_run_sums), others and the last few one by one.
+// from kShortRun values on go four (four_wide_run_sums, on AVX-512) or two
+// (interleaved_run_sums) side by side, others and the last few one by one.
 template <class T, class Term>
 __attribute__((always_inline)) inline void consecutive_run_sums(std::size_t n, std::size_t runs,
                                                                 Term&& term, double* s1,
                                                                 double* s2) {
     std::size_t r = 0;
     if constexpr (std::is_same_v<T, float>) {
-        if (n >= kShortRun) {
-            const auto group = [&](auto size) __attribute__((always_inline)) {
-                constexpr std::size_t R = decltype(size)::value;
-                for (; r + R <= runs; r += R)
-                    interleaved_run_sums<R>(
-                        n,
-                        [&](auto tag, std::size_t j, std::size_t i)
-                            __attribute__((always_inline)) { return term(tag, r + j, i); },
-                        s1 + r, s2 + r);
-            };
-            if (wide_vectors())
-                group(std::integral_constant<std::size_t, 4>{});
-            else
-                group(std::integral_constant<std::size_t, 2>{});
+        const auto runs_from_r = [&](auto tag, std::size_t j, std::size_t i)
+            __attribute__((always_inline)) { return term(tag, r + j, i); };
+        if (n >= kShortRun && wide_vectors()) {
+            for (; r + 4 <= runs; r += 4)
+                four_wide_run_sums(n, runs_from_r, s1 + r, s2 + r);
+        } else if (n >= kShortRun) {
+            for (; r + 2 <= runs; r += 2)
+                interleaved_run_sums<2>(n, runs_from_r, s1 + r, s2 + r);
         }
     }
     for (; r < runs; ++r)

@@ -35,9 +35,11 @@ double* scratch(Slot slot, std::size_t n) {
 // writes whole runs of one channel (rows::affine_streamed, rows::apply_streamed): an input, its
 // output and x̂ no longer fit in it together, so the output would be evicted before anyone reads
 // it and the stores would only cost reads of the lines they replace. With a larger cache the
-// output stays: on an Intel Xeon VM with a 260 MiB L3, streamed from a fixed 16 MiB, the 25.7 MB
-// outputs of (32, 64, 56, 56) went to a memory of half the L3's bandwidth, and BatchNorm's
-// training forward took 2.4-2.7 ms instead of 1.3-1.8 (medians, interleaved runs).
+// output stays there for the layer that reads it next. (On an Intel Xeon VM with a 260 MiB L3,
+// streamed from a fixed 16 MiB, BatchNorm's training forward on (32, 64, 56, 56) took 2.4-2.7 ms
+// instead of 1.3-1.8; that was measured while the kernels still fenced after every run, which
+// made streaming slower than it is now: see rows::stream_floats. Streamed, the layer's own time
+// would now be about the same or shorter there, but its output would come from memory.)
 template <class T>
 bool streams(const NcsView& v) {
     return v.size() * sizeof(T) >= last_level_cache_bytes() / 2;
@@ -162,26 +164,29 @@ bool splits_by_channel(const NcsView& v, const SetSpec& sets) {
 }
 
 // Calls f(k, c0, offset) for every contiguous run of channels_per_set·S values that belong to
-// one set: k is the set, c0 its first channel, offset the run's first element.
+// one set: k is the set, c0 its first channel, offset the run's first element. Each thread
+// fences its streamed stores once, after its share (rows::fence_streamed_stores).
 template <class T, class F>
 void for_each_block(const NcsView& v, const SetSpec& sets, F&& f) {
     const std::size_t spp = sets.sets_per_sample(v);
     const std::size_t blocks = v.n * spp;
     const std::size_t block_len = sets.channels_per_set * v.s;
-    if (splits_by_channel<T>(v, sets)) {
+    const bool by_channel = splits_by_channel<T>(v, sets);
 #pragma omp parallel if (v.size() >= kParallelMin)
-        {
+    {
+        if (by_channel) {
             const auto [k0, k1] = static_share(spp);
             for (std::size_t n = 0; n < v.n; ++n)
                 for (std::size_t k = k0; k < k1; ++k)
                     f(k, k * sets.channels_per_set, (n * spp + k) * block_len);
+        } else {
+            const auto [b0, b1] = static_share(blocks);
+            for (std::size_t b = b0; b < b1; ++b) {
+                const std::size_t kk = b % spp;
+                f(sets.across_batch ? kk : b, kk * sets.channels_per_set, b * block_len);
+            }
         }
-        return;
-    }
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t b = 0; b < blocks; ++b) {
-        const std::size_t kk = b % spp;
-        f(sets.across_batch ? kk : b, kk * sets.channels_per_set, b * block_len);
+        rows::fence_streamed_stores();
     }
 }
 
@@ -494,6 +499,7 @@ void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum
                 for (std::size_t k = g0; k < g1; ++k)
                     write(n, k, k + group < k1, s1[k - g0], s2[k - g0]);
         }
+        rows::fence_streamed_stores();
     }
 }
 

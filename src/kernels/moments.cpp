@@ -246,6 +246,23 @@ void runs_grad_sums_from(const T* dy, const XhatSource<T>& src, const NcsView& v
                                     per_run(src.scale, v, sets, r0, count, sc_storage), s1, s2);
 }
 
+// out[c] += w[c]·sums[n·C + c] (w null: 1) for n = 0, 1, … in order: the per-run sums of an
+// [N][C] grid added up per channel in sample order, the channels of a sample in one loop over
+// arrays that do not overlap, which vectorizes.
+template <class T>
+void add_rows(const double* __restrict sums, const NcsView& v, const T* __restrict w,
+              double* __restrict out) {
+    for (std::size_t n = 0; n < v.n; ++n) {
+        const double* __restrict row = sums + n * v.c;
+        if (w)
+            for (std::size_t c = 0; c < v.c; ++c)
+                out[c] += double(w[c]) * row[c];
+        else
+            for (std::size_t c = 0; c < v.c; ++c)
+                out[c] += row[c];
+    }
+}
+
 // Calls f(offset, rows) for consecutive groups of a few sample rows of C values of a dense
 // (N, C) input (the rows::*_columns kernels load each column's coefficients once per group).
 // Tensors that do not stay in cache go a row at a time: a group's rows are written eight
@@ -598,6 +615,16 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
             rows::runs_shifted_sums(x + r0 * v.s, v.s, count, channel_shift.data() + r0 % v.c,
                                     run1 + r0, run2 + r0);
         });
+        if (cps == 1) {
+            // Set k is channel k: its runs added in sample order as below, by add_rows.
+            double* s1 = scratch(kTotal1, v.c);
+            double* s2 = scratch(kTotal2, v.c);
+            add_rows<T>(run1, v, nullptr, s1);
+            add_rows<T>(run2, v, nullptr, s2);
+            for (std::size_t k = 0; k < num_sets; ++k)
+                finish_moments(center, inv_m, shift[k], s1[k], s2[k], mean[k], var[k]);
+            return;
+        }
         for (std::size_t k = 0; k < num_sets; ++k) {
             double s1 = 0, s2 = 0;
             for (std::size_t n = 0; n < v.n; ++n)
@@ -875,6 +902,15 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
     if (set_sum_g_xhat) std::fill(set_sum_g_xhat, set_sum_g_xhat + num_sets, 0.0);
     if (chan_sum_dy) std::fill(chan_sum_dy, chan_sum_dy + v.c, 0.0);
     if (chan_sum_dy_xhat) std::fill(chan_sum_dy_xhat, chan_sum_dy_xhat + v.c, 0.0);
+    if (sets.across_batch && cps == 1) {
+        // Set k is channel k (a set looked up and four outputs tested per run took 7.9 us of
+        // BatchNorm's backward on (8, 256, 14, 14), add_rows 3.7).
+        add_rows(row1, v, g, set_sum_g);
+        if (set_sum_g_xhat) add_rows(row2, v, g, set_sum_g_xhat);
+        if (chan_sum_dy) add_rows<T>(row1, v, nullptr, chan_sum_dy);
+        if (chan_sum_dy_xhat) add_rows<T>(row2, v, nullptr, chan_sum_dy_xhat);
+        return;
+    }
     for (std::size_t n = 0; n < v.n; ++n) {
         for (std::size_t c = 0; c < v.c; ++c) {
             const std::size_t r = n * v.c + c;

@@ -236,14 +236,11 @@ void runs_grad_sums_from(const T* dy, const XhatSource<T>& src, const NcsView& v
                          const SetSpec& sets, std::size_t r0, std::size_t count, double* s1,
                          double* s2) {
     const std::size_t at = r0 * v.s;
-    if (!src.x) {
-        rows::runs_grad_sums(dy + at, src.xhat ? src.xhat + at : nullptr, v.s, count, s1, s2);
-        return;
-    }
     std::vector<T> m_storage, sc_storage;
-    rows::runs_grad_sums_from_input(dy + at, src.x + at, v.s, count,
-                                    per_run(src.shift, v, sets, r0, count, m_storage),
-                                    per_run(src.scale, v, sets, r0, count, sc_storage), s1, s2);
+    const T* m = src.x ? per_run(src.shift, v, sets, r0, count, m_storage) : nullptr;
+    const T* sc = src.x ? per_run(src.scale, v, sets, r0, count, sc_storage) : nullptr;
+    rows::runs_grad_sums(dy + at, src.xhat ? src.xhat + at : nullptr, src.x ? src.x + at : nullptr,
+                         m, sc, v.s, count, s1, s2);
 }
 
 // out[c] += w[c]·sums[n·C + c] (w null: 1) for n = 0, 1, … in order: the per-run sums of an

@@ -975,36 +975,29 @@ NORMLAB_ISA_CLONES void runs_shifted_sums(const T* x, std::size_t n, std::size_t
         s1, s2);
 }
 
-// grad_sums (gamma null) of `runs` consecutive runs of n values, x̂ stored (xhat may be null):
-// s1[j] += Σdy, s2[j] += Σdy·x̂ of run j.
+// grad_sums (gamma null) of `runs` consecutive runs of n values, s1[j] += Σdy and
+// s2[j] += Σdy·x̂ of run j, with x̂ stored in xhat, or (xhat null) formed from the input x with
+// m[j], sc[j] as grad_sums_from_input forms it, or neither (both null: x̂ taken as 0).
 template <class T>
-NORMLAB_ISA_CLONES void runs_grad_sums(const T* dy, const T* xhat, std::size_t n, std::size_t runs,
-                                       double* s1, double* s2) {
-    consecutive_run_sums<T>(
-        n, runs,
-        [&](auto tag, std::size_t j, std::size_t i) __attribute__((always_inline)) {
-            using V = decltype(tag);
-            const std::size_t at = j * n + i;
-            return std::pair{load_as<V>(dy + at), xhat ? load_as<V>(xhat + at) : V{}};
-        },
-        s1, s2);
-}
-
-// runs_grad_sums with x̂ of run j recomputed from the input with m[j], sc[j], as
-// grad_sums_from_input.
-template <class T>
-NORMLAB_ISA_CLONES void runs_grad_sums_from_input(const T* dy, const T* x, std::size_t n,
-                                                  std::size_t runs, const T* m, const T* sc,
-                                                  double* s1, double* s2) {
-    consecutive_run_sums<T>(
-        n, runs,
-        [&](auto tag, std::size_t j, std::size_t i) __attribute__((always_inline)) {
-            using V = decltype(tag);
-            const std::size_t at = j * n + i;
-            const V h = standardized(load_as<V>(x + at), splat<V>(m[j]), splat<V>(sc[j]));
-            return std::pair{load_as<V>(dy + at), h};
-        },
-        s1, s2);
+NORMLAB_ISA_CLONES void runs_grad_sums(const T* dy, const T* xhat, const T* x, const T* m,
+                                       const T* sc, std::size_t n, std::size_t runs, double* s1,
+                                       double* s2) {
+    with_flag(
+        xhat == nullptr && x != nullptr, [&](auto from_input) __attribute__((always_inline)) {
+            consecutive_run_sums<T>(
+                n, runs,
+                [&](auto tag, std::size_t j, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    const std::size_t at = j * n + i;
+                    V h{};
+                    if constexpr (from_input)
+                        h = standardized(load_as<V>(x + at), splat<V>(m[j]), splat<V>(sc[j]));
+                    else if (xhat)
+                        h = load_as<V>(xhat + at);
+                    return std::pair{load_as<V>(dy + at), h};
+                },
+                s1, s2);
+        });
 }
 
 // column_grad_sums over h recomputed from the input: with m, sc per row (m_col null) or per

@@ -190,6 +190,10 @@ void for_each_block(const NcsView& v, const SetSpec& sets, F&& f) {
     }
 }
 
+// Sets that for_each_run_piece never splits by channel (per-sample sets, one channel each): runs
+// in memory order, for passes whose split does not follow a SetSpec.
+const SetSpec kMemoryOrder{};
+
 // Calls f(r0, count) for runs [r0, r0 + count) of one sample, covering every run of S values of
 // the [N][C][S] view once, each thread its share as for_each_block gives it: by channel (the
 // share's channels, sample after sample) where splits_by_channel, else a contiguous share of
@@ -549,11 +553,10 @@ void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_s
     const std::size_t runs = v.n * v.c;
     double* row1 = scratch(kRow1, runs);
     double* row2 = scratch(kRow2, runs);
-    const SetSpec per_channel{true, 1};
-    const SetSpec& run_sets = sets ? *sets : per_channel;
-    // (A SetSpec of per-sample sets never splits by channel: runs in memory order.)
-    for_each_run_piece<T>(v, SetSpec{}, [&](std::size_t r0, std::size_t count) {
-        runs_grad_sums_from(dy, xhat, v, run_sets, r0, count, row1 + r0, row2 + r0);
+    // (Without sets x̂ is stored, and runs_grad_sums_from does not look at the SetSpec.)
+    for_each_run_piece<T>(v, kMemoryOrder, [&](std::size_t r0, std::size_t count) {
+        runs_grad_sums_from(dy, xhat, v, sets ? *sets : kMemoryOrder, r0, count, row1 + r0,
+                            row2 + r0);
     });
     add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }
@@ -601,16 +604,13 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         const std::size_t runs = v.n * v.c;
         double* run1 = scratch(kRun1, runs);
         double* run2 = scratch(kRun2, runs);
-        std::vector<double> shift(num_sets);
-        for (std::size_t k = 0; k < num_sets; ++k)
-            shift[k] = center ? double(x[k * block_len]) : 0.0;
-        std::vector<double> channel_shift(v.c);
+        // Each channel's shift is its set's: the set's first value (set k's at shift[k·cps]).
+        std::vector<double> shift(v.c);
         for (std::size_t c = 0; c < v.c; ++c)
-            channel_shift[c] = shift[c / cps];
-        // (Per-sample sets never split by channel: the runs in memory order.)
-        for_each_run_piece<T>(v, SetSpec{}, [&](std::size_t r0, std::size_t count) {
-            rows::runs_shifted_sums(x + r0 * v.s, v.s, count, channel_shift.data() + r0 % v.c,
-                                    run1 + r0, run2 + r0);
+            shift[c] = center ? double(x[(c / cps) * block_len]) : 0.0;
+        for_each_run_piece<T>(v, kMemoryOrder, [&](std::size_t r0, std::size_t count) {
+            rows::runs_shifted_sums(x + r0 * v.s, v.s, count, shift.data() + r0 % v.c, run1 + r0,
+                                    run2 + r0);
         });
         if (cps == 1) {
             // Set k is channel k: its runs added in sample order as below, by add_rows.
@@ -629,7 +629,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
                     s1 += run1[n * v.c + c];
                     s2 += run2[n * v.c + c];
                 }
-            finish_moments(center, inv_m, shift[k], s1, s2, mean[k], var[k]);
+            finish_moments(center, inv_m, shift[k * cps], s1, s2, mean[k], var[k]);
         }
         return;
     }

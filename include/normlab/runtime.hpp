@@ -24,8 +24,9 @@ bool set_blas_threads(int threads);
 // from one call to the next, where another order of work is faster. Detected on first use from
 // the C library (sysconf) or /sys (32 MiB where neither tells): 32 MiB on the AMD EPYC machines
 // the kernels were first tuned on; 260 MiB on an Intel Xeon whose L3 ran a 77 MB working set at
-// twice the bandwidth of its memory, where streaming 25.7 MB outputs to memory cost BatchNorm's
-// training forward 1.6x. A program that shares the cache with others can plan for its share.
+// twice the bandwidth of its memory, where 25.7 MB outputs kept in the L3 reach the layer that
+// reads them next at that speed. A program that shares the cache with others can plan for its
+// share.
 // The choice changes speed only: every path computes the same bits.
 void set_last_level_cache_bytes(std::size_t bytes);  // 0: the detected size again
 std::size_t last_level_cache_bytes();

@@ -99,9 +99,9 @@ inline void fence_streamed() {
 
 // Best-of-several triad bandwidth (bytes/s) with `bytes` moved per sweep, at the current
 // OpenMP thread count; cached per size. `streamed`: a[i] is written with stores that bypass the
-// caches, which save the read of each destination line a normal store costs (beyond the caches
-// the faster form; in cache the slower). The faster of the two at a working set is the most this
-// machine was seen to move there.
+// caches, which save the read of each destination line a normal store costs (on the Intel Xeon
+// VM of docs/benchmarks.md the faster form from 7 MB on, the slower within the per-core L2s). The
+// faster of the two at a working set is the most this machine was seen to move there.
 inline double triad_bandwidth(double bytes, bool streamed = false) {
     static std::map<std::pair<std::size_t, bool>, double> cache;
     // Each array a multiple of sixteen floats, so that every thread's share of a streamed sweep

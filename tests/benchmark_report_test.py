@@ -47,12 +47,35 @@ class Rounds(unittest.TestCase):
                            [entry("normlab/batch_norm/conv/bwd", 999.0, median=m,
                                   roofline=r, roofline_dram=r / 2)])
                      for i, (m, r) in enumerate([(100.0, 0.9), (130.0, 0.6), (110.0, 0.8)])]
-            times, counters, _, files, spread = report.collect_rounds(paths)
+            times, counters, _, files, spread, per_file = report.collect_rounds(paths)
         k = ("normlab", "batch_norm", "conv", "bwd")
         self.assertEqual(files, 3)
         self.assertEqual(times[k], 110.0)
         self.assertAlmostEqual(spread[k], 1.3)
         self.assertEqual(counters[k], (0.8, 0.4))
+        self.assertEqual(report.round_times(per_file, 3)[k], {0: 100.0, 1: 130.0, 2: 110.0})
+
+    def test_rounds_split_over_files_and_rounds_met(self):
+        # Two rounds of two files each (one per group of cases), as run.sh writes them.
+        per_file = [{("normlab", "a"): 10.0}, {("normlab", "b"): 20.0},
+                    {("normlab", "a"): 12.0}, {("normlab", "b"): 30.0}]
+        ours = report.round_times(per_file, 2)
+        self.assertEqual(ours[("normlab", "a")], {0: 10.0, 1: 12.0})
+        self.assertEqual(ours[("normlab", "b")], {0: 20.0, 1: 30.0})
+        ours[("peer", "a")] = {0: 14.0, 1: 17.0}
+        # 14 >= 1.5 * 10 fails, 17 >= 1.5 * 12 fails; at factor 1 both hold.
+        self.assertEqual(report.rounds_met(ours, ("normlab", "a"), ("peer", "a"), 1.5), (0, 2))
+        self.assertEqual(report.rounds_met(ours, ("normlab", "a"), ("peer", "a"), 1.0), (2, 2))
+
+    def test_reach_uses_the_faster_triad(self):
+        triad = {("triad", "conv_bwd", "threads:2"): (50.0, 6.0e6),
+                 ("triad_streamed", "conv_bwd", "threads:2"): (60.0, 6.0e6)}
+        # 6 MB in 200 us is 30 GB/s: half of the faster (streamed) triad's 60.
+        self.assertAlmostEqual(report.reach(triad, "conv", "bwd", 2, 200.0), 50.0)
+        # In 50 us it would take 120 GB/s, twice what was measured: out of reach.
+        self.assertAlmostEqual(report.reach(triad, "conv", "bwd", 2, 50.0), 200.0)
+        self.assertIsNone(report.reach(triad, "conv", "fwd_eval", 2, 200.0))
+        self.assertIsNone(report.reach(triad, "conv", "bwd", 1, 200.0))
 
 
 class Page(unittest.TestCase):
@@ -94,7 +117,40 @@ class Page(unittest.TestCase):
         self.assertIn("| at least 1.5× faster than PyTorch 1.13 | 1 of 2 |", page)
         self.assertIn("Missed, slower than oneDNN: batch_norm conv bwd (0.90×).", page)
         self.assertIn("Missed, below 70% of roofline: batch_norm conv bwd (50%).", page)
-        self.assertIn("| conv_fwd | 50.0 MB | 28.0 | 50.0 |", page)
+        self.assertIn("| conv_fwd | 50.0 MB | 28.0 | 50.0 | — | — |", page)
+
+    def test_misses_say_rounds_and_reach(self):
+        with tempfile.TemporaryDirectory() as d:
+            ours, torch, onednn = [], [], []
+            for r, (mine, peer, dnnl) in enumerate([(200.0, 250.0, 190.0), (220.0, 350.0, 230.0)]):
+                entries = [entry("normlab/batch_norm/conv/bwd", 0, median=mine, roofline=0.5,
+                                 roofline_dram=0.9)]
+                if r == 0:
+                    entries += [
+                        {"name": "triad/conv_bwd/threads:2", "run_type": "iteration",
+                         "bandwidth_GBps": 50.0, "bytes": 6.0e6},
+                        {"name": "triad_streamed/conv_bwd/threads:2", "run_type": "iteration",
+                         "bandwidth_GBps": 60.0, "bytes": 6.0e6}]
+                ours.append(write(d, f"normlab_{r}.json", entries))
+                torch.append(write(d, f"pytorch_{r}.json",
+                                   [entry("pytorch/batch_norm/conv/bwd", peer)]))
+                onednn.append(write(d, f"onednn_{r}.json",
+                                    [entry("onednn_plain/batch_norm/conv/bwd", 0, median=dnnl)]))
+            out = os.path.join(d, "page.md")
+            subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"),
+                            "--rounds", "2", "--normlab", *ours, "--onednn", *onednn,
+                            "--pytorch", *torch, "--machine", "threads: 2   commit: x",
+                            "--command", "test", "--out", out], check=True)
+            with open(out) as fh:
+                page = fh.read()
+        # Medians: ours 210, oneDNN 210 (met), PyTorch 300 (1.43×: missed). Round by round
+        # PyTorch's 250 < 300 and 350 >= 330; 1.5× asks 6 MB in 200 us, 50% of 60 GB/s.
+        self.assertIn("| at least 1.5× faster than PyTorch 1.13 | 0 of 1 |", page)
+        self.assertIn("Missed, less than 1.5× faster than PyTorch: batch_norm conv bwd (1.43×; "
+                      "met in 1 of 2 rounds; 1.5× needs 50%).", page)
+        self.assertIn("(0 of 1 misses here)", page)
+        self.assertIn("| conv_bwd | 6.0 MB | — | 50.0 | — | 60.0 |", page)
+        self.assertNotIn("Missed, slower than oneDNN", page)
 
 
 if __name__ == "__main__":

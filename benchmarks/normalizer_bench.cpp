@@ -71,6 +71,40 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
     add_traffic_counters(state, minimal_bytes(shape, pass), calls);
 }
 
+// A chain of `layers` BatchNorm layers in inference, each reading the output of the one before,
+// as in a network's forward pass, with the kernels planning for the detected last-level cache or
+// for `plan_bytes` (0: detected). What it measures: whether writing each output with streaming
+// stores (a 32 MiB plan streams the conv shape's 25.7 MB outputs) pays off once the next layer
+// has to read that output back from memory instead of the cache. The median time per layer.
+void run_chain(benchmark::State& state, const ShapeCase& shape, int layers,
+               std::size_t plan_bytes) {
+    xt::random::seed(1);
+    const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
+    std::vector<std::unique_ptr<Normalizer>> chain;
+    for (int l = 0; l < layers; ++l) {
+        chain.push_back(make_normalizer("batch_norm", shape.dims[1]));
+        chain.back()->begin_epoch();
+        chain.back()->forward(x, Mode::train, Grad::none);
+        chain.back()->end_epoch();
+    }
+    set_last_level_cache_bytes(plan_bytes);
+    CallTimes calls;
+    for (auto _ : state) {
+        const auto t0 = std::chrono::steady_clock::now();
+        Tensor y = chain[0]->forward(x, Mode::eval, Grad::none);
+        for (int l = 1; l < layers; ++l)
+            y = chain[std::size_t(l)]->forward(y, Mode::eval, Grad::none);
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        benchmark::DoNotOptimize(y.data());
+        state.SetIterationTime(seconds);
+        calls.add(seconds / layers);
+    }
+    set_last_level_cache_bytes(0);
+    state.counters["call_median_us"] = calls.median() * 1e6;
+    state.counters["threads"] = omp_get_max_threads();
+}
+
 void register_all() {
     register_triad_benchmarks();
     for (const auto& variant : registered_variants()) {
@@ -88,6 +122,22 @@ void register_all() {
                     ->MinTime(0.1);
             }
         }
+    }
+    for (const auto& shape : shape_suite()) {
+        if (shape.name != "conv") continue;
+        for (int layers : {1, 4})
+            for (std::size_t plan : {std::size_t{0}, std::size_t{32} << 20}) {
+                const std::string name = "chain/batch_norm/" + shape.name +
+                                         "/fwd_eval/layers:" + std::to_string(layers) +
+                                         (plan ? "/plan:32MiB" : "/plan:detected");
+                benchmark::RegisterBenchmark(name.c_str(),
+                                             [shape, layers, plan](benchmark::State& state) {
+                                                 run_chain(state, shape, layers, plan);
+                                             })
+                    ->UseManualTime()
+                    ->Unit(benchmark::kMicrosecond)
+                    ->MinTime(0.1);
+            }
     }
 }
 

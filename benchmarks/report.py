@@ -45,6 +45,11 @@ def to_us(entry):
 
 def key(name):
     impl, variant, shape, pass_name = name.split("/")[:4]
+    if impl == "chain":
+        # chain/<variant>/<shape>/<pass>/layers:L/plan:P: the chain's length and cache plan
+        # are part of the case.
+        layers, plan = name.split("/")[4:6]
+        return impl, variant, shape, (pass_name, int(layers.split(":")[1]), plan.split(":")[1])
     return impl, variant, shape, pass_name
 
 
@@ -329,10 +334,38 @@ def main():
     triad_lines.append("")
     insert_at = lines.index(f"## `{variants[0]}`") if variants else len(lines)
     lines[insert_at:insert_at] = head + triad_lines
+    lines += chain_section(times)
     if args.training:
         lines += training_section(load(args.training))
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def chain_section(times):
+    """Per-layer times of chains of inference layers with outputs kept in the cache (the
+    kernels planning for the detected last-level cache) or streamed (planning for 32 MiB)."""
+    chains = {k: v for k, v in times.items() if k[0] == "chain" and v}
+    if not chains:
+        return []
+    out = ["## Outputs kept in the cache or streamed", "",
+           "normlab's kernels write outputs with normal stores, which keep them in the cache, "
+           "while they fit in half the last-level cache, and with streaming stores, which send "
+           "them to memory, from there on. A streamed output costs its pass less (no read of "
+           "each destination line before it is written) and the layer that reads it next more "
+           "(it comes from memory). Below: the time per layer of a chain of BatchNorm layers "
+           "in inference, each reading the output of the one before (`chain/` in "
+           "`normalizer_bench`), with the kernels planning for the detected last-level cache "
+           "(outputs of this size kept) and for 32 MiB (streamed), medians over the rounds.", "",
+           "| layers | shape | µs per layer, kept (detected cache) | µs per layer, streamed "
+           "(32 MiB plan) | streamed / kept |", "|---:|---|---:|---:|---:|"]
+    for variant, shape, layers in sorted({(k[1], k[2], k[3][1]) for k in chains},
+                                         key=lambda t: (t[0], t[1], t[2])):
+        kept = chains.get(("chain", variant, shape, ("fwd_eval", layers, "detected")))
+        streamed = chains.get(("chain", variant, shape, ("fwd_eval", layers, "32MiB")))
+        out.append(f"| {layers} | {variant} {shape} {SHAPE_TEXT.get(shape, '')} | "
+                   f"{fmt_us(kept)} | {fmt_us(streamed)} | "
+                   f"{'—' if not kept or not streamed else f'{streamed / kept:.2f}×'} |")
+    return out + [""]
 
 
 def thread_count(machine):

@@ -78,6 +78,23 @@ class Rounds(unittest.TestCase):
         self.assertIsNone(report.reach(triad, "conv", "bwd", 1, 200.0))
 
 
+class Chains(unittest.TestCase):
+    def test_chain_cases_are_keyed_by_length_and_plan(self):
+        self.assertEqual(
+            report.key("chain/batch_norm/conv/fwd_eval/layers:4/plan:32MiB/min_time:0.100/"
+                       "manual_time"),
+            ("chain", "batch_norm", "conv", ("fwd_eval", 4, "32MiB")))
+
+    def test_section_gives_time_per_layer_and_the_ratio(self):
+        times = {("chain", "batch_norm", "conv", ("fwd_eval", 4, "detected")): 1000.0,
+                 ("chain", "batch_norm", "conv", ("fwd_eval", 4, "32MiB")): 1500.0,
+                 ("normlab", "batch_norm", "conv", "fwd_eval"): 900.0}
+        section = report.chain_section(times)
+        self.assertIn("| 4 | batch_norm conv (32, 64, 56, 56) | 1,000 | 1,500 | 1.50× |", section)
+        self.assertEqual(report.chain_section({("normlab", "batch_norm", "conv", "bwd"): 1.0}),
+                         [])
+
+
 class Page(unittest.TestCase):
     def test_ratios_and_targets(self):
         with tempfile.TemporaryDirectory() as d:

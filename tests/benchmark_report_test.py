@@ -47,7 +47,7 @@ class Rounds(unittest.TestCase):
                            [entry("normlab/batch_norm/conv/bwd", 999.0, median=m,
                                   roofline=r, roofline_dram=r / 2)])
                      for i, (m, r) in enumerate([(100.0, 0.9), (130.0, 0.6), (110.0, 0.8)])]
-            times, counters, _, files, spread, per_file = report.collect_rounds(paths)
+            times, counters, _, files, spread, per_file, _ = report.collect_rounds(paths)
         k = ("normlab", "batch_norm", "conv", "bwd")
         self.assertEqual(files, 3)
         self.assertEqual(times[k], 110.0)
@@ -68,14 +68,27 @@ class Rounds(unittest.TestCase):
         self.assertEqual(report.rounds_met(ours, ("normlab", "a"), ("peer", "a"), 1.0), (2, 2))
 
     def test_reach_uses_the_faster_triad(self):
-        triad = {("triad", "conv_bwd", "threads:2"): (50.0, 6.0e6),
-                 ("triad_streamed", "conv_bwd", "threads:2"): (60.0, 6.0e6)}
-        # 6 MB in 200 us is 30 GB/s: half of the faster (streamed) triad's 60.
-        self.assertAlmostEqual(report.reach(triad, "conv", "bwd", 2, 200.0), 50.0)
+        triad = {("triad", "conv_bwd", "threads:2"): (45.0, 6.0e6),
+                 ("triad_streamed", "conv_bwd", "threads:2"): (55.0, 6.0e6)}
+        peaks = {("triad", "conv_bwd", "threads:2"): 50.0,
+                 ("triad_streamed", "conv_bwd", "threads:2"): 60.0}
+        # 6 MB in 200 us is 30 GB/s: half of the faster (streamed) triad's best round, 60.
+        self.assertAlmostEqual(report.reach(triad, peaks, "conv", "bwd", 2, 200.0), 50.0)
         # In 50 us it would take 120 GB/s, twice what was measured: out of reach.
-        self.assertAlmostEqual(report.reach(triad, "conv", "bwd", 2, 50.0), 200.0)
-        self.assertIsNone(report.reach(triad, "conv", "fwd_eval", 2, 200.0))
-        self.assertIsNone(report.reach(triad, "conv", "bwd", 1, 200.0))
+        self.assertAlmostEqual(report.reach(triad, peaks, "conv", "bwd", 2, 50.0), 200.0)
+        self.assertIsNone(report.reach(triad, peaks, "conv", "fwd_eval", 2, 200.0))
+        self.assertIsNone(report.reach(triad, peaks, "conv", "bwd", 1, 200.0))
+
+    def test_peaks_are_the_fastest_round(self):
+        with tempfile.TemporaryDirectory() as d:
+            paths = [write(d, f"r{i}.json",
+                           [{"name": "triad_streamed/conv_bwd/threads:2", "run_type": "iteration",
+                             "bandwidth_GBps": g, "bytes": 6.0e6}])
+                     for i, g in enumerate([40.0, 70.0, 50.0])]
+            _, _, triad, _, _, _, peaks = report.collect_rounds(paths)
+        k = ("triad_streamed", "conv_bwd", "threads:2")
+        self.assertEqual(triad[k], (50.0, 6.0e6))
+        self.assertEqual(peaks[k], 70.0)
 
 
 class Chains(unittest.TestCase):

@@ -13,7 +13,10 @@ OUT="${BENCH_OUT:-build-bench/results}"
 bash scripts/setup.sh libdnnl-dev ocl-icd-opencl-dev python3-torch
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNORMLAB_BUILD_BENCHMARKS=ON \
   -DNORMLAB_BUILD_TESTS=OFF -DNORMLAB_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench training_bench
+cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench training_bench \
+  normlab_cli
+# The whole-model figures run through OpenBLAS: its widest kernels for this CPU (blas-env.sh).
+source scripts/blas-env.sh build-bench
 mkdir -p "$OUT"
 export OMP_NUM_THREADS="$THREADS" OMP_PROC_BIND=close
 # Freed tensors are reused instead of being handed back to the kernel and faulted in again on

@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
+source scripts/blas-env.sh "${NORMLAB_BUILD_DIR:-build}"
 "${NORMLAB_BUILD_DIR:-build}/normlab" stress --out "${NORMLAB_STRESS_OUT:-stress-out}" "$@"

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh "$@"
+source scripts/blas-env.sh "${NORMLAB_BUILD_DIR:-build}"
 ctest --test-dir "${NORMLAB_BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"

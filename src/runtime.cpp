@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>  // defines __GLIBC__ on glibc systems
 #include <fstream>
 #include <string>
@@ -11,8 +13,9 @@
 #include <malloc.h>
 #endif
 
-// OpenBLAS's control; a weak reference, null when another BLAS is linked.
+// OpenBLAS's controls; weak references, null when another BLAS is linked.
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" char* openblas_get_corename() __attribute__((weak));
 
 namespace normlab {
 
@@ -83,6 +86,43 @@ void set_last_level_cache_bytes(std::size_t bytes) {
 std::size_t last_level_cache_bytes() {
     const std::size_t chosen = chosen_cache_bytes.load(std::memory_order_relaxed);
     return chosen > 0 ? chosen : detected_cache_bytes();
+}
+
+std::string blas_core_name() {
+    if (openblas_get_corename == nullptr) return "";
+    const char* name = openblas_get_corename();
+    return name ? std::string(name) : std::string();
+}
+
+CpuVectorFeatures host_vector_features() {
+    CpuVectorFeatures f;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    f.avx = __builtin_cpu_supports("avx");
+    f.avx2 = __builtin_cpu_supports("avx2");
+    f.fma = __builtin_cpu_supports("fma");
+    f.avx512f = __builtin_cpu_supports("avx512f");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512dq = __builtin_cpu_supports("avx512dq");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+#endif
+    return f;
+}
+
+std::string fitting_blas_coretype(std::string_view detected_core, const CpuVectorFeatures& cpu) {
+    std::string core(detected_core);
+    std::transform(core.begin(), core.end(), core.begin(),
+                   [](unsigned char c) { return char(std::tolower(c)); });
+    if (core != "prescott") return "";
+    if (cpu.avx512f && cpu.avx512bw && cpu.avx512dq && cpu.avx512vl) return "SkylakeX";
+    if (cpu.avx2 && cpu.fma) return "Haswell";
+    if (cpu.avx) return "Sandybridge";
+    return "";
+}
+
+std::string fitting_blas_coretype() {
+    if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return "";
+    return fitting_blas_coretype(blas_core_name(), host_vector_features());
 }
 
 bool set_blas_threads(int threads) {

@@ -2,6 +2,8 @@
 // Process-wide settings that matter for speed but are the program's choice, not the library's.
 
 #include <cstddef>
+#include <string>
+#include <string_view>
 
 namespace normlab {
 
@@ -17,6 +19,30 @@ bool reuse_freed_memory();
 // need 1: a BLAS pool per run that spins while waiting oversubscribes the cores and slows every
 // run by orders of magnitude. Returns false when the BLAS library offers no such control.
 bool set_blas_threads(int threads);
+
+// The kernel set the BLAS library behind Linear and Conv2d chose for this CPU: OpenBLAS's core
+// name ("Haswell", "SkylakeX", ...), or "" when the BLAS is not OpenBLAS.
+std::string blas_core_name();
+
+// What a program can do when OpenBLAS runs kernels below what the CPU offers. OpenBLAS up to
+// 0.3.24 (Debian 12 ships 0.3.21) falls back to its SSE3 "Prescott" kernels on Intel CPUs whose
+// model number it does not know, as virtual machines often report; its environment variable
+// OPENBLAS_CORETYPE, read when the library loads (so it must be set before the program starts),
+// picks the kernels instead. Given the detected core name and the CPU's instruction set, the
+// value that gives the CPU the widest kernels it supports ("SkylakeX" with AVX-512 F, BW, DQ and
+// VL; "Haswell" with AVX2 and FMA; "Sandybridge" with AVX), or "" when the detected core is not
+// that fallback or nothing better fits. On a 2-vCPU Intel Xeon VM (AVX-512) that OpenBLAS 0.3.21
+// took for a Prescott, its SkylakeX kernels trained training_bench's MLP and CNN 1.5-1.7x and its
+// LSTM 1.3-1.5x as fast, and ran the stress test's quick preset in 74 s instead of 113.
+struct CpuVectorFeatures {
+    bool avx = false, avx2 = false, fma = false;
+    bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
+};
+CpuVectorFeatures host_vector_features();
+std::string fitting_blas_coretype(std::string_view detected_core, const CpuVectorFeatures& cpu);
+// The same for this process: OpenBLAS's detected core and this CPU ("" also where
+// OPENBLAS_CORETYPE is already set: the choice was made).
+std::string fitting_blas_coretype();
 
 // The size of the last-level cache the kernels plan their passes for: outputs of tensors from
 // half of it on are written with streaming stores, since they would be evicted before anyone

@@ -300,6 +300,15 @@ int main(int argc, char** argv) {
 
     auto* list = app.add_subcommand("list", "List the registered normalizers and their options");
 
+    auto* blas = app.add_subcommand(
+        "blas",
+        "Say which kernels OpenBLAS runs here and whether OPENBLAS_CORETYPE would give "
+        "the CPU wider ones");
+    bool coretype_only = false;
+    blas->add_flag("--coretype", coretype_only,
+                   "Print only the OPENBLAS_CORETYPE to set (nothing when none is needed), for "
+                   "scripts");
+
     auto* stress = app.add_subcommand(
         "stress",
         "Train every normalizer at every batch size and seed; write results.jsonl, "
@@ -366,7 +375,29 @@ int main(int argc, char** argv) {
             if (rank == 0) std::cout << normlab::describe_variants();
             return 0;
         }
+        if (blas->parsed()) {
+            const std::string fitting = normlab::fitting_blas_coretype();
+            if (coretype_only) {
+                if (!fitting.empty()) std::cout << fitting << "\n";
+                return 0;
+            }
+            const std::string core = normlab::blas_core_name();
+            std::cout << "BLAS kernels: "
+                      << (core.empty() ? "not OpenBLAS (no core name to report)" : core) << "\n";
+            if (!fitting.empty())
+                std::cout << "OpenBLAS fell back to its SSE3 kernels on this CPU; start programs "
+                             "with OPENBLAS_CORETYPE="
+                          << fitting << " to run its " << fitting << " kernels\n";
+            return 0;
+        }
         if (stress->parsed()) {
+            if (rank == 0)
+                if (const std::string fitting = normlab::fitting_blas_coretype(); !fitting.empty())
+                    std::fprintf(stderr,
+                                 "normlab: OpenBLAS runs its SSE3 (Prescott) kernels on this CPU; "
+                                 "OPENBLAS_CORETYPE=%s in the environment gives it the %s ones "
+                                 "(scripts/run-main.sh sets it)\n",
+                                 fitting.c_str(), fitting.c_str());
             if (!normalizer_args.empty()) {
                 o.normalizers = split_specs(normalizer_args);
             } else if (ranks > 1) {

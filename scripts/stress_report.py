@@ -92,7 +92,8 @@ def main():
 
     meta = rows[-1].get("meta", {})
     md = ["# Small-batch stress test", "",
-          f"{len(rows)} runs. Commit `{meta.get('commit', '?')}`, {meta.get('machine', '')}.", "",
+          f"{len(rows)} runs. Commit `{meta.get('commit', '?')}`, {meta.get('machine', '')}"
+          + (f", {meta['blas']} kernels" if meta.get("blas") else "") + ".", "",
           f"Command: `{meta.get('command', '?')}`", "",
           "Test accuracy (%) in eval mode, mean ± std over seeds; **bold** is the best in its "
           "column. The second table is the accuracy with batch statistics (train mode, batches of "

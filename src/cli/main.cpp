@@ -127,9 +127,15 @@ void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd
 }
 
 nlohmann::json run_meta(std::size_t jobs, int threads_per_run, const std::string& command) {
-    return {{"commit", NORMLAB_GIT_COMMIT}, {"machine", machine_description()},
-            {"threads", threads_per_run},   {"jobs", jobs},
-            {"command", command},           {"date", utc_now()}};
+    // The BLAS kernels set the speed figures of the runs (examples_per_second, wall_seconds).
+    const std::string blas = normlab::blas_core_name();
+    return {{"commit", NORMLAB_GIT_COMMIT},
+            {"machine", machine_description()},
+            {"blas", blas.empty() ? "not OpenBLAS" : "OpenBLAS " + blas},
+            {"threads", threads_per_run},
+            {"jobs", jobs},
+            {"command", command},
+            {"date", utc_now()}};
 }
 
 // The report (report.md, results.csv, figures) from out_dir/results.jsonl.

@@ -169,7 +169,8 @@ def main():
     ap.add_argument("--pytorch", nargs="*")
     ap.add_argument("--machine", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--training", help="training_bench JSON: whole-model examples/s")
+    ap.add_argument("--training", nargs="*",
+                    help="training_bench JSON of every round: whole-model examples/s")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -341,7 +342,7 @@ def main():
     lines[insert_at:insert_at] = head + triad_lines
     lines += chain_section(times)
     if args.training:
-        lines += training_section(load(args.training))
+        lines += training_section([load(path) for path in args.training])
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -381,17 +382,22 @@ def thread_count(machine):
     return 1
 
 
-def training_section(entries):
-    """Examples/s of whole-model training per workload and normalizer, and the overhead of
-    each normalizer relative to `identity` (the same network without normalization)."""
-    rates = {}
-    for e in entries:
-        if e.get("run_type") == "aggregate" or "examples_per_second" not in e:
-            continue
-        workload, variant = e["name"].split("/")[:2]
-        rates[(workload, variant)] = e["examples_per_second"]
-    if not rates:
+def training_section(rounds):
+    """Examples/s of whole-model training per workload and normalizer, the median over the rounds
+    (each round's JSON entries in a list), its spread, and the overhead of each normalizer
+    relative to `identity` (the same network without normalization) from the medians."""
+    per_round = defaultdict(list)
+    for entries in rounds:
+        for e in entries:
+            if e.get("run_type") == "aggregate" or "examples_per_second" not in e:
+                continue
+            workload, variant = e["name"].split("/")[:2]
+            per_round[(workload, variant)].append(e["examples_per_second"])
+    if not per_round:
         return []
+    rates = {k: statistics.median(v) for k, v in per_round.items()}
+    spread = {k: max(v) / min(v) for k, v in per_round.items() if len(v) > 1 and min(v) > 0}
+    n_rounds = max(len(v) for v in per_round.values())
     workloads = sorted({w for w, _ in rates})
     variants = sorted({v for _, v in rates})
     out = ["## Whole-model training speed", "",
@@ -399,15 +405,20 @@ def training_section(entries):
            "`benchmarks/training_bench.cpp`: `mlp_epoch` is one epoch of the BN paper's MLP on "
            "Fashion-MNIST at batch 60, `cnn_epoch_6000` one pass of the small CNN over 6000 "
            "examples at batch 32, `lstm_epoch_2000` one pass of the row-by-row LSTM (hidden 128) "
-           "over 2000 examples at batch 32. Overhead is the time per example relative to "
-           "`identity` on the same network.", "",
-           "| normalizer | " + " | ".join(f"{w} ex/s | overhead" for w in workloads) + " |",
-           "|---|" + "---:|---:|" * len(workloads)]
+           "over 2000 examples at batch 32. "
+           + (f"The median over {n_rounds} rounds (one run of every case per round, after the "
+              "round's shapes); `spread` is the fastest round over the slowest. "
+              if n_rounds > 1 else "One run of every case. ")
+           + "Overhead is the time per example relative to `identity` on the same network, from "
+           "the medians.", "",
+           "| normalizer | " + " | ".join(f"{w} ex/s | spread | overhead" for w in workloads)
+           + " |", "|---|" + "---:|---:|---:|" * len(workloads)]
     for v in variants:
         cells = []
         for w in workloads:
             r, base = rates.get((w, v)), rates.get((w, "identity"))
             cells.append("—" if r is None else f"{r:,.0f}")
+            cells.append(f"{spread[(w, v)]:.2f}×" if (w, v) in spread else "—")
             cells.append("—" if r is None or base is None else f"{100 * (base / r - 1):+.0f}%")
         out.append(f"| `{v}` | " + " | ".join(cells) + " |")
     return out + [""]

@@ -33,7 +33,7 @@ if [ -n "$FILTER" ]; then
 else
   GROUPS_=(/mlp/ /conv/ /conv_small_batch/ /conv_deep/ /seq/ /transformer/)
 fi
-NORMLAB_FILES=() ONEDNN_FILES=() PYTORCH_FILES=()
+NORMLAB_FILES=() ONEDNN_FILES=() PYTORCH_FILES=() TRAINING_FILES=()
 for round in $(seq 1 "$ROUNDS"); do
   echo "benchmarks: round $round of $ROUNDS" >&2
   for g in "${!GROUPS_[@]}"; do
@@ -49,16 +49,19 @@ for round in $(seq 1 "$ROUNDS"); do
     ONEDNN_FILES+=("$OUT/onednn_${round}_$g.json")
     PYTORCH_FILES+=("$OUT/pytorch_${round}_$g.json")
   done
+  # Whole-model training, once per round as well (about a minute and a half on 2 cores).
+  ./build-bench/benchmarks/training_bench --benchmark_format=json \
+    ${FILTER:+"--benchmark_filter=$FILTER"} > "$OUT/training_$round.json"
+  TRAINING_FILES+=("$OUT/training_$round.json")
 done
-./build-bench/benchmarks/training_bench --benchmark_format=json \
-  ${FILTER:+"--benchmark_filter=$FILTER"} > "$OUT/training.json"
 MACHINE="$(lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L2|L3)' | sed 's/  */ /g')
 vector ISA: $(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')
 compiler: $(c++ --version | head -n1)
 threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
-oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)"
+oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)
+BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')"
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
-  --pytorch "${PYTORCH_FILES[@]}" --training "$OUT/training.json" --machine "$MACHINE" \
+  --pytorch "${PYTORCH_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
   --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS") bash benchmarks/run.sh" \
   --out docs/benchmarks.md
 echo "wrote docs/benchmarks.md (raw JSON in $OUT)"

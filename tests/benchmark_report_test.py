@@ -108,6 +108,22 @@ class Chains(unittest.TestCase):
                          [])
 
 
+class WholeModel(unittest.TestCase):
+    def test_medians_spread_and_overhead_over_rounds(self):
+        def run(identity, bn):
+            return [{"name": "mlp_epoch/identity/iterations:2/manual_time",
+                     "run_type": "iteration", "examples_per_second": identity},
+                    {"name": "mlp_epoch/batch_norm/iterations:2/manual_time",
+                     "run_type": "iteration", "examples_per_second": bn}]
+        section = report.training_section([run(60000.0, 40000.0), run(50000.0, 50000.0),
+                                           run(70000.0, 45000.0)])
+        # Medians: identity 60 000, batch_norm 45 000 (overhead 60/45 - 1 = +33%); spreads
+        # 70/50 and 50/40.
+        self.assertIn("| `batch_norm` | 45,000 | 1.25× | +33% |", section)
+        self.assertIn("| `identity` | 60,000 | 1.40× | +0% |", section)
+        self.assertTrue(any("median over 3 rounds" in line for line in section))
+
+
 class Page(unittest.TestCase):
     def test_ratios_and_targets(self):
         with tempfile.TemporaryDirectory() as d:

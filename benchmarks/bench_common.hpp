@@ -76,8 +76,14 @@ struct alignas(64) Line {
     float v[16];
 };
 
-// a = b + 3·c over one line, written with streaming stores where the ISA has them (SSE, on
-// every x86-64), else with normal ones.
+// a = b + 3·c over one line.
+inline void triad_line(Line& a, const Line& b, const Line& c) {
+    for (int j = 0; j < 16; ++j)
+        a.v[j] = b.v[j] + 3.0f * c.v[j];
+}
+
+// The same, written with streaming stores where the ISA has them (SSE, on every x86-64), else
+// with normal ones.
 inline void stream_line(Line& a, const Line& b, const Line& c) {
 #if defined(__SSE2__)
     const __m128 three = _mm_set1_ps(3.0f);
@@ -85,8 +91,7 @@ inline void stream_line(Line& a, const Line& b, const Line& c) {
         _mm_stream_ps(a.v + j,
                       _mm_add_ps(_mm_load_ps(b.v + j), _mm_mul_ps(three, _mm_load_ps(c.v + j))));
 #else
-    for (int j = 0; j < 16; ++j)
-        a.v[j] = b.v[j] + 3.0f * c.v[j];
+    triad_line(a, b, c);
 #endif
 }
 
@@ -128,8 +133,7 @@ inline double triad_bandwidth(double bytes, bool streamed = false) {
                     stream_line(a[l], b[l], c[l]);
             else
                 for (std::size_t l = begin; l < end; ++l)
-                    for (int j = 0; j < 16; ++j)
-                        a[l].v[j] = b[l].v[j] + 3.0f * c[l].v[j];
+                    triad_line(a[l], b[l], c[l]);
             fence_streamed();
         }
         benchmark::DoNotOptimize(a.data());

@@ -30,16 +30,22 @@ Tensor copied_by_threads(const Tensor& x) {
     return out;
 }
 
-void run(benchmark::State& state, const std::string& spec, const ShapeCase& shape, Pass pass) {
-    xt::random::seed(1);
-    const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
-    const Tensor dy = xt::random::randn<float>(shape.dims);
-    auto norm = make_normalizer(spec, shape.dims[1]);
-    // A training epoch of a few steps so eval mode has running statistics to use.
+// A normalizer of `spec` after a training epoch of a few steps on x, so that eval mode has
+// running statistics to use.
+std::unique_ptr<Normalizer> trained_on(const std::string& spec, const Tensor& x) {
+    auto norm = make_normalizer(spec, x.shape()[1]);
     norm->begin_epoch();
     for (int i = 0; i < 2; ++i)
         norm->forward(x, Mode::train, Grad::none);
     norm->end_epoch();
+    return norm;
+}
+
+void run(benchmark::State& state, const std::string& spec, const ShapeCase& shape, Pass pass) {
+    xt::random::seed(1);
+    const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
+    const Tensor dy = xt::random::randn<float>(shape.dims);
+    auto norm = trained_on(spec, x);
     CallTimes calls;
     for (auto _ : state) {
         double seconds = 0;
@@ -81,12 +87,8 @@ void run_chain(benchmark::State& state, const ShapeCase& shape, int layers,
     xt::random::seed(1);
     const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
     std::vector<std::unique_ptr<Normalizer>> chain;
-    for (int l = 0; l < layers; ++l) {
-        chain.push_back(make_normalizer("batch_norm", shape.dims[1]));
-        chain.back()->begin_epoch();
-        chain.back()->forward(x, Mode::train, Grad::none);
-        chain.back()->end_epoch();
-    }
+    for (int l = 0; l < layers; ++l)
+        chain.push_back(trained_on("batch_norm", x));
     set_last_level_cache_bytes(plan_bytes);
     CallTimes calls;
     for (auto _ : state) {

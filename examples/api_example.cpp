@@ -22,5 +22,6 @@ int main() {
     auto restored = normlab::load_normalizer(path.string());
     normlab::Tensor y_eval = restored->forward(x, normlab::Mode::eval, normlab::Grad::none);
     std::cout << restored->spec() << ": eval output[0] = " << y_eval(0, 0, 0, 0) << "\n";
+    std::filesystem::remove(path);
     return 0;
 }

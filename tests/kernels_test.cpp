@@ -500,5 +500,106 @@ TEST(Kernels, DxWrittenOverTheSpentInputEqualsDxIntoANewArrayBitForBit) {
     }
 }
 
+// The dense kernels walk columns in vectors from the first column on a 64-byte line (the columns
+// before it one at a time), so where the arrays lie moves that split. Every column's sums and
+// every output must come out the same bits wherever that is: the same data at each of the
+// sixteen float positions within a line.
+TEST(Kernels, ResultsDoNotDependOnWhereTheArraysLie) {
+    struct Case {
+        Shape shape;
+        SetSpec sets;
+    };
+    const std::vector<Case> cases = {
+        {{300, 1024}, {true, 1}},     // batch norm on (N, C)
+        {{67, 1027}, {true, 1}},      // columns past the last sixteen too
+        {{37, 48}, {true, 1}},        // narrower than a line and a vector
+        {{37, 1000}, {false, 1000}},  // layer norm on rows
+        {{6, 48, 40}, {true, 1}},     // batch norm, trailing dimensions
+        {{6, 48, 40}, {false, 6}},    // group norm, trailing dimensions
+    };
+    constexpr std::size_t kPositions = 16;
+    for (const Case& c : cases) {
+        const NcsView v{c.shape[0], c.shape[1],
+                        std::accumulate(c.shape.begin() + 2, c.shape.end(), std::size_t{1},
+                                        std::multiplies<>())};
+        const std::string where =
+            format_shape(c.shape) + " across_batch=" + std::to_string(c.sets.across_batch);
+        const Tensor x_data = xt::cast<float>(testing::random_array(c.shape, 51, 1.0, 2.0));
+        const Tensor dy_data = xt::cast<float>(testing::random_array(c.shape, 52));
+        const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 53, 1.0, 0.5));
+        const Tensor beta = xt::cast<float>(testing::random_array({v.c}, 54));
+        const std::size_t n = v.size(), k = c.sets.num_sets(v);
+        struct Results {
+            std::vector<float> mean, var, inv_std, y, y_eval, dx;
+            std::vector<double> sum_g, sum_g_xhat, sum_dy, sum_dy_xhat;
+            std::vector<double> from_input_dy, from_input_dy_xhat;
+        };
+        std::vector<Results> results;
+        std::vector<float> x_store(n + kPositions), dy_store(n + kPositions),
+            y_store(n + kPositions), xhat_store(n + kPositions);
+        const bool recomputed = kernels::recomputes_xhat_in_registers(v, c.sets);
+        for (std::size_t at = 0; at < kPositions; ++at) {
+            float* x = x_store.data() + at;
+            float* dy = dy_store.data() + at;
+            float* y = y_store.data() + at;
+            float* xhat = xhat_store.data() + at;
+            std::copy(x_data.begin(), x_data.end(), x);
+            std::copy(dy_data.begin(), dy_data.end(), dy);
+            Results r;
+            r.mean.resize(k);
+            r.var.resize(k);
+            r.inv_std.resize(k);
+            r.sum_g.resize(k);
+            r.sum_g_xhat.resize(k);
+            r.sum_dy.resize(v.c);
+            r.sum_dy_xhat.resize(v.c);
+            kernels::standardize(x, v, c.sets, true, 1e-5, gamma.data(), beta.data(), r.mean.data(),
+                                 r.var.data(), r.inv_std.data(), static_cast<float*>(nullptr), y);
+            r.y.assign(y, y + n);
+            kernels::normalize_affine(x, v, c.sets, r.mean.data(), r.inv_std.data(),
+                                      static_cast<const float*>(nullptr), gamma.data(), beta.data(),
+                                      static_cast<float*>(nullptr), y);
+            r.y_eval.assign(y, y + n);
+            const kernels::XhatSource<float> src(xhat);
+            if (recomputed) {
+                // The column sums of dγ and dβ with x̂ formed from the input, as the layers that
+                // keep their input take them.
+                r.from_input_dy.resize(v.c);
+                r.from_input_dy_xhat.resize(v.c);
+                kernels::channel_sums(
+                    dy, kernels::XhatSource<float>(x, r.mean.data(), r.inv_std.data()), v,
+                    r.from_input_dy.data(), r.from_input_dy_xhat.data(), &c.sets);
+            }
+            kernels::backward_reduce(dy, src, v, c.sets, gamma.data(), r.sum_g.data(),
+                                     r.sum_g_xhat.data(), r.sum_dy.data(), r.sum_dy_xhat.data());
+            std::vector<float> c1(k), cx(k);
+            for (std::size_t s = 0; s < k; ++s) {
+                c1[s] = float(r.sum_g[s] / double(c.sets.set_size(v)));
+                cx[s] = float(r.sum_g_xhat[s] / double(c.sets.set_size(v)));
+            }
+            kernels::backward_apply(dy, src, v, c.sets, gamma.data(), r.inv_std.data(), c1.data(),
+                                    cx.data(), y);
+            r.dx.assign(y, y + n);
+            results.push_back(std::move(r));
+        }
+        for (std::size_t at = 1; at < kPositions; ++at) {
+            const std::string what = where + " at float " + std::to_string(at) + " of a line";
+            const Results &first = results[0], &other = results[at];
+            EXPECT_EQ(other.mean, first.mean) << what;
+            EXPECT_EQ(other.var, first.var) << what;
+            EXPECT_EQ(other.inv_std, first.inv_std) << what;
+            EXPECT_EQ(other.y, first.y) << what;
+            EXPECT_EQ(other.y_eval, first.y_eval) << what;
+            EXPECT_EQ(other.sum_g, first.sum_g) << what;
+            EXPECT_EQ(other.sum_g_xhat, first.sum_g_xhat) << what;
+            EXPECT_EQ(other.sum_dy, first.sum_dy) << what;
+            EXPECT_EQ(other.sum_dy_xhat, first.sum_dy_xhat) << what;
+            EXPECT_EQ(other.from_input_dy, first.from_input_dy) << what;
+            EXPECT_EQ(other.from_input_dy_xhat, first.from_input_dy_xhat) << what;
+            EXPECT_EQ(other.dx, first.dx) << what;
+        }
+    }
+}
+
 }  // namespace
 }  // namespace normlab

@@ -585,18 +585,21 @@ TEST(Kernels, ResultsDoNotDependOnWhereTheArraysLie) {
         for (std::size_t at = 1; at < kPositions; ++at) {
             const std::string what = where + " at float " + std::to_string(at) + " of a line";
             const Results &first = results[0], &other = results[at];
-            EXPECT_EQ(other.mean, first.mean) << what;
-            EXPECT_EQ(other.var, first.var) << what;
-            EXPECT_EQ(other.inv_std, first.inv_std) << what;
-            EXPECT_EQ(other.y, first.y) << what;
-            EXPECT_EQ(other.y_eval, first.y_eval) << what;
-            EXPECT_EQ(other.sum_g, first.sum_g) << what;
-            EXPECT_EQ(other.sum_g_xhat, first.sum_g_xhat) << what;
-            EXPECT_EQ(other.sum_dy, first.sum_dy) << what;
-            EXPECT_EQ(other.sum_dy_xhat, first.sum_dy_xhat) << what;
-            EXPECT_EQ(other.from_input_dy, first.from_input_dy) << what;
-            EXPECT_EQ(other.from_input_dy_xhat, first.from_input_dy_xhat) << what;
-            EXPECT_EQ(other.dx, first.dx) << what;
+            const std::pair<const char*, std::vector<float> Results::*> outputs[] = {
+                {"mean", &Results::mean},       {"var", &Results::var},
+                {"inv_std", &Results::inv_std}, {"y", &Results::y},
+                {"y_eval", &Results::y_eval},   {"dx", &Results::dx}};
+            for (const auto& [name, field] : outputs)
+                EXPECT_EQ(other.*field, first.*field) << name << ", " << what;
+            const std::pair<const char*, std::vector<double> Results::*> sums[] = {
+                {"sum_g", &Results::sum_g},
+                {"sum_g_xhat", &Results::sum_g_xhat},
+                {"sum_dy", &Results::sum_dy},
+                {"sum_dy_xhat", &Results::sum_dy_xhat},
+                {"from_input_dy", &Results::from_input_dy},
+                {"from_input_dy_xhat", &Results::from_input_dy_xhat}};
+            for (const auto& [name, field] : sums)
+                EXPECT_EQ(other.*field, first.*field) << name << ", " << what;
         }
     }
 }

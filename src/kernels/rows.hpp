@@ -344,8 +344,9 @@ NORMLAB_ISA_CLONES void grad_sums(const T* dy, const T* xhat, const T* gamma, st
 }
 
 // Prefetches column i of the `ahead` rows that follow `rows` rows of a and b (stride apart): a
-// kernel walking a group of rows column by column fetches the next group's lines meanwhile. Once
-// per sixteen columns, from the vector path only.
+// kernel walking a group of rows column by column fetches the next group's lines meanwhile. From
+// the vector paths only, once per line of a: every vector of sixteen, and the eight that start
+// in the first half of a line.
 template <class V, class T>
 __attribute__((always_inline)) inline void prefetch_ahead(const T* a, const T* b, std::size_t rows,
                                                           std::size_t ahead, std::size_t stride,
@@ -382,7 +383,7 @@ std::size_t values_before_line(const T* p, std::size_t n) {
 // says so, else two of eight) from the first whose address in `line_of` (the array the columns
 // are aligned by: row 0 of the output, or of the input) is on a 64-byte line, and the columns
 // before it and past the last sixteen one at a time, with the same float operations as a lane.
-// A column's sums are thus the same bits wherever the arrays lie. Other types: in double.
+// A column's sums are thus the same bits wherever the arrays lie. Doubles: one column at a time.
 // Every column sum of the kernel is this loop with a different f.
 template <class T, class F>
 __attribute__((always_inline)) inline void column_paired_sums(std::size_t rows, std::size_t n,
@@ -399,20 +400,8 @@ __attribute__((always_inline)) inline void column_paired_sums(std::size_t rows, 
         s1[i] += double(fa);
         if (s2) s2[i] += double(fq);
     };
-    if constexpr (!std::is_same_v<T, float>) {
-        for (std::size_t i = 0; i < n; ++i) {
-            const auto column = f(T{}, i);
-            double a = 0, q = 0;
-            for (std::size_t r = 0; r < rows; ++r) {
-                const auto [u, w] = column(r);
-                a += double(u);
-                q += double(u) * double(w);
-            }
-            s1[i] += a;
-            if (s2) s2[i] += q;
-        }
-    } else {
-        std::size_t i = 0;
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
         for (const std::size_t head = values_before_line(line_of, n); i < head; ++i)
             one_column(i);
         if (wide_vectors()) {
@@ -443,9 +432,9 @@ __attribute__((always_inline)) inline void column_paired_sums(std::size_t rows, 
                 if (s2) add_widened(s2 + i, fq0, fq1);
             }
         }
-        for (; i < n; ++i)
-            one_column(i);
     }
+    for (; i < n; ++i)
+        one_column(i);
 }
 
 // Column sums down `rows` consecutive rows (row stride `stride`) of a dense block:

@@ -126,6 +126,13 @@ void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd
     }
 }
 
+// What `normlab blas` and `normlab stress` say when OpenBLAS fell back to its SSE3 kernels
+// (fitting: the OPENBLAS_CORETYPE that gives this CPU wider ones).
+std::string blas_fallback_note(const std::string& fitting) {
+    return "OpenBLAS runs its SSE3 (Prescott) kernels on this CPU; OPENBLAS_CORETYPE=" + fitting +
+           " in the environment gives it the " + fitting + " ones";
+}
+
 nlohmann::json run_meta(std::size_t jobs, int threads_per_run, const std::string& command) {
     // The BLAS kernels set the speed figures of the runs (examples_per_second, wall_seconds).
     const std::string blas = normlab::blas_core_name();
@@ -390,20 +397,14 @@ int main(int argc, char** argv) {
             const std::string core = normlab::blas_core_name();
             std::cout << "BLAS kernels: "
                       << (core.empty() ? "not OpenBLAS (no core name to report)" : core) << "\n";
-            if (!fitting.empty())
-                std::cout << "OpenBLAS fell back to its SSE3 kernels on this CPU; start programs "
-                             "with OPENBLAS_CORETYPE="
-                          << fitting << " to run its " << fitting << " kernels\n";
+            if (!fitting.empty()) std::cout << blas_fallback_note(fitting) << "\n";
             return 0;
         }
         if (stress->parsed()) {
             if (rank == 0)
                 if (const std::string fitting = normlab::fitting_blas_coretype(); !fitting.empty())
-                    std::fprintf(stderr,
-                                 "normlab: OpenBLAS runs its SSE3 (Prescott) kernels on this CPU; "
-                                 "OPENBLAS_CORETYPE=%s in the environment gives it the %s ones "
-                                 "(scripts/run-main.sh sets it)\n",
-                                 fitting.c_str(), fitting.c_str());
+                    std::cerr << "normlab: " << blas_fallback_note(fitting)
+                              << " (scripts/run-main.sh sets it)\n";
             if (!normalizer_args.empty()) {
                 o.normalizers = split_specs(normalizer_args);
             } else if (ranks > 1) {

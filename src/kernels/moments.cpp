@@ -1183,11 +1183,8 @@ NORMLAB_INSTANTIATE_KERNELS(float)
 NORMLAB_INSTANTIATE_KERNELS(double)
 
 // Set while the library's globals are initialized, which may come before libgcc's own
-// initializer of the CPU features has run: __builtin_cpu_init first.
-bool wide_vector_width = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-}();
+// initializer of the CPU features has run (host_vector_features runs it first).
+bool wide_vector_width = host_vector_features().avx512f;
 
 void set_wide_vectors(bool wide) {
     wide_vector_width = wide;

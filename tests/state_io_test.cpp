@@ -56,7 +56,6 @@ TEST_P(StateRoundTrip, SaveThenLoadIsBitExact) {
         EXPECT_EQ(other->forward(x, Mode::eval, Grad::none),
                   norm->forward(x, Mode::eval, Grad::none));
     }
-    std::remove(path.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, StateRoundTrip,
@@ -85,7 +84,6 @@ TEST(StateFiles, AFileOfAnotherLayerIsRefusedAndNothingChanges) {
     EXPECT_THROW(load_state(*wider, path), StateError);
     auto as_double = make_normalizer<double>("batch_norm", 4);
     EXPECT_THROW(load_state(*as_double, path), IoError);  // float32 members
-    std::remove(path.c_str());
 }
 
 TEST(StateFiles, TruncatedOrMissingFilesAreRefusedAndNothingChanges) {
@@ -116,7 +114,6 @@ TEST(StateFiles, SavingDoesNotLeaveATemporaryFile) {
     save_state(*ln, path);
     EXPECT_TRUE(std::filesystem::exists(path));
     EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
-    std::remove(path.c_str());
 }
 
 }  // namespace

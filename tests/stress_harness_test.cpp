@@ -1,7 +1,5 @@
 // The stress-test harness itself: grid validation before any run, the learning-rate rule,
 // results that survive a crash mid-write, and resuming an interrupted grid.
-#include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -98,14 +96,12 @@ TEST(StressStore, ALineCutShortByACrashIsDroppedAndTheNextLineStartsFresh) {
     EXPECT_FALSE(reopened.contains("c"));
     reopened.append({{"key", "c"}, {"value", 3}});
     EXPECT_EQ(ResultStore(path).lines().size(), 3u);
-    std::filesystem::remove(path);
 }
 
 TEST(StressStore, DamageBeforeTheLastLineIsAnError) {
     const std::string path = scratch("damaged.jsonl");
     std::ofstream(path) << "{\"key\": 1}\nnot json\n{\"key\": 2}\n";
     EXPECT_THROW(ResultStore{path}, IoError);
-    std::filesystem::remove(path);
 }
 
 // A deterministic stand-in for training: the result is a function of the configuration.
@@ -141,8 +137,6 @@ TEST(StressGrid, AnInterruptedGridResumesToTheSameLines) {
     ASSERT_EQ(a.lines().size(), b.lines().size());
     for (std::size_t i = 0; i < a.lines().size(); ++i)
         EXPECT_EQ(a.lines()[i], b.lines()[i]);
-    std::filesystem::remove(full_path);
-    std::filesystem::remove(resumed_path);
 }
 
 TEST(StressGrid, ARunThatThrowsIsRecordedAsAnError) {
@@ -161,7 +155,6 @@ TEST(StressGrid, ARunThatThrowsIsRecordedAsAnError) {
     EXPECT_EQ(store.lines()[0]["result"]["status"], "error");
     EXPECT_NE(store.lines()[0]["result"]["message"].get<std::string>().find("more than 1 value"),
               std::string::npos);
-    std::filesystem::remove(path);
 }
 
 // The same, with real training on the synthetic set: a resumed grid's results equal an

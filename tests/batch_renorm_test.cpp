@@ -164,6 +164,62 @@ TEST(BatchRenorm, BatchRenormWithUnitClipEqualsBatchNorm) {
     }
 }
 
+// Handed over, the input is kept instead of x̂ and backward forms x̂ again from it; d, which y
+// adds to x̂, enters dγ through Σdy. Both ways must give the same bits, with r and d away from 1
+// and 0, on the kernels' paths: dense (N, C) with columns past the last vector, and channel runs
+// short and long.
+template <class T>
+void expect_handing_over_gives_the_same_bits() {
+    const BatchRenormOptions active{.warmup = 0, .rmax_steps = 0, .dmax_steps = 0};
+    for (const Shape& shape :
+         {Shape{8, 5}, Shape{64, 37}, Shape{4, 5, 3, 3}, Shape{3, 5, 7}, Shape{4, 5, 300}}) {
+        BatchRenorm<T> kept(shape[1], active), handed(shape[1], active);
+        auto pk = kept.parameters();
+        auto ph = handed.parameters();
+        for (std::size_t i = 0; i < pk.size(); ++i) {
+            *pk[i].value = xt::cast<T>(random_array({shape[1]}, 70 + unsigned(i), 1.0, 0.5));
+            *ph[i].value = *pk[i].value;
+        }
+        for (unsigned step = 0; step < 3; ++step) {
+            const Mode mode = step < 2 ? Mode::train : Mode::eval;
+            // Batches far from the moving statistics (0 and 1 at first): r and d are clipped at
+            // first and inside their limits after.
+            const Array<T> x =
+                xt::cast<T>(random_array(shape, 80 + step, 1.5 - step, 1.0 + 0.5 * step));
+            Array<T> copy = x;
+            EXPECT_EQ(kept.forward(x, mode), handed.forward(std::move(copy), mode))
+                << format_shape(shape) << " step " << step;
+            const Array<T> dy = xt::cast<T>(random_array(shape, 90 + step));
+            EXPECT_EQ(kept.backward(dy), handed.backward(dy))
+                << format_shape(shape) << " step " << step;
+            for (std::size_t i = 0; i < pk.size(); ++i)
+                EXPECT_EQ(*pk[i].grad, *ph[i].grad) << pk[i].name << " " << format_shape(shape);
+        }
+        EXPECT_EQ(handed.saved_contexts(), 0u);
+        EXPECT_EQ(handed.moving_mean(), kept.moving_mean());
+        EXPECT_EQ(handed.moving_std(), kept.moving_std());
+    }
+}
+
+TEST(BatchRenorm, HandingOverTheInputGivesTheSameBitsWithRAndDActive) {
+    expect_handing_over_gives_the_same_bits<float>();
+    expect_handing_over_gives_the_same_bits<double>();
+}
+
+TEST(BatchRenorm, AHandedOverInputThatIsRefusedStaysWithTheCaller) {
+    BatchRenorm<float> layer(3);
+    Tensor x = xt::cast<float>(random_array({4, 3, 5}, 5));
+    x(1, 2, 3) = std::numeric_limits<float>::quiet_NaN();
+    const Tensor before = x;
+    EXPECT_THROW(layer.forward(std::move(x), Mode::train), NonFiniteError);
+    ASSERT_EQ(x.shape(), before.shape());
+    for (std::size_t i = 0; i < x.size(); ++i)
+        EXPECT_TRUE(x.data()[i] == before.data()[i] ||
+                    (std::isnan(x.data()[i]) && std::isnan(before.data()[i])))
+            << i;
+    EXPECT_EQ(layer.saved_contexts(), 0u);
+}
+
 TEST(BatchRenorm, ForwardMatchesAlgorithm1OverTheSchedule) {
     const BatchRenormOptions options{
         .momentum = 0.2, .rmax = 3, .dmax = 2, .warmup = 2, .rmax_steps = 8, .dmax_steps = 5};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "kernels/moments.hpp"
 #include "kernels/set_backward.hpp"
@@ -81,6 +82,21 @@ RenormClip BatchRenorm<T>::clip_at(std::int64_t step) const {
 
 template <class T>
 Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
+    return run_forward(x, mode, grad, false);
+}
+
+template <class T>
+Array<T> BatchRenorm<T>::forward(Array<T>&& x, Mode mode, Grad grad) {
+    const std::size_t saved_before = this->saved_contexts();
+    Array<T> y = run_forward(std::as_const(x), mode, grad, true);
+    // Moved only once the forward has succeeded: a refused input stays with the caller.
+    if (this->saved_contexts() == saved_before + 1 && !this->last_saved().shift.empty())
+        this->last_saved().input = std::move(x);
+    return y;
+}
+
+template <class T>
+Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bool keep_input) {
     const NcsView v = this->check_input(x);
     const std::size_t channels = v.c;
     SavedRenorm<T> ctx;
@@ -127,13 +143,15 @@ Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     }
 
     Array<T> y = Array<T>::from_shape(x.shape());
-    if (grad == Grad::keep) {
-        ctx.shape = shape_of(x);
-        ctx.xhat = Array<T>::from_shape(x.shape());
-    }
+    const bool stores_xhat =
+        grad == Grad::keep &&
+        !(keep_input && kernels::recomputes_xhat_in_registers(v, kChannelSets));
+    if (grad == Grad::keep) ctx.shape = shape_of(x);
+    if (stores_xhat) ctx.xhat = Array<T>::from_shape(x.shape());
     kernels::normalize_affine(x.data(), v, kChannelSets, shift.data(), ctx.scale.data(),
                               offset.data(), this->gamma(), this->beta(),
-                              grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
+                              stores_xhat ? ctx.xhat.data() : nullptr, y.data());
+    if (grad == Grad::keep && !stores_xhat) ctx.shift = std::move(shift);
 
     if (mode == Mode::train) {
         // After r and d: Algorithm 1 corrects with the moving averages of the previous steps.
@@ -150,14 +168,21 @@ Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 template <class T>
 Array<T> BatchRenorm<T>::backward(const Array<T>& dy) {
     SavedRenorm<T> ctx = this->take(dy);
+    const bool kept_input = !ctx.shift.empty();
+    if (kept_input && shape_of(ctx.input) != ctx.shape)
+        throw StateError(this->label() +
+                         ": the saved context is missing the input its forward was to keep");
+    const kernels::XhatSource<T> xhat =
+        kept_input ? kernels::XhatSource<T>(ctx.input.data(), ctx.shift.data(), ctx.scale.data())
+                   : kernels::XhatSource<T>(ctx.xhat.data());
     std::vector<double> sum_dy, sum_dy_xhat;
     Array<T> dx = kernels::set_backward(
-        dy, ctx.xhat.data(), this->view_of(ctx.shape), kChannelSets, this->gamma(), ctx.scale,
-        ctx.batch_stats,
+        dy, xhat, this->view_of(ctx.shape), kChannelSets, this->gamma(), ctx.scale, ctx.batch_stats,
         [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
-            renorm_coefficients(ctx.r[c], ctx.d[c], mean_g, mean_g_xhat, coef_1, coef_xhat);
+            renorm_coefficients(ctx.r[c], mean_g, mean_g_xhat, coef_1, coef_xhat);
         },
-        sum_dy, sum_dy_xhat, std::move(ctx.xhat));
+        sum_dy, sum_dy_xhat, kept_input ? std::move(ctx.input) : std::move(ctx.xhat));
+    add_renorm_offset_sums(ctx.d, sum_dy, sum_dy_xhat);
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

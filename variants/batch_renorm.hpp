@@ -74,23 +74,34 @@ void renorm_update_moving(T& moving_mean, T& moving_std, double batch_mean, doub
     moving_std = T(double(moving_std) + momentum * (sigma_b - double(moving_std)));
 }
 
-// The backward's coefficients (kernels::set_backward's rule) with r and d constants. The
-// projection is on z = (x̂ − d)/r; rewritten on the saved x̂ it reads
-// dx = (r/σ_B)·(g − [mean g − d·mean(g·z)/r] − x̂·mean(g·z)/r).
+// The backward's coefficients (kernels::set_backward's rule) with r and d constants. x̂ here is
+// the saved one, z·r without d (the kernels leave the offset out of it), so the projection on
+// z = x̂/r reads dx = (r/σ_B)·(g − mean g − x̂·mean(g·x̂)/r²): d has no part in dx.
 template <class T>
-void renorm_coefficients(double r, double d, double mean_g, double mean_g_xhat, T& coef_1,
-                         T& coef_xhat) {
-    const double mean_gz = (mean_g_xhat - d * mean_g) / r;
-    const double per_xhat = mean_gz / r;
-    coef_1 = T(mean_g - d * per_xhat);
-    coef_xhat = T(per_xhat);
+void renorm_coefficients(double r, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
+    const double mean_gz = mean_g_xhat / r;
+    coef_1 = T(mean_g);
+    coef_xhat = T(mean_gz / r);
 }
 
-// What a Batch Renorm forward saves: x̂ = z·r + d and, per channel, the factors of the backward.
+// dγ is Σdy·(x̂ + d), while the kernels sum dy·x̂ over the saved x̂ without d: adds d·Σdy per
+// channel (training only; inference has no d).
+inline void add_renorm_offset_sums(const std::vector<double>& d, const std::vector<double>& sum_dy,
+                                   std::vector<double>& sum_dy_xhat) {
+    for (std::size_t c = 0; c < d.size(); ++c)
+        sum_dy_xhat[c] += d[c] * sum_dy[c];
+}
+
+// What a Batch Renorm forward saves: x̂ = z·r (the d of y = γ·(x̂ + d) + β is a constant of the
+// backward) or, when the input was handed over, the input and the per-channel shift it is
+// centred with (x̂ = (input − shift)·scale, formed again in backward); per channel, the factors
+// of the backward.
 template <class T>
 struct SavedRenorm {
     Shape shape;
     Array<T> xhat;
+    Array<T> input;
+    std::vector<T> shift;      // kept with the input: μ_B in training, the moving mean in eval
     std::vector<T> scale;      // r/σ_B in training, 1/σ in eval
     std::vector<double> r, d;  // training only
     bool batch_stats = true;
@@ -109,6 +120,8 @@ class BatchRenorm : public NormalizerBase<T, SavedRenorm<T>> {
     // train: batch statistics corrected by r, d at the current schedule step; moving averages
     // and the step advance. eval: y = γ·(x − moving_mean)/moving_std + β.
     Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep) override;
+    // Keeps x itself, not x̂, for backward (see BasicNormalizer::forward(Array&&)).
+    Array<T> forward(Array<T>&& x, Mode mode, Grad grad = Grad::keep) override;
     // r and d are constants (stop_gradient): dx = (r/σ_B)·(g − mean g − z·mean(g·z)), g = γ·dy.
     Array<T> backward(const Array<T>& dy) override;
 
@@ -127,6 +140,9 @@ class BatchRenorm : public NormalizerBase<T, SavedRenorm<T>> {
     std::int64_t step() const { return step_; }
 
   private:
+    // forward; keep_input: save x (which the caller then moves in) instead of writing x̂.
+    Array<T> run_forward(const Array<T>& x, Mode mode, Grad grad, bool keep_input);
+
     Options options_;
     Array<T> moving_mean_;  // zeros
     Array<T> moving_std_;   // ones; includes ε, like σ_B

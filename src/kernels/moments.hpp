@@ -42,8 +42,9 @@ template <class T>
 void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool center, T* mean,
                      T* var);
 
-// Stage 2. x̂ = (x − shift[k])·scale[k] + offset[k], y = gamma[c]·x̂ + beta[c], with k the set of
-// the element. offset, gamma, beta may be null (0, 1, 0); xhat may be null (not stored).
+// Stage 2. x̂ = (x − shift[k])·scale[k], y = gamma[c]·(x̂ + offset[k]) + beta[c], with k the set
+// of the element. offset, gamma, beta may be null (0, 1, 0); xhat may be null (not stored). The
+// stored x̂ is without the offset: the x̂ that backward forms again from the input.
 template <class T>
 void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T* shift,
                       const T* scale, const T* offset, const T* gamma, const T* beta, T* xhat,

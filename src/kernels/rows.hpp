@@ -473,35 +473,34 @@ NORMLAB_ISA_CLONES void column_grad_sums(const T* dy, const T* xhat, std::size_t
         s1, xhat ? s2 : nullptr);
 }
 
-// x̂ = (x − m)·sc + off (off = 0: nothing added), y = x̂·g + b, with g, b per element (g_step 1)
-// or one value (g_step 0). y is computed the same way whether x̂ is stored or not, so inference,
-// training and a training forward that keeps its input instead of x̂ give the same bits.
+// x̂ = (x − m)·sc, y = (x̂ + off)·g + b (off = 0: nothing added), with g, b per element
+// (g_step 1) or one value (g_step 0). The stored x̂ leaves the offset out, so that backward sees
+// the same x̂ whether it reads it or forms it again from the input (the layer with an offset,
+// Batch Renormalization, adds its share of the gradients itself). y is computed the same way
+// whether x̂ is stored or not, so inference, training and a training forward that keeps its
+// input instead of x̂ give the same bits.
 template <class T>
 NORMLAB_ISA_CLONES void affine(const T* x, std::size_t n, T m, T sc, T off, const T* g, const T* b,
                                std::size_t g_step, T* xhat, T* y) {
     with_flags(
         off != T(0), g_step == 0, [&](auto offset, auto one_g) __attribute__((always_inline)) {
-            const auto h_at = [&](std::size_t i) __attribute__((always_inline)) {
-                const T h = standardized(x[i], m, sc);
-                if constexpr (offset) return T(h + off);
-                return h;
-            };
             const T gs = g[0], bs = b[0];
             const auto y_of = [&](T h, std::size_t i) __attribute__((always_inline)) {
+                if constexpr (offset) h = h + off;
                 if constexpr (one_g) return T(h * gs + bs);
                 return T(h * g[i] + b[i]);
             };
             if (xhat) {
 #pragma omp simd
                 for (std::size_t i = 0; i < n; ++i) {
-                    const T h = h_at(i);
+                    const T h = standardized(x[i], m, sc);
                     xhat[i] = h;
                     y[i] = y_of(h, i);
                 }
             } else {
 #pragma omp simd
                 for (std::size_t i = 0; i < n; ++i)
-                    y[i] = y_of(h_at(i), i);
+                    y[i] = y_of(standardized(x[i], m, sc), i);
             }
         });
 }
@@ -741,8 +740,8 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
                     return [=](std::size_t r) __attribute__((always_inline)) {
                         const std::size_t at = r * stride + i;
                         V h = standardized(load_as<V>(x + at), mv, scv);
-                        if constexpr (offset) h = h + offv;
                         if constexpr (stores_xhat) store_as<V>(xhat + at, h, false);
+                        if constexpr (offset) h = h + offv;
                         store_as<V>(y + at, h * gv + bv, false);
                     };
                 });
@@ -804,7 +803,7 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
 }
 
 // The backward stages when x̂ is recomputed from the input: h = standardized(x, m, sc), exactly as
-// affine computes x̂ with no offset, formed in registers. grad_sums_from_input is grad_sums over
+// affine computes x̂, formed in registers. grad_sums_from_input is grad_sums over
 // h, apply_from_input is apply, and so on: the same bits as those functions reading a stored x̂.
 template <class T>
 NORMLAB_ISA_CLONES void grad_sums_from_input(const T* dy, const T* x, T m, T sc, const T* gamma,

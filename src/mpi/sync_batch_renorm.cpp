@@ -85,9 +85,10 @@ Array<T> SyncBatchRenorm<T>::backward(const Array<T>& dy) {
         comm_, this->label(), this->num_features(), ctx.shape, failure, ctx.batch_stats,
         ++backward_calls_, dy, ctx.xhat, this->gamma(), ctx.scale, ctx.count,
         [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {
-            renorm_coefficients(ctx.r[c], ctx.d[c], mean_g, mean_g_xhat, coef_1, coef_xhat);
+            renorm_coefficients(ctx.r[c], mean_g, mean_g_xhat, coef_1, coef_xhat);
         },
         sum_dy, sum_dy_xhat);
+    add_renorm_offset_sums(ctx.d, sum_dy, sum_dy_xhat);
     this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

@@ -500,6 +500,57 @@ TEST(Kernels, DxWrittenOverTheSpentInputEqualsDxIntoANewArrayBitForBit) {
     }
 }
 
+// Stage 3 alone (Batch-Layer Norm's branches call it with x̂ formed from the kept input): the
+// per-set and per-channel sums from the input equal those from the stored x̂, bit for bit, on
+// each layout that recomputes x̂ in registers, including rows with one set per row, whose set
+// sums are taken row by row beside the column sums.
+TEST(Kernels, BackwardReduceFromTheInputEqualsStoredXhatBitForBit) {
+    struct Case {
+        Shape shape;
+        SetSpec sets;
+    };
+    const std::vector<Case> cases = {
+        {{300, 48}, {true, 1}},      {{300, 37}, {true, 1}},   {{37, 1000}, {false, 1000}},
+        {{64, 40}, {false, 40}},     {{6, 48, 40}, {true, 1}}, {{6, 48, 40}, {false, 48}},
+        {{8, 4, 131072}, {true, 1}},
+    };
+    for (const Case& c : cases) {
+        const NcsView v{c.shape[0], c.shape[1],
+                        std::accumulate(c.shape.begin() + 2, c.shape.end(), std::size_t{1},
+                                        std::multiplies<>())};
+        ASSERT_TRUE(kernels::recomputes_xhat_in_registers(v, c.sets)) << format_shape(c.shape);
+        const Tensor x = xt::cast<float>(testing::random_array(c.shape, 41, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(c.shape, 42));
+        const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 43, 1.0, 0.5));
+        const std::size_t k = c.sets.num_sets(v);
+        std::vector<float> mean(k), var(k), inv_std(k);
+        Tensor xhat = Tensor::from_shape(c.shape), y = Tensor::from_shape(c.shape);
+        kernels::standardize(x.data(), v, c.sets, true, 1e-5, gamma.data(),
+                             static_cast<const float*>(nullptr), mean.data(), var.data(),
+                             inv_std.data(), xhat.data(), y.data());
+        for (const float* g : {static_cast<const float*>(nullptr), gamma.data()}) {
+            for (int threads : {1, 2}) {
+                ThreadCount tc(threads);
+                const std::string what =
+                    format_shape(c.shape) + " across_batch=" + std::to_string(c.sets.across_batch) +
+                    (g ? " with" : " without") + " gamma, " + std::to_string(threads) + " threads";
+                std::vector<double> stored_g(k), stored_gx(k), stored_dy(v.c), stored_dyx(v.c);
+                std::vector<double> input_g(k), input_gx(k), input_dy(v.c), input_dyx(v.c);
+                kernels::backward_reduce(dy.data(), kernels::XhatSource<float>(xhat.data()), v,
+                                         c.sets, g, stored_g.data(), stored_gx.data(),
+                                         stored_dy.data(), stored_dyx.data());
+                kernels::backward_reduce(
+                    dy.data(), kernels::XhatSource<float>(x.data(), mean.data(), inv_std.data()), v,
+                    c.sets, g, input_g.data(), input_gx.data(), input_dy.data(), input_dyx.data());
+                EXPECT_EQ(input_g, stored_g) << what;
+                EXPECT_EQ(input_gx, stored_gx) << what;
+                EXPECT_EQ(input_dy, stored_dy) << what;
+                EXPECT_EQ(input_dyx, stored_dyx) << what;
+            }
+        }
+    }
+}
+
 // The dense kernels walk columns in vectors from the first column on a 64-byte line (the columns
 // before it one at a time), so where the arrays lie moves that split. Every column's sums and
 // every output must come out the same bits wherever that is: the same data at each of the

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 #include <omp.h>
 
@@ -90,9 +91,12 @@ struct BranchGrad {
     std::vector<T> cg, c1, cx;
 };
 
+// x̂ of the branch is formed from the kept input x with the branch's shift and inv_std, as the
+// forward formed it.
 template <class T>
-BranchGrad<T> branch_grad(const T* g, const T* xhat, const std::vector<BranchCall>& calls,
-                          const BlnBranch<T>& b, T coef, std::size_t num_sets) {
+BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
+                          const std::vector<BranchCall>& calls, const BlnBranch<T>& b, T coef,
+                          std::size_t num_sets) {
     BranchGrad<T> out;
     out.cg.resize(num_sets);
     for (std::size_t k = 0; k < num_sets; ++k)
@@ -100,9 +104,12 @@ BranchGrad<T> branch_grad(const T* g, const T* xhat, const std::vector<BranchCal
     if (!b.mean_from_input && !b.var_from_input) return out;
     std::vector<double> sum_g(num_sets), sum_gx(num_sets);
     for (const auto& call : calls)
-        kernels::backward_reduce(g + call.offset, xhat + call.offset, call.view, call.sets,
-                                 static_cast<const T*>(nullptr), sum_g.data() + call.first_set,
-                                 sum_gx.data() + call.first_set, nullptr, nullptr);
+        kernels::backward_reduce(g + call.offset,
+                                 kernels::XhatSource<T>(x + call.offset, shift + call.first_set,
+                                                        b.inv_std.data() + call.first_set),
+                                 call.view, call.sets, static_cast<const T*>(nullptr),
+                                 sum_g.data() + call.first_set, sum_gx.data() + call.first_set,
+                                 nullptr, nullptr);
     out.c1.resize(num_sets);
     out.cx.resize(num_sets);
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
@@ -161,69 +168,81 @@ struct BranchScale {
     const T* inv_std;
 };
 
+// Both branches' x̂ of the values of a run that starts at element i (for_each_channel_run),
+// formed by the forward and again, from the kept input, by the backward: the same float
+// operations, so the backward sees the forward's x̂ bit for bit. The batch set advances with
+// every value (a position, or in a row a channel); the feature set with every position, and is
+// one for a row.
+template <class T>
+struct RunXhat {
+    const T* mb;
+    const T* sb;
+    const T* mf;
+    const T* sf;
+
+    RunXhat(const NcsView& v, std::size_t i, BranchScale<T> batch, BranchScale<T> feature) {
+        const std::size_t kb = i % (v.c * v.s);
+        const std::size_t kf = i / (v.c * v.s) * v.s;
+        mb = batch.shift + kb;
+        sb = batch.inv_std + kb;
+        mf = feature.shift + kf;
+        sf = feature.inv_std + kf;
+    }
+    T batch(T x, std::size_t j) const { return kernels::standardized(x, mb[j], sb[j]); }
+    template <bool rows>
+    T feature(T x, std::size_t j) const {
+        if constexpr (rows) return kernels::standardized(x, mf[0], sf[0]);
+        return kernels::standardized(x, mf[j], sf[j]);
+    }
+};
+
 // Both branches standardized and mixed in one pass over x: x̂_B = (x − m_B)·s_B per (c, s),
 // x̂_F = (x − m_F)·s_F per (n, s), y = γ_c·(cf·x̂_F + cb·x̂_B) + β_c with cf = w_F/√C and
-// cb = w_B/√C. x is read once and y written once; the x̂ are written only where kept for
-// backward (xhat_b, xhat_f null otherwise). The same float operations, in the same order, as
-// standardizing each branch into an array and then mixing the arrays.
+// cb = w_B/√C. x is read once and y written once; `kept`, when not null, receives a copy of x
+// for the backward, which forms both x̂ from it again (writing the two x̂ instead took twice the
+// stores, and two arrays' reads in the backward). The same float operations, in the same order,
+// as standardizing each branch into an array and then mixing the arrays.
 template <class T>
 void standardize_and_mix(const T* x, const NcsView& v, BranchScale<T> batch, BranchScale<T> feature,
-                         T cf, T cb, const T* gamma, const T* beta, T* xhat_b, T* xhat_f, T* y) {
+                         T cf, T cb, const T* gamma, const T* beta, T* kept, T* y) {
     std::vector<T> ones, zeros;
     const T* g = kernels::or_constant(gamma, ones, v.c, T(1));
     const T* b = kernels::or_constant(beta, zeros, v.c, T(0));
     // Specialized on whether the run is a row (per-element γ, β and batch set, one feature set)
-    // and on whether the x̂ are kept, so that each loop vectorizes.
+    // and on whether x is copied, so that each loop vectorizes.
     const auto pass = [&](auto rows, auto keeps) {
         for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
-            // The run's first set of each branch: the batch set advances with every value (a
-            // position, or in a row a channel); the feature set with every position, and is one
-            // for a row.
-            const std::size_t kb = i % (v.c * v.s);
-            const std::size_t kf = i / (v.c * v.s) * v.s;
-            const T* mb = batch.shift + kb;
-            const T* sb = batch.inv_std + kb;
-            const T* mf = feature.shift + kf;
-            const T* sf = feature.inv_std + kf;
+            const RunXhat<T> run(v, i, batch, feature);
             const T* gc = g + c;
             const T* bc = b + c;
             const T* xi = x + i;
             T* yi = y + i;
-            T* hb_out = xhat_b + (keeps ? i : 0);
-            T* hf_out = xhat_f + (keeps ? i : 0);
+            T* kept_i = kept + (keeps ? i : 0);
 #pragma omp simd
             for (std::size_t j = 0; j < count; ++j) {
-                const T hb = kernels::standardized(xi[j], mb[j], sb[j]);
-                T hf, gj, bj;
-                if constexpr (rows) {
-                    hf = kernels::standardized(xi[j], mf[0], sf[0]);
-                    gj = gc[j];
-                    bj = bc[j];
-                } else {
-                    hf = kernels::standardized(xi[j], mf[j], sf[j]);
-                    gj = gc[0];
-                    bj = bc[0];
-                }
-                if constexpr (keeps) {
-                    hb_out[j] = hb;
-                    hf_out[j] = hf;
-                }
+                const T hb = run.batch(xi[j], j);
+                const T hf = run.template feature<rows>(xi[j], j);
+                const T gj = rows ? gc[j] : gc[0];
+                const T bj = rows ? bc[j] : bc[0];
+                if constexpr (keeps) kept_i[j] = xi[j];
                 yi[j] = (cf * hf + cb * hb) * gj + bj;
             }
         });
     };
-    with_flags(pass, v.s == 1, xhat_b != nullptr);
+    with_flags(pass, v.s == 1, kept != nullptr);
 }
 
 // The backward's elementwise pass: dx = dx_B + dx_F from each branch's coefficients (as
-// kernels::backward_apply would write each branch, then added), and the mixed
-// x̂ = cf·x̂_F + cb·x̂_B that dγ needs, into `mixed`. One pass over g and both x̂.
+// kernels::backward_apply would write each branch, then added), and, where `mixed` is not null,
+// the mixed x̂ = cf·x̂_F + cb·x̂_B that dγ needs. One pass over g and the kept input x. dx may be
+// g and mixed may be x: each value is written after its last read.
 template <class T>
-void apply_and_mix(const T* g, const T* xhat_b, const T* xhat_f, const NcsView& v,
-                   const BranchGrad<T>& batch, const BranchGrad<T>& feature, T cf, T cb, T* dx,
-                   T* mixed) {
-    const auto pass = [&](auto rows, auto batch_xhat, auto feature_xhat) {
+void apply_and_mix(const T* g, const T* x, const NcsView& v, BranchScale<T> batch_scale,
+                   BranchScale<T> feature_scale, const BranchGrad<T>& batch,
+                   const BranchGrad<T>& feature, T cf, T cb, T* dx, T* mixed) {
+    const auto pass = [&](auto rows, auto batch_xhat, auto feature_xhat, auto mixes) {
         for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t) {
+            const RunXhat<T> run(v, i, batch_scale, feature_scale);
             const std::size_t kb = i % (v.c * v.s);
             const std::size_t kf = i / (v.c * v.s) * v.s;
             const T* cgb = batch.cg.data() + kb;
@@ -233,28 +252,29 @@ void apply_and_mix(const T* g, const T* xhat_b, const T* xhat_f, const NcsView& 
             const T* c1f = feature.c1.data() + (feature_xhat ? kf : 0);
             const T* cxf = feature.cx.data() + (feature_xhat ? kf : 0);
             const T* gi = g + i;
-            const T* hb = xhat_b + i;
-            const T* hf = xhat_f + i;
+            const T* xi = x + i;
             T* dxi = dx + i;
-            T* mi = mixed + i;
+            T* mi = mixed + (mixes ? i : 0);
 #pragma omp simd
             for (std::size_t j = 0; j < count; ++j) {
                 const std::size_t f = rows ? 0 : j;
+                const T hb = run.batch(xi[j], j);
+                const T hf = run.template feature<rows>(xi[j], j);
                 T db, df;
                 if constexpr (batch_xhat)
-                    db = kernels::applied(cgb[j], T(1), gi[j], c1b[j], cxb[j], hb[j]);
+                    db = kernels::applied(cgb[j], T(1), gi[j], c1b[j], cxb[j], hb);
                 else
                     db = kernels::applied(cgb[j], T(1), gi[j], T(0));
                 if constexpr (feature_xhat)
-                    df = kernels::applied(cgf[f], T(1), gi[j], c1f[f], cxf[f], hf[j]);
+                    df = kernels::applied(cgf[f], T(1), gi[j], c1f[f], cxf[f], hf);
                 else
                     df = kernels::applied(cgf[f], T(1), gi[j], T(0));
                 dxi[j] = db + df;
-                mi[j] = cf * hf[j] + cb * hb[j];
+                if constexpr (mixes) mi[j] = cf * hf + cb * hb;
             }
         });
     };
-    with_flags(pass, v.s == 1, !batch.cx.empty(), !feature.cx.empty());
+    with_flags(pass, v.s == 1, !batch.cx.empty(), !feature.cx.empty(), mixed != nullptr);
 }
 
 std::string flag_list(const BatchLayerNormOptions& o) {
@@ -381,6 +401,19 @@ void BatchLayerNorm<T>::check_call(const Array<T>& x, const NcsView& v, bool tra
 
 template <class T>
 Array<T> BatchLayerNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
+    return run_forward(x, mode, grad, false);
+}
+
+template <class T>
+Array<T> BatchLayerNorm<T>::forward(Array<T>&& x, Mode mode, Grad grad) {
+    Array<T> y = run_forward(std::as_const(x), mode, grad, true);
+    // Moved only once the forward has succeeded: a refused input stays with the caller.
+    if (grad == Grad::keep) this->last_saved().input = std::move(x);
+    return y;
+}
+
+template <class T>
+Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bool handed_over) {
     const NcsView v = this->check_input(x);
     const bool train = mode == Mode::train;
     const bool tracking = options_.track_running_stats;
@@ -439,16 +472,17 @@ Array<T> BatchLayerNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     ctx.coef_batch = T(w.batch / root_c);
     ctx.coef_feature = T(w.feature / root_c);
     const bool keeps = grad == Grad::keep;
-    if (keeps) {
-        ctx.xhat_batch = Array<T>::from_shape(x.shape());
-        ctx.xhat_feature = Array<T>::from_shape(x.shape());
-    }
+    // The backward forms both x̂ again from the input: a handed-over input is kept as it is,
+    // another is copied by the pass below.
+    const bool copies = keeps && !handed_over;
+    if (copies) ctx.input = Array<T>::from_shape(x.shape());
     Array<T> y = Array<T>::from_shape(x.shape());
     standardize_and_mix(x.data(), v, BranchScale<T>{b_shift.data(), ctx.batch.inv_std.data()},
                         BranchScale<T>{f_shift.data(), ctx.feature.inv_std.data()},
                         ctx.coef_feature, ctx.coef_batch, this->gamma(), this->beta(),
-                        keeps ? ctx.xhat_batch.data() : nullptr,
-                        keeps ? ctx.xhat_feature.data() : nullptr, y.data());
+                        copies ? ctx.input.data() : nullptr, y.data());
+    ctx.shift_batch = std::move(b_shift);
+    ctx.shift_feature = std::move(f_shift);
 
     if (train && tracking) {
         for (std::size_t k = 0; k < b_sets; ++k) {
@@ -470,7 +504,10 @@ Array<T> BatchLayerNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 
 template <class T>
 Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
-    const SavedBln<T> ctx = this->take(dy);
+    SavedBln<T> ctx = this->take(dy);
+    if (shape_of(ctx.input) != ctx.shape)
+        throw StateError(this->label() +
+                         ": the saved context is missing the input its forward was to keep");
     const NcsView v = this->view_of(ctx.shape);
     const T* gamma = this->gamma();
     // g = γ ⊙ dy: both branches see it, and γ is per channel, which the feature branch's
@@ -489,18 +526,25 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
         g = weighted.data();
     }
 
-    const BranchGrad<T> batch =
-        branch_grad(g, ctx.xhat_batch.data(), batch_calls(v), ctx.batch, ctx.coef_batch, v.c * v.s);
-    const BranchGrad<T> feature = branch_grad(g, ctx.xhat_feature.data(), feature_calls(v),
+    T* const x = ctx.input.data();
+    const BranchGrad<T> batch = branch_grad(g, x, ctx.shift_batch.data(), batch_calls(v), ctx.batch,
+                                            ctx.coef_batch, v.c * v.s);
+    const BranchGrad<T> feature = branch_grad(g, x, ctx.shift_feature.data(), feature_calls(v),
                                               ctx.feature, ctx.coef_feature, v.n * v.s);
-    Array<T> dx = Array<T>::from_shape(dy.shape());
-    // dγ needs the mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C.
-    Array<T> mixed = Array<T>::from_shape(dy.shape());
-    apply_and_mix(g, ctx.xhat_batch.data(), ctx.xhat_feature.data(), v, batch, feature,
-                  ctx.coef_feature, ctx.coef_batch, dx.data(), mixed.data());
-    std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
-    kernels::channel_sums(dy.data(), mixed.data(), v, sum_dy.data(), sum_dy_xhat.data());
-    this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
+    // dx is written over g, and dγ's mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C over the input: both
+    // are spent by then, and their lines are in cache where new arrays' would first be fetched.
+    // Without γ there is no dγ, and dx goes over the input.
+    Array<T> dx = gamma ? std::move(weighted) : std::move(ctx.input);
+    T* const mixed = gamma ? x : nullptr;
+    apply_and_mix(g, static_cast<const T*>(x), v,
+                  BranchScale<T>{ctx.shift_batch.data(), ctx.batch.inv_std.data()},
+                  BranchScale<T>{ctx.shift_feature.data(), ctx.feature.inv_std.data()}, batch,
+                  feature, ctx.coef_feature, ctx.coef_batch, dx.data(), mixed);
+    if (mixed) {
+        std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
+        kernels::channel_sums(dy.data(), mixed, v, sum_dy.data(), sum_dy_xhat.data());
+        this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
+    }
     return dx;
 }
 

@@ -80,8 +80,10 @@ struct BlnBranch {
 template <class T>
 struct SavedBln {
     Shape shape;
-    Array<T> xhat_batch;    // batch branch, standardized per (c, s) over n
-    Array<T> xhat_feature;  // feature branch, standardized per (n, s) over c
+    // The input; backward forms both branches' x̂ = (input − shift)·inv_std from it again.
+    Array<T> input;
+    std::vector<T> shift_batch;    // batch branch, per (c, s) over n
+    std::vector<T> shift_feature;  // feature branch, per (n, s) over c
     BlnBranch<T> batch, feature;
     T coef_batch = T(0), coef_feature = T(0);  // w_B/√C and w_F/√C
 };
@@ -100,6 +102,8 @@ class BatchLayerNorm : public NormalizerBase<T, SavedBln<T>> {
     // train: current statistics for both branches; adds them to the epoch's sums. eval: each of
     // the four statistics from the population or the current input, as the flags say.
     Array<T> forward(const Array<T>& x, Mode mode, Grad grad = Grad::keep) override;
+    // Keeps x itself for backward instead of a copy (see BasicNormalizer::forward(Array&&)).
+    Array<T> forward(Array<T>&& x, Mode mode, Grad grad = Grad::keep) override;
     // Sum of the two branch projections (spec §6.4); a branch statistic that was a population
     // constant contributes no projection term.
     Array<T> backward(const Array<T>& dy) override;
@@ -129,6 +133,8 @@ class BatchLayerNorm : public NormalizerBase<T, SavedBln<T>> {
     std::int64_t population_steps() const { return population_steps_; }
 
   private:
+    // forward; handed_over: x is moved into the saved context by the caller, not copied.
+    Array<T> run_forward(const Array<T>& x, Mode mode, Grad grad, bool handed_over);
     // Throws if x cannot be used in this mode with the fixed (or about to be fixed) geometry.
     void check_call(const Array<T>& x, const NcsView& v, bool train, std::size_t batch,
                     std::size_t positions) const;

@@ -415,22 +415,26 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
     add_partials(part1, part2, blocks, v.c, s1, s2);
 }
 
-// Σdy and Σdy·x̂ per column of a dense (N, C) input. per_row(n, x̂ of row n or null: no x̂) runs
-// first on every row of a group (once, with the group's first range of columns); it must not
-// write what the column sums read (other ranges run at the same time). Without per_row, x̂ is
-// formed from the input in registers where direct_rows allows; with it, x̂ must be stored (or
-// absent), since per_row reads it.
+// Σdy and Σdy·x̂ per column of a dense (N, C) input. per_row(n, x̂ of row n or null) runs first
+// on every row of a group (once, with the group's first range of columns); it must not write
+// what the column sums read (other ranges run at the same time). x̂ is formed from the input in
+// registers where direct_rows allows; per_row is then given null and forms its row's x̂ from
+// the input itself, as it is given null when there is no x̂ at all.
 template <class T, class PerRow>
 void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                        const SetSpec* sets, double* s1, double* s2, PerRow&& per_row) {
     constexpr bool has_per_row = !std::is_same_v<std::decay_t<PerRow>, std::nullptr_t>;
-    const bool direct = !has_per_row && direct_rows(xhat, v, sets);
+    const bool direct = direct_rows(xhat, v, sets);
     column_sums_by_blocks(
         v, grad_row_group<T>(v), xhat.present(), true, s1, s2,
         [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1, double* part1,
             double* part2) {
             const std::size_t at = n0 * v.c + c0, width = c1 - c0;
             double* p2 = part2 ? part2 + c0 : nullptr;
+            if constexpr (has_per_row)
+                if (direct && c0 == 0)
+                    for (std::size_t n = n0; n < n0 + count; ++n)
+                        per_row(n, static_cast<const T*>(nullptr));
             if (direct) {
                 const bool by_row = !sets->across_batch;
                 rows::column_grad_sums_from_input(
@@ -873,16 +877,23 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
     if (v.s == 1) {
         // Each set is a contiguous run of channels of one sample: its sums are taken row by row
         // in the same pass that adds the rows into the channel sums.
+        // With x̂ formed from the input (one set per row), the row's x̂ comes from its input.
         const std::size_t spp = sets.sets_per_sample(v);
         dense_column_sums(dy, xhat, v, &sets, chan_sum_dy, chan_sum_dy_xhat,
                           [&](std::size_t n, const T* h) {
                               for (std::size_t kk = 0; kk < spp; ++kk) {
                                   const std::size_t start = n * v.c + kk * cps;
+                                  const std::size_t k = n * spp + kk;
                                   double a = 0, b = 0;
-                                  rows::grad_sums(dy + start, h ? h + kk * cps : nullptr,
-                                                  g + kk * cps, cps, a, b);
-                                  set_sum_g[n * spp + kk] = a;
-                                  if (set_sum_g_xhat) set_sum_g_xhat[n * spp + kk] = b;
+                                  if (xhat.x)
+                                      rows::grad_sums_from_input(dy + start, xhat.x + start,
+                                                                 xhat.shift[k], xhat.scale[k],
+                                                                 g + kk * cps, cps, a, b);
+                                  else
+                                      rows::grad_sums(dy + start, h ? h + kk * cps : nullptr,
+                                                      g + kk * cps, cps, a, b);
+                                  set_sum_g[k] = a;
+                                  if (set_sum_g_xhat) set_sum_g_xhat[k] = b;
                               }
                           });
         return;

@@ -1,5 +1,6 @@
 #include "batch_layer_norm.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -8,6 +9,7 @@
 
 #include "kernels/formulas.hpp"
 #include "kernels/moments.hpp"
+#include "kernels/vector_width.hpp"
 
 namespace normlab {
 namespace {
@@ -154,6 +156,34 @@ void for_each_channel_run(const NcsView& v, F&& f) {
     }
 }
 
+// Values of one position piece in a run, for the passes that read per-(c, s) coefficients.
+constexpr std::size_t kPieceValues = 1024;
+
+// for_each_channel_run for the passes that read the batch branch's per-(c, s) coefficients
+// (arrays the size of a sample): with trailing dimensions, each channel's S positions are cut
+// into pieces of at most kPieceValues, and each piece is done for every sample before the next,
+// so that its coefficients are read from memory once, not once per sample. f(i, count, c) as
+// for for_each_channel_run (a run may start within a channel's positions); the same values, in
+// another order. Without trailing dimensions the coefficients are C values, and rows are runs.
+template <class F>
+void for_each_piece_across_samples(const NcsView& v, F&& f) {
+    if (v.s == 1) {
+        for_each_channel_run(v, f);
+        return;
+    }
+    const std::size_t per_channel = (v.s + kPieceValues - 1) / kPieceValues;
+    const std::size_t piece = (v.s + per_channel - 1) / per_channel;
+    const std::size_t pieces = v.c * per_channel;
+#pragma omp parallel for schedule(static) if (v.size() >= kernels::kParallelMin)
+    for (std::size_t p = 0; p < pieces; ++p) {
+        const std::size_t c = p / per_channel;
+        const std::size_t s0 = (p % per_channel) * piece;
+        const std::size_t count = std::min(piece, v.s - s0);
+        for (std::size_t n = 0; n < v.n; ++n)
+            f((n * v.c + c) * v.s + s0, count, c);
+    }
+}
+
 // The per-channel factor of value j of a run that starts at channel c: the run's channel with
 // trailing dimensions, the value's own channel without.
 template <class T>
@@ -182,19 +212,36 @@ struct RunXhat {
 
     RunXhat(const NcsView& v, std::size_t i, BranchScale<T> batch, BranchScale<T> feature) {
         const std::size_t kb = i % (v.c * v.s);
-        const std::size_t kf = i / (v.c * v.s) * v.s;
+        const std::size_t kf = i / (v.c * v.s) * v.s + i % v.s;
         mb = batch.shift + kb;
         sb = batch.inv_std + kb;
         mf = feature.shift + kf;
         sf = feature.inv_std + kf;
     }
-    T batch(T x, std::size_t j) const { return kernels::standardized(x, mb[j], sb[j]); }
+    __attribute__((always_inline)) T batch(T x, std::size_t j) const {
+        return kernels::standardized(x, mb[j], sb[j]);
+    }
     template <bool rows>
-    T feature(T x, std::size_t j) const {
+    __attribute__((always_inline)) T feature(T x, std::size_t j) const {
         if constexpr (rows) return kernels::standardized(x, mf[0], sf[0]);
         return kernels::standardized(x, mf[j], sf[j]);
     }
 };
+
+// The mixing pass over one run (standardize_and_mix), in every ISA clone.
+template <class T, bool rows, bool keeps>
+NORMLAB_ISA_CLONES void mix_run(const T* x, std::size_t count, RunXhat<T> run, const T* gc,
+                                const T* bc, T cf, T cb, T* kept, T* y) {
+#pragma omp simd
+    for (std::size_t j = 0; j < count; ++j) {
+        const T hb = run.batch(x[j], j);
+        const T hf = run.template feature<rows>(x[j], j);
+        const T gj = rows ? gc[j] : gc[0];
+        const T bj = rows ? bc[j] : bc[0];
+        if constexpr (keeps) kept[j] = x[j];
+        y[j] = (cf * hf + cb * hb) * gj + bj;
+    }
+}
 
 // Both branches standardized and mixed in one pass over x: x̂_B = (x − m_B)·s_B per (c, s),
 // x̂_F = (x − m_F)·s_F per (n, s), y = γ_c·(cf·x̂_F + cb·x̂_B) + β_c with cf = w_F/√C and
@@ -211,25 +258,45 @@ void standardize_and_mix(const T* x, const NcsView& v, BranchScale<T> batch, Bra
     // Specialized on whether the run is a row (per-element γ, β and batch set, one feature set)
     // and on whether x is copied, so that each loop vectorizes.
     const auto pass = [&](auto rows, auto keeps) {
-        for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
-            const RunXhat<T> run(v, i, batch, feature);
-            const T* gc = g + c;
-            const T* bc = b + c;
-            const T* xi = x + i;
-            T* yi = y + i;
-            T* kept_i = kept + (keeps ? i : 0);
-#pragma omp simd
-            for (std::size_t j = 0; j < count; ++j) {
-                const T hb = run.batch(xi[j], j);
-                const T hf = run.template feature<rows>(xi[j], j);
-                const T gj = rows ? gc[j] : gc[0];
-                const T bj = rows ? bc[j] : bc[0];
-                if constexpr (keeps) kept_i[j] = xi[j];
-                yi[j] = (cf * hf + cb * hb) * gj + bj;
-            }
+        for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t c) {
+            mix_run<T, decltype(rows)::value, decltype(keeps)::value>(
+                x + i, count, RunXhat<T>(v, i, batch, feature), g + c, b + c, cf, cb,
+                keeps ? kept + i : nullptr, y + i);
         });
     };
     with_flags(pass, v.s == 1, kept != nullptr);
+}
+
+// One branch's backward coefficients at a run's first set.
+template <class T>
+struct RunGrad {
+    const T* cg;
+    const T* c1;
+    const T* cx;
+};
+
+// The backward's pass over one run (apply_and_mix), in every ISA clone.
+template <class T, bool rows, bool batch_xhat, bool feature_xhat, bool mixes>
+NORMLAB_ISA_CLONES void apply_run(const T* g, const T* x, std::size_t count, RunXhat<T> run,
+                                  RunGrad<T> batch, RunGrad<T> feature, T cf, T cb, T* dx,
+                                  T* mixed) {
+#pragma omp simd
+    for (std::size_t j = 0; j < count; ++j) {
+        const std::size_t f = rows ? 0 : j;
+        const T hb = run.batch(x[j], j);
+        const T hf = run.template feature<rows>(x[j], j);
+        T db, df;
+        if constexpr (batch_xhat)
+            db = kernels::applied(batch.cg[j], T(1), g[j], batch.c1[j], batch.cx[j], hb);
+        else
+            db = kernels::applied(batch.cg[j], T(1), g[j], T(0));
+        if constexpr (feature_xhat)
+            df = kernels::applied(feature.cg[f], T(1), g[j], feature.c1[f], feature.cx[f], hf);
+        else
+            df = kernels::applied(feature.cg[f], T(1), g[j], T(0));
+        dx[j] = db + df;
+        if constexpr (mixes) mixed[j] = cf * hf + cb * hb;
+    }
 }
 
 // The backward's elementwise pass: dx = dx_B + dx_F from each branch's coefficients (as
@@ -241,37 +308,21 @@ void apply_and_mix(const T* g, const T* x, const NcsView& v, BranchScale<T> batc
                    BranchScale<T> feature_scale, const BranchGrad<T>& batch,
                    const BranchGrad<T>& feature, T cf, T cb, T* dx, T* mixed) {
     const auto pass = [&](auto rows, auto batch_xhat, auto feature_xhat, auto mixes) {
-        for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t) {
+        for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t) {
             const RunXhat<T> run(v, i, batch_scale, feature_scale);
             const std::size_t kb = i % (v.c * v.s);
-            const std::size_t kf = i / (v.c * v.s) * v.s;
-            const T* cgb = batch.cg.data() + kb;
-            const T* c1b = batch.c1.data() + (batch_xhat ? kb : 0);
-            const T* cxb = batch.cx.data() + (batch_xhat ? kb : 0);
-            const T* cgf = feature.cg.data() + kf;
-            const T* c1f = feature.c1.data() + (feature_xhat ? kf : 0);
-            const T* cxf = feature.cx.data() + (feature_xhat ? kf : 0);
-            const T* gi = g + i;
-            const T* xi = x + i;
-            T* dxi = dx + i;
-            T* mi = mixed + (mixes ? i : 0);
-#pragma omp simd
-            for (std::size_t j = 0; j < count; ++j) {
-                const std::size_t f = rows ? 0 : j;
-                const T hb = run.batch(xi[j], j);
-                const T hf = run.template feature<rows>(xi[j], j);
-                T db, df;
-                if constexpr (batch_xhat)
-                    db = kernels::applied(cgb[j], T(1), gi[j], c1b[j], cxb[j], hb);
-                else
-                    db = kernels::applied(cgb[j], T(1), gi[j], T(0));
-                if constexpr (feature_xhat)
-                    df = kernels::applied(cgf[f], T(1), gi[j], c1f[f], cxf[f], hf);
-                else
-                    df = kernels::applied(cgf[f], T(1), gi[j], T(0));
-                dxi[j] = db + df;
-                if constexpr (mixes) mi[j] = cf * hf + cb * hb;
-            }
+            const std::size_t kf = i / (v.c * v.s) * v.s + i % v.s;
+            const auto at = [](const std::vector<T>& values, bool present, std::size_t k) {
+                return present ? values.data() + k : nullptr;
+            };
+            apply_run<T, decltype(rows)::value, decltype(batch_xhat)::value,
+                      decltype(feature_xhat)::value, decltype(mixes)::value>(
+                g + i, x + i, count, run,
+                RunGrad<T>{batch.cg.data() + kb, at(batch.c1, batch_xhat, kb),
+                           at(batch.cx, batch_xhat, kb)},
+                RunGrad<T>{feature.cg.data() + kf, at(feature.c1, feature_xhat, kf),
+                           at(feature.cx, feature_xhat, kf)},
+                cf, cb, dx + i, mixes ? mixed + i : nullptr);
         });
     };
     with_flags(pass, v.s == 1, !batch.cx.empty(), !feature.cx.empty(), mixed != nullptr);

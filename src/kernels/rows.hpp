@@ -17,8 +17,6 @@
 #include "kernels/formulas.hpp"
 #include "kernels/vector_width.hpp"
 
-#define NORMLAB_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
 namespace normlab::kernels::rows {
 
 constexpr std::size_t kLanes = 16;

@@ -1,6 +1,10 @@
 #pragma once
 // The float vector width of the kernels' hottest loops.
 
+// The hot loops are compiled for AVX-512, AVX2 and baseline x86-64, and the loader picks the
+// machine's, so that portable binaries vectorize at the machine's width.
+#define NORMLAB_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
 namespace normlab::kernels {
 
 // Whether the kernels' sums (rows::paired_sums: every sum over a run) take floats sixteen to a

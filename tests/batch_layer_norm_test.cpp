@@ -5,6 +5,7 @@
 #include <limits>
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "gradient_check.hpp"
 #include "normlab/normlab.hpp"
@@ -256,6 +257,52 @@ TEST(BatchLayerNorm, EveryInferenceConfigurationMatchesTheReferenceAndFiniteDiff
     }
     RecordProperty("eval_worst_dx", format_value(worst_dx));
     RecordProperty("eval_worst_param", format_value(worst_param));
+}
+
+// The layer's passes split work between threads differently by shape (the feature branch's
+// samples a thread each, pieces of positions through every sample, rows): every value and every
+// statistic must come out the same on any number of threads, and the input handed over or not.
+TEST(BatchLayerNorm, ResultsAreTheSameBitsOnAnyNumberOfThreads) {
+    const int threads_before = omp_get_max_threads();
+    for (const Shape& shape : {Shape{3, 8, 6, 7}, Shape{5, 16, 1500}, Shape{2, 4, 2048},
+                               Shape{64, 40}, Shape{1, 8, 9}}) {
+        struct Run {
+            Tensor y, dx, eval_y, dgamma, dbeta;
+        };
+        const auto run = [&](int threads, bool handed) {
+            omp_set_num_threads(threads);
+            BatchLayerNorm<float> layer(shape[1],
+                                        {.batch_moving_mean = false, .batch_moving_var = false});
+            auto params = layer.parameters();
+            *params[0].value = xt::cast<float>(random_array({shape[1]}, 5, 1.0, 0.5));
+            *params[1].value = xt::cast<float>(random_array({shape[1]}, 6, 0.0, 0.5));
+            const Tensor x = xt::cast<float>(random_array(shape, 7, 0.5, 2.0));
+            Tensor copy = x;
+            Run r;
+            r.y = handed ? layer.forward(std::move(copy), Mode::train)
+                         : layer.forward(x, Mode::train);
+            r.dx = layer.backward(xt::cast<float>(random_array(shape, 8)));
+            layer.end_epoch();
+            r.eval_y = layer.forward(x, Mode::eval, Grad::none);
+            r.dgamma = *params[0].grad;
+            r.dbeta = *params[1].grad;
+            return r;
+        };
+        const Run one = run(1, false);
+        for (int threads : {1, 2, 3})
+            for (bool handed : {false, true}) {
+                if (threads == 1 && !handed) continue;
+                const Run other = run(threads, handed);
+                const std::string what = format_shape(shape) + ", " + std::to_string(threads) +
+                                         " threads" + (handed ? ", handed over" : "");
+                EXPECT_EQ(other.y, one.y) << what;
+                EXPECT_EQ(other.dx, one.dx) << what;
+                EXPECT_EQ(other.eval_y, one.eval_y) << what;
+                EXPECT_EQ(other.dgamma, one.dgamma) << what;
+                EXPECT_EQ(other.dbeta, one.dbeta) << what;
+            }
+    }
+    omp_set_num_threads(threads_before);
 }
 
 TEST(BatchLayerNorm, PopulationStatisticsArePerEpochMeansWithTheBesselFactor) {

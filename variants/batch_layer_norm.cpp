@@ -41,6 +41,24 @@ std::vector<BranchCall> feature_calls(const NcsView& v) {
     return calls;
 }
 
+// f(call) for each call. Several calls (the feature branch with trailing dimensions: one per
+// sample) go to the threads a call each, every call on one thread, instead of one after another
+// with the threads splitting each call: a sample's sets are small (C·S values), and a parallel
+// region per sample cost more than its work. The kernels give the same bits on any number of
+// threads. (A region with a false if clause is not used for the single call: kernels' regions
+// nested in it, inactive or not, got new threads on every call.)
+template <class F>
+void for_each_call(const std::vector<BranchCall>& calls, F&& f) {
+    if (calls.size() > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+        for (std::size_t i = 0; i < calls.size(); ++i)
+            f(calls[i]);
+        return;
+    }
+    for (const auto& call : calls)
+        f(call);
+}
+
 template <class T>
 struct Moments {
     std::vector<T> mean, var;  // biased variance
@@ -50,9 +68,10 @@ template <class T>
 Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& calls,
                           std::size_t num_sets) {
     Moments<T> m{std::vector<T>(num_sets), std::vector<T>(num_sets)};
-    for (const auto& call : calls)
+    for_each_call(calls, [&](const BranchCall& call) {
         kernels::collect_moments(x.data() + call.offset, call.view, call.sets, true,
                                  m.mean.data() + call.first_set, m.var.data() + call.first_set);
+    });
     return m;
 }
 
@@ -105,13 +124,14 @@ BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
         out.cg[k] = coef * b.inv_std[k];
     if (!b.mean_from_input && !b.var_from_input) return out;
     std::vector<double> sum_g(num_sets), sum_gx(num_sets);
-    for (const auto& call : calls)
+    for_each_call(calls, [&](const BranchCall& call) {
         kernels::backward_reduce(g + call.offset,
                                  kernels::XhatSource<T>(x + call.offset, shift + call.first_set,
                                                         b.inv_std.data() + call.first_set),
                                  call.view, call.sets, static_cast<const T*>(nullptr),
                                  sum_g.data() + call.first_set, sum_gx.data() + call.first_set,
                                  nullptr, nullptr);
+    });
     out.c1.resize(num_sets);
     out.cx.resize(num_sets);
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));

@@ -120,8 +120,11 @@ BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
                           std::size_t num_sets) {
     BranchGrad<T> out;
     out.cg.resize(num_sets);
+    T* cg = out.cg.data();
+    const T* inv_std = b.inv_std.data();
+#pragma omp parallel for simd schedule(static) if (num_sets >= kernels::kParallelSets)
     for (std::size_t k = 0; k < num_sets; ++k)
-        out.cg[k] = coef * b.inv_std[k];
+        cg[k] = coef * inv_std[k];
     if (!b.mean_from_input && !b.var_from_input) return out;
     std::vector<double> sum_g(num_sets), sum_gx(num_sets);
     for_each_call(calls, [&](const BranchCall& call) {
@@ -556,14 +559,18 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     ctx.shift_feature = std::move(f_shift);
 
     if (train && tracking) {
-        for (std::size_t k = 0; k < b_sets; ++k) {
-            sum_batch_mean_.data()[k] += b_cur.mean[k];
-            sum_batch_var_.data()[k] += b_cur.var[k];
-        }
-        for (std::size_t k = 0; k < f_sets; ++k) {
-            sum_feature_mean_.data()[k] += f_cur.mean[k];
-            sum_feature_var_.data()[k] += f_cur.var[k];
-        }
+        const auto accumulate = [](Array<T>& sum, const std::vector<T>& values) {
+            T* total = sum.data();
+            const T* value = values.data();
+            const std::size_t n = values.size();
+#pragma omp parallel for simd schedule(static) if (n >= kernels::kParallelSets)
+            for (std::size_t k = 0; k < n; ++k)
+                total[k] += value[k];
+        };
+        accumulate(sum_batch_mean_, b_cur.mean);
+        accumulate(sum_batch_var_, b_cur.var);
+        accumulate(sum_feature_mean_, f_cur.mean);
+        accumulate(sum_feature_var_, f_cur.var);
         ++epoch_steps_;
     }
     if (grad == Grad::keep) {

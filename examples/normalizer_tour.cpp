@@ -39,7 +39,8 @@ int main() {
                 channels);
     std::printf("%-78s %18s %18s\n", "spec", "train mean / std", "eval mean / std");
     for (const auto& variant : normlab::registered_variants()) {
-        const std::string spec = variant.name == "group_norm" ? "group_norm(groups=4)" : variant.name;
+        const std::string spec =
+            variant.name == "group_norm" ? "group_norm(groups=4)" : variant.name;
         auto norm = normlab::make_normalizer(spec, channels);
         normlab::Tensor y_train;
         normlab::Tensor x;
@@ -56,8 +57,9 @@ int main() {
         const auto [em, es] = channel_stats(y_eval);
         std::printf("%-78s %8.4f / %7.4f %8.4f / %7.4f\n", norm->spec().c_str(), tm, ts, em, es);
     }
-    std::printf("\nbatch_norm's eval output uses running statistics (momentum 0.1, 20 steps),\n"
-                "so its mean and std are close to, not exactly, 0 and 1; identity keeps the\n"
-                "input's; rms_norm scales without centring (mean stays positive).\n");
+    std::printf(
+        "\nbatch_norm's eval output uses running statistics (momentum 0.1, 20 steps),\n"
+        "so its mean and std are close to, not exactly, 0 and 1; identity keeps the\n"
+        "input's; rms_norm scales without centring (mean stays positive).\n");
     return 0;
 }

@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
     normlab::reuse_freed_memory();
     const std::size_t epochs = argc > 1 ? std::size_t(std::atoi(argv[1])) : 5;
     std::vector<std::string> specs;
-    for (int i = 2; i < argc; ++i) specs.emplace_back(argv[i]);
+    for (int i = 2; i < argc; ++i)
+        specs.emplace_back(argv[i]);
     if (specs.empty()) specs = {"batch_norm", "identity"};
     try {
         const auto data = normlab::data::load_fashion_mnist();
@@ -31,14 +32,17 @@ int main(int argc, char** argv) {
             normlab::train::TrainResult result;
             while (trainer.epoch() < epochs && trainer.run_epoch(result)) {
                 const auto& m = result.epochs.back();
-                std::printf("  epoch %zu  train loss %.4f  test accuracy %.2f%% (train mode %.2f%%)"
-                            "  %.1f s\n",
-                            m.epoch, m.train_loss, 100 * m.test.accuracy,
-                            100 * m.test_train_mode.accuracy, m.seconds);
+                std::printf(
+                    "  epoch %zu  train loss %.4f  test accuracy %.2f%% (train mode %.2f%%)"
+                    "  %.1f s\n",
+                    m.epoch, m.train_loss, 100 * m.test.accuracy, 100 * m.test_train_mode.accuracy,
+                    m.seconds);
                 seen = m.epoch;
             }
-            if (result.status != "ok") std::printf("  %s: %s\n", result.status.c_str(), result.message.c_str());
-            std::printf("  %.0f training examples/s over %zu epochs\n", result.examples_per_second, seen);
+            if (result.status != "ok")
+                std::printf("  %s: %s\n", result.status.c_str(), result.message.c_str());
+            std::printf("  %.0f training examples/s over %zu epochs\n", result.examples_per_second,
+                        seen);
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "train_mlp: %s\n", e.what());

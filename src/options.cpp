@@ -13,8 +13,10 @@ namespace {
 
 std::string trim(const std::string& s) {
     std::size_t b = 0, e = s.size();
-    while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-    while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+    while (b < e && std::isspace(static_cast<unsigned char>(s[b])))
+        ++b;
+    while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1])))
+        --e;
     return s.substr(b, e - b);
 }
 
@@ -46,8 +48,8 @@ ParsedSpec parse_spec(const std::string& spec) {
     std::size_t pos = 0;
     while (pos <= body.size()) {
         const auto comma = body.find(',', pos);
-        const std::string item = body.substr(pos, comma == std::string::npos ? std::string::npos
-                                                                              : comma - pos);
+        const std::string item =
+            body.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
         const auto eq = item.find('=');
         if (eq == std::string::npos)
             throw OptionError("spec '" + spec + "': expected key=value, got '" + trim(item) + "'");
@@ -69,9 +71,15 @@ std::string format_value(double v) {
     auto res = std::to_chars(buf.data(), buf.data() + buf.size(), v);
     return std::string(buf.data(), res.ptr);
 }
-std::string format_value(std::int64_t v) { return std::to_string(v); }
-std::string format_value(bool v) { return v ? "true" : "false"; }
-std::string format_value(const std::string& v) { return v; }
+std::string format_value(std::int64_t v) {
+    return std::to_string(v);
+}
+std::string format_value(bool v) {
+    return v ? "true" : "false";
+}
+std::string format_value(const std::string& v) {
+    return v;
+}
 std::string format_value(const std::optional<double>& v) {
     return v ? format_value(*v) : std::string("none");
 }
@@ -107,8 +115,7 @@ void OptionReader::operator()(const std::string& key, std::int64_t& field, const
     if (!v) return;
     std::int64_t parsed = 0;
     auto res = std::from_chars(v->data(), v->data() + v->size(), parsed);
-    if (res.ec != std::errc() || res.ptr != v->data() + v->size())
-        bad_value(key, *v, "an integer");
+    if (res.ec != std::errc() || res.ptr != v->data() + v->size()) bad_value(key, *v, "an integer");
     field = parsed;
 }
 
@@ -144,14 +151,16 @@ void OptionReader::finish() const {
     std::string unknown;
     for (const auto& [key, value] : given_) {
         bool found = false;
-        for (const auto& k : known_) found = found || k == key;
+        for (const auto& k : known_)
+            found = found || k == key;
         if (!found) unknown += (unknown.empty() ? "'" : ", '") + key + "'";
     }
     if (unknown.empty()) return;
     std::string valid;
-    for (const auto& k : known_) valid += (valid.empty() ? "" : ", ") + k;
-    throw OptionError(layer_ + ": unknown option " + unknown + "; valid options: " +
-                      (valid.empty() ? std::string("none") : valid));
+    for (const auto& k : known_)
+        valid += (valid.empty() ? "" : ", ") + k;
+    throw OptionError(layer_ + ": unknown option " + unknown +
+                      "; valid options: " + (valid.empty() ? std::string("none") : valid));
 }
 
 }  // namespace normlab

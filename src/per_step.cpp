@@ -38,7 +38,8 @@ Array<T> PerStepNormalizer<T>::forward(const Array<T>& x, Mode mode, Grad grad) 
     }
     auto& inner = *steps_[step];
     auto params = inner.parameters();
-    for (std::size_t i = 0; i < params.size(); ++i) *params[i].value = shared_values_[i];
+    for (std::size_t i = 0; i < params.size(); ++i)
+        *params[i].value = shared_values_[i];
     Array<T> y = inner.forward(x, mode, grad);
     if (grad == Grad::keep) pending_steps_.push_back(step);
     return y;
@@ -90,18 +91,21 @@ std::vector<CounterRef> PerStepNormalizer<T>::counters() {
 
 template <class T>
 void PerStepNormalizer<T>::clear_saved() {
-    for (auto& s : steps_) s->clear_saved();
+    for (auto& s : steps_)
+        s->clear_saved();
     pending_steps_.clear();
 }
 
 template <class T>
 void PerStepNormalizer<T>::begin_epoch() {
-    for (auto& s : steps_) s->begin_epoch();
+    for (auto& s : steps_)
+        s->begin_epoch();
 }
 
 template <class T>
 void PerStepNormalizer<T>::end_epoch() {
-    for (auto& s : steps_) s->end_epoch();
+    for (auto& s : steps_)
+        s->end_epoch();
 }
 
 template class PerStepNormalizer<float>;

@@ -30,14 +30,14 @@ std::unique_ptr<BasicNormalizer<T>> build(std::size_t num_features, const Parsed
 template <template <class> class V>
 Entry entry() {
     return {{V<float>::kName, V<float>::kSummary, describe_options<typename V<float>::Options>()},
-            &build<V, float>, &build<V, double>};
+            &build<V, float>,
+            &build<V, double>};
 }
 
 const std::vector<Entry>& table() {
     static const std::vector<Entry> entries = {
-        entry<Identity>(),      entry<BatchNorm>(), entry<LayerNorm>(),
-        entry<InstanceNorm>(),  entry<GroupNorm>(), entry<RmsNorm>(),
-        entry<BatchRenorm>(),   entry<BatchLayerNorm>(),
+        entry<Identity>(),  entry<BatchNorm>(), entry<LayerNorm>(),   entry<InstanceNorm>(),
+        entry<GroupNorm>(), entry<RmsNorm>(),   entry<BatchRenorm>(), entry<BatchLayerNorm>(),
     };
     return entries;
 }
@@ -51,7 +51,8 @@ std::vector<Entry>& extra_table() {
 std::vector<VariantInfo>& infos() {
     static std::vector<VariantInfo> out = [] {
         std::vector<VariantInfo> built_in;
-        for (const auto& e : table()) built_in.push_back(e.info);
+        for (const auto& e : table())
+            built_in.push_back(e.info);
         return built_in;
     }();
     return out;
@@ -67,7 +68,8 @@ const Entry& find(const std::string& name) {
     if (const Entry* e = find_in(table(), name)) return *e;
     if (const Entry* e = find_in(extra_table(), name)) return *e;
     std::string valid;
-    for (const auto& v : infos()) valid += (valid.empty() ? "" : ", ") + v.name;
+    for (const auto& v : infos())
+        valid += (valid.empty() ? "" : ", ") + v.name;
     throw OptionError("unknown normalizer '" + name + "'; registered normalizers: " + valid);
 }
 
@@ -87,7 +89,9 @@ std::unique_ptr<BasicNormalizer<double>> make_normalizer<double>(const std::stri
     return find(parsed.name).make_double(num_features, parsed);
 }
 
-const std::vector<VariantInfo>& registered_variants() { return infos(); }
+const std::vector<VariantInfo>& registered_variants() {
+    return infos();
+}
 
 void register_variant(VariantInfo info, NormalizerFactory<float> make_float,
                       NormalizerFactory<double> make_double) {

@@ -18,7 +18,8 @@ std::pair<std::vector<double>, std::vector<double>> channel_moments(const ArrayD
     std::vector<double> mean(c, 0), var(c, 0);
     for (std::size_t ch = 0; ch < c; ++ch) {
         for (std::size_t i = 0; i < n; ++i)
-            for (std::size_t j = 0; j < s; ++j) mean[ch] += x.data()[(i * c + ch) * s + j];
+            for (std::size_t j = 0; j < s; ++j)
+                mean[ch] += x.data()[(i * c + ch) * s + j];
         mean[ch] /= double(n * s);
         for (std::size_t i = 0; i < n; ++i)
             for (std::size_t j = 0; j < s; ++j) {
@@ -106,7 +107,8 @@ TEST(BatchNorm, OneValuePerChannelInTrainingIsRefusedLikePyTorch) {
         } catch (const ShapeError& e) {
             EXPECT_EQ(std::string(e.what()),
                       "batch_norm(4): expected more than 1 value per channel when training, got "
-                      "input of shape " + format_shape(shape));
+                      "input of shape " +
+                          format_shape(shape));
         }
     }
     EXPECT_EQ(bn.num_batches_tracked(), 0);

@@ -43,7 +43,8 @@ TEST_P(GoldenTest, MatchesPyTorch) {
     const std::string spec(spec_bytes.begin(), spec_bytes.end());
     const Tensor x0 = archive.get<float>("x0");
     auto norm = make_normalizer(spec, x0.shape()[1]);
-    for (auto& p : norm->parameters()) *p.value = archive.get<float>(p.name);
+    for (auto& p : norm->parameters())
+        *p.value = archive.get<float>(p.name);
 
     const auto steps = archive.get<std::int64_t>("steps")();
     for (std::int64_t t = 0; t < steps; ++t) {
@@ -66,7 +67,9 @@ TEST_P(GoldenTest, MatchesPyTorch) {
 INSTANTIATE_TEST_SUITE_P(PyTorch, GoldenTest, ::testing::ValuesIn(golden_cases()),
                          [](const auto& info) { return info.param; });
 
-TEST(GoldenData, EveryCaseIsPresent) { EXPECT_GE(golden_cases().size(), 14u); }
+TEST(GoldenData, EveryCaseIsPresent) {
+    EXPECT_GE(golden_cases().size(), 14u);
+}
 
 }  // namespace
 }  // namespace normlab

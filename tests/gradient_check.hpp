@@ -21,7 +21,8 @@ inline ArrayD random_array(const Shape& shape, unsigned seed, double mean = 0.0,
     std::mt19937 gen(seed);
     std::normal_distribution<double> dist(mean, stddev);
     ArrayD a = ArrayD::from_shape(shape);
-    for (auto& v : a) v = dist(gen);
+    for (auto& v : a)
+        v = dist(gen);
     return a;
 }
 
@@ -47,7 +48,8 @@ inline std::vector<NamedError> check_gradients(
     const std::function<ArrayD(const ArrayD&, bool keep)>& forward,
     const std::function<ArrayD(const ArrayD&)>& backward, std::vector<ParamRef<double>> params,
     const ArrayD& x, unsigned seed = 7, double h = 1e-6) {
-    for (auto& p : params) p.grad->fill(0.0);
+    for (auto& p : params)
+        p.grad->fill(0.0);
     const ArrayD y = forward(x, true);
     const ArrayD w = random_array(shape_of(y), seed);
     const ArrayD dx = backward(w);
@@ -55,7 +57,8 @@ inline std::vector<NamedError> check_gradients(
     auto loss = [&](const ArrayD& input) {
         const ArrayD out = forward(input, false);
         double l = 0;
-        for (std::size_t i = 0; i < out.size(); ++i) l += w.data()[i] * out.data()[i];
+        for (std::size_t i = 0; i < out.size(); ++i)
+            l += w.data()[i] * out.data()[i];
         return l;
     };
     auto numeric = [&](ArrayD& target, const ArrayD& input) {
@@ -75,7 +78,8 @@ inline std::vector<NamedError> check_gradients(
     std::vector<NamedError> errors;
     ArrayD xp = x;
     errors.push_back({"dx", relative_error(dx, numeric(xp, xp))});
-    for (auto& p : params) errors.push_back({p.name, relative_error(*p.grad, numeric(*p.value, x))});
+    for (auto& p : params)
+        errors.push_back({p.name, relative_error(*p.grad, numeric(*p.value, x))});
     return errors;
 }
 

@@ -24,7 +24,8 @@ void expect_same_layer(BasicNormalizer<double>& a, BasicNormalizer<double>& b, c
     const ArrayD dy = random_array(shape, 2);
     EXPECT_EQ(a.forward(x, Mode::train), b.forward(x, Mode::train)) << format_shape(shape);
     EXPECT_EQ(a.backward(dy), b.backward(dy)) << format_shape(shape);
-    for (std::size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(*pa[i].grad, *pb[i].grad);
+    for (std::size_t i = 0; i < pa.size(); ++i)
+        EXPECT_EQ(*pa[i].grad, *pb[i].grad);
 }
 
 TEST(GroupNorm, GroupNormWithOneGroupEqualsLayerNorm) {

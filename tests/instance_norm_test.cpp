@@ -43,8 +43,10 @@ TEST(InstanceNorm, RunningStatisticsAverageTheInstancesLikePyTorch) {
             double mean_c = 0, var_c = 0;
             for (std::size_t n = 0; n < 3; ++n) {
                 double m = 0, v = 0;
-                for (std::size_t s = 0; s < 6; ++s) m += x(n, c, s) / 6;
-                for (std::size_t s = 0; s < 6; ++s) v += std::pow(x(n, c, s) - m, 2) / 5;
+                for (std::size_t s = 0; s < 6; ++s)
+                    m += x(n, c, s) / 6;
+                for (std::size_t s = 0; s < 6; ++s)
+                    v += std::pow(x(n, c, s) - m, 2) / 5;
                 mean_c += m / 3;
                 var_c += v / 3;
             }

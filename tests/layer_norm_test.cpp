@@ -18,13 +18,15 @@ TEST(LayerNorm, MatchesTheFormulaPerSampleWithPerChannelAffine) {
     auto params = ln.parameters();
     for (std::size_t n = 0; n < 3; ++n) {
         double mean = 0, var = 0;
-        for (std::size_t i = 0; i < 20; ++i) mean += x.data()[n * 20 + i] / 20;
-        for (std::size_t i = 0; i < 20; ++i) var += std::pow(x.data()[n * 20 + i] - mean, 2) / 20;
+        for (std::size_t i = 0; i < 20; ++i)
+            mean += x.data()[n * 20 + i] / 20;
+        for (std::size_t i = 0; i < 20; ++i)
+            var += std::pow(x.data()[n * 20 + i] - mean, 2) / 20;
         for (std::size_t i = 0; i < 20; ++i) {
             const std::size_t c = i / 4;
-            const double expected = (x.data()[n * 20 + i] - mean) / std::sqrt(var + 1e-5) *
-                                        (*params[0].value)(c) +
-                                    (*params[1].value)(c);
+            const double expected =
+                (x.data()[n * 20 + i] - mean) / std::sqrt(var + 1e-5) * (*params[0].value)(c) +
+                (*params[1].value)(c);
             EXPECT_NEAR(y.data()[n * 20 + i], expected, 1e-12);
         }
     }
@@ -40,7 +42,8 @@ TEST(LayerNorm, TrainAndEvalAreTheSameComputation) {
 TEST(LayerNorm, BatchOfOneDenseInputWorks) {
     LayerNorm<double> ln(7);
     testing::randomize_parameters(ln);
-    testing::expect_gradients_match(testing::check_gradients(ln, random_array({1, 7}, 3), Mode::train));
+    testing::expect_gradients_match(
+        testing::check_gradients(ln, random_array({1, 7}, 3), Mode::train));
 }
 
 }  // namespace

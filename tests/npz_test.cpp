@@ -31,7 +31,8 @@ TEST(Npz, ReadsArchivesWrittenByNumpy) {
         const auto a = NpzArchive::load(kData + file);
         const Array<float> floats = a.get<float>("floats");
         ASSERT_EQ(shape_of(floats), (Shape{2, 3}));
-        for (std::size_t i = 0; i < 6; ++i) EXPECT_EQ(floats.data()[i], float(i) / 7.0f) << file;
+        for (std::size_t i = 0; i < 6; ++i)
+            EXPECT_EQ(floats.data()[i], float(i) / 7.0f) << file;
         const Array<double> doubles = a.get<double>("doubles");
         ASSERT_EQ(doubles.size(), 5u);
         EXPECT_EQ(doubles(0), -1.0);

@@ -48,7 +48,8 @@ TEST(PerStep, SharedParametersCollectTheGradientsOfEveryStep) {
         norm.forward(xs[t], Mode::train);
     }
     EXPECT_EQ(norm.saved_contexts(), 4u);
-    for (unsigned t = 4; t-- > 0;) dxs[t] = norm.backward(dys[t]);
+    for (unsigned t = 4; t-- > 0;)
+        dxs[t] = norm.backward(dys[t]);
     for (unsigned t = 0; t < 4; ++t) {
         single.forward(xs[t], Mode::train);
         EXPECT_TRUE(xt::allclose(single.backward(dys[t]), dxs[t], 1e-13, 1e-13)) << t;
@@ -95,9 +96,11 @@ TEST(PerStep, StateRoundTripsWithEveryStep) {
     save_state(a, path);
     load_state(b, path);
     auto ba = a.buffers(), bb = b.buffers();
-    for (std::size_t i = 0; i < ba.size(); ++i) EXPECT_EQ(*ba[i].value, *bb[i].value);
+    for (std::size_t i = 0; i < ba.size(); ++i)
+        EXPECT_EQ(*ba[i].value, *bb[i].value);
     auto ca = a.counters(), cb = b.counters();
-    for (std::size_t i = 0; i < ca.size(); ++i) EXPECT_EQ(*ca[i].value, *cb[i].value);
+    for (std::size_t i = 0; i < ca.size(); ++i)
+        EXPECT_EQ(*ca[i].value, *cb[i].value);
 }
 
 }  // namespace

@@ -18,9 +18,11 @@ TEST(RmsNorm, MatchesPyTorchFormulaWithMachineEpsilon) {
     const Tensor y = rms.forward(x, Mode::train, Grad::none);
     for (std::size_t n = 0; n < 2; ++n) {
         double ms = 0;
-        for (std::size_t c = 0; c < 3; ++c) ms += double(x(n, c)) * x(n, c) / 3;
+        for (std::size_t c = 0; c < 3; ++c)
+            ms += double(x(n, c)) * x(n, c) / 3;
         const double r = std::sqrt(ms + double(std::numeric_limits<float>::epsilon()));
-        for (std::size_t c = 0; c < 3; ++c) EXPECT_NEAR(y(n, c), x(n, c) / r, 1e-6);
+        for (std::size_t c = 0; c < 3; ++c)
+            EXPECT_NEAR(y(n, c), x(n, c) / r, 1e-6);
     }
     EXPECT_NE(rms.spec().find("eps=none"), std::string::npos);
 }
@@ -31,7 +33,8 @@ TEST(RmsNorm, OutputHasUnitRootMeanSquareAndIsScaleInvariantButNotShiftInvariant
     const ArrayD y = rms.forward(x, Mode::train, Grad::none);
     for (std::size_t n = 0; n < 3; ++n) {
         double ms = 0;
-        for (std::size_t i = 0; i < 20; ++i) ms += y.data()[n * 20 + i] * y.data()[n * 20 + i];
+        for (std::size_t i = 0; i < 20; ++i)
+            ms += y.data()[n * 20 + i] * y.data()[n * 20 + i];
         EXPECT_NEAR(ms / 20, 1.0, 1e-9);
     }
     EXPECT_TRUE(xt::allclose(rms.forward(ArrayD(3.0 * x), Mode::train, Grad::none), y, 1e-9));

@@ -17,7 +17,8 @@ struct SetStats {
 template <class T>
 SetStats set_stats(const Array<T>& y, const SetSpec& sets) {
     NcsView v{y.shape()[0], y.shape()[1], 1};
-    for (std::size_t i = 2; i < y.dimension(); ++i) v.s *= y.shape()[i];
+    for (std::size_t i = 2; i < y.dimension(); ++i)
+        v.s *= y.shape()[i];
     const std::size_t k = sets.num_sets(v);
     SetStats out{std::vector<double>(k, 0.0), std::vector<double>(k, 0.0)};
     std::vector<double> count(k, 0.0);
@@ -31,11 +32,13 @@ SetStats set_stats(const Array<T>& y, const SetSpec& sets) {
         out.mean[set] += value;
         count[set] += 1;
     });
-    for (std::size_t i = 0; i < k; ++i) out.mean[i] /= count[i];
+    for (std::size_t i = 0; i < k; ++i)
+        out.mean[i] /= count[i];
     each([&](std::size_t set, double value) {
         out.var[set] += (value - out.mean[set]) * (value - out.mean[set]);
     });
-    for (std::size_t i = 0; i < k; ++i) out.var[i] /= count[i];
+    for (std::size_t i = 0; i < k; ++i)
+        out.var[i] /= count[i];
     return out;
 }
 

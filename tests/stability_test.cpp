@@ -14,7 +14,9 @@ struct Case {
     SetSpec sets;
 };
 
-void PrintTo(const Case& c, std::ostream* os) { *os << c.spec; }
+void PrintTo(const Case& c, std::ostream* os) {
+    *os << c.spec;
+}
 
 constexpr std::size_t kChannels = 6;
 
@@ -24,8 +26,8 @@ TEST_P(Invariants, EachSetHasZeroMeanAndUnitVariance) {
     auto norm = make_normalizer<double>(GetParam().spec, kChannels);
     for (const Shape& shape : {Shape{16, kChannels, 5}, Shape{4, kChannels, 3, 7}}) {
         const auto x = testing::random_array(shape, 1, -3.0, 4.0);
-        const auto stats = testing::set_stats(norm->forward(x, Mode::train, Grad::none),
-                                              GetParam().sets);
+        const auto stats =
+            testing::set_stats(norm->forward(x, Mode::train, Grad::none), GetParam().sets);
         for (std::size_t k = 0; k < stats.mean.size(); ++k) {
             EXPECT_NEAR(stats.mean[k], 0.0, 1e-12) << "set " << k;
             EXPECT_NEAR(stats.var[k], 1.0, 1e-5) << "set " << k;  // σ²/(σ²+ε)
@@ -37,8 +39,8 @@ TEST_P(Invariants, LargeMeanNormalizesInFloat) {
     auto norm = make_normalizer<float>(GetParam().spec, kChannels);
     const Shape shape{8, kChannels, 6, 6};
     const Array<float> x = xt::cast<float>(testing::random_array(shape, 2, 1e4, 1.0));
-    const auto stats = testing::set_stats(norm->forward(x, Mode::train, Grad::none),
-                                          GetParam().sets);
+    const auto stats =
+        testing::set_stats(norm->forward(x, Mode::train, Grad::none), GetParam().sets);
     for (std::size_t k = 0; k < stats.mean.size(); ++k) {
         EXPECT_NEAR(stats.mean[k], 0.0, 1e-3) << "set " << k;
         EXPECT_NEAR(std::sqrt(stats.var[k]), 1.0, 1e-3) << "set " << k;

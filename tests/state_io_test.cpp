@@ -48,10 +48,12 @@ TEST_P(StateRoundTrip, SaveThenLoadIsBitExact) {
                       0);
         auto ba = norm->buffers(), bb = other->buffers();
         ASSERT_EQ(ba.size(), bb.size());
-        for (std::size_t i = 0; i < ba.size(); ++i) EXPECT_EQ(*ba[i].value, *bb[i].value);
+        for (std::size_t i = 0; i < ba.size(); ++i)
+            EXPECT_EQ(*ba[i].value, *bb[i].value);
         auto ca = norm->counters(), cb = other->counters();
         ASSERT_EQ(ca.size(), cb.size());
-        for (std::size_t i = 0; i < ca.size(); ++i) EXPECT_EQ(*ca[i].value, *cb[i].value);
+        for (std::size_t i = 0; i < ca.size(); ++i)
+            EXPECT_EQ(*ca[i].value, *cb[i].value);
         const Tensor x = xt::cast<float>(testing::random_array({2, 4, 5}, 9));
         EXPECT_EQ(other->forward(x, Mode::eval, Grad::none),
                   norm->forward(x, Mode::eval, Grad::none));
@@ -60,7 +62,8 @@ TEST_P(StateRoundTrip, SaveThenLoadIsBitExact) {
 
 INSTANTIATE_TEST_SUITE_P(Variants, StateRoundTrip,
                          ::testing::Values("identity", "batch_norm", "batch_norm(momentum=none)",
-                                           "layer_norm", "instance_norm(affine=true,track_running_stats=true)",
+                                           "layer_norm",
+                                           "instance_norm(affine=true,track_running_stats=true)",
                                            "group_norm(groups=2)", "rms_norm(bias=true)"),
                          [](const auto& info) { return "case" + std::to_string(info.index); });
 

@@ -34,7 +34,7 @@ struct BatchNormOptions {
 
 template <class T>
 class BatchNorm : public SetNormalizer<T> {
-public:
+  public:
     static constexpr const char* kName = "batch_norm";
     static constexpr const char* kSummary =
         "per channel over the batch and trailing dims (Ioffe & Szegedy 2015)";
@@ -52,7 +52,7 @@ public:
     const Array<T>& running_var() const { return running_.var; }
     std::int64_t num_batches_tracked() const { return running_.batches; }
 
-private:
+  private:
     Options options_;
     RunningStats<T> running_;
 };

@@ -7,8 +7,8 @@ std::size_t channels_per_group(std::size_t num_features, std::int64_t groups) {
     if (groups < 1 || num_features % std::size_t(groups) != 0)
         throw OptionError("group_norm(" + std::to_string(num_features) +
                           "): groups must be a positive divisor of the " +
-                          std::to_string(num_features) + " channels, got groups=" +
-                          std::to_string(groups));
+                          std::to_string(num_features) +
+                          " channels, got groups=" + std::to_string(groups));
     return num_features / std::size_t(groups);
 }
 
@@ -16,10 +16,9 @@ std::size_t channels_per_group(std::size_t num_features, std::int64_t groups) {
 
 template <class T>
 GroupNorm<T>::GroupNorm(std::size_t num_features, Options options)
-    : SetNormalizer<T>(kName, canonical_spec(kName, options), num_features, options.affine,
-                       options.affine,
-                       SetSpec{false, channels_per_group(num_features, options.groups)}, true,
-                       options.eps),
+    : SetNormalizer<T>(
+          kName, canonical_spec(kName, options), num_features, options.affine, options.affine,
+          SetSpec{false, channels_per_group(num_features, options.groups)}, true, options.eps),
       options_(options) {}
 
 template <class T>
@@ -28,10 +27,11 @@ Array<T> GroupNorm<T>::forward(const Array<T>& x, Mode /*mode: same in train and
     const NcsView v = this->check_input(x);
     // PyTorch's F.group_norm refuses an input whose (N·C/G)·prod(trailing dims) is 1.
     if (v.n * this->sets().channels_per_set * v.s == 1)
-        throw ShapeError(this->label() + ": expected more than 1 value per group, got input of "
-                                         "shape " +
-                         format_shape(shape_of(x)) + " with groups=" +
-                         std::to_string(options_.groups));
+        throw ShapeError(this->label() +
+                         ": expected more than 1 value per group, got input of "
+                         "shape " +
+                         format_shape(shape_of(x)) +
+                         " with groups=" + std::to_string(options_.groups));
     return this->standardize_batch(x, v, grad);
 }
 

@@ -27,7 +27,7 @@ struct GroupNormOptions {
 
 template <class T>
 class GroupNorm : public SetNormalizer<T> {
-public:
+  public:
     static constexpr const char* kName = "group_norm";
     static constexpr const char* kSummary =
         "per sample and group of C/G channels over those channels and trailing dims (Wu & He "
@@ -41,7 +41,7 @@ public:
 
     const Options& options() const { return options_; }
 
-private:
+  private:
     Options options_;
 };
 

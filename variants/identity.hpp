@@ -13,7 +13,7 @@ struct IdentityOptions {
 
 template <class T>
 class Identity : public NormalizerBase<T> {
-public:
+  public:
     static constexpr const char* kName = "identity";
     static constexpr const char* kSummary = "no normalization (baseline)";
     using Options = IdentityOptions;

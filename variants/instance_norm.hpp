@@ -34,7 +34,7 @@ struct InstanceNormOptions {
 
 template <class T>
 class InstanceNorm : public SetNormalizer<T> {
-public:
+  public:
     static constexpr const char* kName = "instance_norm";
     static constexpr const char* kSummary =
         "per sample and channel over the trailing dims (Ulyanov et al. 2016)";
@@ -51,7 +51,7 @@ public:
     const Array<T>& running_mean() const { return running_.mean; }
     const Array<T>& running_var() const { return running_.var; }
 
-private:
+  private:
     Options options_;
     RunningStats<T> running_;
 };

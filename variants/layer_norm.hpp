@@ -23,7 +23,7 @@ struct LayerNormOptions {
 
 template <class T>
 class LayerNorm : public SetNormalizer<T> {
-public:
+  public:
     static constexpr const char* kName = "layer_norm";
     static constexpr const char* kSummary =
         "per sample over channels and trailing dims (Ba, Kiros & Hinton 2016)";
@@ -36,7 +36,7 @@ public:
 
     const Options& options() const { return options_; }
 
-private:
+  private:
     Options options_;
 };
 

@@ -15,8 +15,7 @@ RmsNorm<T>::RmsNorm(std::size_t num_features, Options options)
 }
 
 template <class T>
-Array<T> RmsNorm<T>::forward(const Array<T>& x, Mode /*mode: same in train and eval*/,
-                             Grad grad) {
+Array<T> RmsNorm<T>::forward(const Array<T>& x, Mode /*mode: same in train and eval*/, Grad grad) {
     const NcsView v = this->check_input(x);
     return this->standardize_batch(x, v, grad);
 }

@@ -27,7 +27,7 @@ struct RmsNormOptions {
 
 template <class T>
 class RmsNorm : public SetNormalizer<T> {
-public:
+  public:
     static constexpr const char* kName = "rms_norm";
     static constexpr const char* kSummary =
         "per sample by the root mean square over channels and trailing dims, no centring (Zhang "
@@ -41,7 +41,7 @@ public:
 
     const Options& options() const { return options_; }
 
-private:
+  private:
     Options options_;
 };
 

@@ -17,7 +17,7 @@
 namespace normlab {
 
 class NpzArchive {
-public:
+  public:
     template <class T>
     void put(const std::string& name, const Array<T>& value) {
         members_[name] = xt::dump_npy(value);
@@ -45,7 +45,7 @@ public:
     void save(const std::string& path) const;
     static NpzArchive load(const std::string& path);
 
-private:
+  private:
     const std::string& raw(const std::string& name) const;
     std::string describe(const std::string& name) const {
         return "'" + source_ + "' member '" + name + "'";

@@ -33,7 +33,7 @@ std::string format_value(const std::optional<double>& v);
 
 // Fills an options struct from the key=value pairs of a spec.
 class OptionReader {
-public:
+  public:
     OptionReader(std::string layer, const std::vector<std::pair<std::string, std::string>>& given);
 
     void operator()(const std::string& key, double& field, const char* help);
@@ -46,7 +46,7 @@ public:
     // Throws OptionError naming every key that no option matched and listing the valid ones.
     void finish() const;
 
-private:
+  private:
     const std::string* take(const std::string& key);
     [[noreturn]] void bad_value(const std::string& key, const std::string& value,
                                 const char* expected) const;
@@ -58,14 +58,14 @@ private:
 
 // Writes "key=value" for every option, in declaration order.
 class SpecWriter {
-public:
+  public:
     template <class V>
     void operator()(const std::string& key, const V& field, const char* /*help*/) {
         text_ += (text_.empty() ? "" : ",") + key + "=" + format_value(field);
     }
     const std::string& text() const { return text_; }
 
-private:
+  private:
     std::string text_;
 };
 
@@ -77,14 +77,14 @@ struct OptionInfo {
 
 // Collects key, default and help of every option.
 class OptionDescriber {
-public:
+  public:
     template <class V>
     void operator()(const std::string& key, const V& field, const char* help) {
         info_.push_back({key, format_value(field), help});
     }
     const std::vector<OptionInfo>& info() const { return info_; }
 
-private:
+  private:
     std::vector<OptionInfo> info_;
 };
 

@@ -15,7 +15,7 @@ namespace normlab {
 
 template <class T>
 class PerStepNormalizer : public BasicNormalizer<T> {
-public:
+  public:
     // Throws OptionError for a bad spec or max_steps = 0.
     PerStepNormalizer(const std::string& spec, std::size_t num_features, std::size_t max_steps);
 
@@ -45,7 +45,7 @@ public:
 
     BasicNormalizer<T>& step_normalizer(std::size_t step) { return *steps_.at(step); }
 
-private:
+  private:
     std::size_t num_features_;
     std::vector<std::unique_ptr<BasicNormalizer<T>>> steps_;
     std::vector<Array<T>> shared_values_, shared_grads_;

@@ -33,9 +33,8 @@ const std::vector<VariantInfo>& registered_variants();
 // another communicator); a built-in name is refused with OptionError. Register before building
 // layers from several threads: the registry is not locked.
 template <class T>
-using NormalizerFactory =
-    std::function<std::unique_ptr<BasicNormalizer<T>>(std::size_t num_features,
-                                                      const ParsedSpec& spec)>;
+using NormalizerFactory = std::function<std::unique_ptr<BasicNormalizer<T>>(
+    std::size_t num_features, const ParsedSpec& spec)>;
 
 void register_variant(VariantInfo info, NormalizerFactory<float> make_float,
                       NormalizerFactory<double> make_double);

@@ -20,7 +20,8 @@ void put16(std::string& out, std::uint16_t v) {
     out.push_back(char(v >> 8));
 }
 void put32(std::string& out, std::uint32_t v) {
-    for (int i = 0; i < 4; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
+    for (int i = 0; i < 4; ++i)
+        out.push_back(char((v >> (8 * i)) & 0xff));
 }
 
 struct Reader {
@@ -28,7 +29,8 @@ struct Reader {
     const std::string& path;
     std::uint32_t u16(std::size_t at) const {
         need(at, 2);
-        return std::uint32_t(std::uint8_t(data[at])) | std::uint32_t(std::uint8_t(data[at + 1])) << 8;
+        return std::uint32_t(std::uint8_t(data[at])) | std::uint32_t(std::uint8_t(data[at + 1]))
+                                                           << 8;
     }
     std::uint32_t u32(std::size_t at) const { return u16(at) | u16(at + 2) << 16; }
     void need(std::size_t at, std::size_t len) const {
@@ -40,8 +42,8 @@ struct Reader {
 };
 
 std::uint32_t crc_of(const std::string& bytes) {
-    return std::uint32_t(crc32(crc32(0L, Z_NULL, 0),
-                               reinterpret_cast<const Bytef*>(bytes.data()), uInt(bytes.size())));
+    return std::uint32_t(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()),
+                               uInt(bytes.size())));
 }
 
 std::string inflate_raw(const char* src, std::size_t len, std::size_t expected,
@@ -65,7 +67,8 @@ std::string inflate_raw(const char* src, std::size_t len, std::size_t expected,
 
 std::vector<std::string> NpzArchive::names() const {
     std::vector<std::string> out;
-    for (const auto& kv : members_) out.push_back(kv.first);
+    for (const auto& kv : members_)
+        out.push_back(kv.first);
     return out;
 }
 
@@ -73,9 +76,10 @@ const std::string& NpzArchive::raw(const std::string& name) const {
     auto it = members_.find(name);
     if (it == members_.end()) {
         std::string have;
-        for (const auto& kv : members_) have += (have.empty() ? "" : ", ") + kv.first;
-        throw IoError("'" + source_ + "': expected a member named '" + name + "', found: " +
-                      (have.empty() ? std::string("none") : have));
+        for (const auto& kv : members_)
+            have += (have.empty() ? "" : ", ") + kv.first;
+        throw IoError("'" + source_ + "': expected a member named '" + name +
+                      "', found: " + (have.empty() ? std::string("none") : have));
     }
     return it->second;
 }
@@ -177,7 +181,8 @@ NpzArchive NpzArchive::load(const std::string& path) {
     std::size_t at = dir_offset;
     for (std::uint32_t i = 0; i < entries; ++i) {
         if (r.u32(at) != kCentralHeader)
-            throw IoError("'" + path + "': corrupt zip directory (entry " + std::to_string(i) + ")");
+            throw IoError("'" + path + "': corrupt zip directory (entry " + std::to_string(i) +
+                          ")");
         const std::uint32_t method = r.u16(at + 10);
         const std::uint32_t crc = r.u32(at + 16);
         const std::uint32_t packed = r.u32(at + 20);
@@ -190,7 +195,8 @@ NpzArchive NpzArchive::load(const std::string& path) {
         std::string name = data.substr(at + 46, name_len);
         at += 46 + name_len + extra_len + comment_len;
         if (packed == 0xffffffffu || size == 0xffffffffu || local == 0xffffffffu)
-            throw IoError("'" + path + "': member '" + name + "' uses zip64, which is not supported");
+            throw IoError("'" + path + "': member '" + name +
+                          "' uses zip64, which is not supported");
         if (r.u32(local) != kLocalHeader)
             throw IoError("'" + path + "': corrupt local header for member '" + name + "'");
         const std::size_t start = local + 30 + r.u16(local + 26) + r.u16(local + 28);

@@ -18,13 +18,16 @@ std::string text_member(const NpzArchive& archive, const std::string& name) {
 template <class T>
 void write_state(BasicNormalizer<T>& norm, NpzArchive& archive, const std::string& prefix) {
     const std::string spec = norm.spec();
-    archive.put(prefix + "__spec__",
-                Array<std::uint8_t>(xt::adapt(std::vector<std::uint8_t>(spec.begin(), spec.end()))));
-    archive.put(prefix + "num_features",
-                Array<std::int64_t>(std::int64_t(norm.num_features())));
-    for (auto& p : norm.parameters()) archive.put(prefix + p.name, *p.value);
-    for (auto& b : norm.buffers()) archive.put(prefix + b.name, *b.value);
-    for (auto& c : norm.counters()) archive.put(prefix + c.name, Array<std::int64_t>(*c.value));
+    archive.put(
+        prefix + "__spec__",
+        Array<std::uint8_t>(xt::adapt(std::vector<std::uint8_t>(spec.begin(), spec.end()))));
+    archive.put(prefix + "num_features", Array<std::int64_t>(std::int64_t(norm.num_features())));
+    for (auto& p : norm.parameters())
+        archive.put(prefix + p.name, *p.value);
+    for (auto& b : norm.buffers())
+        archive.put(prefix + b.name, *b.value);
+    for (auto& c : norm.counters())
+        archive.put(prefix + c.name, Array<std::int64_t>(*c.value));
 }
 
 template <class T>
@@ -37,8 +40,7 @@ void read_state(BasicNormalizer<T>& norm, const NpzArchive& archive, const std::
         throw StateError(label + ": expected state of '" + norm.spec() + "' with " +
                          std::to_string(norm.num_features()) + " features, the file holds '" +
                          spec + "' with " +
-                         (features.size() == 1 ? std::to_string(features(0)) : "?") +
-                         " features");
+                         (features.size() == 1 ? std::to_string(features(0)) : "?") + " features");
 
     // Read and check everything before assigning anything.
     std::vector<std::pair<Array<T>*, Array<T>>> tensors;
@@ -50,8 +52,10 @@ void read_state(BasicNormalizer<T>& norm, const NpzArchive& archive, const std::
                              format_shape(shape_of(value)));
         tensors.emplace_back(target, std::move(value));
     };
-    for (auto& p : norm.parameters()) stage(p.name, p.value);
-    for (auto& b : norm.buffers()) stage(b.name, b.value);
+    for (auto& p : norm.parameters())
+        stage(p.name, p.value);
+    for (auto& b : norm.buffers())
+        stage(b.name, b.value);
     std::vector<std::pair<std::int64_t*, std::int64_t>> counts;
     for (auto& c : norm.counters()) {
         const auto value = archive.get<std::int64_t>(prefix + c.name);
@@ -60,8 +64,10 @@ void read_state(BasicNormalizer<T>& norm, const NpzArchive& archive, const std::
                              format_shape(shape_of(value)));
         counts.emplace_back(c.value, value(0));
     }
-    for (auto& [target, value] : tensors) *target = std::move(value);
-    for (auto& [target, value] : counts) *target = value;
+    for (auto& [target, value] : tensors)
+        *target = std::move(value);
+    for (auto& [target, value] : counts)
+        *target = value;
 }
 
 template <class T>
@@ -87,11 +93,11 @@ std::unique_ptr<BasicNormalizer<T>> load_normalizer(const std::string& path) {
     return norm;
 }
 
-#define NORMLAB_INSTANTIATE_STATE_IO(T)                                                       \
-    template void write_state<T>(BasicNormalizer<T>&, NpzArchive&, const std::string&);       \
-    template void read_state<T>(BasicNormalizer<T>&, const NpzArchive&, const std::string&);  \
-    template void save_state<T>(BasicNormalizer<T>&, const std::string&);                     \
-    template void load_state<T>(BasicNormalizer<T>&, const std::string&);                     \
+#define NORMLAB_INSTANTIATE_STATE_IO(T)                                                      \
+    template void write_state<T>(BasicNormalizer<T>&, NpzArchive&, const std::string&);      \
+    template void read_state<T>(BasicNormalizer<T>&, const NpzArchive&, const std::string&); \
+    template void save_state<T>(BasicNormalizer<T>&, const std::string&);                    \
+    template void load_state<T>(BasicNormalizer<T>&, const std::string&);                    \
     template std::unique_ptr<BasicNormalizer<T>> load_normalizer<T>(const std::string&);
 
 NORMLAB_INSTANTIATE_STATE_IO(float)

@@ -19,7 +19,8 @@ Array<T> Elementwise<T>::forward(const Array<T>& x, Mode, Grad grad) {
     const std::size_t n = x.size();
     switch (kind_) {
         case Activation::relu:
-            for (std::size_t i = 0; i < n; ++i) out[i] = in[i] > T(0) ? in[i] : T(0);
+            for (std::size_t i = 0; i < n; ++i)
+                out[i] = in[i] > T(0) ? in[i] : T(0);
             break;
         case Activation::sigmoid:
             // Written so that neither branch overflows exp().
@@ -28,7 +29,8 @@ Array<T> Elementwise<T>::forward(const Array<T>& x, Mode, Grad grad) {
                                        : std::exp(in[i]) / (T(1) + std::exp(in[i]));
             break;
         case Activation::tanh:
-            for (std::size_t i = 0; i < n; ++i) out[i] = std::tanh(in[i]);
+            for (std::size_t i = 0; i < n; ++i)
+                out[i] = std::tanh(in[i]);
             break;
     }
     if (grad == Grad::keep) saved_.push_back(kind_ == Activation::relu ? x : y);
@@ -53,7 +55,8 @@ Array<T> Elementwise<T>::backward(const Array<T>& dy) {
 
 template <class T>
 Dropout<T>::Dropout(double p, std::uint64_t seed) : p_(p), seed_(seed) {
-    if (!(p >= 0 && p < 1)) throw OptionError("dropout: p must lie in [0, 1), got " + std::to_string(p));
+    if (!(p >= 0 && p < 1))
+        throw OptionError("dropout: p must lie in [0, 1), got " + std::to_string(p));
 }
 
 template <class T>
@@ -71,7 +74,8 @@ Array<T> Dropout<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     std::bernoulli_distribution keep(1.0 - p_);
     Array<T> mask = Array<T>::from_shape(x.shape());
     const T scale = T(1.0 / (1.0 - p_));
-    for (auto& m : mask) m = keep(rng) ? scale : T(0);
+    for (auto& m : mask)
+        m = keep(rng) ? scale : T(0);
     Array<T> y = x * mask;
     if (grad == Grad::keep) masks_.push_back(std::move(mask));
     return y;

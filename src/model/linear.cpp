@@ -14,11 +14,13 @@ Array<T> init_weight(const Shape& shape, std::size_t fan_in, std::size_t fan_out
     if (init == Init::xavier) {
         const double limit = std::sqrt(6.0 / double(fan_in + fan_out));
         std::uniform_real_distribution<double> d(-limit, limit);
-        for (auto& v : w) v = T(d(rng));
+        for (auto& v : w)
+            v = T(d(rng));
     } else {
         const double s = init == Init::he ? std::sqrt(2.0 / double(fan_in)) : stddev;
         std::normal_distribution<double> d(0.0, s);
-        for (auto& v : w) v = T(d(rng));
+        for (auto& v : w)
+            v = T(d(rng));
     }
     return w;
 }
@@ -54,7 +56,8 @@ Array<T> Linear<T>::forward(const Array<T>& x, Mode, Grad grad) {
     xt::blas::gemm(x, weight_, y, false, true);
     if (has_bias_)
         for (std::size_t n = 0; n < s[0]; ++n)
-            for (std::size_t o = 0; o < out_; ++o) y(n, o) += bias_(o);
+            for (std::size_t o = 0; o < out_; ++o)
+                y(n, o) += bias_(o);
     if (grad == Grad::keep) inputs_.push_back(x);
     return y;
 }
@@ -67,7 +70,8 @@ Array<T> Linear<T>::backward(const Array<T>& dy) {
     xt::blas::gemm(dy, x, weight_grad_, true, false, T(1), T(1));  // dW += dyᵀ·x
     if (has_bias_)
         for (std::size_t n = 0; n < dy.shape()[0]; ++n)
-            for (std::size_t o = 0; o < out_; ++o) bias_grad_(o) += dy(n, o);
+            for (std::size_t o = 0; o < out_; ++o)
+                bias_grad_(o) += dy(n, o);
     Array<T> dx = Array<T>::from_shape({dy.shape()[0], in_});
     xt::blas::gemm(dy, weight_, dx);
     return dx;

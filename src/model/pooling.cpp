@@ -15,8 +15,10 @@ template <class T>
 Array<T> Pool2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
     const Shape s = shape_of(x);
     if (s.size() != 4 || s[0] == 0 || s[2] % kernel_ != 0 || s[3] % kernel_ != 0)
-        throw ShapeError(name() + ": expected input of shape (N, C, H, W) with H and W multiples "
-                                  "of " + std::to_string(kernel_) + ", got " + format_shape(s));
+        throw ShapeError(name() +
+                         ": expected input of shape (N, C, H, W) with H and W multiples "
+                         "of " +
+                         std::to_string(kernel_) + ", got " + format_shape(s));
     const std::size_t planes = s[0] * s[1], h = s[2], w = s[3], oh = h / kernel_, ow = w / kernel_;
     Array<T> y = Array<T>::from_shape({s[0], s[1], oh, ow});
     Saved saved{s, {}};
@@ -52,7 +54,8 @@ Array<T> Pool2d<T>::backward(const Array<T>& dy) {
     const Saved saved = take_saved(saved_, name());
     Array<T> dx = xt::zeros<T>(s);
     if (kind_ == Pool::max) {
-        for (std::size_t i = 0; i < dy.size(); ++i) dx.data()[saved.argmax[i]] += dy.data()[i];
+        for (std::size_t i = 0; i < dy.size(); ++i)
+            dx.data()[saved.argmax[i]] += dy.data()[i];
         return dx;
     }
     const std::size_t h = s[2], w = s[3], oh = h / kernel_, ow = w / kernel_;
@@ -74,7 +77,8 @@ Array<T> GlobalAvgPool<T>::forward(const Array<T>& x, Mode, Grad grad) {
     Array<T> y = Array<T>::from_shape({s[0], s[1]});
     for (std::size_t p = 0; p < planes; ++p) {
         double sum = 0;
-        for (std::size_t i = 0; i < hw; ++i) sum += double(x.data()[p * hw + i]);
+        for (std::size_t i = 0; i < hw; ++i)
+            sum += double(x.data()[p * hw + i]);
         y.data()[p] = T(sum / double(hw));
     }
     if (grad == Grad::keep) shapes_.push_back(s);
@@ -90,7 +94,8 @@ Array<T> GlobalAvgPool<T>::backward(const Array<T>& dy) {
     const std::size_t hw = s[2] * s[3];
     Array<T> dx = Array<T>::from_shape(s);
     for (std::size_t p = 0; p < s[0] * s[1]; ++p)
-        for (std::size_t i = 0; i < hw; ++i) dx.data()[p * hw + i] = dy.data()[p] / T(hw);
+        for (std::size_t i = 0; i < hw; ++i)
+            dx.data()[p * hw + i] = dy.data()[p] / T(hw);
     return dx;
 }
 
@@ -110,7 +115,8 @@ Array<T> Flatten<T>::backward(const Array<T>& dy) {
     if (shapes_.empty()) take_saved(shapes_, name());
     const Shape s = shapes_.back();
     std::size_t features = 1;
-    for (std::size_t i = 1; i < s.size(); ++i) features *= s[i];
+    for (std::size_t i = 1; i < s.size(); ++i)
+        features *= s[i];
     check_dy({s[0], features}, shape_of(dy), name());
     shapes_.pop_back();
     Array<T> dx = dy;

@@ -12,8 +12,9 @@ namespace normlab::model {
 template <class Context>
 Context take_saved(std::vector<Context>& stack, const std::string& layer) {
     if (stack.empty())
-        throw StateError(layer + ": backward() called without a matching forward() (no saved "
-                                 "context; was forward run with Grad::none?)");
+        throw StateError(layer +
+                         ": backward() called without a matching forward() (no saved "
+                         "context; was forward run with Grad::none?)");
     Context c = std::move(stack.back());
     stack.pop_back();
     return c;

@@ -30,7 +30,8 @@ LossResult softmax_cross_entropy(const Array<T>& logits, const std::vector<int>&
             if (row[j] > row[best]) best = j;
         const double top = double(row[best]);
         double sum = 0;
-        for (std::size_t j = 0; j < k; ++j) sum += std::exp(double(row[j]) - top);
+        for (std::size_t j = 0; j < k; ++j)
+            sum += std::exp(double(row[j]) - top);
         const double log_sum = std::log(sum) + top;
         r.loss += log_sum - double(row[label]);
         r.correct += best == std::size_t(label);
@@ -48,7 +49,8 @@ Optimizer<T> Optimizer<T>::sgd(std::vector<ModelParam<T>> params, SgdOptions opt
     Optimizer o;
     o.kind_ = "sgd";
     o.sgd_ = options;
-    for (auto& p : params) o.first_.push_back(xt::zeros_like(*p.value));
+    for (auto& p : params)
+        o.first_.push_back(xt::zeros_like(*p.value));
     o.params_ = std::move(params);
     return o;
 }

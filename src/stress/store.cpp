@@ -49,7 +49,8 @@ void ResultStore::append(const nlohmann::json& line) {
     const std::string text = line.dump() + "\n";
     const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd < 0) throw IoError("'" + path_ + "': cannot open for appending");
-    const bool ok = ::write(fd, text.data(), text.size()) == ssize_t(text.size()) && ::fsync(fd) == 0;
+    const bool ok =
+        ::write(fd, text.data(), text.size()) == ssize_t(text.size()) && ::fsync(fd) == 0;
     ::close(fd);
     if (!ok) throw IoError("'" + path_ + "': write failed (disk full?)");
     lines_.push_back(line);

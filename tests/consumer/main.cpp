@@ -11,6 +11,7 @@ int main() {
     const normlab::Tensor y = norm->forward(x, normlab::Mode::train);
     const normlab::Tensor z = direct.forward(x, normlab::Mode::train);
     double sum = 0;
-    for (float v : y) sum += v;
+    for (float v : y)
+        sum += v;
     return std::abs(sum) < 1e-5 && std::abs(y(0, 3) - 1.3416355f) < 1e-5 && y == z ? 0 : 1;
 }

@@ -39,7 +39,7 @@ struct AdamOptions {
 // named buffers so checkpoints can save and restore it.
 template <class T>
 class Optimizer {
-public:
+  public:
     static Optimizer sgd(std::vector<ModelParam<T>> params, SgdOptions options);
     static Optimizer adam(std::vector<ModelParam<T>> params, AdamOptions options);
     void step(double lr);
@@ -48,7 +48,7 @@ public:
     std::int64_t* steps_counter() { return &steps_; }
     const std::string& kind() const { return kind_; }
 
-private:
+  private:
     std::string kind_;
     std::vector<ModelParam<T>> params_;
     std::vector<Array<T>> first_, second_;

@@ -140,6 +140,7 @@ TEST(Kernels, BothVectorWidthsGiveTheSameBits) {
         {"group_norm(groups=8)", {67, 1000}},  // sets of 125 values on rows
         {"batch_norm", {67, 1027}},
         {"batch_norm", {8, 256, 14, 14}},
+        {"batch_norm", {16, 64, 45}},  // runs with tails of three vectors of four and one value
         {"instance_norm(affine=true)", {4, 16, 999}},
         {"layer_norm", {8, 64, 4099}},  // out of cache: runs of one channel
         {"group_norm(groups=32)", {8, 64, 4099}},

@@ -42,6 +42,41 @@ struct ThreadCount {
     int previous;
 };
 
+// A shape and the sets a kernel reduces it over.
+struct LayoutCase {
+    Shape shape;
+    SetSpec sets;
+};
+
+// The [N][C][S] view of an (N, C, ...) shape, as the layers hand it to the kernels.
+NcsView view_of(const Shape& shape) {
+    return {shape[0], shape[1],
+            std::accumulate(shape.begin() + 2, shape.end(), std::size_t{1}, std::multiplies<>())};
+}
+
+// Random x, dy and γ of a shape (from seed, seed + 1, seed + 2), standardized by the kernel: the
+// sets' statistics, the stored x̂ and y (without β).
+struct Standardized {
+    NcsView v;
+    Tensor x, dy, gamma, xhat, y;
+    std::vector<float> mean, var, inv_std;
+
+    Standardized(const Shape& shape, const SetSpec& sets, unsigned seed)
+        : v(view_of(shape)),
+          x(xt::cast<float>(testing::random_array(shape, seed, 1.0, 2.0))),
+          dy(xt::cast<float>(testing::random_array(shape, seed + 1))),
+          gamma(xt::cast<float>(testing::random_array({v.c}, seed + 2, 1.0, 0.5))),
+          xhat(Tensor::from_shape(shape)),
+          y(Tensor::from_shape(shape)),
+          mean(sets.num_sets(v)),
+          var(sets.num_sets(v)),
+          inv_std(sets.num_sets(v)) {
+        kernels::standardize(x.data(), v, sets, true, 1e-5, gamma.data(),
+                             static_cast<const float*>(nullptr), mean.data(), var.data(),
+                             inv_std.data(), xhat.data(), y.data());
+    }
+};
+
 TEST(Kernels, ResultsAreIdenticalWithOneAndTwoThreads) {
     for (const std::string spec :
          {"batch_norm", "layer_norm", "group_norm(groups=8)", "rms_norm"}) {
@@ -452,18 +487,10 @@ TEST(Kernels, DxWrittenOverTheSpentInputEqualsDxIntoANewArrayBitForBit) {
         const std::string where = format_shape(c.shape) +
                                   " across_batch=" + std::to_string(c.sets.across_batch) +
                                   " channels_per_set=" + std::to_string(c.sets.channels_per_set);
-        const NcsView v{c.shape[0], c.shape[1],
-                        std::accumulate(c.shape.begin() + 2, c.shape.end(), std::size_t{1},
-                                        std::multiplies<>())};
-        const Tensor x = xt::cast<float>(testing::random_array(c.shape, 31, 1.0, 2.0));
-        const Tensor dy = xt::cast<float>(testing::random_array(c.shape, 32));
-        const std::size_t k = c.sets.num_sets(v);
-        const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 33, 1.0, 0.5));
-        std::vector<float> mean(k), var(k), inv_std(k);
-        Tensor xhat = Tensor::from_shape(c.shape), y = Tensor::from_shape(c.shape);
-        kernels::standardize(x.data(), v, c.sets, true, 1e-5, gamma.data(),
-                             static_cast<const float*>(nullptr), mean.data(), var.data(),
-                             inv_std.data(), xhat.data(), y.data());
+        const Standardized data(c.shape, c.sets, 31);
+        const NcsView& v = data.v;
+        const Tensor &x = data.x, &dy = data.dy, &gamma = data.gamma, &xhat = data.xhat;
+        const std::vector<float>&mean = data.mean, &inv_std = data.inv_std;
         const auto coefficients = [](std::size_t, double mean_g, double mean_g_xhat, float& c1,
                                      float& cx) {
             c1 = float(mean_g);
@@ -506,30 +533,17 @@ TEST(Kernels, DxWrittenOverTheSpentInputEqualsDxIntoANewArrayBitForBit) {
 // each layout that recomputes x̂ in registers, including rows with one set per row, whose set
 // sums are taken row by row beside the column sums.
 TEST(Kernels, BackwardReduceFromTheInputEqualsStoredXhatBitForBit) {
-    struct Case {
-        Shape shape;
-        SetSpec sets;
-    };
-    const std::vector<Case> cases = {
+    const std::vector<LayoutCase> cases = {
         {{300, 48}, {true, 1}},      {{300, 37}, {true, 1}},   {{37, 1000}, {false, 1000}},
         {{64, 40}, {false, 40}},     {{6, 48, 40}, {true, 1}}, {{6, 48, 40}, {false, 48}},
         {{8, 4, 131072}, {true, 1}},
     };
-    for (const Case& c : cases) {
-        const NcsView v{c.shape[0], c.shape[1],
-                        std::accumulate(c.shape.begin() + 2, c.shape.end(), std::size_t{1},
-                                        std::multiplies<>())};
+    for (const LayoutCase& c : cases) {
+        const Standardized d(c.shape, c.sets, 41);
+        const NcsView& v = d.v;
         ASSERT_TRUE(kernels::recomputes_xhat_in_registers(v, c.sets)) << format_shape(c.shape);
-        const Tensor x = xt::cast<float>(testing::random_array(c.shape, 41, 1.0, 2.0));
-        const Tensor dy = xt::cast<float>(testing::random_array(c.shape, 42));
-        const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 43, 1.0, 0.5));
         const std::size_t k = c.sets.num_sets(v);
-        std::vector<float> mean(k), var(k), inv_std(k);
-        Tensor xhat = Tensor::from_shape(c.shape), y = Tensor::from_shape(c.shape);
-        kernels::standardize(x.data(), v, c.sets, true, 1e-5, gamma.data(),
-                             static_cast<const float*>(nullptr), mean.data(), var.data(),
-                             inv_std.data(), xhat.data(), y.data());
-        for (const float* g : {static_cast<const float*>(nullptr), gamma.data()}) {
+        for (const float* g : {static_cast<const float*>(nullptr), d.gamma.data()}) {
             for (int threads : {1, 2}) {
                 ThreadCount tc(threads);
                 const std::string what =
@@ -537,11 +551,12 @@ TEST(Kernels, BackwardReduceFromTheInputEqualsStoredXhatBitForBit) {
                     (g ? " with" : " without") + " gamma, " + std::to_string(threads) + " threads";
                 std::vector<double> stored_g(k), stored_gx(k), stored_dy(v.c), stored_dyx(v.c);
                 std::vector<double> input_g(k), input_gx(k), input_dy(v.c), input_dyx(v.c);
-                kernels::backward_reduce(dy.data(), kernels::XhatSource<float>(xhat.data()), v,
+                kernels::backward_reduce(d.dy.data(), kernels::XhatSource<float>(d.xhat.data()), v,
                                          c.sets, g, stored_g.data(), stored_gx.data(),
                                          stored_dy.data(), stored_dyx.data());
                 kernels::backward_reduce(
-                    dy.data(), kernels::XhatSource<float>(x.data(), mean.data(), inv_std.data()), v,
+                    d.dy.data(),
+                    kernels::XhatSource<float>(d.x.data(), d.mean.data(), d.inv_std.data()), v,
                     c.sets, g, input_g.data(), input_gx.data(), input_dy.data(), input_dyx.data());
                 EXPECT_EQ(input_g, stored_g) << what;
                 EXPECT_EQ(input_gx, stored_gx) << what;
@@ -557,11 +572,7 @@ TEST(Kernels, BackwardReduceFromTheInputEqualsStoredXhatBitForBit) {
 // every output must come out the same bits wherever that is: the same data at each of the
 // sixteen float positions within a line.
 TEST(Kernels, ResultsDoNotDependOnWhereTheArraysLie) {
-    struct Case {
-        Shape shape;
-        SetSpec sets;
-    };
-    const std::vector<Case> cases = {
+    const std::vector<LayoutCase> cases = {
         {{300, 1024}, {true, 1}},     // batch norm on (N, C)
         {{67, 1027}, {true, 1}},      // columns past the last sixteen too
         {{37, 48}, {true, 1}},        // narrower than a line and a vector
@@ -570,10 +581,8 @@ TEST(Kernels, ResultsDoNotDependOnWhereTheArraysLie) {
         {{6, 48, 40}, {false, 6}},    // group norm, trailing dimensions
     };
     constexpr std::size_t kPositions = 16;
-    for (const Case& c : cases) {
-        const NcsView v{c.shape[0], c.shape[1],
-                        std::accumulate(c.shape.begin() + 2, c.shape.end(), std::size_t{1},
-                                        std::multiplies<>())};
+    for (const LayoutCase& c : cases) {
+        const NcsView v = view_of(c.shape);
         const std::string where =
             format_shape(c.shape) + " across_batch=" + std::to_string(c.sets.across_batch);
         const Tensor x_data = xt::cast<float>(testing::random_array(c.shape, 51, 1.0, 2.0));

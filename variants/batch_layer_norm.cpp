@@ -221,11 +221,18 @@ struct BranchScale {
     const T* inv_std;
 };
 
-// Both branches' x̂ of the values of a run that starts at element i (for_each_channel_run),
-// formed by the forward and again, from the kept input, by the backward: the same float
-// operations, so the backward sees the forward's x̂ bit for bit. The batch set advances with
-// every value (a position, or in a row a channel); the feature set with every position, and is
-// one for a row.
+// Each branch's set of the first value of a run that starts at element i (for_each_channel_run):
+// the batch set advances with every value (a position, or in a row a channel); the feature set
+// with every position, and is one for a row.
+struct RunSets {
+    std::size_t batch, feature;
+    RunSets(const NcsView& v, std::size_t i)
+        : batch(i % (v.c * v.s)), feature(i / (v.c * v.s) * v.s + i % v.s) {}
+};
+
+// Both branches' x̂ of the values of a run, formed by the forward and again, from the kept
+// input, by the backward: the same float operations, so the backward sees the forward's x̂ bit
+// for bit.
 template <class T>
 struct RunXhat {
     const T* mb;
@@ -233,14 +240,11 @@ struct RunXhat {
     const T* mf;
     const T* sf;
 
-    RunXhat(const NcsView& v, std::size_t i, BranchScale<T> batch, BranchScale<T> feature) {
-        const std::size_t kb = i % (v.c * v.s);
-        const std::size_t kf = i / (v.c * v.s) * v.s + i % v.s;
-        mb = batch.shift + kb;
-        sb = batch.inv_std + kb;
-        mf = feature.shift + kf;
-        sf = feature.inv_std + kf;
-    }
+    RunXhat(RunSets k, BranchScale<T> batch, BranchScale<T> feature)
+        : mb(batch.shift + k.batch),
+          sb(batch.inv_std + k.batch),
+          mf(feature.shift + k.feature),
+          sf(feature.inv_std + k.feature) {}
     __attribute__((always_inline)) T batch(T x, std::size_t j) const {
         return kernels::standardized(x, mb[j], sb[j]);
     }
@@ -283,7 +287,7 @@ void standardize_and_mix(const T* x, const NcsView& v, BranchScale<T> batch, Bra
     const auto pass = [&](auto rows, auto keeps) {
         for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t c) {
             mix_run<T, decltype(rows)::value, decltype(keeps)::value>(
-                x + i, count, RunXhat<T>(v, i, batch, feature), g + c, b + c, cf, cb,
+                x + i, count, RunXhat<T>(RunSets(v, i), batch, feature), g + c, b + c, cf, cb,
                 keeps ? kept + i : nullptr, y + i);
         });
     };
@@ -332,19 +336,17 @@ void apply_and_mix(const T* g, const T* x, const NcsView& v, BranchScale<T> batc
                    const BranchGrad<T>& feature, T cf, T cb, T* dx, T* mixed) {
     const auto pass = [&](auto rows, auto batch_xhat, auto feature_xhat, auto mixes) {
         for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t) {
-            const RunXhat<T> run(v, i, batch_scale, feature_scale);
-            const std::size_t kb = i % (v.c * v.s);
-            const std::size_t kf = i / (v.c * v.s) * v.s + i % v.s;
-            const auto at = [](const std::vector<T>& values, bool present, std::size_t k) {
-                return present ? values.data() + k : nullptr;
+            const RunSets k(v, i);
+            const auto at = [](const std::vector<T>& values, bool present, std::size_t set) {
+                return present ? values.data() + set : nullptr;
             };
             apply_run<T, decltype(rows)::value, decltype(batch_xhat)::value,
                       decltype(feature_xhat)::value, decltype(mixes)::value>(
-                g + i, x + i, count, run,
-                RunGrad<T>{batch.cg.data() + kb, at(batch.c1, batch_xhat, kb),
-                           at(batch.cx, batch_xhat, kb)},
-                RunGrad<T>{feature.cg.data() + kf, at(feature.c1, feature_xhat, kf),
-                           at(feature.cx, feature_xhat, kf)},
+                g + i, x + i, count, RunXhat<T>(k, batch_scale, feature_scale),
+                RunGrad<T>{batch.cg.data() + k.batch, at(batch.c1, batch_xhat, k.batch),
+                           at(batch.cx, batch_xhat, k.batch)},
+                RunGrad<T>{feature.cg.data() + k.feature, at(feature.c1, feature_xhat, k.feature),
+                           at(feature.cx, feature_xhat, k.feature)},
                 cf, cb, dx + i, mixes ? mixed + i : nullptr);
         });
     };

@@ -445,10 +445,12 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
             double* part2) {
             const std::size_t at = n0 * v.c + c0, width = c1 - c0;
             double* p2 = part2 ? part2 + c0 : nullptr;
+            // The group's stored x̂ (null when formed from the input, or when there is none).
+            const T* h = !direct && xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
             if constexpr (has_per_row)
-                if (direct && c0 == 0)
+                if (c0 == 0)
                     for (std::size_t n = n0; n < n0 + count; ++n)
-                        per_row(n, static_cast<const T*>(nullptr));
+                        per_row(n, h ? h + (n - n0) * v.c : nullptr);
             if (direct) {
                 const bool by_row = !sets->across_batch;
                 rows::column_grad_sums_from_input(
@@ -458,11 +460,6 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                     rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)));
                 return;
             }
-            const T* h = xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
-            if constexpr (has_per_row)
-                if (c0 == 0)
-                    for (std::size_t n = n0; n < n0 + count; ++n)
-                        per_row(n, h ? h + (n - n0) * v.c : nullptr);
             rows::column_grad_sums(dy + at, h ? h + c0 : nullptr, count, v.c, width, part1 + c0,
                                    p2);
         });

@@ -162,7 +162,9 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
 // The kernels' float vector widths for sums (sixteen to a vector on AVX-512 machines, eight
 // elsewhere) give the same bits: sets on rows, across the batch and per sample, in cache and out
 // of it (where a run is normalized while the next is summed), runs with and without a tail, γ
-// per element and per channel; forward, backward and inference.
+// per element and per channel; forward, backward (dx, dγ, dβ) and inference. The dense (N, C)
+// cases sum columns down groups of eight rows and a last group of three, in pairs of vectors of
+// sixteen columns, a single vector and single columns.
 TEST(Kernels, BothVectorWidthsGiveTheSameBits) {
     struct Case {
         std::string spec;
@@ -186,16 +188,21 @@ TEST(Kernels, BothVectorWidthsGiveTheSameBits) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));
         const Tensor dy = xt::cast<float>(testing::random_array(shape, 42));
         Tensor y[2], y_eval[2], dx[2];
+        std::vector<Tensor> grads[2];
         for (bool wide : {false, true}) {
             kernels::set_wide_vectors(wide);
             auto norm = make_normalizer(spec, shape[1]);
             y[wide] = norm->forward(x, Mode::train);
             dx[wide] = norm->backward(dy);
+            for (const auto& p : norm->parameters())
+                grads[wide].push_back(*p.grad);
             y_eval[wide] = norm->forward(x, Mode::eval, Grad::none);
         }
         kernels::set_wide_vectors(machine_width);
         EXPECT_EQ(y[0], y[1]) << spec << " " << format_shape(shape);
         EXPECT_EQ(dx[0], dx[1]) << spec << " " << format_shape(shape);
+        // dγ and dβ: the column sums of dy and dy·x̂ on rows.
+        EXPECT_EQ(grads[0], grads[1]) << spec << " " << format_shape(shape);
         EXPECT_EQ(y_eval[0], y_eval[1]) << spec << " " << format_shape(shape);
     }
 }

@@ -410,21 +410,29 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
     const bool split = split_columns && blocks < 2 * std::size_t(omp_get_max_threads());
     const std::size_t ranges = split ? (v.c + kColumnRange - 1) / kColumnRange : 1;
     const bool into_sums = blocks == 1 && s1 && (!second || s2);
-    if (into_sums) {
-        zero_fill(s1, v.c);
-        if (s2) zero_fill(s2, v.c);
-    }
-    double* part1 = into_sums ? s1 : scratch(kPart1, blocks * v.c);
-    double* part2 = second ? (into_sums ? s2 : scratch(kPart2, blocks * v.c)) : nullptr;
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t task = 0; task < blocks * ranges; ++task) {
-        const std::size_t b = task / ranges, c0 = (task % ranges) * kColumnRange;
-        const std::size_t c1 = ranges == 1 ? v.c : std::min(v.c, c0 + kColumnRange);
-        for_each_row_group(b * kRowBlock, block_end(v, b * kRowBlock), rows_per_group,
-                           [&](std::size_t n0, std::size_t count) {
-                               group(n0, count, c0, c1, part1 + b * v.c,
-                                     part2 ? part2 + b * v.c : nullptr);
-                           });
+    if (into_sums && !second && s2) zero_fill(s2, v.c);
+    // Each task zeroes its own partials right before it adds to them (on its thread, into its
+    // cache) instead of all of them zeroed up front.
+    double* part1 = into_sums ? s1 : scratch(kPart1, blocks * v.c, false);
+    double* part2 = second ? (into_sums ? s2 : scratch(kPart2, blocks * v.c, false)) : nullptr;
+#pragma omp parallel if (v.size() >= kParallelMin)
+    {
+        // Each thread walks its share from the last block to the first. The pass that follows
+        // (the normalization, or dx) walks the same share forward, so it starts on the rows
+        // read last, still in this core's cache; and this pass starts on the rows the layer
+        // before wrote last. The partials, and so the sums, are the same in any order.
+        const auto [first, end] = static_share(blocks * ranges);
+        for (std::size_t task = end; task-- > first;) {
+            const std::size_t b = task / ranges, c0 = (task % ranges) * kColumnRange;
+            const std::size_t c1 = ranges == 1 ? v.c : std::min(v.c, c0 + kColumnRange);
+            std::fill(part1 + b * v.c + c0, part1 + b * v.c + c1, 0.0);
+            if (part2) std::fill(part2 + b * v.c + c0, part2 + b * v.c + c1, 0.0);
+            for_each_row_group(b * kRowBlock, block_end(v, b * kRowBlock), rows_per_group,
+                               [&](std::size_t n0, std::size_t count) {
+                                   group(n0, count, c0, c1, part1 + b * v.c,
+                                         part2 ? part2 + b * v.c : nullptr);
+                               });
+        }
     }
     if (!into_sums) add_partials(part1, part2, blocks, v.c, s1, s2);
 }

@@ -38,23 +38,19 @@ void check_finite(const std::vector<T>& mean, const std::vector<T>& var, const s
 
 template <class T>
 Array<T> SetNormalizer<T>::forward(Array<T>&& x, Mode mode, Grad grad) {
-    Array<T> input = std::move(x);
-    // The variant's forward runs on `input`; standardize_batch / normalize recognize it by
-    // address and save its mean instead of writing x̂. The input itself is moved into the saved
-    // context only once the variant is done with it.
-    handed_over_ = &input;
+    // standardize_batch / normalize recognize the handed-over input by its address and save its
+    // mean instead of writing x̂.
+    handed_over_ = &x;
     struct Release {
         const Array<T>*& handed_over;
         ~Release() { handed_over = nullptr; }
     } release{handed_over_};
-    const std::size_t saved_before = this->saved_contexts();
-    Array<T> y = static_cast<BasicNormalizer<T>&>(*this).forward(std::as_const(input), mode, grad);
-    if (this->saved_contexts() == saved_before + 1 && this->last_saved().input_pending) {
-        SavedNormalization<T>& ctx = this->last_saved();
-        ctx.input = std::move(input);
-        ctx.input_pending = false;
-    }
-    return y;
+    return this->forward_keeping_input(
+        x,
+        [&](const Array<T>& input) {
+            return static_cast<BasicNormalizer<T>&>(*this).forward(input, mode, grad);
+        },
+        [](const SavedNormalization<T>& ctx) { return ctx.keeps_input; });
 }
 
 template <class T>
@@ -73,7 +69,7 @@ T* SetNormalizer<T>::prepare_saved(SavedNormalization<T>& ctx, const Array<T>& x
     if (grad != Grad::keep) return nullptr;
     ctx.shape = shape_of(x);
     if (&x == handed_over_ && kernels::recomputes_xhat_in_registers(v, sets_)) {
-        ctx.input_pending = true;
+        ctx.keeps_input = true;
         return nullptr;
     }
     ctx.xhat = Array<T>::from_shape(x.shape());
@@ -93,7 +89,7 @@ Array<T> SetNormalizer<T>::standardize_batch(const Array<T>& x, const NcsView& v
     kernels::standardize(x.data(), v, sets_, center_, eps_, this->gamma(), this->beta(),
                          m.mean.data(), m.var.data(), ctx.inv_std.data(), xhat, y.data());
     check_finite(m.mean, m.var, this->label(), shape_of(x));
-    if (ctx.input_pending) ctx.mean = m.mean;
+    if (ctx.keeps_input) ctx.mean = m.mean;
     this->save(std::move(ctx), grad);
     if (stats) *stats = std::move(m);
     return y;
@@ -113,7 +109,7 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
     kernels::normalize_affine(x.data(), v, sets_, mean.data(), ctx.inv_std.data(),
                               static_cast<const T*>(nullptr), this->gamma(), this->beta(), xhat,
                               y.data());
-    if (ctx.input_pending) ctx.mean = mean;
+    if (ctx.keeps_input) ctx.mean = mean;
     this->save(std::move(ctx), grad);
     return y;
 }
@@ -121,8 +117,8 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
 template <class T>
 Array<T> SetNormalizer<T>::backward(const Array<T>& dy) {
     SavedNormalization<T> ctx = this->take(dy);
-    const bool kept_input = !ctx.mean.empty();
-    if (kept_input && ctx.input_pending)
+    const bool kept_input = ctx.keeps_input;
+    if (kept_input && shape_of(ctx.input) != ctx.shape)
         throw StateError(this->label() +
                          ": the saved context is missing the input its forward "
                          "was to keep");

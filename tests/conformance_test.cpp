@@ -271,6 +271,44 @@ TEST_P(Conformance, NonFiniteInputIsRefusedAndStateIsUntouched) {
     }
 }
 
+// A refused input handed over with forward(Array&&) stays with the caller, unchanged: the layer
+// takes it only once its forward has succeeded.
+TEST_P(Conformance, AHandedOverInputThatIsRefusedStaysWithTheCaller) {
+    Shape wrong = GetParam().shape;
+    wrong[1] += 1;
+    ArrayD mismatched = random_array(wrong, 4);
+    const ArrayD mismatched_before = mismatched;
+    EXPECT_THROW(make()->forward(std::move(mismatched), Mode::train), ShapeError);
+    EXPECT_EQ(mismatched, mismatched_before);
+    if (!computes_statistics()) return;
+    for (Mode mode : {Mode::train, Mode::eval}) {
+        auto norm = make();
+        norm->begin_epoch();
+        norm->forward(input(1), Mode::train, Grad::none);
+        norm->end_epoch();
+        ArrayD x = input(2);
+        x.data()[x.size() / 2] = std::numeric_limits<double>::quiet_NaN();
+        const ArrayD before = x;
+        bool refused = false;
+        try {
+            norm->forward(std::move(x), mode);
+        } catch (const NonFiniteError&) {
+            refused = true;
+        }
+        // Inference with running statistics takes no statistics of the input: NaN passes.
+        if (mode == Mode::train) {
+            EXPECT_TRUE(refused);
+        }
+        if (!refused) continue;
+        EXPECT_EQ(norm->saved_contexts(), 0u);
+        ASSERT_EQ(x.shape(), before.shape()) << int(mode);
+        for (std::size_t i = 0; i < x.size(); ++i)
+            EXPECT_TRUE(x.data()[i] == before.data()[i] ||
+                        (std::isnan(x.data()[i]) && std::isnan(before.data()[i])))
+                << "mode " << int(mode) << ", value " << i;
+    }
+}
+
 TEST_P(Conformance, SamplesInteractExactlyWhenTheVariantUsesBatchStatistics) {
     auto norm = make();
     const ArrayD x = input(3);

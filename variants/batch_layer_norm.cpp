@@ -482,10 +482,10 @@ Array<T> BatchLayerNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 
 template <class T>
 Array<T> BatchLayerNorm<T>::forward(Array<T>&& x, Mode mode, Grad grad) {
-    Array<T> y = run_forward(std::as_const(x), mode, grad, true);
-    // Moved only once the forward has succeeded: a refused input stays with the caller.
-    if (grad == Grad::keep) this->last_saved().input = std::move(x);
-    return y;
+    // A context saved from a handed-over input has no copy of it: it takes this one.
+    return this->forward_keeping_input(
+        x, [&](const Array<T>& input) { return run_forward(input, mode, grad, true); },
+        [](const SavedBln<T>& ctx) { return shape_of(ctx.input) != ctx.shape; });
 }
 
 template <class T>

@@ -87,12 +87,9 @@ Array<T> BatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
 
 template <class T>
 Array<T> BatchRenorm<T>::forward(Array<T>&& x, Mode mode, Grad grad) {
-    const std::size_t saved_before = this->saved_contexts();
-    Array<T> y = run_forward(std::as_const(x), mode, grad, true);
-    // Moved only once the forward has succeeded: a refused input stays with the caller.
-    if (this->saved_contexts() == saved_before + 1 && !this->last_saved().shift.empty())
-        this->last_saved().input = std::move(x);
-    return y;
+    return this->forward_keeping_input(
+        x, [&](const Array<T>& input) { return run_forward(input, mode, grad, true); },
+        [](const SavedRenorm<T>& ctx) { return !ctx.shift.empty(); });
 }
 
 template <class T>

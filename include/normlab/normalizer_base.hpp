@@ -23,7 +23,7 @@ struct SavedNormalization {
     // the per-set mean it was centred with: x̂ = (input − mean)·inv_std, recomputed in backward.
     Array<T> input;
     std::vector<T> mean;
-    bool input_pending = false;  // the input is moved in once the variant's forward returns
+    bool keeps_input = false;  // the input moves in once the variant's forward has returned
 };
 
 template <class T, class Context = SavedNormalization<T>>
@@ -98,6 +98,20 @@ class NormalizerBase : public BasicNormalizer<T> {
 
     // The most recent saved context (there must be one).
     Context& last_saved() { return saved_.back(); }
+
+    // forward(Array&&) of a layer that keeps the input it is handed, instead of x̂, for its
+    // backward: run(x) is the layer's forward on x, which leaves x as it is; if it saved a
+    // context and keeps_input(that context) says the context takes the input, x moves into the
+    // context's `input`. Only once the forward has returned: an input the forward refuses (NaN,
+    // a wrong shape) stays with the caller, unchanged.
+    template <class Run, class KeepsInput>
+    Array<T> forward_keeping_input(Array<T>& x, Run&& run, KeepsInput&& keeps_input) {
+        const std::size_t saved_before = saved_.size();
+        Array<T> y = run(std::as_const(x));
+        if (saved_.size() == saved_before + 1 && keeps_input(std::as_const(saved_.back())))
+            saved_.back().input = std::move(x);
+        return y;
+    }
 
     // Takes the most recent saved context after checking that dy matches it.
     Context take(const Array<T>& dy) {

@@ -51,7 +51,7 @@ class SetNormalizer : public NormalizerBase<T> {
   private:
     // With Grad::keep, sets up ctx for backward and returns where to write x̂ — or null when x is
     // the input handed over to forward(Array&&) and backward can recompute x̂ from it: then
-    // ctx.input_pending is set, and the caller records the per-set mean in ctx.mean.
+    // ctx.keeps_input is set, and the caller records the per-set mean in ctx.mean.
     T* prepare_saved(SavedNormalization<T>& ctx, const Array<T>& x, const NcsView& v,
                      Grad grad) const;
 

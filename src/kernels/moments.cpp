@@ -18,8 +18,9 @@ namespace {
 // each would be mapped and page-faulted in again on every call. Each use has its own slot.
 enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kTotal1, kTotal2, kSlots };
 
-// Zeroed by the threads that are about to fill it (the partials of a small batch with many
-// columns run to megabytes).
+// Zeroed by the threads, in parallel from kParallelMin values on (the per-run sums of a large
+// tensor run to megabytes). The dense column partials are not zeroed here: each task zeroes its
+// own block right before adding to it (column_sums_by_blocks).
 void zero_fill(double* p, std::size_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
     for (std::size_t i = 0; i < n; ++i)

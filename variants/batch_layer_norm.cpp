@@ -182,29 +182,43 @@ void for_each_channel_run(const NcsView& v, F&& f) {
 // Values of one position piece in a run, for the passes that read per-(c, s) coefficients.
 constexpr std::size_t kPieceValues = 1024;
 
-// for_each_channel_run for the passes that read the batch branch's per-(c, s) coefficients
-// (arrays the size of a sample): with trailing dimensions, each channel's S positions are cut
-// into pieces of at most kPieceValues, and each piece is done for every sample before the next,
-// so that its coefficients are read from memory once, not once per sample. f(i, count, c) as
-// for for_each_channel_run (a run may start within a channel's positions); the same values, in
-// another order. Without trailing dimensions the coefficients are C values, and rows are runs.
+// A channel's S positions cut into pieces of at most kPieceValues, for the passes that read the
+// batch branch's per-(c, s) coefficients (arrays the size of a sample): each piece is done for
+// every sample before the next, so that its coefficients are read from memory once, not once
+// per sample.
+struct PositionPieces {
+    std::size_t per_channel, length, count;
+    explicit PositionPieces(const NcsView& v)
+        : per_channel((v.s + kPieceValues - 1) / kPieceValues),
+          length((v.s + per_channel - 1) / per_channel),
+          count(v.c * per_channel) {}
+};
+
+// f(p, c, s0, count) for every piece p of channel c at positions [s0, s0 + count), the pieces
+// split between the threads (v.s > 1).
+template <class F>
+void for_each_piece(const NcsView& v, F&& f) {
+    const PositionPieces pieces(v);
+#pragma omp parallel for schedule(static) if (v.size() >= kernels::kParallelMin)
+    for (std::size_t p = 0; p < pieces.count; ++p) {
+        const std::size_t s0 = (p % pieces.per_channel) * pieces.length;
+        f(p, p / pieces.per_channel, s0, std::min(pieces.length, v.s - s0));
+    }
+}
+
+// for_each_channel_run, piece by piece (for_each_piece) with trailing dimensions: f(i, count, c)
+// as for for_each_channel_run (a run may start within a channel's positions); the same values,
+// in another order. Without trailing dimensions the coefficients are C values, and rows are runs.
 template <class F>
 void for_each_piece_across_samples(const NcsView& v, F&& f) {
     if (v.s == 1) {
         for_each_channel_run(v, f);
         return;
     }
-    const std::size_t per_channel = (v.s + kPieceValues - 1) / kPieceValues;
-    const std::size_t piece = (v.s + per_channel - 1) / per_channel;
-    const std::size_t pieces = v.c * per_channel;
-#pragma omp parallel for schedule(static) if (v.size() >= kernels::kParallelMin)
-    for (std::size_t p = 0; p < pieces; ++p) {
-        const std::size_t c = p / per_channel;
-        const std::size_t s0 = (p % per_channel) * piece;
-        const std::size_t count = std::min(piece, v.s - s0);
+    for_each_piece(v, [&](std::size_t, std::size_t c, std::size_t s0, std::size_t count) {
         for (std::size_t n = 0; n < v.n; ++n)
             f((n * v.c + c) * v.s + s0, count, c);
-    }
+    });
 }
 
 // The per-channel factor of value j of a run that starts at channel c: the run's channel with
@@ -302,55 +316,112 @@ struct RunGrad {
     const T* cx;
 };
 
-// The backward's pass over one run (apply_and_mix), in every ISA clone.
-template <class T, bool rows, bool batch_xhat, bool feature_xhat, bool mixes>
-NORMLAB_ISA_CLONES void apply_run(const T* g, const T* x, std::size_t count, RunXhat<T> run,
-                                  RunGrad<T> batch, RunGrad<T> feature, T cf, T cb, T* dx,
-                                  T* mixed) {
-#pragma omp simd
+// What the backward's pass over a run writes besides dx: nothing (no γ); the mixed x̂, for the
+// pass over dy that takes dγ (rows); or, on a run of one channel, its Σdy and Σdy·x̂ (the run's
+// terms of dβ and dγ), read from dy and formed in registers, so that dγ takes no pass of its own.
+enum class Extra { none, mixed, affine_sums };
+
+// The backward's pass over one run (apply_and_mix), in every ISA clone. `grad` is g = γ ⊙ dy, or,
+// for Extra::affine_sums, dy itself, which is multiplied by the run's γ as the array g was.
+template <class T, bool rows, bool batch_xhat, bool feature_xhat, Extra extra>
+NORMLAB_ISA_CLONES void apply_run(const T* grad, const T* x, std::size_t count, RunXhat<T> run,
+                                  RunGrad<T> batch, RunGrad<T> feature, T cf, T cb, T gamma, T* dx,
+                                  T* mixed, double* sums) {
+    constexpr bool sums_run = extra == Extra::affine_sums;
+    double sum_dy = 0, sum_dy_xhat = 0;
+#pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
     for (std::size_t j = 0; j < count; ++j) {
         const std::size_t f = rows ? 0 : j;
+        const T g = sums_run ? grad[j] * gamma : grad[j];
         const T hb = run.batch(x[j], j);
         const T hf = run.template feature<rows>(x[j], j);
         T db, df;
         if constexpr (batch_xhat)
-            db = kernels::applied(batch.cg[j], T(1), g[j], batch.c1[j], batch.cx[j], hb);
+            db = kernels::applied(batch.cg[j], T(1), g, batch.c1[j], batch.cx[j], hb);
         else
-            db = kernels::applied(batch.cg[j], T(1), g[j], T(0));
+            db = kernels::applied(batch.cg[j], T(1), g, T(0));
         if constexpr (feature_xhat)
-            df = kernels::applied(feature.cg[f], T(1), g[j], feature.c1[f], feature.cx[f], hf);
+            df = kernels::applied(feature.cg[f], T(1), g, feature.c1[f], feature.cx[f], hf);
         else
-            df = kernels::applied(feature.cg[f], T(1), g[j], T(0));
+            df = kernels::applied(feature.cg[f], T(1), g, T(0));
         dx[j] = db + df;
-        if constexpr (mixes) mixed[j] = cf * hf + cb * hb;
+        if constexpr (extra == Extra::mixed) mixed[j] = cf * hf + cb * hb;
+        if constexpr (sums_run) {
+            sum_dy += double(grad[j]);
+            sum_dy_xhat += double(grad[j] * (cf * hf + cb * hb));
+        }
+    }
+    if constexpr (sums_run) {
+        sums[0] += sum_dy;
+        sums[1] += sum_dy_xhat;
     }
 }
 
 // The backward's elementwise pass: dx = dx_B + dx_F from each branch's coefficients (as
-// kernels::backward_apply would write each branch, then added), and, where `mixed` is not null,
-// the mixed x̂ = cf·x̂_F + cb·x̂_B that dγ needs. One pass over g and the kept input x. dx may be
-// g and mixed may be x: each value is written after its last read.
+// kernels::backward_apply would write each branch, then added), in one pass over g and the kept
+// input x. With γ (affine sums not null) also dγ's and dβ's raw sums per channel, Σdy and
+// Σdy·x̂ with the mixed x̂ = cf·x̂_F + cb·x̂_B: with trailing dimensions in this same pass, which
+// then reads dy (and γ) instead of g, each piece's runs added in sample order and a channel's
+// pieces in order, so the sums do not depend on the number of threads; on rows, the pass writes
+// the mixed x̂ over x and a pass over dy takes the sums. dx may be g: each value is written
+// after its last read.
 template <class T>
-void apply_and_mix(const T* g, const T* x, const NcsView& v, BranchScale<T> batch_scale,
+void apply_and_mix(const T* g, const T* dy, T* x, const NcsView& v, BranchScale<T> batch_scale,
                    BranchScale<T> feature_scale, const BranchGrad<T>& batch,
-                   const BranchGrad<T>& feature, T cf, T cb, T* dx, T* mixed) {
-    const auto pass = [&](auto rows, auto batch_xhat, auto feature_xhat, auto mixes) {
-        for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t) {
-            const RunSets k(v, i);
-            const auto at = [](const std::vector<T>& values, bool present, std::size_t set) {
-                return present ? values.data() + set : nullptr;
-            };
-            apply_run<T, decltype(rows)::value, decltype(batch_xhat)::value,
-                      decltype(feature_xhat)::value, decltype(mixes)::value>(
-                g + i, x + i, count, RunXhat<T>(k, batch_scale, feature_scale),
-                RunGrad<T>{batch.cg.data() + k.batch, at(batch.c1, batch_xhat, k.batch),
-                           at(batch.cx, batch_xhat, k.batch)},
-                RunGrad<T>{feature.cg.data() + k.feature, at(feature.c1, feature_xhat, k.feature),
-                           at(feature.cx, feature_xhat, k.feature)},
-                cf, cb, dx + i, mixes ? mixed + i : nullptr);
-        });
+                   const BranchGrad<T>& feature, T cf, T cb, const T* gamma, T* dx, double* sum_dy,
+                   double* sum_dy_xhat) {
+    const bool sums = gamma != nullptr;
+    const auto run_at = [&](auto rows, auto batch_xhat, auto feature_xhat, auto extra,
+                            std::size_t i, std::size_t count, T gamma_c, double* run_sums) {
+        const RunSets k(v, i);
+        const auto at = [](const std::vector<T>& values, bool present, std::size_t set) {
+            return present ? values.data() + set : nullptr;
+        };
+        constexpr Extra e = decltype(extra)::value;
+        apply_run<T, decltype(rows)::value, decltype(batch_xhat)::value,
+                  decltype(feature_xhat)::value, e>(
+            (e == Extra::affine_sums ? dy : g) + i, x + i, count,
+            RunXhat<T>(k, batch_scale, feature_scale),
+            RunGrad<T>{batch.cg.data() + k.batch, at(batch.c1, batch_xhat, k.batch),
+                       at(batch.cx, batch_xhat, k.batch)},
+            RunGrad<T>{feature.cg.data() + k.feature, at(feature.c1, feature_xhat, k.feature),
+                       at(feature.cx, feature_xhat, k.feature)},
+            cf, cb, gamma_c, dx + i, e == Extra::mixed ? x + i : nullptr, run_sums);
     };
-    with_flags(pass, v.s == 1, !batch.cx.empty(), !feature.cx.empty(), mixed != nullptr);
+    if (sums && v.s > 1) {
+        const PositionPieces pieces(v);
+        std::vector<double> piece_sums(2 * pieces.count);
+        with_flags(
+            [&](auto batch_xhat, auto feature_xhat) {
+                for_each_piece(
+                    v, [&](std::size_t p, std::size_t c, std::size_t s0, std::size_t count) {
+                        for (std::size_t n = 0; n < v.n; ++n)
+                            run_at(std::false_type{}, batch_xhat, feature_xhat,
+                                   std::integral_constant<Extra, Extra::affine_sums>{},
+                                   (n * v.c + c) * v.s + s0, count, gamma[c],
+                                   piece_sums.data() + 2 * p);
+                    });
+            },
+            !batch.cx.empty(), !feature.cx.empty());
+        for (std::size_t c = 0; c < v.c; ++c) {
+            sum_dy[c] = sum_dy_xhat[c] = 0;
+            for (std::size_t q = 0; q < pieces.per_channel; ++q) {
+                sum_dy[c] += piece_sums[2 * (c * pieces.per_channel + q)];
+                sum_dy_xhat[c] += piece_sums[2 * (c * pieces.per_channel + q) + 1];
+            }
+        }
+        return;
+    }
+    with_flags(
+        [&](auto rows, auto batch_xhat, auto feature_xhat, auto mixes) {
+            using E =
+                std::integral_constant<Extra, decltype(mixes)::value ? Extra::mixed : Extra::none>;
+            for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t) {
+                run_at(rows, batch_xhat, feature_xhat, E{}, i, count, T(1), nullptr);
+            });
+        },
+        v.s == 1, !batch.cx.empty(), !feature.cx.empty(), sums);
+    if (sums) kernels::channel_sums(dy, static_cast<const T*>(x), v, sum_dy, sum_dy_xhat);
 }
 
 std::string flag_list(const BatchLayerNormOptions& o) {
@@ -611,20 +682,16 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
                                             ctx.coef_batch, v.c * v.s);
     const BranchGrad<T> feature = branch_grad(g, x, ctx.shift_feature.data(), feature_calls(v),
                                               ctx.feature, ctx.coef_feature, v.n * v.s);
-    // dx is written over g, and dγ's mixed x̂ = (w_F·x̂_F + w_B·x̂_B)/√C over the input: both
-    // are spent by then, and their lines are in cache where new arrays' would first be fetched.
-    // Without γ there is no dγ, and dx goes over the input.
+    // dx is written over g (and, on rows, dγ's mixed x̂ over the input): both are spent by
+    // then, and their lines are in cache where new arrays' would first be fetched. Without γ
+    // there is no dγ, and dx goes over the input.
     Array<T> dx = gamma ? std::move(weighted) : std::move(ctx.input);
-    T* const mixed = gamma ? x : nullptr;
-    apply_and_mix(g, static_cast<const T*>(x), v,
-                  BranchScale<T>{ctx.shift_batch.data(), ctx.batch.inv_std.data()},
-                  BranchScale<T>{ctx.shift_feature.data(), ctx.feature.inv_std.data()}, batch,
-                  feature, ctx.coef_feature, ctx.coef_batch, dx.data(), mixed);
-    if (mixed) {
-        std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
-        kernels::channel_sums(dy.data(), mixed, v, sum_dy.data(), sum_dy_xhat.data());
-        this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
-    }
+    std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
+    apply_and_mix(
+        g, dy.data(), x, v, BranchScale<T>{ctx.shift_batch.data(), ctx.batch.inv_std.data()},
+        BranchScale<T>{ctx.shift_feature.data(), ctx.feature.inv_std.data()}, batch, feature,
+        ctx.coef_feature, ctx.coef_batch, gamma, dx.data(), sum_dy.data(), sum_dy_xhat.data());
+    if (gamma) this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }
 

@@ -3,12 +3,14 @@
 #   bash benchmarks/run.sh            # everything (about 10 minutes on 2 cores, with the build)
 #   BENCH_ROUNDS=5 bash benchmarks/run.sh      # more rounds (default 3; medians over rounds)
 #   BENCH_FILTER=conv bash benchmarks/run.sh   # a subset (Google Benchmark regex / substring)
+#   BENCH_DOC=docs/benchmarks-mine.md bash benchmarks/run.sh   # the report elsewhere
 # Set THREADS (default: all cores). Run on a quiet machine: the numbers are wall-clock medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
 FILTER="${BENCH_FILTER:-}"
 OUT="${BENCH_OUT:-build-bench/results}"
+DOC="${BENCH_DOC:-docs/benchmarks.md}"
 # The peers: oneDNN (its CMake package config needs OpenCL's development files) and PyTorch.
 bash scripts/setup.sh libdnnl-dev ocl-icd-opencl-dev python3-torch
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNORMLAB_BUILD_BENCHMARKS=ON \
@@ -62,6 +64,6 @@ oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W 
 BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')"
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
   --pytorch "${PYTORCH_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
-  --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS") bash benchmarks/run.sh" \
-  --out docs/benchmarks.md
-echo "wrote docs/benchmarks.md (raw JSON in $OUT)"
+  --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \
+  --out "$DOC"
+echo "wrote $DOC (raw JSON in $OUT)"

@@ -65,12 +65,12 @@ std::size_t cache_bytes_from_sysfs() {
 
 std::size_t detected_cache_bytes() {
     static const std::size_t detected = [] {
+        std::size_t from_libc = 0;
 #if defined(_SC_LEVEL3_CACHE_SIZE)
         const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-        if (l3 > 0) return std::size_t(l3);
+        if (l3 > 0) from_libc = std::size_t(l3);
 #endif
-        const std::size_t from_sysfs = cache_bytes_from_sysfs();
-        return from_sysfs > 0 ? from_sysfs : kFallbackCacheBytes;
+        return usable_cache_bytes(from_libc, cache_bytes_from_sysfs());
     }();
     return detected;
 }
@@ -78,6 +78,12 @@ std::size_t detected_cache_bytes() {
 std::atomic<std::size_t> chosen_cache_bytes{0};
 
 }  // namespace
+
+std::size_t usable_cache_bytes(std::size_t from_libc, std::size_t from_sysfs) {
+    if (from_libc > 0 && from_sysfs > 0) return std::min(from_libc, from_sysfs);
+    if (from_libc > 0) return from_libc;
+    return from_sysfs > 0 ? from_sysfs : kFallbackCacheBytes;
+}
 
 void set_last_level_cache_bytes(std::size_t bytes) {
     chosen_cache_bytes.store(bytes, std::memory_order_relaxed);

@@ -110,6 +110,18 @@ TEST(Kernels, CacheSizeIsDetectedAndCanBeSet) {
     set_last_level_cache_bytes(pinned);
 }
 
+// The C library's and /sys's cache sizes disagree on AMD EPYC (the socket's L3 against the core
+// complex's): the smaller is the one a core can use.
+TEST(Kernels, UsableCacheIsTheSmallerOfTheTwoSizesTold) {
+    constexpr std::size_t MiB = std::size_t{1} << 20;
+    EXPECT_EQ(usable_cache_bytes(256 * MiB, 32 * MiB), 32 * MiB);
+    EXPECT_EQ(usable_cache_bytes(32 * MiB, 256 * MiB), 32 * MiB);
+    EXPECT_EQ(usable_cache_bytes(260 * MiB, 260 * MiB), 260 * MiB);
+    EXPECT_EQ(usable_cache_bytes(0, 48 * MiB), 48 * MiB);
+    EXPECT_EQ(usable_cache_bytes(48 * MiB, 0), 48 * MiB);
+    EXPECT_EQ(usable_cache_bytes(0, 0), 32 * MiB);
+}
+
 // Where the kernels take a tensor to be (whether it stays in cache, whether its outputs are
 // streamed) changes the order of work, never the bits. Planned for a 32 MiB cache, 7.6 MiB stays
 // in cache and is not streamed; for 16 MiB it is out of cache and not streamed; for 4 MiB out of

@@ -48,13 +48,21 @@ std::string fitting_blas_coretype();
 // half of it on are written with streaming stores, since they would be evicted before anyone
 // reads them, and tensors under a quarter of it (at most 8 MiB) are taken to stay in the cache
 // from one call to the next, where another order of work is faster. Detected on first use from
-// the C library (sysconf) or /sys (32 MiB where neither tells): 32 MiB on the AMD EPYC machines
-// the kernels were first tuned on; 260 MiB on an Intel Xeon whose L3 ran a 77 MB working set at
+// the C library (sysconf) and /sys (usable_cache_bytes): 32 MiB on the AMD EPYC machines the
+// kernels were first tuned on; 260 MiB on an Intel Xeon whose L3 ran a 77 MB working set at
 // twice the bandwidth of its memory, where 25.7 MB outputs kept in the L3 reach the layer that
 // reads them next at that speed. A program that shares the cache with others can plan for its
 // share.
 // The choice changes speed only: every path computes the same bits.
 void set_last_level_cache_bytes(std::size_t bytes);  // 0: the detected size again
 std::size_t last_level_cache_bytes();
+
+// The last-level cache one core can use, from the C library's size (sysconf, read from cpuid)
+// and the kernel's (/sys: the cache CPU 0 shares with its neighbours), 0 where one does not
+// tell: the smaller where both do, else the one that does, else 32 MiB. On an AMD EPYC VM
+// (2026-12) glibc gave 256 MiB, the L3 of all eight core complexes of the socket, where a core
+// uses its complex's 32 MiB (/sys); planned for 256 MiB, BatchNorm inference kept its
+// (32, 64, 56, 56) outputs, 25.7 MB, in a cache that could not hold them beside its input.
+std::size_t usable_cache_bytes(std::size_t from_libc, std::size_t from_sysfs);
 
 }  // namespace normlab

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 PASSES = ("fwd_train", "fwd_eval", "bwd")
 SHAPES = ("mlp", "conv", "conv_small_batch", "conv_deep", "seq", "transformer")
+CONV_BYTES = 32 * 64 * 56 * 56 * 4  # the chains' shape, float32
 SHAPE_TEXT = {"mlp": "(256, 1024)", "conv": "(32, 64, 56, 56)", "conv_small_batch": "(2, 64, 56, 56)",
               "conv_deep": "(8, 256, 14, 14)", "seq": "(1792, 512)", "transformer": "(4096, 768)"}
 ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
@@ -341,19 +342,28 @@ def main():
     triad_lines.append("")
     insert_at = lines.index(f"## `{variants[0]}`") if variants else len(lines)
     lines[insert_at:insert_at] = head + triad_lines
-    lines += chain_section(times)
+    planned = load_context(args.normlab[0]).get("planned_cache_mib")
+    lines += chain_section(times, int(planned) if planned else None)
     if args.training:
         lines += training_section([load(path) for path in args.training])
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
-def chain_section(times):
-    """Per-layer times of chains of inference layers with outputs kept in the cache (the
-    kernels planning for the detected last-level cache) or streamed (planning for 32 MiB)."""
+def chain_section(times, planned_mib=None):
+    """Per-layer times of chains of inference layers with outputs kept in the cache (the kernels
+    planning for a 1 GiB cache) or streamed (planning for 32 MiB); planned_mib, the cache the
+    kernels plan for on this machine, says which of the two its layers take."""
     chains = {k: v for k, v in times.items() if k[0] == "chain" and v}
     if not chains:
         return []
+    here = ""
+    if planned_mib:
+        # The chains run on conv; outputs are streamed from half the planned cache on.
+        streams_here = CONV_BYTES >= planned_mib * 2**20 / 2
+        here = (f" Here the kernels plan for the {planned_mib:,} MiB last-level cache detected, "
+                f"under which a layer on this shape {'streams' if streams_here else 'keeps'} its "
+                "output.")
     out = ["## Outputs kept in the cache or streamed", "",
            "normlab's kernels write outputs with normal stores, which keep them in the cache, "
            "while they fit in half the last-level cache, and with streaming stores, which send "
@@ -361,14 +371,14 @@ def chain_section(times):
            "each destination line before it is written) and the layer that reads it next more "
            "(it comes from memory). Below: the time per layer of a chain of BatchNorm layers "
            "in inference, each reading the output of the one before (`chain/` in "
-           "`normalizer_bench`), with the kernels planning for the detected last-level cache "
-           "(outputs of this size kept) and for 32 MiB (streamed), medians over the rounds.", "",
-           "| layers | shape | µs per layer, kept (detected cache) | µs per layer, streamed "
+           "`normalizer_bench`), with the kernels planning for a 1 GiB cache (outputs of this "
+           "size kept) and for 32 MiB (streamed), medians over the rounds." + here, "",
+           "| layers | shape | µs per layer, kept (1 GiB plan) | µs per layer, streamed "
            "(32 MiB plan) | streamed / kept |", "|---:|---|---:|---:|---:|"]
     for variant, shape, layers in sorted({(k[1], k[2], k[3][1]) for k in chains},
                                          key=lambda t: (t[0], t[1], t[2])):
-        kept = chains.get(("chain", variant, shape, ("fwd_eval", layers, "detected")))
-        streamed = chains.get(("chain", variant, shape, ("fwd_eval", layers, "32MiB")))
+        kept = chains.get(("chain", variant, shape, ("fwd_eval", layers, "kept")))
+        streamed = chains.get(("chain", variant, shape, ("fwd_eval", layers, "streamed")))
         out.append(f"| {layers} | {variant} {shape} {SHAPE_TEXT.get(shape, '')} | "
                    f"{fmt_us(kept)} | {fmt_us(streamed)} | "
                    f"{'—' if not kept or not streamed else f'{streamed / kept:.2f}×'} |")

@@ -94,18 +94,26 @@ class Rounds(unittest.TestCase):
 class Chains(unittest.TestCase):
     def test_chain_cases_are_keyed_by_length_and_plan(self):
         self.assertEqual(
-            report.key("chain/batch_norm/conv/fwd_eval/layers:4/plan:32MiB/min_time:0.100/"
+            report.key("chain/batch_norm/conv/fwd_eval/layers:4/plan:streamed/min_time:0.100/"
                        "manual_time"),
-            ("chain", "batch_norm", "conv", ("fwd_eval", 4, "32MiB")))
+            ("chain", "batch_norm", "conv", ("fwd_eval", 4, "streamed")))
 
     def test_section_gives_time_per_layer_and_the_ratio(self):
-        times = {("chain", "batch_norm", "conv", ("fwd_eval", 4, "detected")): 1000.0,
-                 ("chain", "batch_norm", "conv", ("fwd_eval", 4, "32MiB")): 1500.0,
+        times = {("chain", "batch_norm", "conv", ("fwd_eval", 4, "kept")): 1000.0,
+                 ("chain", "batch_norm", "conv", ("fwd_eval", 4, "streamed")): 1500.0,
                  ("normlab", "batch_norm", "conv", "fwd_eval"): 900.0}
         section = report.chain_section(times)
         self.assertIn("| 4 | batch_norm conv (32, 64, 56, 56) | 1,000 | 1,500 | 1.50× |", section)
         self.assertEqual(report.chain_section({("normlab", "batch_norm", "conv", "bwd"): 1.0}),
                          [])
+
+    def test_section_says_which_plan_the_detected_cache_takes(self):
+        times = {("chain", "batch_norm", "conv", ("fwd_eval", 1, "kept")): 1000.0,
+                 ("chain", "batch_norm", "conv", ("fwd_eval", 1, "streamed")): 800.0}
+        self.assertIn("32 MiB last-level cache detected, under which a layer on this shape "
+                      "streams its output", " ".join(report.chain_section(times, 32)))
+        self.assertIn("260 MiB last-level cache detected, under which a layer on this shape "
+                      "keeps its output", " ".join(report.chain_section(times, 260)))
 
 
 class WholeModel(unittest.TestCase):

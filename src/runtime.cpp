@@ -8,6 +8,7 @@
 #include <cstdlib>  // defines __GLIBC__ on glibc systems
 #include <fstream>
 #include <string>
+#include <utility>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -45,9 +46,9 @@ std::size_t parse_cache_size(const std::string& text) {
     return std::size_t(value) * (unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1);
 }
 
-// The largest cache of CPU 0 by level, from sysfs: where sysconf does not know (it reads
-// x86's cpuid; elsewhere it may answer 0).
-std::size_t cache_bytes_from_sysfs() {
+// The cache of CPU 0 with the highest level, from sysfs: its level and size (0, 0 where sysfs
+// tells nothing).
+std::pair<std::size_t, std::size_t> cache_from_sysfs() {
     std::size_t best_level = 0, best_bytes = 0;
     for (int index = 0; index < 16; ++index) {
         const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
@@ -60,7 +61,7 @@ std::size_t cache_bytes_from_sysfs() {
             best_bytes = parse_cache_size(size);
         }
     }
-    return best_bytes;
+    return {best_level, best_bytes};
 }
 
 std::size_t detected_cache_bytes() {
@@ -70,7 +71,10 @@ std::size_t detected_cache_bytes() {
         const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
         if (l3 > 0) from_libc = std::size_t(l3);
 #endif
-        return usable_cache_bytes(from_libc, cache_bytes_from_sysfs());
+        // A /sys that lists no L3 (some VMs show only L1 and L2) is no answer to compare
+        // sysconf's L3 with; it still serves where sysconf does not know.
+        const auto [level, sysfs_bytes] = cache_from_sysfs();
+        return usable_cache_bytes(from_libc, level >= 3 || from_libc == 0 ? sysfs_bytes : 0);
     }();
     return detected;
 }

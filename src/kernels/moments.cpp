@@ -400,8 +400,7 @@ bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets
 constexpr std::size_t kColumnRange = 2048;
 constexpr std::size_t kMinColumnRange = 512;
 
-std::size_t column_range(std::size_t columns) {
-    const auto threads = std::size_t(omp_get_max_threads());
+std::size_t column_range(std::size_t columns, std::size_t threads) {
     std::size_t range = kColumnRange;
     while (range > kMinColumnRange && (columns + range - 1) / range < 2 * threads)
         range /= 2;
@@ -423,8 +422,9 @@ template <class Group>
 void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool second,
                            bool split_columns, double* s1, double* s2, Group&& group) {
     const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
-    const bool split = split_columns && blocks < 2 * std::size_t(omp_get_max_threads());
-    const std::size_t range = column_range(v.c);
+    const auto threads = std::size_t(omp_get_max_threads());
+    const bool split = split_columns && blocks < 2 * threads;
+    const std::size_t range = split ? column_range(v.c, threads) : v.c;
     const std::size_t ranges = split ? (v.c + range - 1) / range : 1;
     const bool into_sums = blocks == 1 && s1 && (!second || s2);
     if (into_sums && !second && s2) zero_fill(s2, v.c);
@@ -441,7 +441,7 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
         const auto [first, end] = static_share(blocks * ranges);
         for (std::size_t task = end; task-- > first;) {
             const std::size_t b = task / ranges, c0 = (task % ranges) * range;
-            const std::size_t c1 = ranges == 1 ? v.c : std::min(v.c, c0 + range);
+            const std::size_t c1 = std::min(v.c, c0 + range);
             std::fill(part1 + b * v.c + c0, part1 + b * v.c + c1, 0.0);
             if (part2) std::fill(part2 + b * v.c + c0, part2 + b * v.c + c1, 0.0);
             for_each_row_group(b * kRowBlock, block_end(v, b * kRowBlock), rows_per_group,

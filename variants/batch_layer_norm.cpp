@@ -414,8 +414,9 @@ void apply_and_mix(const T* g, const T* dy, T* x, const NcsView& v, BranchScale<
     }
     with_flags(
         [&](auto rows, auto batch_xhat, auto feature_xhat, auto mixes) {
-            using E =
-                std::integral_constant<Extra, decltype(mixes)::value ? Extra::mixed : Extra::none>;
+            // Only rows get here with γ (the mixed x̂ then): no clones for runs that mix.
+            constexpr bool writes_mixed = decltype(rows)::value && decltype(mixes)::value;
+            using E = std::integral_constant<Extra, writes_mixed ? Extra::mixed : Extra::none>;
             for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t) {
                 run_at(rows, batch_xhat, feature_xhat, E{}, i, count, T(1), nullptr);
             });

@@ -79,9 +79,10 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
 
 // The chains' two plans: for a cache of 1 GiB, which keeps the conv shape's 25.7 MB outputs
 // (normal stores), and for 32 MiB, which streams them past the cache. Which of the two this
-// machine's own plan matches is in the context (planned_cache_mib).
+// machine's own plan takes is in the context (chain_output_streamed, beside planned_cache_mib).
 constexpr std::size_t kKeepingPlan = std::size_t{1} << 30;
 constexpr std::size_t kStreamingPlan = std::size_t{32} << 20;
+constexpr const char* kChainShape = "conv";
 
 // A chain of `layers` BatchNorm layers in inference, each reading the output of the one before,
 // as in a network's forward pass, with the kernels planning for a cache of `plan_bytes`. What it
@@ -131,7 +132,7 @@ void register_all() {
         }
     }
     for (const auto& shape : shape_suite()) {
-        if (shape.name != "conv") continue;
+        if (shape.name != kChainShape) continue;
         for (int layers : {1, 4})
             for (std::size_t plan : {kKeepingPlan, kStreamingPlan}) {
                 const std::string name = "chain/batch_norm/" + shape.name +
@@ -157,6 +158,12 @@ int main(int argc, char** argv) {
     normlab::reuse_freed_memory();
     benchmark::AddCustomContext("planned_cache_mib",
                                 std::to_string(normlab::last_level_cache_bytes() >> 20));
+    // What this machine's plan does with the chains' outputs (the report's chain section).
+    for (const auto& shape : normlab::bench::shape_suite())
+        if (shape.name == normlab::bench::kChainShape)
+            benchmark::AddCustomContext(
+                "chain_output_streamed",
+                normlab::streams_output(shape.elements() * sizeof(float)) ? "1" : "0");
     normlab::bench::register_all();
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();

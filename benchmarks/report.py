@@ -12,7 +12,6 @@ from collections import defaultdict
 
 PASSES = ("fwd_train", "fwd_eval", "bwd")
 SHAPES = ("mlp", "conv", "conv_small_batch", "conv_deep", "seq", "transformer")
-CONV_BYTES = 32 * 64 * 56 * 56 * 4  # the chains' shape, float32
 SHAPE_TEXT = {"mlp": "(256, 1024)", "conv": "(32, 64, 56, 56)", "conv_small_batch": "(2, 64, 56, 56)",
               "conv_deep": "(8, 256, 14, 14)", "seq": "(1792, 512)", "transformer": "(4096, 768)"}
 ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
@@ -342,27 +341,29 @@ def main():
     triad_lines.append("")
     insert_at = lines.index(f"## `{variants[0]}`") if variants else len(lines)
     lines[insert_at:insert_at] = head + triad_lines
-    planned = load_context(args.normlab[0]).get("planned_cache_mib")
-    lines += chain_section(times, int(planned) if planned else None)
+    context = load_context(args.normlab[0])
+    planned, streamed = context.get("planned_cache_mib"), context.get("chain_output_streamed")
+    lines += chain_section(times, int(planned) if planned else None,
+                           streamed == "1" if streamed in ("0", "1") else None)
     if args.training:
         lines += training_section([load(path) for path in args.training])
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
-def chain_section(times, planned_mib=None):
+def chain_section(times, planned_mib=None, streamed_here=None):
     """Per-layer times of chains of inference layers with outputs kept in the cache (the kernels
     planning for a 1 GiB cache) or streamed (planning for 32 MiB); planned_mib, the cache the
-    kernels plan for on this machine, says which of the two its layers take."""
+    kernels plan for on this machine, and streamed_here, whether under that plan they stream the
+    chains' outputs (as normalizer_bench asked the library), say which of the two its layers
+    take."""
     chains = {k: v for k, v in times.items() if k[0] == "chain" and v}
     if not chains:
         return []
     here = ""
-    if planned_mib:
-        # The chains run on conv; outputs are streamed from half the planned cache on.
-        streams_here = CONV_BYTES >= planned_mib * 2**20 / 2
+    if planned_mib and streamed_here is not None:
         here = (f" Here the kernels plan for the {planned_mib:,} MiB last-level cache detected, "
-                f"under which a layer on this shape {'streams' if streams_here else 'keeps'} its "
+                f"under which a layer on this shape {'streams' if streamed_here else 'keeps'} its "
                 "output.")
     out = ["## Outputs kept in the cache or streamed", "",
            "normlab's kernels write outputs with normal stores, which keep them in the cache, "

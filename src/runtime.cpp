@@ -98,6 +98,10 @@ std::size_t last_level_cache_bytes() {
     return chosen > 0 ? chosen : detected_cache_bytes();
 }
 
+bool streams_output(std::size_t bytes) {
+    return bytes >= last_level_cache_bytes() / 2;
+}
+
 std::string blas_core_name() {
     if (openblas_get_corename == nullptr) return "";
     const char* name = openblas_get_corename();

@@ -111,9 +111,11 @@ class Chains(unittest.TestCase):
         times = {("chain", "batch_norm", "conv", ("fwd_eval", 1, "kept")): 1000.0,
                  ("chain", "batch_norm", "conv", ("fwd_eval", 1, "streamed")): 800.0}
         self.assertIn("32 MiB last-level cache detected, under which a layer on this shape "
-                      "streams its output", " ".join(report.chain_section(times, 32)))
+                      "streams its output", " ".join(report.chain_section(times, 32, True)))
         self.assertIn("260 MiB last-level cache detected, under which a layer on this shape "
-                      "keeps its output", " ".join(report.chain_section(times, 260)))
+                      "keeps its output", " ".join(report.chain_section(times, 260, False)))
+        # JSON without the program's answer (older runs): no claim either way.
+        self.assertNotIn("detected", " ".join(report.chain_section(times, 260)))
 
 
 class WholeModel(unittest.TestCase):

@@ -122,6 +122,17 @@ TEST(Kernels, UsableCacheIsTheSmallerOfTheTwoSizesTold) {
     EXPECT_EQ(usable_cache_bytes(0, 0), 32 * MiB);
 }
 
+TEST(Kernels, OutputsAreStreamedFromHalfThePlannedCache) {
+    constexpr std::size_t MiB = std::size_t{1} << 20;
+    set_last_level_cache_bytes(32 * MiB);
+    EXPECT_TRUE(streams_output(16 * MiB));
+    EXPECT_FALSE(streams_output(16 * MiB - 1));
+    set_last_level_cache_bytes(260 * MiB);
+    EXPECT_FALSE(streams_output(32 * 64 * 56 * 56 * sizeof(float)));  // 25.7 MB kept
+    EXPECT_TRUE(streams_output(130 * MiB));
+    set_last_level_cache_bytes(0);
+}
+
 // Where the kernels take a tensor to be (whether it stays in cache, whether its outputs are
 // streamed) changes the order of work, never the bits. Planned for a 32 MiB cache, 7.6 MiB stays
 // in cache and is not streamed; for 16 MiB it is out of cache and not streamed; for 4 MiB out of

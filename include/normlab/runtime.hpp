@@ -57,6 +57,11 @@ std::string fitting_blas_coretype();
 void set_last_level_cache_bytes(std::size_t bytes);  // 0: the detected size again
 std::size_t last_level_cache_bytes();
 
+// Whether the kernels write an output of this many bytes with streaming stores under the plan
+// above: from half of last_level_cache_bytes() on. (Programs that report what the kernels did,
+// such as the benchmarks, ask this rather than repeat the rule.)
+bool streams_output(std::size_t bytes);
+
 // The last-level cache one core can use, from the C library's size (sysconf, read from cpuid)
 // and the kernel's (/sys: the cache CPU 0 shares with its neighbours), 0 where one does not
 // tell: the smaller where both do, else the one that does, else 32 MiB. On an AMD EPYC VM

@@ -48,7 +48,7 @@ double* scratch(Slot slot, std::size_t n, bool zeroed = true) {
 // would now be about the same or shorter there, but its output would come from memory.)
 template <class T>
 bool streams(const NcsView& v) {
-    return v.size() * sizeof(T) >= last_level_cache_bytes() / 2;
+    return streams_output(v.size() * sizeof(T));
 }
 
 // Tensors under this size stay in the last-level cache from one call to the next: at a quarter of

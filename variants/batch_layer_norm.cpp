@@ -9,6 +9,7 @@
 
 #include "kernels/formulas.hpp"
 #include "kernels/moments.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/vector_width.hpp"
 
 namespace normlab {
@@ -92,11 +93,10 @@ BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
     const T* var = var_from_input ? current.var.data() : population_var;
     T* inv_std = b.inv_std.data();
     T* shift_k = shift.data();
-#pragma omp parallel for simd schedule(static) if (num_sets >= kernels::kParallelSets)
-    for (std::size_t k = 0; k < num_sets; ++k) {
+    kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets, [&](std::size_t k) {
         shift_k[k] = mean[k];
         inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-    }
+    });
     if (var_from_input && !mean_from_input)
         for (std::size_t k = 0; k < num_sets; ++k)
             b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(inv_std[k]));
@@ -122,9 +122,8 @@ BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
     out.cg.resize(num_sets);
     T* cg = out.cg.data();
     const T* inv_std = b.inv_std.data();
-#pragma omp parallel for simd schedule(static) if (num_sets >= kernels::kParallelSets)
-    for (std::size_t k = 0; k < num_sets; ++k)
-        cg[k] = coef * inv_std[k];
+    kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets,
+                          [&](std::size_t k) { cg[k] = coef * inv_std[k]; });
     if (!b.mean_from_input && !b.var_from_input) return out;
     std::vector<double> sum_g(num_sets), sum_gx(num_sets);
     for_each_call(calls, [&](const BranchCall& call) {
@@ -138,13 +137,12 @@ BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
     out.c1.resize(num_sets);
     out.cx.resize(num_sets);
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
-#pragma omp parallel for schedule(static) if (num_sets >= kernels::kParallelSets)
-    for (std::size_t k = 0; k < num_sets; ++k) {
+    kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets, [&](std::size_t k) {
         const double per_xhat = b.var_from_input ? sum_gx[k] * inv_m : 0.0;
         const double mean_g = b.mean_from_input ? sum_g[k] * inv_m : 0.0;
         out.cx[k] = T(per_xhat);
         out.c1[k] = T(mean_g + per_xhat * double(b.delta[k]));
-    }
+    });
     return out;
 }
 
@@ -170,13 +168,12 @@ void with_flags(F&& f, bool first, Flags... rest) {
 template <class F>
 void for_each_channel_run(const NcsView& v, F&& f) {
     const std::size_t runs = v.s == 1 ? v.n : v.n * v.c;
-#pragma omp parallel for schedule(static) if (v.size() >= kernels::kParallelMin)
-    for (std::size_t r = 0; r < runs; ++r) {
+    kernels::parallel_for(runs, v.size() >= kernels::kParallelMin, [&](std::size_t r) {
         if (v.s == 1)
             f(r * v.c, v.c, std::size_t{0});
         else
             f(r * v.s, v.s, r % v.c);
-    }
+    });
 }
 
 // Values of one position piece in a run, for the passes that read per-(c, s) coefficients.
@@ -199,11 +196,10 @@ struct PositionPieces {
 template <class F>
 void for_each_piece(const NcsView& v, F&& f) {
     const PositionPieces pieces(v);
-#pragma omp parallel for schedule(static) if (v.size() >= kernels::kParallelMin)
-    for (std::size_t p = 0; p < pieces.count; ++p) {
+    kernels::parallel_for(pieces.count, v.size() >= kernels::kParallelMin, [&](std::size_t p) {
         const std::size_t s0 = (p % pieces.per_channel) * pieces.length;
         f(p, p / pieces.per_channel, s0, std::min(pieces.length, v.s - s0));
-    }
+    });
 }
 
 // for_each_channel_run, piece by piece (for_each_piece) with trailing dimensions: f(i, count, c)
@@ -637,9 +633,8 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
             T* total = sum.data();
             const T* value = values.data();
             const std::size_t n = values.size();
-#pragma omp parallel for simd schedule(static) if (n >= kernels::kParallelSets)
-            for (std::size_t k = 0; k < n; ++k)
-                total[k] += value[k];
+            kernels::parallel_for(n, n >= kernels::kParallelSets,
+                                  [&](std::size_t k) { total[k] += value[k]; });
         };
         accumulate(sum_batch_mean_, b_cur.mean);
         accumulate(sum_batch_var_, b_cur.var);

@@ -8,6 +8,7 @@
 
 #include <omp.h>
 
+#include "kernels/parallel.hpp"
 #include "kernels/rows.hpp"
 #include "normlab/runtime.hpp"
 
@@ -22,7 +23,11 @@ enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kTotal1, kTotal2, kSlots
 // tensor run to megabytes). The dense column partials are not zeroed here: each task zeroes its
 // own block right before adding to it (column_sums_by_blocks).
 void zero_fill(double* p, std::size_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    if (n < kParallelMin) {
+        std::fill_n(p, n, 0.0);
+        return;
+    }
+#pragma omp parallel for simd schedule(static)
     for (std::size_t i = 0; i < n; ++i)
         p[i] = 0.0;
 }
@@ -140,16 +145,6 @@ bool dense_across_batch(const NcsView& v, const SetSpec& sets) {
     return sets.across_batch && v.s == 1;
 }
 
-// The share of `count` items of the calling thread in an OpenMP parallel region, as
-// schedule(static) would split them: contiguous, the first count % threads one item larger.
-std::pair<std::size_t, std::size_t> static_share(std::size_t count) {
-    const auto threads = std::size_t(omp_get_num_threads());
-    const auto t = std::size_t(omp_get_thread_num());
-    const std::size_t base = count / threads, extra = count % threads;
-    const std::size_t begin = t * base + std::min(t, extra);
-    return {begin, begin + base + (t < extra ? 1 : 0)};
-}
-
 // Whether the stage passes over sets across the batch with trailing dimensions give each thread
 // the channels the forward gave it (grouped_sets takes a contiguous share of the sets), walking
 // them sample by sample, instead of a contiguous share of memory: for tensors that do not stay in
@@ -178,22 +173,21 @@ void for_each_block(const NcsView& v, const SetSpec& sets, F&& f) {
     const std::size_t blocks = v.n * spp;
     const std::size_t block_len = sets.channels_per_set * v.s;
     const bool by_channel = splits_by_channel<T>(v, sets);
-#pragma omp parallel if (v.size() >= kParallelMin)
-    {
+    parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
         if (by_channel) {
-            const auto [k0, k1] = static_share(spp);
+            const auto [k0, k1] = team.share(spp);
             for (std::size_t n = 0; n < v.n; ++n)
                 for (std::size_t k = k0; k < k1; ++k)
                     f(k, k * sets.channels_per_set, (n * spp + k) * block_len);
         } else {
-            const auto [b0, b1] = static_share(blocks);
+            const auto [b0, b1] = team.share(blocks);
             for (std::size_t b = b0; b < b1; ++b) {
                 const std::size_t kk = b % spp;
                 f(sets.across_batch ? kk : b, kk * sets.channels_per_set, b * block_len);
             }
         }
         rows::fence_streamed_stores();
-    }
+    });
 }
 
 // Sets that for_each_run_piece never splits by channel (per-sample sets, one channel each): runs
@@ -207,22 +201,21 @@ const SetSpec kMemoryOrder{};
 template <class T, class F>
 void for_each_run_piece(const NcsView& v, const SetSpec& sets, F&& f) {
     const bool by_channel = splits_by_channel<T>(v, sets);
-#pragma omp parallel if (v.size() >= kParallelMin)
-    {
+    parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
         if (by_channel) {
             const std::size_t cps = sets.channels_per_set;
-            const auto [k0, k1] = static_share(sets.sets_per_sample(v));
+            const auto [k0, k1] = team.share(sets.sets_per_sample(v));
             for (std::size_t n = 0; n < v.n; ++n)
                 if (k1 > k0) f(n * v.c + k0 * cps, (k1 - k0) * cps);
         } else {
-            const auto [r0, r1] = static_share(v.n * v.c);
+            const auto [r0, r1] = team.share(v.n * v.c);
             for (std::size_t r = r0; r < r1;) {
                 const std::size_t stop = std::min(r1, (r / v.c + 1) * v.c);
                 f(r, stop - r);
                 r = stop;
             }
         }
-    }
+    });
 }
 
 // A per-set coefficient for each of the runs [r0, r0 + count) of one sample: the per-set array
@@ -289,11 +282,10 @@ template <class T, class F>
 void for_each_dense_rows(const NcsView& v, F&& f) {
     const std::size_t rows = dense_rows_per_group<T>(v);
     const std::size_t groups = (v.n + rows - 1) / rows;
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t grp = 0; grp < groups; ++grp) {
+    parallel_for(groups, v.size() >= kParallelMin, [&](std::size_t grp) {
         const std::size_t n0 = grp * rows;
         f(n0 * v.c, std::min(rows, v.n - n0));
-    }
+    });
 }
 
 // Per-set coefficients as the dense (N, C) kernels take them, per column: the sets' own array
@@ -349,8 +341,7 @@ void add_partials(const double* part1, const double* part2, std::size_t blocks, 
                   double* out1, double* out2) {
     constexpr std::size_t kColumns = 512;
     const std::size_t chunks = (c + kColumns - 1) / kColumns;
-#pragma omp parallel for schedule(static) if (blocks * c >= kParallelMin)
-    for (std::size_t chunk = 0; chunk < chunks; ++chunk) {
+    parallel_for(chunks, blocks * c >= kParallelMin, [&](std::size_t chunk) {
         const std::size_t begin = chunk * kColumns, end = std::min(c, begin + kColumns);
         double a[kColumns] = {}, q[kColumns] = {};
         for (std::size_t b = 0; b < blocks; ++b) {
@@ -368,7 +359,7 @@ void add_partials(const double* part1, const double* part2, std::size_t blocks, 
             if (out1) out1[i] = a[i - begin];
             if (out2) out2[i] = q[i - begin];
         }
-    }
+    });
 }
 
 // Stored x̂ of rows n0 .. of an (N, C) input. A recomputed x̂ is formed in registers, which
@@ -432,13 +423,12 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
     // cache) instead of all of them zeroed up front.
     double* part1 = into_sums ? s1 : scratch(kPart1, blocks * v.c, false);
     double* part2 = second ? (into_sums ? s2 : scratch(kPart2, blocks * v.c, false)) : nullptr;
-#pragma omp parallel if (v.size() >= kParallelMin)
-    {
+    parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
         // Each thread walks its share from the last block to the first. The pass that follows
         // (the normalization, or dx) walks the same share forward, so it starts on the rows
         // read last, still in this core's cache; and this pass starts on the rows the layer
         // before wrote last. The partials, and so the sums, are the same in any order.
-        const auto [first, end] = static_share(blocks * ranges);
+        const auto [first, end] = team.share(blocks * ranges);
         for (std::size_t task = end; task-- > first;) {
             const std::size_t b = task / ranges, c0 = (task % ranges) * range;
             const std::size_t c1 = std::min(v.c, c0 + range);
@@ -450,7 +440,7 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
                                          part2 ? part2 + b * v.c : nullptr);
                                });
         }
-    }
+    });
     if (!into_sums) add_partials(part1, part2, blocks, v.c, s1, s2);
 }
 
@@ -539,9 +529,8 @@ std::size_t per_sample_sets_per_pass(const NcsView& v, const SetSpec& sets) {
 template <class Sum, class Finish, class Write>
 void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum, Finish&& finish,
                   Write&& write, std::size_t samples) {
-#pragma omp parallel if (parallel)
-    {
-        const auto [k0, k1] = static_share(count);
+    parallel_region(parallel, [&](const TeamSlot& team) {
+        const auto [k0, k1] = team.share(count);
         double s1[kMaxLookaheadSets], s2[kMaxLookaheadSets];
         std::fill_n(s1, group, 0.0);
         std::fill_n(s2, group, 0.0);
@@ -558,7 +547,7 @@ void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum
                     write(n, k, k + group < k1, s1[k - g0], s2[k - g0]);
         }
         rows::fence_streamed_stores();
-    }
+    });
 }
 
 // Normalizes set k of a per-sample SetSpec: one contiguous run of channels_per_set·S values.
@@ -626,15 +615,14 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
                                                             shift.data() + c0, part1 + c0,
                                                             part2 + c0);
                               });
-#pragma omp parallel for schedule(static) if (num_sets >= kParallelSets)
-        for (std::size_t k = 0; k < num_sets; ++k) {
+        parallel_for(num_sets, num_sets >= kParallelSets, [&](std::size_t k) {
             double t1 = 0, t2 = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
                 t1 += s1[c];
                 t2 += s2[c];
             }
             finish_moments(center, inv_m, double(shift[k * cps]), t1, t2, mean[k], var[k]);
-        }
+        });
         return;
     }
 
@@ -675,14 +663,13 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         }
         return;
     }
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-    for (std::size_t k = 0; k < num_sets; ++k) {
+    parallel_for(num_sets, v.size() >= kParallelMin, [&](std::size_t k) {
         const T* first = x + k * block_len;
         const double shift = center ? double(first[0]) : 0.0;
         double s1 = 0, s2 = 0;
         rows::shifted_sums(first, block_len, shift, s1, s2);
         finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
-    }
+    });
 }
 
 template <class T>
@@ -814,13 +801,12 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             // Rows of several short sets (GroupNorm): a row at a time, four sets' totals
             // together (rows::standardize_short_sets).
             const std::size_t spp = sets.sets_per_sample(v);
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-            for (std::size_t n = 0; n < v.n; ++n) {
+            parallel_for(v.n, v.size() >= kParallelMin, [&](std::size_t n) {
                 const std::size_t at = n * v.c, k0 = n * spp;
                 rows::standardize_short_sets(x + at, spp, block_len, center, inv_m, eps, g, b,
                                              mean + k0, var + k0, inv_std + k0,
                                              xhat ? xhat + at : nullptr, y + at);
-            }
+            });
             return;
         }
     }
@@ -860,13 +846,12 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         // of InstanceNorm, GroupNorm(32) and LayerNorm training forward on (2, 64, 56, 56),
         // (4, 64, 56, 56), (8, 256, 14, 14) and (32, 256, 14, 14)), and 7–25% faster from
         // memory ((16, 64, 56, 56), 12.8 MB).
-#pragma omp parallel for schedule(static) if (v.size() >= kParallelMin)
-        for (std::size_t k = 0; k < num_sets; ++k) {
+        parallel_for(num_sets, v.size() >= kParallelMin, [&](std::size_t k) {
             double s1 = 0, s2 = 0;
             sum(k, s1, s2);
             finish(k, s1, s2);
             normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
-        }
+        });
         return;
     }
     grouped_sets(
@@ -898,8 +883,7 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
         double* r1 = scratch(kTotal1, v.c);
         double* r2 = scratch(kTotal2, v.c);
         channel_sums(dy, xhat, v, r1, xhat.present() ? r2 : nullptr, &sets);
-#pragma omp parallel for schedule(static) if (num_sets >= kParallelSets)
-        for (std::size_t k = 0; k < num_sets; ++k) {
+        parallel_for(num_sets, num_sets >= kParallelSets, [&](std::size_t k) {
             double a = 0, b = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
                 a += double(g[c]) * r1[c];
@@ -907,7 +891,7 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
             }
             set_sum_g[k] = a;
             if (set_sum_g_xhat) set_sum_g_xhat[k] = b;
-        }
+        });
         if (chan_sum_dy) std::copy_n(r1, v.c, chan_sum_dy);
         if (chan_sum_dy_xhat) std::copy_n(r2, v.c, chan_sum_dy_xhat);
         return;

@@ -1,5 +1,6 @@
 #include <xtensor-blas/xblas.hpp>
 
+#include "kernels/parallel.hpp"
 #include "model/saved.hpp"
 #include "normlab/model/layers.hpp"
 
@@ -117,17 +118,16 @@ Array<T> Conv2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
     const bool parallel = batch > 1 && ld * g.rows() >= (std::size_t(1) << 16);
     Array<T> cols = Array<T>::from_shape({g.rows(), ld});
     Array<T> out_all = Array<T>::from_shape({out_, ld});
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::size_t n = 0; n < batch; ++n)
+    kernels::parallel_for(batch, parallel, [&](std::size_t n) {
         im2col(x.data() + n * in_ * g.h * g.w, g, cols.data() + n * positions, ld);
+    });
     weight_.reshape({out_, g.rows()});
     xt::blas::gemm(weight_, cols, out_all);
     weight_.reshape({out_, in_, kernel_, kernel_});
     Array<T> y = Array<T>::from_shape({batch, out_, g.oh, g.ow});
     const T* src = out_all.data();
     T* dst = y.data();
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::size_t n = 0; n < batch; ++n)
+    kernels::parallel_for(batch, parallel, [&](std::size_t n) {
         for (std::size_t o = 0; o < out_; ++o) {
             const T b = has_bias_ ? bias_.data()[o] : T(0);
             const T* from = src + o * ld + n * positions;
@@ -135,6 +135,7 @@ Array<T> Conv2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
             for (std::size_t p = 0; p < positions; ++p)
                 to[p] = from[p] + b;
         }
+    });
     if (grad == Grad::keep) inputs_.push_back(x);
     return y;
 }
@@ -152,21 +153,20 @@ Array<T> Conv2d<T>::backward(const Array<T>& dy) {
     Array<T> cols = Array<T>::from_shape({g.rows(), ld});
     Array<T> dy_all = Array<T>::from_shape({out_, ld});
     Array<T> dcols = Array<T>::from_shape({g.rows(), ld});
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::size_t n = 0; n < batch; ++n) {
+    kernels::parallel_for(batch, parallel, [&](std::size_t n) {
         im2col(x.data() + n * in_ * g.h * g.w, g, cols.data() + n * positions, ld);
         for (std::size_t o = 0; o < out_; ++o)
             std::copy_n(dy.data() + (n * out_ + o) * positions, positions,
                         dy_all.data() + o * ld + n * positions);
-    }
+    });
     weight_.reshape({out_, g.rows()});
     weight_grad_.reshape({out_, g.rows()});
     xt::blas::gemm(dy_all, cols, weight_grad_, false, true, T(1), T(1));  // dW += dy·colsᵀ
     xt::blas::gemm(weight_, dy_all, dcols, true, false);                  // dcols = Wᵀ·dy
     Array<T> dx = xt::zeros<T>(s);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::size_t n = 0; n < batch; ++n)
+    kernels::parallel_for(batch, parallel, [&](std::size_t n) {
         col2im(dcols.data() + n * positions, g, dx.data() + n * in_ * g.h * g.w, ld);
+    });
     if (has_bias_)
         for (std::size_t o = 0; o < out_; ++o) {
             const T* row = dy_all.data() + o * ld;

@@ -2,6 +2,7 @@
 // backward of every variant, with bytes processed and the roofline fraction (bench_common.hpp).
 // Run through benchmarks/run.sh, which also runs the oneDNN and PyTorch peers and writes
 // docs/benchmarks.md.
+#include <algorithm>
 #include <chrono>
 
 #include <xtensor/xrandom.hpp>
@@ -82,7 +83,13 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
 // machine's own plan takes is in the context (chain_output_streamed, beside planned_cache_mib).
 constexpr std::size_t kKeepingPlan = std::size_t{1} << 30;
 constexpr std::size_t kStreamingPlan = std::size_t{32} << 20;
-constexpr const char* kChainShape = "conv";
+
+// The shape the chains run on: the suite's conv.
+const ShapeCase& chain_shape() {
+    const auto& suite = shape_suite();
+    return *std::find_if(suite.begin(), suite.end(),
+                         [](const ShapeCase& shape) { return shape.name == "conv"; });
+}
 
 // A chain of `layers` BatchNorm layers in inference, each reading the output of the one before,
 // as in a network's forward pass, with the kernels planning for a cache of `plan_bytes`. What it
@@ -131,22 +138,20 @@ void register_all() {
             }
         }
     }
-    for (const auto& shape : shape_suite()) {
-        if (shape.name != kChainShape) continue;
-        for (int layers : {1, 4})
-            for (std::size_t plan : {kKeepingPlan, kStreamingPlan}) {
-                const std::string name = "chain/batch_norm/" + shape.name +
-                                         "/fwd_eval/layers:" + std::to_string(layers) +
-                                         (plan == kKeepingPlan ? "/plan:kept" : "/plan:streamed");
-                benchmark::RegisterBenchmark(name.c_str(),
-                                             [shape, layers, plan](benchmark::State& state) {
-                                                 run_chain(state, shape, layers, plan);
-                                             })
-                    ->UseManualTime()
-                    ->Unit(benchmark::kMicrosecond)
-                    ->MinTime(0.1);
-            }
-    }
+    const ShapeCase& shape = chain_shape();
+    for (int layers : {1, 4})
+        for (std::size_t plan : {kKeepingPlan, kStreamingPlan}) {
+            const std::string name = "chain/batch_norm/" + shape.name +
+                                     "/fwd_eval/layers:" + std::to_string(layers) +
+                                     (plan == kKeepingPlan ? "/plan:kept" : "/plan:streamed");
+            benchmark::RegisterBenchmark(name.c_str(),
+                                         [shape, layers, plan](benchmark::State& state) {
+                                             run_chain(state, shape, layers, plan);
+                                         })
+                ->UseManualTime()
+                ->Unit(benchmark::kMicrosecond)
+                ->MinTime(0.1);
+        }
 }
 
 }  // namespace
@@ -159,11 +164,10 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("planned_cache_mib",
                                 std::to_string(normlab::last_level_cache_bytes() >> 20));
     // What this machine's plan does with the chains' outputs (the report's chain section).
-    for (const auto& shape : normlab::bench::shape_suite())
-        if (shape.name == normlab::bench::kChainShape)
-            benchmark::AddCustomContext(
-                "chain_output_streamed",
-                normlab::streams_output(shape.elements() * sizeof(float)) ? "1" : "0");
+    benchmark::AddCustomContext(
+        "chain_output_streamed",
+        normlab::streams_output(normlab::bench::chain_shape().elements() * sizeof(float)) ? "1"
+                                                                                          : "0");
     normlab::bench::register_all();
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();

@@ -46,18 +46,13 @@ std::vector<BranchCall> feature_calls(const NcsView& v) {
 // sample) go to the threads a call each, every call on one thread, instead of one after another
 // with the threads splitting each call: a sample's sets are small (C·S values), and a parallel
 // region per sample cost more than its work. The kernels give the same bits on any number of
-// threads. (A region with a false if clause is not used for the single call: kernels' regions
-// nested in it, inactive or not, got new threads on every call.)
+// threads. (A single call runs outside any region: kernels' regions nested in one with a false
+// if clause, inactive or not, got new threads on every call.)
 template <class F>
 void for_each_call(const std::vector<BranchCall>& calls, F&& f) {
-    if (calls.size() > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(static)
-        for (std::size_t i = 0; i < calls.size(); ++i)
-            f(calls[i]);
-        return;
-    }
-    for (const auto& call : calls)
-        f(call);
+    kernels::parallel_for(calls.size(),
+                          calls.size() > 1 && omp_get_max_threads() > 1 && !omp_in_parallel(),
+                          [&](std::size_t i) { f(calls[i]); });
 }
 
 template <class T>

@@ -1,5 +1,7 @@
 #include "normlab/runtime.hpp"
 
+#include "normlab/errors.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,15 +37,11 @@ constexpr std::size_t kFallbackCacheBytes = std::size_t{32} << 20;
 
 // "48K", "2048K", "266240K", "32M" as /sys/devices/system/cpu/cpu0/cache/index*/size writes it.
 std::size_t parse_cache_size(const std::string& text) {
-    std::size_t pos = 0;
-    unsigned long long value = 0;
     try {
-        value = std::stoull(text, &pos);
-    } catch (const std::exception&) {
+        return cache_size_setting(text);
+    } catch (const OptionError&) {
         return 0;
     }
-    const char unit = pos < text.size() ? text[pos] : ' ';
-    return std::size_t(value) * (unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1);
 }
 
 // The cache of CPU 0 with the highest level, from sysfs: its level and size (0, 0 where sysfs
@@ -79,9 +77,44 @@ std::size_t detected_cache_bytes() {
     return detected;
 }
 
+// NORMLAB_LAST_LEVEL_CACHE, read once: 0 where it is unset or empty.
+std::size_t cache_bytes_from_environment() {
+    static const std::size_t from_environment = [] {
+        const char* text = std::getenv(kCacheSizeVariable);
+        return text == nullptr || *text == '\0' ? std::size_t{0} : cache_size_setting(text);
+    }();
+    return from_environment;
+}
+
 std::atomic<std::size_t> chosen_cache_bytes{0};
 
 }  // namespace
+
+std::size_t cache_size_setting(std::string_view text) {
+    const std::string value(text);
+    std::size_t pos = 0;
+    unsigned long long number = 0;
+    bool parsed = !value.empty() && std::isdigit(static_cast<unsigned char>(value[0]));
+    if (parsed) {
+        try {
+            number = std::stoull(value, &pos);
+        } catch (const std::exception&) {
+            parsed = false;
+        }
+    }
+    const std::string unit = parsed ? value.substr(pos) : "";
+    const std::size_t scale = unit.empty()  ? 1
+                              : unit == "K" ? std::size_t{1} << 10
+                              : unit == "M" ? std::size_t{1} << 20
+                              : unit == "G" ? std::size_t{1} << 30
+                                            : 0;
+    if (!parsed || scale == 0 || number == 0 || number > (std::size_t(-1) >> 1) / scale)
+        throw OptionError(std::string(kCacheSizeVariable) +
+                          ": expected a cache size above zero in bytes, or with a unit K, M or G "
+                          "(such as 32M or 32768K); got '" +
+                          value + "'");
+    return std::size_t(number) * scale;
+}
 
 std::size_t usable_cache_bytes(std::size_t from_libc, std::size_t from_sysfs) {
     if (from_libc > 0 && from_sysfs > 0) return std::min(from_libc, from_sysfs);
@@ -95,7 +128,9 @@ void set_last_level_cache_bytes(std::size_t bytes) {
 
 std::size_t last_level_cache_bytes() {
     const std::size_t chosen = chosen_cache_bytes.load(std::memory_order_relaxed);
-    return chosen > 0 ? chosen : detected_cache_bytes();
+    if (chosen > 0) return chosen;
+    const std::size_t from_environment = cache_bytes_from_environment();
+    return from_environment > 0 ? from_environment : detected_cache_bytes();
 }
 
 bool streams_output(std::size_t bytes) {

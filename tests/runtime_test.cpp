@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <string>
 
+#include "normlab/errors.hpp"
 #include "normlab/runtime.hpp"
 
 namespace {
@@ -63,3 +65,46 @@ TEST(BlasCoretype, TheHostsAnswerIsOneOfTheKnownValues) {
 }
 
 }  // namespace
+
+TEST(CacheSizeSetting, ReadsBytesAndPowersOf1024) {
+    using normlab::cache_size_setting;
+    EXPECT_EQ(cache_size_setting("33554432"), std::size_t{32} << 20);
+    EXPECT_EQ(cache_size_setting("32768K"), std::size_t{32} << 20);
+    EXPECT_EQ(cache_size_setting("32M"), std::size_t{32} << 20);
+    EXPECT_EQ(cache_size_setting("1G"), std::size_t{1} << 30);
+}
+
+TEST(CacheSizeSetting, RefusesWhatIsNoSizeNamingWhatCame) {
+    using normlab::cache_size_setting;
+    for (const char* text : {"", "M", "abc", "32MB", "32 M", "32m", "-5M", "0", "0M", "+32M",
+                             "99999999999999999999", "9999999999999G"}) {
+        try {
+            cache_size_setting(text);
+            ADD_FAILURE() << "accepted '" << text << "'";
+        } catch (const normlab::OptionError& e) {
+            const std::string message = e.what();
+            EXPECT_NE(message.find("NORMLAB_LAST_LEVEL_CACHE"), std::string::npos) << message;
+            EXPECT_NE(message.find("such as 32M"), std::string::npos) << message;
+            EXPECT_NE(message.find("'" + std::string(text) + "'"), std::string::npos) << message;
+        }
+    }
+}
+
+// The environment's size takes the place of the detected one, and set_last_level_cache_bytes
+// still overrides both. CTest runs this once more with NORMLAB_LAST_LEVEL_CACHE=5M
+// (tests/CMakeLists.txt), so that both sides are checked on every machine.
+TEST(CacheSizeSetting, EnvironmentTakesThePlaceOfTheDetectedSize) {
+    const std::size_t pinned = normlab::last_level_cache_bytes();
+    normlab::set_last_level_cache_bytes(0);
+    const char* text = std::getenv(normlab::kCacheSizeVariable);
+    if (text != nullptr && *text != '\0') {
+        EXPECT_EQ(normlab::last_level_cache_bytes(), normlab::cache_size_setting(text));
+    } else {
+        const std::size_t detected = normlab::last_level_cache_bytes();
+        EXPECT_GE(detected, std::size_t{1} << 20);
+    }
+    normlab::set_last_level_cache_bytes(std::size_t{3} << 20);
+    EXPECT_EQ(normlab::last_level_cache_bytes(), std::size_t{3} << 20);
+    EXPECT_TRUE(normlab::streams_output(std::size_t{3} << 19));
+    normlab::set_last_level_cache_bytes(pinned);
+}

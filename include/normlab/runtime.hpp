@@ -52,10 +52,20 @@ std::string fitting_blas_coretype();
 // kernels were first tuned on; 260 MiB on an Intel Xeon whose L3 ran a 77 MB working set at
 // twice the bandwidth of its memory, where 25.7 MB outputs kept in the L3 reach the layer that
 // reads them next at that speed. A program that shares the cache with others can plan for its
-// share.
+// share, and so can the user of any program: the environment variable NORMLAB_LAST_LEVEL_CACHE
+// (a size such as 32M, read on first use) takes the place of the detected size. A virtual
+// machine reports the L3 of the host's socket, which it shares with other guests: on a 2-vCPU
+// Intel Xeon VM that reported 105 MiB, a triad kept its speed in cache up to working sets of
+// 24-32 MiB and from 48 MiB on ran at the speed of memory.
 // The choice changes speed only: every path computes the same bits.
-void set_last_level_cache_bytes(std::size_t bytes);  // 0: the detected size again
+void set_last_level_cache_bytes(std::size_t bytes);  // 0: the environment's or detected size
 std::size_t last_level_cache_bytes();
+
+// The environment variable above, and how its value reads: bytes, or a number with the unit K,
+// M or G (powers of 1024). Throws OptionError naming what was expected and what came for
+// anything else, zero included.
+inline constexpr const char* kCacheSizeVariable = "NORMLAB_LAST_LEVEL_CACHE";
+std::size_t cache_size_setting(std::string_view text);
 
 // Whether the kernels write an output of this many bytes with streaming stores under the plan
 // above: from half of last_level_cache_bytes() on. (Programs that report what the kernels did,

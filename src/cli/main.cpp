@@ -405,6 +405,8 @@ int main(int argc, char** argv) {
                 if (const std::string fitting = normlab::fitting_blas_coretype(); !fitting.empty())
                     std::cerr << "normlab: " << blas_fallback_note(fitting)
                               << " (scripts/run-main.sh sets it)\n";
+            // A malformed NORMLAB_LAST_LEVEL_CACHE is refused here, before any run starts.
+            normlab::last_level_cache_bytes();
             if (!normalizer_args.empty()) {
                 o.normalizers = split_specs(normalizer_args);
             } else if (ranks > 1) {

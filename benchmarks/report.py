@@ -344,25 +344,28 @@ def main():
     context = load_context(args.normlab[0])
     planned, streamed = context.get("planned_cache_mib"), context.get("chain_output_streamed")
     lines += chain_section(times, int(planned) if planned else None,
-                           streamed == "1" if streamed in ("0", "1") else None)
+                           streamed == "1" if streamed in ("0", "1") else None,
+                           context.get("planned_cache_from", "detected"))
     if args.training:
         lines += training_section([load(path) for path in args.training])
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
-def chain_section(times, planned_mib=None, streamed_here=None):
+def chain_section(times, planned_mib=None, streamed_here=None, planned_from="detected"):
     """Per-layer times of chains of inference layers with outputs kept in the cache (the kernels
     planning for a 1 GiB cache) or streamed (planning for 32 MiB); planned_mib, the cache the
     kernels plan for on this machine, and streamed_here, whether under that plan they stream the
     chains' outputs (as normalizer_bench asked the library), say which of the two its layers
-    take."""
+    take; planned_from, "detected" or the environment variable that set the plan."""
     chains = {k: v for k, v in times.items() if k[0] == "chain" and v}
     if not chains:
         return []
     here = ""
     if planned_mib and streamed_here is not None:
-        here = (f" Here the kernels plan for the {planned_mib:,} MiB last-level cache detected, "
+        source = ("detected" if planned_from == "detected"
+                  else f"set by `{planned_from}`")
+        here = (f" Here the kernels plan for the {planned_mib:,} MiB last-level cache {source}, "
                 f"under which a layer on this shape {'streams' if streamed_here else 'keeps'} its "
                 "output.")
     out = ["## Outputs kept in the cache or streamed", "",

@@ -4,6 +4,7 @@
 #   BENCH_ROUNDS=5 bash benchmarks/run.sh      # more rounds (default 3; medians over rounds)
 #   BENCH_FILTER=conv bash benchmarks/run.sh   # a subset (Google Benchmark regex / substring)
 #   BENCH_DOC=docs/benchmarks-mine.md bash benchmarks/run.sh   # the report elsewhere
+#   NORMLAB_LAST_LEVEL_CACHE=32M bash benchmarks/run.sh     # the kernels plan for a 32 MiB cache
 # Set THREADS (default: all cores). Run on a quiet machine: the numbers are wall-clock medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,6 @@ oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W 
 BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')"
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
   --pytorch "${PYTORCH_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
-  --command "THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \
+  --command "${NORMLAB_LAST_LEVEL_CACHE:+NORMLAB_LAST_LEVEL_CACHE=$NORMLAB_LAST_LEVEL_CACHE }THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \
   --out "$DOC"
 echo "wrote $DOC (raw JSON in $OUT)"

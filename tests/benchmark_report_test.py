@@ -116,6 +116,8 @@ class Chains(unittest.TestCase):
                       "keeps its output", " ".join(report.chain_section(times, 260, False)))
         # JSON without the program's answer (older runs): no claim either way.
         self.assertNotIn("detected", " ".join(report.chain_section(times, 260)))
+        self.assertIn("32 MiB last-level cache set by `NORMLAB_LAST_LEVEL_CACHE`",
+                      " ".join(report.chain_section(times, 32, True, "NORMLAB_LAST_LEVEL_CACHE")))
 
 
 class WholeModel(unittest.TestCase):

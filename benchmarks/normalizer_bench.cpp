@@ -4,7 +4,7 @@
 // docs/benchmarks.md.
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
+#include <string>
 
 #include <xtensor/xrandom.hpp>
 
@@ -165,10 +165,8 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("planned_cache_mib",
                                 std::to_string(normlab::last_level_cache_bytes() >> 20));
     // Whether that size is the detected one or the user's (NORMLAB_LAST_LEVEL_CACHE).
-    const char* chosen = std::getenv(normlab::kCacheSizeVariable);
-    benchmark::AddCustomContext("planned_cache_from", chosen != nullptr && *chosen != '\0'
-                                                          ? normlab::kCacheSizeVariable
-                                                          : "detected");
+    benchmark::AddCustomContext("planned_cache_from",
+                                std::string(normlab::last_level_cache_source()));
     // What this machine's plan does with the chains' outputs (the report's chain section).
     benchmark::AddCustomContext(
         "chain_output_streamed",

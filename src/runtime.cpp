@@ -35,13 +35,26 @@ namespace {
 
 constexpr std::size_t kFallbackCacheBytes = std::size_t{32} << 20;
 
-// "48K", "2048K", "266240K", "32M" as /sys/devices/system/cpu/cpu0/cache/index*/size writes it.
+// A size in bytes, or with the unit K, M or G (powers of 1024): "48K", "2048K", "266240K",
+// "32M" as /sys/devices/system/cpu/cpu0/cache/index*/size writes it, and what
+// NORMLAB_LAST_LEVEL_CACHE takes. 0 for anything else, zero itself and sizes past half of size_t.
 std::size_t parse_cache_size(const std::string& text) {
+    if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return 0;
+    std::size_t pos = 0;
+    unsigned long long number = 0;
     try {
-        return cache_size_setting(text);
-    } catch (const OptionError&) {
+        number = std::stoull(text, &pos);
+    } catch (const std::exception&) {
         return 0;
     }
+    const std::string unit = text.substr(pos);
+    const std::size_t scale = unit.empty()  ? 1
+                              : unit == "K" ? std::size_t{1} << 10
+                              : unit == "M" ? std::size_t{1} << 20
+                              : unit == "G" ? std::size_t{1} << 30
+                                            : 0;
+    if (scale == 0 || number > (std::size_t(-1) >> 1) / scale) return 0;
+    return std::size_t(number) * scale;
 }
 
 // The cache of CPU 0 with the highest level, from sysfs: its level and size (0, 0 where sysfs
@@ -92,28 +105,13 @@ std::atomic<std::size_t> chosen_cache_bytes{0};
 
 std::size_t cache_size_setting(std::string_view text) {
     const std::string value(text);
-    std::size_t pos = 0;
-    unsigned long long number = 0;
-    bool parsed = !value.empty() && std::isdigit(static_cast<unsigned char>(value[0]));
-    if (parsed) {
-        try {
-            number = std::stoull(value, &pos);
-        } catch (const std::exception&) {
-            parsed = false;
-        }
-    }
-    const std::string unit = parsed ? value.substr(pos) : "";
-    const std::size_t scale = unit.empty()  ? 1
-                              : unit == "K" ? std::size_t{1} << 10
-                              : unit == "M" ? std::size_t{1} << 20
-                              : unit == "G" ? std::size_t{1} << 30
-                                            : 0;
-    if (!parsed || scale == 0 || number == 0 || number > (std::size_t(-1) >> 1) / scale)
+    const std::size_t bytes = parse_cache_size(value);
+    if (bytes == 0)
         throw OptionError(std::string(kCacheSizeVariable) +
                           ": expected a cache size above zero in bytes, or with a unit K, M or G "
                           "(such as 32M or 32768K); got '" +
                           value + "'");
-    return std::size_t(number) * scale;
+    return bytes;
 }
 
 std::size_t usable_cache_bytes(std::size_t from_libc, std::size_t from_sysfs) {
@@ -131,6 +129,11 @@ std::size_t last_level_cache_bytes() {
     if (chosen > 0) return chosen;
     const std::size_t from_environment = cache_bytes_from_environment();
     return from_environment > 0 ? from_environment : detected_cache_bytes();
+}
+
+std::string_view last_level_cache_source() {
+    if (chosen_cache_bytes.load(std::memory_order_relaxed) > 0) return "set_last_level_cache_bytes";
+    return cache_bytes_from_environment() > 0 ? kCacheSizeVariable : "detected";
 }
 
 bool streams_output(std::size_t bytes) {

@@ -99,12 +99,15 @@ TEST(CacheSizeSetting, EnvironmentTakesThePlaceOfTheDetectedSize) {
     const char* text = std::getenv(normlab::kCacheSizeVariable);
     if (text != nullptr && *text != '\0') {
         EXPECT_EQ(normlab::last_level_cache_bytes(), normlab::cache_size_setting(text));
+        EXPECT_EQ(normlab::last_level_cache_source(), normlab::kCacheSizeVariable);
     } else {
         const std::size_t detected = normlab::last_level_cache_bytes();
         EXPECT_GE(detected, std::size_t{1} << 20);
+        EXPECT_EQ(normlab::last_level_cache_source(), "detected");
     }
     normlab::set_last_level_cache_bytes(std::size_t{3} << 20);
     EXPECT_EQ(normlab::last_level_cache_bytes(), std::size_t{3} << 20);
+    EXPECT_EQ(normlab::last_level_cache_source(), "set_last_level_cache_bytes");
     EXPECT_TRUE(normlab::streams_output(std::size_t{3} << 19));
     normlab::set_last_level_cache_bytes(pinned);
 }

@@ -67,6 +67,10 @@ std::size_t last_level_cache_bytes();
 inline constexpr const char* kCacheSizeVariable = "NORMLAB_LAST_LEVEL_CACHE";
 std::size_t cache_size_setting(std::string_view text);
 
+// Where last_level_cache_bytes() takes its size from: "set_last_level_cache_bytes", the
+// environment variable's name, or "detected" (what the benchmarks report beside the size).
+std::string_view last_level_cache_source();
+
 // Whether the kernels write an output of this many bytes with streaming stores under the plan
 // above: from half of last_level_cache_bytes() on. (Programs that report what the kernels did,
 // such as the benchmarks, ask this rather than repeat the rule.)

@@ -321,7 +321,7 @@ def main():
     triad_lines = ["## Measured bandwidth (triad, GB/s)", "",
                    "a = b + 3·c over three arrays that together take the working set, the best of "
                    "several sweeps; `streamed` writes a with stores that bypass the caches (one per "
-                   "64-byte line where the CPU has AVX-512), which "
+                   "64-byte line where the CPU has AVX-512, as normlab's kernels stream), which "
                    "saves reading each line of a before writing it (faster from the point where "
                    "the working set leaves the per-core caches here). The roofline columns above "
                    "use the triad with normal stores, as normlab's kernels keep outputs that fit "

@@ -1217,6 +1217,7 @@ NORMLAB_INSTANTIATE_KERNELS(double)
 // Set while the library's globals are initialized, which may come before libgcc's own
 // initializer of the CPU features has run (host_vector_features runs it first).
 bool wide_vector_width = host_vector_features().avx512f;
+const bool host_has_avx512 = host_vector_features().avx512f;
 
 void set_wide_vectors(bool wide) {
     wide_vector_width = wide;

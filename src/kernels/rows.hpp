@@ -6,6 +6,7 @@
 // result does not depend on how runs are split across threads (it may differ in the last bits
 // between machines whose clones differ).
 
+#include <immintrin.h>
 #include <xmmintrin.h>
 #include <algorithm>
 #include <cstddef>
@@ -574,6 +575,24 @@ __attribute__((always_inline)) inline void stream_floats(float* p, Float8 v) {
     _mm_stream_ps(p + 4, __m128(__builtin_shufflevector(v, v, 4, 5, 6, 7)));
 }
 
+// The same for a whole 64-byte line, p on one (AVX-512: the avx512f clones inline it, and the
+// callers check kernels::host_has_avx512, as tests switch wide_vectors anywhere). One store per
+// line instead of four: normalizer_bench's triad_streamed on a 51 MB working set, Intel Xeon VM,
+// went from 11.4-13.3 to 14.0-14.7 GB/s on one thread and from 23-28 to 26-40 on two; with
+// streamed runs on lines (aligned_vectors), the forward passes of every layer on (32, 64, 56, 56)
+// planned for a 32 MiB cache took 0.73-1.05 of the time (median 0.93; both forms alternated
+// call by call in one process, ABBA, the cases in normalizer_bench's order), the backward
+// 0.99-1.05.
+__attribute__((target("avx512f"))) inline void stream_line(float* p, const Float16* v) {
+    __m512 line;
+    std::memcpy(&line, v, sizeof line);
+    _mm512_stream_ps(p, line);
+}
+
+inline bool on_line(const void* p) {
+    return (reinterpret_cast<std::uintptr_t>(p) & 63) == 0;
+}
+
 // Orders this thread's streamed stores before its later stores (the barrier that ends a
 // parallel region included): the one fence of a thread's share of a pass.
 inline void fence_streamed_stores() {
@@ -582,48 +601,6 @@ inline void fence_streamed_stores() {
 
 inline bool aligned16(const void* p) {
     return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0;
-}
-
-// Calls scalar(i) for the elements of [begin, end) before out + i is 16-byte aligned and after
-// the last full run of eight, body(i) for each full run of eight in between.
-template <class Scalar, class Body>
-__attribute__((always_inline)) inline void aligned_eights(std::size_t begin, std::size_t end,
-                                                          const float* out, Scalar&& scalar,
-                                                          Body&& body) {
-    std::size_t i = begin;
-    for (; i < end && !aligned16(out + i); ++i)
-        scalar(i);
-    for (; i + 8 <= end; i += 8)
-        body(i);
-    for (; i < end; ++i)
-        scalar(i);
-}
-
-// affine with g_step 0 (one channel's run) and no x̂, writing y with streaming stores.
-template <class T>
-NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
-                                        T* y) {
-    if constexpr (std::is_same_v<T, float>) {
-        const Float8 mv = splat<Float8>(m), scv = splat<Float8>(sc), offv = splat<Float8>(off),
-                     gv = splat<Float8>(gs), bv = splat<Float8>(bs);
-        with_flag(
-            off != T(0), [&](auto offset) __attribute__((always_inline)) {
-                aligned_eights(
-                    0, n, y,
-                    [&](std::size_t i) __attribute__((always_inline)) {
-                        T h = standardized(x[i], m, sc);
-                        if constexpr (offset) h = h + off;
-                        y[i] = h * gs + bs;
-                    },
-                    [&](std::size_t i) __attribute__((always_inline)) {
-                        Float8 h = standardized(load_floats(x + i), mv, scv);
-                        if constexpr (offset) h = h + offv;
-                        stream_floats(y + i, h * gv + bv);
-                    });
-            });
-    } else {
-        affine(x, n, m, sc, off, &gs, &bs, 0, static_cast<T*>(nullptr), y);
-    }
 }
 
 // Stores a vector of V's width (or one value for V = T) at p, streamed when `stream` (floats
@@ -636,7 +613,9 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
         else
             std::memcpy(p, &v, sizeof v);
     } else if constexpr (std::is_same_v<V, Float16>) {
-        if (stream) {
+        if (stream && host_has_avx512 && on_line(p)) {
+            stream_line(p, &v);
+        } else if (stream) {
             stream_floats(p, low8(v));
             stream_floats(p + 8, high8(v));
         } else {
@@ -646,6 +625,81 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
         std::memcpy(p, &v, sizeof v);
     } else {
         *p = v;
+    }
+}
+
+// Calls scalar(i) for the elements of [begin, end) before out + i is 16-byte aligned and after
+// the last full vector, body(V{}, i) for full vectors in between: eight floats, or, with `lines`
+// where kernels::wide_vectors says so, sixteen on each 64-byte line of out, the values before the
+// first line and after the last eight at a time, the vector at each end reaching into the line
+// next to it (those values are computed and written twice: elementwise passes only, where
+// every value is computed alone, so the placement changes no bit and the second write stores
+// the same value). Streamed outputs go on lines: each vector of sixteen is then one streaming
+// store of a whole line (stream_line), and every line of the range is written by streaming
+// stores alone. (Placed on lines with the values around them stored one at a time, a line
+// written partly by ordinary stores made the per-sample layers' streamed training forward on
+// (32, 64, 56, 56) take 7.5-9.3 ms instead of 2.2-3.2.) Normal stores keep eight from a 16-byte
+// boundary: on lines they cost runs of a few hundred values 2-9% (InstanceNorm and GroupNorm(32)
+// inference on (8, 256, 14, 14) and (2, 64, 56, 56)).
+template <class Scalar, class Body>
+__attribute__((always_inline)) inline void aligned_vectors(std::size_t begin, std::size_t end,
+                                                           const float* out, bool lines,
+                                                           Scalar&& scalar, Body&& body) {
+    std::size_t i = begin;
+    for (; i < end && !aligned16(out + i); ++i)
+        scalar(i);
+    if (lines && wide_vectors() && i + kLanes <= end) {
+        // Here i + 16 <= end, and the first line is at most twelve values on.
+        const std::size_t first_line = i + values_before_line(out + i, end - i);
+        while (i < first_line) {
+            body(Float8{}, i);
+            i = std::min(i + 8, first_line);
+        }
+        for (; i + kLanes <= end; i += kLanes)
+            body(Float16{}, i);
+        // The last values in whole 16-byte groups: eight at a time, the last eight ending there
+        // (at least eight values after begin, as sixteen were).
+        const std::size_t stop = i + (end - i) / 4 * 4;
+        if (i + 8 <= stop) {
+            body(Float8{}, i);
+            i += 8;
+        }
+        if (i < stop) {
+            body(Float8{}, stop - 8);
+            i = stop;
+        }
+    }
+    for (; i + 8 <= end; i += 8)
+        body(Float8{}, i);
+    for (; i < end; ++i)
+        scalar(i);
+}
+
+// affine with g_step 0 (one channel's run) and no x̂, writing y with streaming stores.
+template <class T>
+NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T off, T gs, T bs,
+                                        T* y) {
+    if constexpr (std::is_same_v<T, float>) {
+        const Splat<T> mk(m), sck(sc), offk(off), gk(gs), bk(bs);
+        with_flag(
+            off != T(0), [&](auto offset) __attribute__((always_inline)) {
+                aligned_vectors(
+                    0, n, y, true,
+                    [&](std::size_t i) __attribute__((always_inline)) {
+                        T h = standardized(x[i], m, sc);
+                        if constexpr (offset) h = h + off;
+                        y[i] = h * gs + bs;
+                    },
+                    [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                        using V = decltype(tag);
+                        V h = standardized(load_as<V>(x + i), mk.template as<V>(),
+                                           sck.template as<V>());
+                        if constexpr (offset) h = h + offk.template as<V>();
+                        store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), true);
+                    });
+            });
+    } else {
+        affine(x, n, m, sc, off, &gs, &bs, 0, static_cast<T*>(nullptr), y);
     }
 }
 
@@ -704,13 +758,15 @@ __attribute__((always_inline)) inline void affine_span(const T* x, std::size_t b
         y[i] = h * gs + bs;
     };
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 mv = splat<Float8>(m), scv = splat<Float8>(sc), gv = splat<Float8>(gs),
-                     bv = splat<Float8>(bs);
-        aligned_eights(
-            begin, end, y, one, [&](std::size_t i) __attribute__((always_inline)) {
-                const Float8 h = standardized(load_floats(x + i), mv, scv);
-                if (xhat) store_as<Float8>(xhat + i, h, false);
-                store_as<Float8>(y + i, h * gv + bv, stream);
+        const Splat<T> mk(m), sck(sc), gk(gs), bk(bs);
+        aligned_vectors(
+            begin, end, y, stream,
+            one, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                using V = decltype(tag);
+                const V h =
+                    standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
+                if (xhat) store_as<V>(xhat + i, h, false);
+                store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), stream);
             });
     } else {
         for (std::size_t i = begin; i < end; ++i)
@@ -837,20 +893,28 @@ template <class T>
 NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n, T cg, T gs, T c1,
                                        T cx, T* dx) {
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 cgv = splat<Float8>(cg), gv = splat<Float8>(gs), c1v = splat<Float8>(c1),
-                     cxv = splat<Float8>(cx);
+        const Splat<T> cgk(cg), gk(gs), c1k(c1), cxk(cx);
         if (xhat)
-            aligned_eights(
-                0, n, dx, [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1, cx, xhat[i]); },
-                [&](std::size_t i) {
-                    stream_floats(dx + i, applied(cgv, gv, load_floats(dy + i), c1v, cxv,
-                                                  load_floats(xhat + i)));
+            aligned_vectors(
+                0, n, dx, true,
+                [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1, cx, xhat[i]); },
+                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    store_as<V>(
+                        dx + i,
+                        applied(cgk.template as<V>(), gk.template as<V>(), load_as<V>(dy + i),
+                                c1k.template as<V>(), cxk.template as<V>(), load_as<V>(xhat + i)),
+                        true);
                 });
         else
-            aligned_eights(
-                0, n, dx, [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1); },
-                [&](std::size_t i) {
-                    stream_floats(dx + i, applied(cgv, gv, load_floats(dy + i), c1v));
+            aligned_vectors(
+                0, n, dx, true, [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1); },
+                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    store_as<V>(dx + i,
+                                applied(cgk.template as<V>(), gk.template as<V>(),
+                                        load_as<V>(dy + i), c1k.template as<V>()),
+                                true);
                 });
     } else {
         apply(dy, xhat, n, cg, &gs, 0, c1, cx, dx);
@@ -1241,17 +1305,21 @@ template <class T>
 NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, T sc, std::size_t n,
                                                   T cg, T gs, T c1, T cx, T* dx) {
     if constexpr (std::is_same_v<T, float>) {
-        const Float8 cgv = splat<Float8>(cg), gv = splat<Float8>(gs), c1v = splat<Float8>(c1),
-                     cxv = splat<Float8>(cx), mv = splat<Float8>(m), scv = splat<Float8>(sc);
-        aligned_eights(
-            0, n, dx,
+        const Splat<T> cgk(cg), gk(gs), c1k(c1), cxk(cx), mk(m), sck(sc);
+        aligned_vectors(
+            0, n, dx, true,
             [&](std::size_t i) {
                 const float h = standardized(x[i], m, sc);
                 dx[i] = applied(cg, gs, dy[i], c1, cx, h);
             },
-            [&](std::size_t i) {
-                const Float8 h = standardized(load_floats(x + i), mv, scv);
-                stream_floats(dx + i, applied(cgv, gv, load_floats(dy + i), c1v, cxv, h));
+            [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                using V = decltype(tag);
+                const V h =
+                    standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
+                store_as<V>(dx + i,
+                            applied(cgk.template as<V>(), gk.template as<V>(), load_as<V>(dy + i),
+                                    c1k.template as<V>(), cxk.template as<V>(), h),
+                            true);
             });
     } else {
         apply_from_input(dy, x, m, sc, n, cg, &gs, 0, c1, cx, dx);
@@ -1314,9 +1382,17 @@ NORMLAB_ISA_CLONES void apply_runs_summing_next(const T* dy, const T* xhat, cons
                     s1[j], s2[j],
                     [&](std::size_t begin, std::size_t end) __attribute__((always_inline)) {
                         std::size_t i = begin;
-                        if constexpr (std::is_same_v<T, float>)
+                        if constexpr (std::is_same_v<T, float> && streams) {
+                            aligned_vectors(
+                                begin, end, dx + at, true,
+                                [&](std::size_t k)
+                                    __attribute__((always_inline)) { apply_at(T{}, k); },
+                                apply_at);
+                            return;
+                        } else if constexpr (std::is_same_v<T, float>) {
                             for (; i + 8 <= end; i += 8)
                                 apply_at(Float8{}, i);
+                        }
                         for (; i < end; ++i)
                             apply_at(T{}, i);
                     });

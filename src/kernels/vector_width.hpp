@@ -20,4 +20,7 @@ inline bool wide_vectors() {
 }
 void set_wide_vectors(bool wide);
 
+// Whether the machine has AVX-512 (what rows::stream_line needs), which tests do not switch.
+extern const bool host_has_avx512;
+
 }  // namespace normlab::kernels

@@ -17,6 +17,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "normlab/runtime.hpp"
+
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -109,7 +111,7 @@ __attribute__((target("avx512f"))) inline void stream_lines_avx512(Line* a, cons
 }
 
 inline bool streams_avx512() {
-    static const bool has = __builtin_cpu_supports("avx512f");
+    static const bool has = host_vector_features().avx512f;
     return has;
 }
 #else

@@ -1,5 +1,6 @@
 // The shared statistics kernel: results do not depend on the number of threads (each set is
 // reduced by one thread in a fixed order), and the dense and strided paths agree.
+#include <malloc.h>
 #include <omp.h>
 
 #include <functional>
@@ -178,6 +179,66 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
             for (std::size_t i = 0; i < outputs[0].size(); ++i)
                 EXPECT_EQ(outputs[plan][i], outputs[0][i])
                     << spec << " " << format_shape(shape) << ": output " << i << ", plan " << plan;
+        }
+    }
+}
+
+// Streamed runs put their vectors of sixteen on 64-byte lines (one streaming store per line on
+// AVX-512), the values before the first line and after the last eight at a time, the vectors at
+// the ends reaching into the lines beside them. Runs of 1012 values start 16 bytes further into a
+// line each, runs of 20 and 36 leave one line or none between a head and a tail of four to twelve
+// values: a 4 MiB plan streams the y of these 2–3 MiB tensors where it is a lone output
+// (inference; a training forward handed its input), an 8 MiB plan does not and takes the same
+// order of work otherwise. Every output must be the same bits, at both vector widths. glibc fills
+// memory as it is allocated (M_PERTURB), so a value the kernels skip cannot come out right from a
+// block the run before left behind.
+TEST(Kernels, StreamedRunsOnLinesEqualNormalStoresBitForBit) {
+    struct Perturb {
+        Perturb() { mallopt(M_PERTURB, 0x5a); }
+        ~Perturb() { mallopt(M_PERTURB, 0); }
+    } perturb;
+    struct Case {
+        std::string spec;
+        Shape shape;
+    };
+    const std::vector<Case> cases = {
+        {"batch_norm", {8, 96, 1012}}, {"instance_norm(affine=true)", {8, 96, 1012}},
+        {"layer_norm", {8, 96, 1012}}, {"batch_norm", {8, 3300, 20}},
+        {"layer_norm", {8, 3300, 20}}, {"batch_norm", {8, 2000, 36}},
+        {"rms_norm", {8, 2000, 36}},
+    };
+    constexpr std::size_t MiB = std::size_t{1} << 20;
+    const bool machine_width = kernels::wide_vectors();
+    for (const auto& [spec, shape] : cases) {
+        const Tensor x = xt::cast<float>(testing::random_array(shape, 33, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(shape, 34));
+        const std::size_t bytes = x.size() * sizeof(float);
+        const auto outputs_with = [&](std::size_t cache_bytes, bool wide) {
+            CacheSize cache(cache_bytes);
+            kernels::set_wide_vectors(wide);
+            EXPECT_EQ(streams_output(bytes), cache_bytes == 4 * MiB) << format_shape(shape);
+            auto norm = make_normalizer(spec, shape[1]);
+            std::vector<Tensor> out;
+            out.push_back(norm->forward(x, Mode::eval, Grad::none));
+            // x̂ saved, then the input handed over: dx is written over either, not streamed
+            // (SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit streams dx).
+            out.push_back(norm->forward(x, Mode::train));
+            out.push_back(norm->backward(dy));
+            Tensor input = x;
+            out.push_back(norm->forward(std::move(input), Mode::train));
+            out.push_back(norm->backward(dy));
+            for (const auto& p : norm->parameters())
+                out.push_back(*p.grad);
+            kernels::set_wide_vectors(machine_width);
+            return out;
+        };
+        const std::vector<Tensor> kept = outputs_with(8 * MiB, machine_width);
+        for (bool wide : {false, true}) {
+            const std::vector<Tensor> streamed = outputs_with(4 * MiB, wide);
+            ASSERT_EQ(streamed.size(), kept.size());
+            for (std::size_t i = 0; i < kept.size(); ++i)
+                EXPECT_EQ(streamed[i], kept[i])
+                    << spec << " " << format_shape(shape) << ": output " << i << ", wide " << wide;
         }
     }
 }

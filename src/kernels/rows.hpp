@@ -1381,20 +1381,20 @@ NORMLAB_ISA_CLONES void apply_runs_summing_next(const T* dy, const T* xhat, cons
                     },
                     s1[j], s2[j],
                     [&](std::size_t begin, std::size_t end) __attribute__((always_inline)) {
-                        std::size_t i = begin;
                         if constexpr (std::is_same_v<T, float> && streams) {
                             aligned_vectors(
                                 begin, end, dx + at, true,
-                                [&](std::size_t k)
-                                    __attribute__((always_inline)) { apply_at(T{}, k); },
+                                [&](std::size_t i)
+                                    __attribute__((always_inline)) { apply_at(T{}, i); },
                                 apply_at);
-                            return;
-                        } else if constexpr (std::is_same_v<T, float>) {
-                            for (; i + 8 <= end; i += 8)
-                                apply_at(Float8{}, i);
+                        } else {
+                            std::size_t i = begin;
+                            if constexpr (std::is_same_v<T, float>)
+                                for (; i + 8 <= end; i += 8)
+                                    apply_at(Float8{}, i);
+                            for (; i < end; ++i)
+                                apply_at(T{}, i);
                         }
-                        for (; i < end; ++i)
-                            apply_at(T{}, i);
                     });
             }
         });

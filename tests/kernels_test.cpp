@@ -3,6 +3,8 @@
 #include <malloc.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <numeric>
 
@@ -221,7 +223,7 @@ TEST(Kernels, StreamedRunsOnLinesEqualNormalStoresBitForBit) {
             std::vector<Tensor> out;
             out.push_back(norm->forward(x, Mode::eval, Grad::none));
             // x̂ saved, then the input handed over: dx is written over either, not streamed
-            // (SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit streams dx).
+            // (StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit streams dx).
             out.push_back(norm->forward(x, Mode::train));
             out.push_back(norm->backward(dy));
             Tensor input = x;
@@ -240,6 +242,125 @@ TEST(Kernels, StreamedRunsOnLinesEqualNormalStoresBitForBit) {
                 EXPECT_EQ(streamed[i], kept[i])
                     << spec << " " << format_shape(shape) << ": output " << i << ", wide " << wide;
         }
+    }
+}
+
+// The same for outputs the kernels are handed rather than allocate: y of training (x̂ not stored)
+// and inference, and dx of both backward orders (stages 3 and 4 apart, and fused), each written
+// at every one of the sixteen float positions of a 64-byte line, the inputs at other positions
+// (dx written over the spent x̂ or input is never streamed). Each output lies
+// between guards of a pattern no kernel writes (a NaN payload): every value must be written, with
+// the bits of normal stores, and nothing beside the output may change, though the vectors at a
+// run's ends reach into the lines beside them.
+TEST(Kernels, StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit) {
+    const std::vector<LayoutCase> cases = {
+        {{8, 96, 1012}, {true, 1}},      // batch norm, runs of 1012
+        {{8, 96, 1012}, {false, 1}},     // instance norm
+        {{8, 3300, 20}, {false, 3300}},  // layer norm, runs of 20
+        {{8, 2000, 36}, {true, 1}},      // batch norm, runs of 36
+        {{8, 2000, 36}, {false, 16}},    // group norm
+    };
+    constexpr std::size_t MiB = std::size_t{1} << 20, kLine = 16, kGuard = 32;
+    constexpr std::uint32_t kUnwritten = 0x7fa5a5a5;
+    const bool machine_width = kernels::wide_vectors();
+    for (const LayoutCase& c : cases) {
+        const NcsView v = view_of(c.shape);
+        const std::size_t n = v.size(), k = c.sets.num_sets(v);
+        const Tensor x_data = xt::cast<float>(testing::random_array(c.shape, 61, 1.0, 2.0));
+        const Tensor dy_data = xt::cast<float>(testing::random_array(c.shape, 62));
+        const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 63, 1.0, 0.5));
+        const Tensor beta = xt::cast<float>(testing::random_array({v.c}, 64));
+        const bool recomputed = kernels::recomputes_xhat_in_registers(v, c.sets);
+        std::vector<float> x_store(n + kLine), dy_store(n + kLine), xhat_store(n + kLine);
+        using Bits = std::vector<std::uint32_t>;
+        // Each output's bits with its guards, for the output placed `at` floats into the store.
+        const auto outputs = [&](std::size_t at, std::size_t in_at) {
+            float* x = x_store.data() + in_at;
+            float* dy = dy_store.data() + in_at;
+            float* xhat = xhat_store.data() + in_at;
+            std::copy(x_data.begin(), x_data.end(), x);
+            std::copy(dy_data.begin(), dy_data.end(), dy);
+            std::vector<float> mean(k), var(k), inv_std(k), y_with_xhat(n);
+            kernels::standardize(x, v, c.sets, true, 1e-5, gamma.data(), beta.data(), mean.data(),
+                                 var.data(), inv_std.data(), xhat, y_with_xhat.data());
+            const kernels::XhatSource<float> src =
+                recomputed ? kernels::XhatSource<float>(x, mean.data(), inv_std.data())
+                           : kernels::XhatSource<float>(xhat);
+            std::vector<Bits> result;
+            const auto written = [&](const auto& write) {
+                Bits store(kGuard + at + n + kGuard, kUnwritten);
+                write(reinterpret_cast<float*>(store.data() + kGuard + at));
+                result.push_back(std::move(store));
+            };
+            written([&](float* y) {
+                std::vector<float> m(k), s2(k), is(k);
+                kernels::standardize(x, v, c.sets, true, 1e-5, gamma.data(), beta.data(), m.data(),
+                                     s2.data(), is.data(), static_cast<float*>(nullptr), y);
+            });
+            written([&](float* y) {
+                kernels::normalize_affine(x, v, c.sets, mean.data(), inv_std.data(),
+                                          static_cast<const float*>(nullptr), gamma.data(),
+                                          beta.data(), static_cast<float*>(nullptr), y);
+            });
+            std::vector<double> sum_g(k), sum_gx(k), sum_dy(v.c), sum_dyx(v.c);
+            kernels::backward_reduce(dy, src, v, c.sets, gamma.data(), sum_g.data(), sum_gx.data(),
+                                     sum_dy.data(), sum_dyx.data());
+            std::vector<float> coef_1(k), coef_xhat(k);
+            for (std::size_t s = 0; s < k; ++s) {
+                coef_1[s] = float(sum_g[s] / double(c.sets.set_size(v)));
+                coef_xhat[s] = float(sum_gx[s] / double(c.sets.set_size(v)));
+            }
+            written([&](float* dx) {
+                kernels::backward_apply(dy, src, v, c.sets, gamma.data(), inv_std.data(),
+                                        coef_1.data(), coef_xhat.data(), dx);
+            });
+            if (kernels::can_fuse_backward<float>(v, c.sets)) {
+                written([&](float* dx) {
+                    kernels::backward_fused<float>(
+                        dy, src, v, c.sets, gamma.data(), inv_std.data(),
+                        [](std::size_t, double mean_g, double mean_g_xhat, float& c1, float& cx) {
+                            c1 = float(mean_g);
+                            cx = float(mean_g_xhat);
+                        },
+                        dx, sum_dy.data(), sum_dyx.data());
+                });
+            }
+            return result;
+        };
+        const std::string where = format_shape(c.shape) +
+                                  " across_batch=" + std::to_string(c.sets.across_batch) +
+                                  " channels_per_set=" + std::to_string(c.sets.channels_per_set);
+        std::vector<Bits> kept;
+        {
+            CacheSize cache(8 * MiB);
+            ASSERT_FALSE(streams_output(n * sizeof(float))) << where;
+            kept = outputs(0, 0);
+        }
+        const char* names[] = {"y", "y_eval", "dx", "dx_fused"};
+        for (bool wide : {false, true}) {
+            CacheSize cache(4 * MiB);
+            kernels::set_wide_vectors(wide);
+            ASSERT_TRUE(streams_output(n * sizeof(float))) << where;
+            for (std::size_t at = 0; at < kLine; ++at) {
+                const std::vector<Bits> streamed = outputs(at, (at * 7 + 3) % kLine);
+                ASSERT_EQ(streamed.size(), kept.size()) << where;
+                for (std::size_t i = 0; i < kept.size(); ++i) {
+                    const Bits& s = streamed[i];
+                    const std::string what = std::string(names[i]) + ", " + where + " at float " +
+                                             std::to_string(at) + ", wide " + std::to_string(wide);
+                    EXPECT_TRUE(std::all_of(s.begin(), s.begin() + kGuard + at,
+                                            [](std::uint32_t b) { return b == kUnwritten; }))
+                        << "written before the output: " << what;
+                    EXPECT_TRUE(std::all_of(s.end() - kGuard, s.end(),
+                                            [](std::uint32_t b) { return b == kUnwritten; }))
+                        << "written after the output: " << what;
+                    EXPECT_TRUE(std::equal(s.begin() + kGuard + at, s.end() - kGuard,
+                                           kept[i].begin() + kGuard))
+                        << what;
+                }
+            }
+        }
+        kernels::set_wide_vectors(machine_width);
     }
 }
 

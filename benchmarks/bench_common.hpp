@@ -17,11 +17,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "normlab/bandwidth.hpp"
 #include "normlab/runtime.hpp"
-
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
 
 namespace normlab::bench {
 
@@ -78,56 +75,6 @@ struct alignas(64) Line {
     float v[16];
 };
 
-// a = b + 3·c over one line.
-inline void triad_line(Line& a, const Line& b, const Line& c) {
-    for (int j = 0; j < 16; ++j)
-        a.v[j] = b.v[j] + 3.0f * c.v[j];
-}
-
-// The same, written with streaming stores where the ISA has them (SSE, on every x86-64), else
-// with normal ones.
-inline void stream_line(Line& a, const Line& b, const Line& c) {
-#if defined(__SSE2__)
-    const __m128 three = _mm_set1_ps(3.0f);
-    for (int j = 0; j < 16; j += 4)
-        _mm_stream_ps(a.v + j,
-                      _mm_add_ps(_mm_load_ps(b.v + j), _mm_mul_ps(three, _mm_load_ps(c.v + j))));
-#else
-    triad_line(a, b, c);
-#endif
-}
-
-#if defined(__x86_64__)
-// stream_line over lines [begin, end), each in one 64-byte streaming store where the CPU has
-// AVX-512, as normlab's kernels stream there (rows::stream_line): four 16-byte streaming stores
-// per line moved up to 20% less on an Intel Xeon VM.
-__attribute__((target("avx512f"))) inline void stream_lines_avx512(Line* a, const Line* b,
-                                                                   const Line* c, std::size_t begin,
-                                                                   std::size_t end) {
-    const __m512 three = _mm512_set1_ps(3.0f);
-    for (std::size_t l = begin; l < end; ++l)
-        _mm512_stream_ps(a[l].v, _mm512_add_ps(_mm512_load_ps(b[l].v),
-                                               _mm512_mul_ps(three, _mm512_load_ps(c[l].v))));
-}
-
-inline bool streams_avx512() {
-    static const bool has = host_vector_features().avx512f;
-    return has;
-}
-#else
-inline bool streams_avx512() {
-    return false;
-}
-inline void stream_lines_avx512(Line*, const Line*, const Line*, std::size_t, std::size_t) {}
-#endif
-
-// Orders this thread's streaming stores before what follows (the end of the sweep).
-inline void fence_streamed() {
-#if defined(__SSE2__)
-    _mm_sfence();
-#endif
-}
-
 // Best-of-several triad bandwidth (bytes/s) with `bytes` moved per sweep, at the current
 // OpenMP thread count; cached per size. `streamed`: a[i] is written with stores that bypass the
 // caches, which save the read of each destination line a normal store costs (on the Intel Xeon
@@ -149,22 +96,7 @@ inline double triad_bandwidth(double bytes, bool streamed = false) {
             c[l].v[j] = 2.0f;
         }
     auto sweep = [&] {
-#pragma omp parallel
-        {
-            const auto threads = std::size_t(omp_get_num_threads());
-            const auto t = std::size_t(omp_get_thread_num());
-            const std::size_t begin = lines * t / threads, end = lines * (t + 1) / threads;
-            if (!streamed) {
-                for (std::size_t l = begin; l < end; ++l)
-                    triad_line(a[l], b[l], c[l]);
-            } else if (streams_avx512()) {
-                stream_lines_avx512(a.data(), b.data(), c.data(), begin, end);
-            } else {
-                for (std::size_t l = begin; l < end; ++l)
-                    stream_line(a[l], b[l], c[l]);
-            }
-            fence_streamed();
-        }
+        triad(a.front().v, b.front().v, c.front().v, n, streamed);
         benchmark::DoNotOptimize(a.data());
         benchmark::ClobberMemory();
     };

@@ -4,11 +4,13 @@
 // docs/benchmarks.md.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 
 #include <xtensor/xrandom.hpp>
 
 #include "bench_common.hpp"
+#include "normlab/bandwidth.hpp"
 #include "normlab/normlab.hpp"
 #include "normlab/runtime.hpp"
 
@@ -43,13 +45,35 @@ std::unique_ptr<Normalizer> trained_on(const std::string& spec, const Tensor& x)
     return norm;
 }
 
+// NORMLAB_BENCH_OTHER_PLAN: a second cache plan (a size such as 32M, or `measure`: the cache
+// probe's) that every case alternates with the plan in effect, call by call, in the order ABBA,
+// so that the two are compared under the same drift of the machine and the same state of the
+// heap (with the order ABAB, the heap's reuse pattern alternated with the plan and biased
+// training forwards by 1.3x on a VM where the same case ran 1.3-2x apart between processes).
+// 0 where it is unset.
+std::size_t other_plan_bytes() {
+    static const std::size_t bytes = [] {
+        const char* text = std::getenv("NORMLAB_BENCH_OTHER_PLAN");
+        if (text == nullptr || *text == '\0') return std::size_t{0};
+        if (std::string(text) == kMeasureCache)
+            return probe_cache(detected_last_level_cache_bytes()).plan_bytes;
+        return cache_size_setting(text);
+    }();
+    return bytes;
+}
+
 void run(benchmark::State& state, const std::string& spec, const ShapeCase& shape, Pass pass) {
     xt::random::seed(1);
     const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
     const Tensor dy = xt::random::randn<float>(shape.dims);
     auto norm = trained_on(spec, x);
-    CallTimes calls;
+    CallTimes calls, other_plan_calls;
+    const std::size_t other_plan = other_plan_bytes();
+    std::size_t call = 0;
     for (auto _ : state) {
+        const bool on_other_plan = other_plan > 0 && (call % 4 == 1 || call % 4 == 2);
+        ++call;
+        if (on_other_plan) set_last_level_cache_bytes(other_plan);
         double seconds = 0;
         // Training forwards are handed their input, as Sequential hands each layer the output of
         // the one before (the copy stands for that layer's output and is not timed): layers
@@ -74,9 +98,15 @@ void run(benchmark::State& state, const std::string& spec, const ShapeCase& shap
             norm->clear_saved();
         }
         state.SetIterationTime(seconds);
-        calls.add(seconds);
+        if (on_other_plan) set_last_level_cache_bytes(0);
+        (on_other_plan ? other_plan_calls : calls).add(seconds);
     }
     add_traffic_counters(state, minimal_bytes(shape, pass), calls);
+    if (other_plan > 0) {
+        // Over the calls on the plan in effect (call_median_us): below 1, the other is faster.
+        state.counters["other_plan_median_us"] = other_plan_calls.median() * 1e6;
+        state.counters["other_plan_ratio"] = other_plan_calls.median() / calls.median();
+    }
 }
 
 // The chains' two plans: for a cache of 1 GiB, which keeps the conv shape's 25.7 MB outputs
@@ -167,6 +197,8 @@ int main(int argc, char** argv) {
     // Whether that size is the detected one or the user's (NORMLAB_LAST_LEVEL_CACHE).
     benchmark::AddCustomContext("planned_cache_from",
                                 std::string(normlab::last_level_cache_source()));
+    if (const std::size_t other = normlab::bench::other_plan_bytes(); other > 0)
+        benchmark::AddCustomContext("other_plan_kib", std::to_string(other >> 10));
     // What this machine's plan does with the chains' outputs (the report's chain section).
     benchmark::AddCustomContext(
         "chain_output_streamed",

@@ -1,5 +1,6 @@
 #include "normlab/runtime.hpp"
 
+#include "normlab/bandwidth.hpp"
 #include "normlab/errors.hpp"
 
 #include <unistd.h>
@@ -90,11 +91,23 @@ std::size_t detected_cache_bytes() {
     return detected;
 }
 
-// NORMLAB_LAST_LEVEL_CACHE, read once: 0 where it is unset or empty.
+// NORMLAB_LAST_LEVEL_CACHE as it was at first use: empty where it is unset.
+const std::string& cache_setting_from_environment() {
+    static const std::string setting = [] {
+        const char* text = std::getenv(kCacheSizeVariable);
+        return std::string(text ? text : "");
+    }();
+    return setting;
+}
+
+// What NORMLAB_LAST_LEVEL_CACHE sets, found once: 0 where it is unset or empty, the probe's plan
+// (up to the detected size) where it is `measure`.
 std::size_t cache_bytes_from_environment() {
     static const std::size_t from_environment = [] {
-        const char* text = std::getenv(kCacheSizeVariable);
-        return text == nullptr || *text == '\0' ? std::size_t{0} : cache_size_setting(text);
+        const std::string& text = cache_setting_from_environment();
+        if (text.empty()) return std::size_t{0};
+        if (text == kMeasureCache) return probe_cache(detected_cache_bytes()).plan_bytes;
+        return cache_size_setting(text);
     }();
     return from_environment;
 }
@@ -109,9 +122,13 @@ std::size_t cache_size_setting(std::string_view text) {
     if (bytes == 0)
         throw OptionError(std::string(kCacheSizeVariable) +
                           ": expected a cache size above zero in bytes, or with a unit K, M or G "
-                          "(such as 32M or 32768K); got '" +
+                          "(such as 32M or 32768K), or 'measure'; got '" +
                           value + "'");
     return bytes;
+}
+
+std::size_t detected_last_level_cache_bytes() {
+    return detected_cache_bytes();
 }
 
 std::size_t usable_cache_bytes(std::size_t from_libc, std::size_t from_sysfs) {
@@ -133,7 +150,9 @@ std::size_t last_level_cache_bytes() {
 
 std::string_view last_level_cache_source() {
     if (chosen_cache_bytes.load(std::memory_order_relaxed) > 0) return "set_last_level_cache_bytes";
-    return cache_bytes_from_environment() > 0 ? kCacheSizeVariable : "detected";
+    if (cache_bytes_from_environment() == 0) return "detected";
+    return cache_setting_from_environment() == kMeasureCache ? "NORMLAB_LAST_LEVEL_CACHE=measure"
+                                                             : kCacheSizeVariable;
 }
 
 bool streams_output(std::size_t bytes) {

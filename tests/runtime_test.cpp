@@ -85,24 +85,33 @@ TEST(CacheSizeSetting, RefusesWhatIsNoSizeNamingWhatCame) {
             const std::string message = e.what();
             EXPECT_NE(message.find("NORMLAB_LAST_LEVEL_CACHE"), std::string::npos) << message;
             EXPECT_NE(message.find("such as 32M"), std::string::npos) << message;
+            EXPECT_NE(message.find("or 'measure'"), std::string::npos) << message;
             EXPECT_NE(message.find("'" + std::string(text) + "'"), std::string::npos) << message;
         }
     }
 }
 
 // The environment's size takes the place of the detected one, and set_last_level_cache_bytes
-// still overrides both. CTest runs this once more with NORMLAB_LAST_LEVEL_CACHE=5M
-// (tests/CMakeLists.txt), so that both sides are checked on every machine.
+// still overrides both. CTest runs this twice more, with NORMLAB_LAST_LEVEL_CACHE=5M and =measure
+// (tests/CMakeLists.txt), so that every side is checked on every machine.
 TEST(CacheSizeSetting, EnvironmentTakesThePlaceOfTheDetectedSize) {
     const std::size_t pinned = normlab::last_level_cache_bytes();
     normlab::set_last_level_cache_bytes(0);
     const char* text = std::getenv(normlab::kCacheSizeVariable);
-    if (text != nullptr && *text != '\0') {
+    const std::size_t detected = normlab::detected_last_level_cache_bytes();
+    if (text != nullptr && std::string(text) == normlab::kMeasureCache) {
+        // The probe's plan: from its first working set (2 MiB) up to the detected size.
+        const std::size_t measured = normlab::last_level_cache_bytes();
+        EXPECT_GE(measured, std::size_t{2} << 20);
+        EXPECT_LE(measured, std::max(detected, std::size_t{2} << 20));
+        EXPECT_EQ(measured % 1024, 0u);
+        EXPECT_EQ(normlab::last_level_cache_source(), "NORMLAB_LAST_LEVEL_CACHE=measure");
+    } else if (text != nullptr && *text != '\0') {
         EXPECT_EQ(normlab::last_level_cache_bytes(), normlab::cache_size_setting(text));
         EXPECT_EQ(normlab::last_level_cache_source(), normlab::kCacheSizeVariable);
     } else {
-        const std::size_t detected = normlab::last_level_cache_bytes();
         EXPECT_GE(detected, std::size_t{1} << 20);
+        EXPECT_EQ(normlab::last_level_cache_bytes(), detected);
         EXPECT_EQ(normlab::last_level_cache_source(), "detected");
     }
     normlab::set_last_level_cache_bytes(std::size_t{3} << 20);

@@ -56,19 +56,28 @@ std::string fitting_blas_coretype();
 // (a size such as 32M, read on first use) takes the place of the detected size. A virtual
 // machine reports the L3 of the host's socket, which it shares with other guests: on a 2-vCPU
 // Intel Xeon VM that reported 105 MiB, a triad kept its speed in cache up to working sets of
-// 24-32 MiB and from 48 MiB on ran at the speed of memory.
+// 24-32 MiB and from 48 MiB on ran at the speed of memory. There NORMLAB_LAST_LEVEL_CACHE=measure
+// plans for what this machine's cache holds instead: probe_cache (normlab/bandwidth.hpp), run
+// once on first use (about a second), finds where streaming stores overtake normal ones, up to
+// the detected size (`normlab cache` prints the measurement).
 // The choice changes speed only: every path computes the same bits.
 void set_last_level_cache_bytes(std::size_t bytes);  // 0: the environment's or detected size
 std::size_t last_level_cache_bytes();
 
-// The environment variable above, and how its value reads: bytes, or a number with the unit K,
-// M or G (powers of 1024). Throws OptionError naming what was expected and what came for
-// anything else, zero included.
+// The environment variable above, and how a size in it reads: bytes, or a number with the unit
+// K, M or G (powers of 1024). Throws OptionError naming what was expected and what came for
+// anything else, zero included (the variable's other value, kMeasureCache, is no size).
 inline constexpr const char* kCacheSizeVariable = "NORMLAB_LAST_LEVEL_CACHE";
+inline constexpr const char* kMeasureCache = "measure";
 std::size_t cache_size_setting(std::string_view text);
 
+// The size the kernels plan for without the variable and set_last_level_cache_bytes: what the
+// C library and /sys report (usable_cache_bytes).
+std::size_t detected_last_level_cache_bytes();
+
 // Where last_level_cache_bytes() takes its size from: "set_last_level_cache_bytes", the
-// environment variable's name, or "detected" (what the benchmarks report beside the size).
+// environment variable's name, "NORMLAB_LAST_LEVEL_CACHE=measure", or "detected" (what the
+// benchmarks report beside the size).
 std::string_view last_level_cache_source();
 
 // Whether the kernels write an output of this many bytes with streaming stores under the plan

@@ -20,6 +20,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "normlab/bandwidth.hpp"
 #include "normlab/errors.hpp"
 #include "normlab/registry.hpp"
 #include "normlab/runtime.hpp"
@@ -128,6 +129,43 @@ void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd
 
 // What `normlab blas` and `normlab stress` say when OpenBLAS fell back to its SSE3 kernels
 // (fitting: the OPENBLAS_CORETYPE that gives this CPU wider ones).
+// A size as NORMLAB_LAST_LEVEL_CACHE takes it: whole MiB where it is one, else KiB.
+std::string cache_size_text(std::size_t bytes) {
+    return bytes % (1 << 20) == 0 ? std::to_string(bytes >> 20) + "M"
+                                  : std::to_string(bytes >> 10) + "K";
+}
+
+// `normlab cache`: the probe's measurement, what the kernels plan for now, and the setting that
+// plans for the measured size.
+void print_cache_probe(const normlab::CacheProbe& probe, std::size_t detected) {
+    const auto mib = [](std::size_t bytes) { return double(bytes) / double(1 << 20); };
+    std::printf(
+        "The kernels plan for a %.1f MiB last-level cache (%s); the CPU reports %.1f "
+        "MiB.\n",
+        mib(normlab::last_level_cache_bytes()),
+        std::string(normlab::last_level_cache_source()).c_str(), mib(detected));
+    std::printf(
+        "Sweeps between two arrays, each writing one from the other, %d threads "
+        "(median GB/s):\n\n",
+        omp_get_max_threads());
+    std::printf("%12s %15s %17s %9s\n", "working set", "normal stores", "streaming stores",
+                "ratio");
+    for (const auto& p : probe.points)
+        std::printf("%8.1f MiB %15.1f %17.1f %9.2f\n", mib(p.working_set_bytes),
+                    p.kept_bytes_per_second / 1e9, p.streamed_bytes_per_second / 1e9,
+                    p.streamed_bytes_per_second / p.kept_bytes_per_second);
+    if (probe.plan_bytes >= detected)
+        std::printf(
+            "\nNormal stores were faster up to the reported size: the kernels' default "
+            "plan fits this machine.\n");
+    else
+        std::printf(
+            "\nStreaming stores overtake normal ones at %.1f MiB. To plan for that: "
+            "export NORMLAB_LAST_LEVEL_CACHE=%s (or =measure, to measure it on each "
+            "start).\n",
+            mib(probe.plan_bytes), cache_size_text(probe.plan_bytes).c_str());
+}
+
 std::string blas_fallback_note(const std::string& fitting) {
     return "OpenBLAS runs its SSE3 (Prescott) kernels on this CPU; OPENBLAS_CORETYPE=" + fitting +
            " in the environment gives it the " + fitting + " ones";
@@ -322,6 +360,14 @@ int main(int argc, char** argv) {
                    "Print only the OPENBLAS_CORETYPE to set (nothing when none is needed), for "
                    "scripts");
 
+    auto* cache = app.add_subcommand(
+        "cache",
+        "Measure where streaming stores overtake normal ones on this machine, and the "
+        "NORMLAB_LAST_LEVEL_CACHE that plans the kernels for it (about a second)");
+    bool plan_only = false;
+    cache->add_flag("--plan-only", plan_only,
+                    "Print only the size to set (such as 41984K), for scripts");
+
     auto* stress = app.add_subcommand(
         "stress",
         "Train every normalizer at every batch size and seed; write results.jsonl, "
@@ -398,6 +444,15 @@ int main(int argc, char** argv) {
             std::cout << "BLAS kernels: "
                       << (core.empty() ? "not OpenBLAS (no core name to report)" : core) << "\n";
             if (!fitting.empty()) std::cout << blas_fallback_note(fitting) << "\n";
+            return 0;
+        }
+        if (cache->parsed()) {
+            const std::size_t detected = normlab::detected_last_level_cache_bytes();
+            const normlab::CacheProbe probe = normlab::probe_cache(detected);
+            if (plan_only)
+                std::cout << cache_size_text(probe.plan_bytes) << "\n";
+            else
+                print_cache_probe(probe, detected);
             return 0;
         }
         if (stress->parsed()) {

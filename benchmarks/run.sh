@@ -5,6 +5,7 @@
 #   BENCH_FILTER=conv bash benchmarks/run.sh   # a subset (Google Benchmark regex / substring)
 #   BENCH_DOC=docs/benchmarks-mine.md bash benchmarks/run.sh   # the report elsewhere
 #   NORMLAB_LAST_LEVEL_CACHE=32M bash benchmarks/run.sh     # the kernels plan for a 32 MiB cache
+#   NORMLAB_LAST_LEVEL_CACHE=measure bash benchmarks/run.sh # ... for the cache `normlab cache` finds
 # Set THREADS (default: all cores). Run on a quiet machine: the numbers are wall-clock medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,15 @@ export OMP_NUM_THREADS="$THREADS" OMP_PROC_BIND=close
 # the next call (normlab::reuse_freed_memory() in normalizer_bench); the environment gives
 # oneDNN and PyTorch the same malloc settings.
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824
+# A measured plan is measured once, here, so that every program of the run plans for one size,
+# the size the report gives.
+CACHE_SETTING="${NORMLAB_LAST_LEVEL_CACHE:-}" CACHE_LINE=""
+if [ "$CACHE_SETTING" = measure ]; then
+  export NORMLAB_LAST_LEVEL_CACHE="$(./build-bench/normlab cache --plan-only)"
+  CACHE_LINE="
+cache plan: NORMLAB_LAST_LEVEL_CACHE=$NORMLAB_LAST_LEVEL_CACHE, measured by \`normlab cache\` before the run"
+  echo "benchmarks: the kernels plan for the measured cache, $NORMLAB_LAST_LEVEL_CACHE" >&2
+fi
 # Rounds: in each, every shape is timed by normlab, oneDNN and PyTorch one right after the
 # other, and the report takes the median over the rounds, so that the machine's drift over
 # minutes reaches every implementation alike (a whole program's run takes minutes; one shape's
@@ -62,9 +72,9 @@ vector ISA: $(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | tr '\n'
 compiler: $(c++ --version | head -n1)
 threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)
-BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')"
+BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')$CACHE_LINE"
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
   --pytorch "${PYTORCH_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
-  --command "${NORMLAB_LAST_LEVEL_CACHE:+NORMLAB_LAST_LEVEL_CACHE=$NORMLAB_LAST_LEVEL_CACHE }THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \
+  --command "${CACHE_SETTING:+NORMLAB_LAST_LEVEL_CACHE=$CACHE_SETTING }THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \
   --out "$DOC"
 echo "wrote $DOC (raw JSON in $OUT)"

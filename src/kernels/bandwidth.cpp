@@ -16,39 +16,52 @@ namespace {
 
 constexpr std::size_t kLineFloats = 16;
 
-NORMLAB_ISA_CLONES void triad_kept(float* a, const float* b, const float* c, std::size_t n) {
+// The values of a share before a's first line and after its last: at most fifteen at each end.
+void triad_values(float* a, const float* b, const float* c, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i)
         a[i] = b[i] + 3.0f * c[i];
 }
 
-// Whole lines of a from a line on: n a multiple of sixteen.
+// Whole lines of a from a line on, n a multiple of sixteen. The two forms differ in the store
+// instruction alone, so that a build without optimization or with sanitizers, which slows a
+// plain loop many times over, still compares the stores and nothing else.
 __attribute__((target("avx512f"))) void triad_lines_avx512(float* a, const float* b, const float* c,
-                                                           std::size_t n) {
+                                                           std::size_t n, bool streamed) {
     const __m512 three = _mm512_set1_ps(3.0f);
-    for (std::size_t i = 0; i < n; i += kLineFloats)
-        _mm512_stream_ps(a + i, _mm512_add_ps(_mm512_loadu_ps(b + i),
-                                              _mm512_mul_ps(three, _mm512_loadu_ps(c + i))));
+    for (std::size_t i = 0; i < n; i += kLineFloats) {
+        const __m512 line =
+            _mm512_add_ps(_mm512_loadu_ps(b + i), _mm512_mul_ps(three, _mm512_loadu_ps(c + i)));
+        if (streamed)
+            _mm512_stream_ps(a + i, line);
+        else
+            _mm512_store_ps(a + i, line);
+    }
 }
 
-void triad_lines_sse(float* a, const float* b, const float* c, std::size_t n) {
+void triad_lines_sse(float* a, const float* b, const float* c, std::size_t n, bool streamed) {
     const __m128 three = _mm_set1_ps(3.0f);
-    for (std::size_t i = 0; i < n; i += 4)
-        _mm_stream_ps(a + i,
-                      _mm_add_ps(_mm_loadu_ps(b + i), _mm_mul_ps(three, _mm_loadu_ps(c + i))));
+    for (std::size_t i = 0; i < n; i += 4) {
+        const __m128 quarter =
+            _mm_add_ps(_mm_loadu_ps(b + i), _mm_mul_ps(three, _mm_loadu_ps(c + i)));
+        if (streamed)
+            _mm_stream_ps(a + i, quarter);
+        else
+            _mm_store_ps(a + i, quarter);
+    }
 }
 
-void triad_streamed(float* a, const float* b, const float* c, std::size_t n) {
+void triad_share(float* a, const float* b, const float* c, std::size_t n, bool streamed) {
     std::size_t head = 0;
     while (head < n && !kernels::rows::on_line(a + head))
         ++head;
     const std::size_t lines = (n - head) / kLineFloats * kLineFloats;
-    triad_kept(a, b, c, head);
+    triad_values(a, b, c, head);
     if (kernels::host_has_avx512)
-        triad_lines_avx512(a + head, b + head, c + head, lines);
+        triad_lines_avx512(a + head, b + head, c + head, lines, streamed);
     else
-        triad_lines_sse(a + head, b + head, c + head, lines);
-    kernels::rows::fence_streamed_stores();
-    triad_kept(a + head + lines, b + head + lines, c + head + lines, n - head - lines);
+        triad_lines_sse(a + head, b + head, c + head, lines, streamed);
+    if (streamed) kernels::rows::fence_streamed_stores();
+    triad_values(a + head + lines, b + head + lines, c + head + lines, n - head - lines);
 }
 
 struct AlignedFree {
@@ -82,10 +95,7 @@ void triad(float* a, const float* b, const float* c, std::size_t n, bool streame
         const std::size_t begin = t == 0 ? 0 : head + lines * t / threads * kLineFloats;
         const std::size_t end =
             t + 1 == threads ? n : head + lines * (t + 1) / threads * kLineFloats;
-        if (streamed)
-            triad_streamed(a + begin, b + begin, c + begin, end - begin);
-        else
-            triad_kept(a + begin, b + begin, c + begin, end - begin);
+        triad_share(a + begin, b + begin, c + begin, end - begin, streamed);
     }
 }
 

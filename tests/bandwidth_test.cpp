@@ -1,7 +1,5 @@
 // The triad behind the benchmarks' bandwidth and the cache probe, and the probe's reading of
 // its measurements (normlab/bandwidth.hpp).
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,24 +9,20 @@
 
 #include <gtest/gtest.h>
 
+#include "guarded_output.hpp"
 #include "normlab/bandwidth.hpp"
+#include "thread_count.hpp"
 
 namespace normlab {
 namespace {
 
 constexpr std::size_t MiB = std::size_t{1} << 20;
 
-struct ThreadCount {
-    explicit ThreadCount(int n) : previous(omp_get_max_threads()) { omp_set_num_threads(n); }
-    ~ThreadCount() { omp_set_num_threads(previous); }
-    int previous;
-};
+using testing::ThreadCount;
 
 // Every value of a is b + 3·c, in both forms, wherever a starts relative to a 64-byte line and
 // however many whole lines and loose values the threads' shares hold; nothing beside a changes.
 TEST(Bandwidth, TriadWritesEveryValueAndNothingElse) {
-    constexpr std::size_t kGuard = 32;
-    constexpr std::uint32_t kUnwritten = 0x7fa5a5a5;
     for (const std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{15}, std::size_t{16},
                                 std::size_t{17}, std::size_t{100}, std::size_t{4099}}) {
         std::vector<float> b(n), c(n);
@@ -40,9 +34,9 @@ TEST(Bandwidth, TriadWritesEveryValueAndNothingElse) {
             for (bool streamed : {false, true})
                 for (std::size_t at = 0; at < 16; ++at) {
                     ThreadCount tc(threads);
-                    std::vector<std::uint32_t> store(kGuard + at + n + kGuard, kUnwritten);
-                    float* a = reinterpret_cast<float*>(store.data() + kGuard + at);
-                    triad(a, b.data(), c.data(), n, streamed);
+                    testing::GuardedOutput out(at, n);
+                    const float* a = out.values();
+                    triad(out.values(), b.data(), c.data(), n, streamed);
                     const std::string what = "n " + std::to_string(n) + ", " +
                                              std::to_string(threads) + " threads, streamed " +
                                              std::to_string(streamed) + ", at float " +
@@ -52,12 +46,7 @@ TEST(Bandwidth, TriadWritesEveryValueAndNothingElse) {
                         ASSERT_EQ(std::memcmp(&a[i], &expected, sizeof(float)), 0)
                             << "value " << i << ": " << a[i] << " for " << expected << ", " << what;
                     }
-                    EXPECT_TRUE(std::all_of(store.begin(), store.begin() + kGuard + at,
-                                            [](std::uint32_t v) { return v == kUnwritten; }))
-                        << "written before a: " << what;
-                    EXPECT_TRUE(std::all_of(store.end() - kGuard, store.end(),
-                                            [](std::uint32_t v) { return v == kUnwritten; }))
-                        << "written after a: " << what;
+                    EXPECT_TRUE(out.guards_intact()) << what;
                 }
     }
 }

@@ -12,10 +12,12 @@
 #include <xtensor/xview.hpp>
 
 #include "gradient_check.hpp"
+#include "guarded_output.hpp"
 #include "kernels/set_backward.hpp"
 #include "kernels/vector_width.hpp"
 #include "normlab/normlab.hpp"
 #include "normlab/runtime.hpp"
+#include "thread_count.hpp"
 
 namespace normlab {
 namespace {
@@ -39,11 +41,7 @@ struct CacheSize {
     std::size_t previous;
 };
 
-struct ThreadCount {
-    explicit ThreadCount(int n) : previous(omp_get_max_threads()) { omp_set_num_threads(n); }
-    ~ThreadCount() { omp_set_num_threads(previous); }
-    int previous;
-};
+using testing::ThreadCount;
 
 // A shape and the sets a kernel reduces it over.
 struct LayoutCase {
@@ -260,8 +258,7 @@ TEST(Kernels, StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit) {
         {{8, 2000, 36}, {true, 1}},      // batch norm, runs of 36
         {{8, 2000, 36}, {false, 16}},    // group norm
     };
-    constexpr std::size_t MiB = std::size_t{1} << 20, kLine = 16, kGuard = 32;
-    constexpr std::uint32_t kUnwritten = 0x7fa5a5a5;
+    constexpr std::size_t MiB = std::size_t{1} << 20, kLine = 16;
     const bool machine_width = kernels::wide_vectors();
     for (const LayoutCase& c : cases) {
         const NcsView v = view_of(c.shape);
@@ -272,8 +269,7 @@ TEST(Kernels, StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit) {
         const Tensor beta = xt::cast<float>(testing::random_array({v.c}, 64));
         const bool recomputed = kernels::recomputes_xhat_in_registers(v, c.sets);
         std::vector<float> x_store(n + kLine), dy_store(n + kLine), xhat_store(n + kLine);
-        using Bits = std::vector<std::uint32_t>;
-        // Each output's bits with its guards, for the output placed `at` floats into the store.
+        // Each output between its guards, placed `at` floats past the first guard.
         const auto outputs = [&](std::size_t at, std::size_t in_at) {
             float* x = x_store.data() + in_at;
             float* dy = dy_store.data() + in_at;
@@ -286,11 +282,11 @@ TEST(Kernels, StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit) {
             const kernels::XhatSource<float> src =
                 recomputed ? kernels::XhatSource<float>(x, mean.data(), inv_std.data())
                            : kernels::XhatSource<float>(xhat);
-            std::vector<Bits> result;
+            std::vector<testing::GuardedOutput> result;
             const auto written = [&](const auto& write) {
-                Bits store(kGuard + at + n + kGuard, kUnwritten);
-                write(reinterpret_cast<float*>(store.data() + kGuard + at));
-                result.push_back(std::move(store));
+                testing::GuardedOutput out(at, n);
+                write(out.values());
+                result.push_back(std::move(out));
             };
             written([&](float* y) {
                 std::vector<float> m(k), s2(k), is(k);
@@ -330,7 +326,7 @@ TEST(Kernels, StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit) {
         const std::string where = format_shape(c.shape) +
                                   " across_batch=" + std::to_string(c.sets.across_batch) +
                                   " channels_per_set=" + std::to_string(c.sets.channels_per_set);
-        std::vector<Bits> kept;
+        std::vector<testing::GuardedOutput> kept;
         {
             CacheSize cache(8 * MiB);
             ASSERT_FALSE(streams_output(n * sizeof(float))) << where;
@@ -342,21 +338,14 @@ TEST(Kernels, StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit) {
             kernels::set_wide_vectors(wide);
             ASSERT_TRUE(streams_output(n * sizeof(float))) << where;
             for (std::size_t at = 0; at < kLine; ++at) {
-                const std::vector<Bits> streamed = outputs(at, (at * 7 + 3) % kLine);
+                const std::vector<testing::GuardedOutput> streamed =
+                    outputs(at, (at * 7 + 3) % kLine);
                 ASSERT_EQ(streamed.size(), kept.size()) << where;
                 for (std::size_t i = 0; i < kept.size(); ++i) {
-                    const Bits& s = streamed[i];
                     const std::string what = std::string(names[i]) + ", " + where + " at float " +
                                              std::to_string(at) + ", wide " + std::to_string(wide);
-                    EXPECT_TRUE(std::all_of(s.begin(), s.begin() + kGuard + at,
-                                            [](std::uint32_t b) { return b == kUnwritten; }))
-                        << "written before the output: " << what;
-                    EXPECT_TRUE(std::all_of(s.end() - kGuard, s.end(),
-                                            [](std::uint32_t b) { return b == kUnwritten; }))
-                        << "written after the output: " << what;
-                    EXPECT_TRUE(std::equal(s.begin() + kGuard + at, s.end() - kGuard,
-                                           kept[i].begin() + kGuard))
-                        << what;
+                    EXPECT_TRUE(streamed[i].guards_intact()) << what;
+                    EXPECT_TRUE(streamed[i].bits() == kept[i].bits()) << what;
                 }
             }
         }

@@ -127,8 +127,6 @@ void apply_preset(const std::string& preset, GridOptions& o, const CLI::App& cmd
     }
 }
 
-// What `normlab blas` and `normlab stress` say when OpenBLAS fell back to its SSE3 kernels
-// (fitting: the OPENBLAS_CORETYPE that gives this CPU wider ones).
 // A size as NORMLAB_LAST_LEVEL_CACHE takes it: whole MiB where it is one, else KiB.
 std::string cache_size_text(std::size_t bytes) {
     return bytes % (1 << 20) == 0 ? std::to_string(bytes >> 20) + "M"
@@ -166,6 +164,8 @@ void print_cache_probe(const normlab::CacheProbe& probe, std::size_t detected) {
             mib(probe.plan_bytes), cache_size_text(probe.plan_bytes).c_str());
 }
 
+// What `normlab blas` and `normlab stress` say when OpenBLAS fell back to its SSE3 kernels
+// (fitting: the OPENBLAS_CORETYPE that gives this CPU wider ones).
 std::string blas_fallback_note(const std::string& fitting) {
     return "OpenBLAS runs its SSE3 (Prescott) kernels on this CPU; OPENBLAS_CORETYPE=" + fitting +
            " in the environment gives it the " + fitting + " ones";

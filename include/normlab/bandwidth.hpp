@@ -39,7 +39,7 @@ std::size_t crossover_bytes(const std::vector<CacheProbePoint>& points, std::siz
 
 // Measures the points from 2 MiB up to `largest_bytes`, each 1.41 times the last, with the
 // OpenMP threads the kernels would use here, both forms alternated (ABBA) so that a drift of the
-// machine reaches both alike; stops once streaming stores were faster at two sizes in a row.
+// machine reaches both alike; stops once streaming stores were faster at three sizes in a row.
 // Takes about a second where the crossover lies near 64 MiB, and for that time memory of
 // `largest_bytes`.
 CacheProbe probe_cache(std::size_t largest_bytes);

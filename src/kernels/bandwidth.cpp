@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <new>
 
 #include "kernels/rows.hpp"
 #include "kernels/vector_width.hpp"
@@ -70,8 +71,10 @@ struct AlignedFree {
 using LineAlignedFloats = std::unique_ptr<float[], AlignedFree>;
 
 LineAlignedFloats line_aligned_floats(std::size_t n) {
-    const std::size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
-    return LineAlignedFloats(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    const std::size_t bytes = std::max<std::size_t>((n * sizeof(float) + 63) / 64 * 64, 64);
+    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (p == nullptr) throw std::bad_alloc();
+    return LineAlignedFloats(p);
 }
 
 double median(std::vector<double> v) {

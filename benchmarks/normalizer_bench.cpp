@@ -10,7 +10,6 @@
 #include <xtensor/xrandom.hpp>
 
 #include "bench_common.hpp"
-#include "normlab/bandwidth.hpp"
 #include "normlab/normlab.hpp"
 #include "normlab/runtime.hpp"
 
@@ -54,10 +53,7 @@ std::unique_ptr<Normalizer> trained_on(const std::string& spec, const Tensor& x)
 std::size_t other_plan_bytes() {
     static const std::size_t bytes = [] {
         const char* text = std::getenv("NORMLAB_BENCH_OTHER_PLAN");
-        if (text == nullptr || *text == '\0') return std::size_t{0};
-        if (std::string(text) == kMeasureCache)
-            return probe_cache(detected_last_level_cache_bytes()).plan_bytes;
-        return cache_size_setting(text);
+        return text == nullptr || *text == '\0' ? std::size_t{0} : cache_plan_setting(text);
     }();
     return bytes;
 }

@@ -76,7 +76,9 @@ std::pair<std::size_t, std::size_t> cache_from_sysfs() {
     return {best_level, best_bytes};
 }
 
-std::size_t detected_cache_bytes() {
+}  // namespace
+
+std::size_t detected_last_level_cache_bytes() {
     static const std::size_t detected = [] {
         std::size_t from_libc = 0;
 #if defined(_SC_LEVEL3_CACHE_SIZE)
@@ -90,6 +92,8 @@ std::size_t detected_cache_bytes() {
     }();
     return detected;
 }
+
+namespace {
 
 // NORMLAB_LAST_LEVEL_CACHE as it was at first use: empty where it is unset.
 const std::string& cache_setting_from_environment() {
@@ -105,9 +109,7 @@ const std::string& cache_setting_from_environment() {
 std::size_t cache_bytes_from_environment() {
     static const std::size_t from_environment = [] {
         const std::string& text = cache_setting_from_environment();
-        if (text.empty()) return std::size_t{0};
-        if (text == kMeasureCache) return probe_cache(detected_cache_bytes()).plan_bytes;
-        return cache_size_setting(text);
+        return text.empty() ? std::size_t{0} : cache_plan_setting(text);
     }();
     return from_environment;
 }
@@ -127,8 +129,9 @@ std::size_t cache_size_setting(std::string_view text) {
     return bytes;
 }
 
-std::size_t detected_last_level_cache_bytes() {
-    return detected_cache_bytes();
+std::size_t cache_plan_setting(std::string_view text) {
+    if (text == kMeasureCache) return probe_cache(detected_last_level_cache_bytes()).plan_bytes;
+    return cache_size_setting(text);
 }
 
 std::size_t usable_cache_bytes(std::size_t from_libc, std::size_t from_sysfs) {
@@ -145,7 +148,7 @@ std::size_t last_level_cache_bytes() {
     const std::size_t chosen = chosen_cache_bytes.load(std::memory_order_relaxed);
     if (chosen > 0) return chosen;
     const std::size_t from_environment = cache_bytes_from_environment();
-    return from_environment > 0 ? from_environment : detected_cache_bytes();
+    return from_environment > 0 ? from_environment : detected_last_level_cache_bytes();
 }
 
 std::string_view last_level_cache_source() {

@@ -4,7 +4,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <functional>
 #include <numeric>
 

@@ -92,6 +92,18 @@ TEST(CacheSizeSetting, RefusesWhatIsNoSizeNamingWhatCame) {
     }
 }
 
+// A value of the variable as a plan: a size as read above, `measure` as the probe's plan up to
+// the detected size, anything else refused as above.
+TEST(CacheSizeSetting, PlanSettingTakesSizesAndMeasure) {
+    EXPECT_EQ(normlab::cache_plan_setting("32M"), std::size_t{32} << 20);
+    const std::size_t detected = normlab::detected_last_level_cache_bytes();
+    const std::size_t measured = normlab::cache_plan_setting(normlab::kMeasureCache);
+    EXPECT_GE(measured, std::min(detected, std::size_t{2} << 20));
+    EXPECT_LE(measured, std::max(detected, std::size_t{2} << 20));
+    EXPECT_THROW(normlab::cache_plan_setting("measured"), normlab::OptionError);
+    EXPECT_THROW(normlab::cache_plan_setting(""), normlab::OptionError);
+}
+
 // The environment's size takes the place of the detected one, and set_last_level_cache_bytes
 // still overrides both. CTest runs this twice more, with NORMLAB_LAST_LEVEL_CACHE=5M and =measure
 // (tests/CMakeLists.txt), so that every side is checked on every machine.

@@ -71,6 +71,11 @@ inline constexpr const char* kCacheSizeVariable = "NORMLAB_LAST_LEVEL_CACHE";
 inline constexpr const char* kMeasureCache = "measure";
 std::size_t cache_size_setting(std::string_view text);
 
+// The plan a value of the variable asks for: a size as cache_size_setting reads it, or for
+// kMeasureCache the plan of probe_cache (normlab/bandwidth.hpp) up to the detected size, measured
+// on each call. Throws OptionError as cache_size_setting does for anything else.
+std::size_t cache_plan_setting(std::string_view text);
+
 // The size the kernels plan for without the variable and set_last_level_cache_bytes: what the
 // C library and /sys report (usable_cache_bytes).
 std::size_t detected_last_level_cache_bytes();

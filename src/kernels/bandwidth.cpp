@@ -52,9 +52,7 @@ void triad_lines_sse(float* a, const float* b, const float* c, std::size_t n, bo
 }
 
 void triad_share(float* a, const float* b, const float* c, std::size_t n, bool streamed) {
-    std::size_t head = 0;
-    while (head < n && !kernels::rows::on_line(a + head))
-        ++head;
+    const std::size_t head = kernels::rows::values_before_line(a, n);
     const std::size_t lines = (n - head) / kLineFloats * kLineFloats;
     triad_values(a, b, c, head);
     if (kernels::host_has_avx512)
@@ -91,9 +89,7 @@ void triad(float* a, const float* b, const float* c, std::size_t n, bool streame
         const auto threads = std::size_t(omp_get_num_threads());
         const auto t = std::size_t(omp_get_thread_num());
         // Shares in whole lines from a's first line, so that no line is written by two threads.
-        std::size_t head = 0;
-        while (head < n && !kernels::rows::on_line(a + head))
-            ++head;
+        const std::size_t head = kernels::rows::values_before_line(a, n);
         const std::size_t lines = (n - head) / kLineFloats;
         const std::size_t begin = t == 0 ? 0 : head + lines * t / threads * kLineFloats;
         const std::size_t end =

@@ -153,17 +153,31 @@ inline void copy_by_threads(const float* from, float* to, std::size_t n) {
     }
 }
 
-// Times each call() after an untimed prepare(): Google Benchmark's manual time and `calls`.
-template <class Prepare, class Call>
-void time_calls(benchmark::State& state, CallTimes& calls, Prepare&& prepare, Call&& call) {
+// Times call() again and again, each call returning its own seconds (its untimed preparation
+// left out): Google Benchmark's manual time and `calls`.
+template <class Call>
+void time_calls(benchmark::State& state, CallTimes& calls, Call&& call) {
     for (auto _ : state) {
-        prepare();
-        const auto t0 = std::chrono::steady_clock::now();
-        call();
-        const double seconds =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double seconds = call();
         state.SetIterationTime(seconds);
         calls.add(seconds);
+    }
+}
+
+// time_calls over two alternatives, call by call in the order ABBA (b takes calls 1 and 2 of
+// every four), so that the two are compared under the same drift of the machine and the same
+// state of the heap: with the order ABAB, the heap's reuse pattern alternated with the
+// alternative and biased training forwards by 1.3x on a VM where the same case ran 1.3-2x apart
+// between processes.
+template <class A, class B>
+void time_abba(benchmark::State& state, CallTimes& a_calls, CallTimes& b_calls, A&& a, B&& b) {
+    std::size_t call = 0;
+    for (auto _ : state) {
+        const bool b_turn = call % 4 == 1 || call % 4 == 2;
+        ++call;
+        const double seconds = b_turn ? b() : a();
+        state.SetIterationTime(seconds);
+        (b_turn ? b_calls : a_calls).add(seconds);
     }
 }
 

@@ -12,6 +12,7 @@
 #include "bench_common.hpp"
 #include "normlab/normlab.hpp"
 #include "normlab/runtime.hpp"
+#include "normlab_case.hpp"
 
 namespace normlab::bench {
 namespace {
@@ -26,30 +27,8 @@ std::string spec_for(const std::string& name, const ShapeCase& shape) {
     return name;
 }
 
-// A copy of x written as a network's previous layer would write it (copy_by_threads).
-Tensor copied_by_threads(const Tensor& x) {
-    Tensor out = Tensor::from_shape(x.shape());
-    copy_by_threads(x.data(), out.data(), x.size());
-    return out;
-}
-
-// A normalizer of `spec` after a training epoch of a few steps on x, so that eval mode has
-// running statistics to use.
-std::unique_ptr<Normalizer> trained_on(const std::string& spec, const Tensor& x) {
-    auto norm = make_normalizer(spec, x.shape()[1]);
-    norm->begin_epoch();
-    for (int i = 0; i < 2; ++i)
-        norm->forward(x, Mode::train, Grad::none);
-    norm->end_epoch();
-    return norm;
-}
-
 // NORMLAB_BENCH_OTHER_PLAN: a second cache plan (a size such as 32M, or `measure`: the cache
-// probe's) that every case alternates with the plan in effect, call by call, in the order ABBA,
-// so that the two are compared under the same drift of the machine and the same state of the
-// heap (with the order ABAB, the heap's reuse pattern alternated with the plan and biased
-// training forwards by 1.3x on a VM where the same case ran 1.3-2x apart between processes).
-// 0 where it is unset.
+// probe's) that every case alternates with the plan in effect (time_abba). 0 where it is unset.
 std::size_t other_plan_bytes() {
     static const std::size_t bytes = [] {
         const char* text = std::getenv("NORMLAB_BENCH_OTHER_PLAN");
@@ -59,43 +38,19 @@ std::size_t other_plan_bytes() {
 }
 
 void run(benchmark::State& state, const std::string& spec, const ShapeCase& shape, Pass pass) {
-    xt::random::seed(1);
-    const Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
-    const Tensor dy = xt::random::randn<float>(shape.dims);
-    auto norm = trained_on(spec, x);
+    NormlabCase normlab_case(spec, shape);
     CallTimes calls, other_plan_calls;
+    const auto on_plan = [&] { return normlab_case.call(pass); };
     const std::size_t other_plan = other_plan_bytes();
-    std::size_t call = 0;
-    for (auto _ : state) {
-        const bool on_other_plan = other_plan > 0 && (call % 4 == 1 || call % 4 == 2);
-        ++call;
-        if (on_other_plan) set_last_level_cache_bytes(other_plan);
-        double seconds = 0;
-        // Training forwards are handed their input, as Sequential hands each layer the output of
-        // the one before (the copy stands for that layer's output and is not timed): layers
-        // that can keep it instead of writing x̂ do.
-        if (pass == Pass::bwd) {
-            norm->forward(copied_by_threads(x), Mode::train, Grad::keep);
-            const auto t0 = std::chrono::steady_clock::now();
-            Tensor dx = norm->backward(dy);
-            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            benchmark::DoNotOptimize(dx.data());
-        } else {
-            // Training keeps what backward needs; evaluation is inference, as in the peers'
-            // forward-inference primitives and PyTorch's no-grad forward.
-            // (Inference reads x itself: a copy here would only evict it from the cache.)
-            const bool train = pass == Pass::fwd_train;
-            Tensor input = train ? copied_by_threads(x) : Tensor();
-            const auto t0 = std::chrono::steady_clock::now();
-            Tensor y = train ? norm->forward(std::move(input), Mode::train, Grad::keep)
-                             : norm->forward(x, Mode::eval, Grad::none);
-            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            benchmark::DoNotOptimize(y.data());
-            norm->clear_saved();
-        }
-        state.SetIterationTime(seconds);
-        if (on_other_plan) set_last_level_cache_bytes(0);
-        (on_other_plan ? other_plan_calls : calls).add(seconds);
+    if (other_plan == 0) {
+        time_calls(state, calls, on_plan);
+    } else {
+        time_abba(state, calls, other_plan_calls, on_plan, [&] {
+            set_last_level_cache_bytes(other_plan);
+            const double seconds = on_plan();
+            set_last_level_cache_bytes(0);
+            return seconds;
+        });
     }
     add_traffic_counters(state, minimal_bytes(shape, pass), calls);
     if (other_plan > 0) {

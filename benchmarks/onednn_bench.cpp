@@ -4,12 +4,19 @@
 // batch norm). Memory is allocated and primitives are created once, outside the timed loop —
 // oneDNN's best case. Layer normalization in oneDNN normalizes over the last dimension, so 4-D
 // shapes are given to it as (N, C·H·W) rows (its scale and shift are then per element, ours per
-// channel: the same traffic, a slightly different layer).
+// channel: the same traffic, a slightly different layer). Every case also runs paired with
+// normlab's layer of the same name, the two timed in turn in this process ("paired/...",
+// run_paired).
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <chrono>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "bench_common.hpp"
+#include "normlab/runtime.hpp"
+#include "normlab_case.hpp"
 
 namespace normlab::bench {
 namespace {
@@ -55,77 +62,134 @@ tag plain_tag(std::size_t rank) {
 using dnnl::normalization_flags;
 using dnnl::prop_kind;
 
+// oneDNN's primitive for one (shape, pass, layout), created once with its memory: call() times
+// one execution after its untimed preparation, as NormlabCase::call times normlab's.
 template <class Fwd, class Bwd>
-void run(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer, bool blocked) {
-    dnnl::stream stream(cpu());
-    const memory::dims dims = dims_of(shape, layer);
-    const tag t = blocked ? blocked_tag() : plain_tag(dims.size());
-    const memory::desc md(dims, memory::data_type::f32, t);
-    const auto scale_shift = normalization_flags::use_scale | normalization_flags::use_shift;
-    // Batch norm infers with the running statistics; layer norm computes its statistics in
-    // inference as in training, as normlab's layer_norm and PyTorch's do.
-    const auto flags = pass == Pass::fwd_eval && !layer
-                           ? scale_shift | normalization_flags::use_global_stats
-                           : scale_shift;
-    const float eps = 1e-5f;
-    const auto kind =
-        pass == Pass::fwd_eval ? prop_kind::forward_inference : prop_kind::forward_training;
-    typename Fwd::primitive_desc fwd_pd(typename Fwd::desc(kind, md, eps, flags), cpu());
-    // Per channel for batch norm; per element of the normalized row for layer norm.
-    const memory::desc param_md({dims[1]}, memory::data_type::f32, tag::x);
-    memory src = filled(fwd_pd.src_desc(), 1.0f), dst(fwd_pd.dst_desc(), cpu());
-    memory mean = filled(fwd_pd.mean_desc(), 0.5f), var = filled(fwd_pd.variance_desc(), 1.0f);
-    memory scale = filled(param_md, 1.0f), shift = filled(param_md, 0.0f);
-    std::unordered_map<int, memory> fwd_args = {{DNNL_ARG_SRC, src},     {DNNL_ARG_DST, dst},
-                                                {DNNL_ARG_MEAN, mean},   {DNNL_ARG_VARIANCE, var},
-                                                {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
-    Fwd fwd(fwd_pd);
-    fwd.execute(stream, fwd_args);
-    stream.wait();
-    // The input a training pass is handed anew each call, as normlab's is (copy_by_threads).
-    float* src_data = static_cast<float*>(src.get_data_handle());
-    const std::vector<float> input(src_data,
-                                   src_data + fwd_pd.src_desc().get_size() / sizeof(float));
-    const auto hand_over_input = [&] { copy_by_threads(input.data(), src_data, input.size()); };
-
-    CallTimes calls;
-    const auto run_forward = [&] {
-        fwd.execute(stream, fwd_args);
-        stream.wait();
-    };
-    if (pass == Pass::fwd_train) {
-        time_calls(state, calls, hand_over_input, run_forward);
-    } else if (pass == Pass::fwd_eval) {
-        // Inference reads the same input call after call, in every implementation.
-        time_calls(
-            state, calls, [] {}, run_forward);
-    } else {
+class OnednnCase {
+  public:
+    OnednnCase(const ShapeCase& shape, Pass pass, bool layer, bool blocked)
+        : pass_(pass), stream_(cpu()) {
+        const memory::dims dims = dims_of(shape, layer);
+        const tag t = blocked ? blocked_tag() : plain_tag(dims.size());
+        const memory::desc md(dims, memory::data_type::f32, t);
+        const auto scale_shift = normalization_flags::use_scale | normalization_flags::use_shift;
+        // Batch norm infers with the running statistics; layer norm computes its statistics in
+        // inference as in training, as normlab's layer_norm and PyTorch's do.
+        const auto flags = pass == Pass::fwd_eval && !layer
+                               ? scale_shift | normalization_flags::use_global_stats
+                               : scale_shift;
+        const float eps = 1e-5f;
+        const auto kind =
+            pass == Pass::fwd_eval ? prop_kind::forward_inference : prop_kind::forward_training;
+        typename Fwd::primitive_desc fwd_pd(typename Fwd::desc(kind, md, eps, flags), cpu());
+        // Per channel for batch norm; per element of the normalized row for layer norm.
+        const memory::desc param_md({dims[1]}, memory::data_type::f32, tag::x);
+        memory src = filled(fwd_pd.src_desc(), 1.0f), dst(fwd_pd.dst_desc(), cpu());
+        memory mean = filled(fwd_pd.mean_desc(), 0.5f), var = filled(fwd_pd.variance_desc(), 1.0f);
+        memory scale = filled(param_md, 1.0f), shift = filled(param_md, 0.0f);
+        fwd_args_ = {{DNNL_ARG_SRC, src},      {DNNL_ARG_DST, dst},     {DNNL_ARG_MEAN, mean},
+                     {DNNL_ARG_VARIANCE, var}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
+        fwd_ = Fwd(fwd_pd);
+        run_forward();
+        // The input a training pass is handed anew each call, as normlab's is (copy_by_threads).
+        src_data_ = static_cast<float*>(src.get_data_handle());
+        input_.assign(src_data_, src_data_ + fwd_pd.src_desc().get_size() / sizeof(float));
+        if (pass != Pass::bwd) return;
         typename Bwd::desc bwd_desc(prop_kind::backward, md, md, eps, scale_shift);
         typename Bwd::primitive_desc bwd_pd(bwd_desc, cpu(), fwd_pd);
         memory diff_dst = filled(bwd_pd.diff_dst_desc(), 0.1f),
                diff_src(bwd_pd.diff_src_desc(), cpu());
         memory diff_scale(param_md, cpu()), diff_shift(param_md, cpu());
-        std::unordered_map<int, memory> bwd_args = {{DNNL_ARG_SRC, src},
-                                                    {DNNL_ARG_MEAN, mean},
-                                                    {DNNL_ARG_VARIANCE, var},
-                                                    {DNNL_ARG_DIFF_DST, diff_dst},
-                                                    {DNNL_ARG_SCALE, scale},
-                                                    {DNNL_ARG_SHIFT, shift},
-                                                    {DNNL_ARG_DIFF_SRC, diff_src},
-                                                    {DNNL_ARG_DIFF_SCALE, diff_scale},
-                                                    {DNNL_ARG_DIFF_SHIFT, diff_shift}};
-        Bwd bwd(bwd_pd);
-        // Each backward follows an untimed training forward on a freshly handed-over input.
-        const auto forward_before = [&] {
-            hand_over_input();
-            run_forward();
-        };
-        time_calls(state, calls, forward_before, [&] {
-            bwd.execute(stream, bwd_args);
-            stream.wait();
-        });
+        bwd_args_ = {{DNNL_ARG_SRC, src},
+                     {DNNL_ARG_MEAN, mean},
+                     {DNNL_ARG_VARIANCE, var},
+                     {DNNL_ARG_DIFF_DST, diff_dst},
+                     {DNNL_ARG_SCALE, scale},
+                     {DNNL_ARG_SHIFT, shift},
+                     {DNNL_ARG_DIFF_SRC, diff_src},
+                     {DNNL_ARG_DIFF_SCALE, diff_scale},
+                     {DNNL_ARG_DIFF_SHIFT, diff_shift}};
+        bwd_ = Bwd(bwd_pd);
     }
+
+    // Training passes are handed their input anew; each backward follows an untimed training
+    // forward on it. Inference reads the same input call after call, in every implementation.
+    double call() {
+        if (pass_ != Pass::fwd_eval) hand_over_input();
+        if (pass_ == Pass::bwd) run_forward();
+        const auto t0 = std::chrono::steady_clock::now();
+        if (pass_ == Pass::bwd) {
+            bwd_.execute(stream_, bwd_args_);
+            stream_.wait();
+        } else {
+            run_forward();
+        }
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+
+  private:
+    void hand_over_input() { copy_by_threads(input_.data(), src_data_, input_.size()); }
+    void run_forward() {
+        fwd_.execute(stream_, fwd_args_);
+        stream_.wait();
+    }
+
+    Pass pass_;
+    dnnl::stream stream_;
+    std::unordered_map<int, memory> fwd_args_, bwd_args_;
+    Fwd fwd_;
+    Bwd bwd_;
+    float* src_data_ = nullptr;
+    std::vector<float> input_;
+};
+
+template <class Fwd, class Bwd>
+void run(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer, bool blocked) {
+    OnednnCase<Fwd, Bwd> onednn_case(shape, pass, layer, blocked);
+    CallTimes calls;
+    time_calls(state, calls, [&] { return onednn_case.call(); });
     add_traffic_counters(state, minimal_bytes(shape, pass), calls);
+}
+
+// The same case alternated call by call with normlab's layer of the same name on the same shape
+// (time_abba), in this one process: the two medians under the same drift of the machine and
+// `paired_ratio`, oneDNN's median over normlab's (above 1: normlab is faster). Separate runs of
+// separate programs (the `onednn_*` and `normlab/` cases) meet the machine at different moments,
+// and on a shared VM the same case moved 1.3-2x between them.
+template <class Fwd, class Bwd>
+void run_paired(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer,
+                bool blocked) {
+    OnednnCase<Fwd, Bwd> onednn_case(shape, pass, layer, blocked);
+    NormlabCase normlab_case(layer ? "layer_norm" : "batch_norm", shape);
+    CallTimes onednn_calls, normlab_calls;
+    time_abba(
+        state, onednn_calls, normlab_calls, [&] { return onednn_case.call(); },
+        [&] { return normlab_case.call(pass); });
+    const double onednn = onednn_calls.median(), normlab = normlab_calls.median();
+    state.counters["onednn_median_us"] = onednn * 1e6;
+    state.counters["normlab_median_us"] = normlab * 1e6;
+    state.counters["paired_ratio"] = normlab > 0 ? onednn / normlab : 0.0;
+    state.counters["threads"] = omp_get_max_threads();
+}
+
+// Each case alone (`<impl>/<layer>/<shape>/<pass>`), and paired with normlab's
+// (`paired/<impl>/...`, run_paired).
+template <class Fwd, class Bwd>
+void register_case(const std::string& impl, const std::string& layer_name, const ShapeCase& shape,
+                   Pass pass, bool blocked) {
+    const bool layer = layer_name == "layer_norm";
+    const std::string name = impl + "/" + layer_name + "/" + shape.name + "/" + pass_name(pass);
+    for (bool paired : {false, true})
+        benchmark::RegisterBenchmark((paired ? "paired/" + name : name).c_str(),
+                                     [shape, pass, layer, blocked, paired](benchmark::State& s) {
+                                         if (paired)
+                                             run_paired<Fwd, Bwd>(s, shape, pass, layer, blocked);
+                                         else
+                                             run<Fwd, Bwd>(s, shape, pass, layer, blocked);
+                                     })
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond)
+            ->MinTime(0.1);
 }
 
 void register_all() {
@@ -133,26 +197,13 @@ void register_all() {
         for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {
             for (bool blocked : {false, true}) {
                 if (blocked && shape.dims.size() != 4) continue;  // dense shapes have one layout
-                const std::string impl = blocked ? "onednn_blocked" : "onednn_plain";
-                benchmark::RegisterBenchmark(
-                    (impl + "/batch_norm/" + shape.name + "/" + pass_name(pass)).c_str(),
-                    [shape, pass, blocked](benchmark::State& s) {
-                        run<dnnl::batch_normalization_forward, dnnl::batch_normalization_backward>(
-                            s, shape, pass, false, blocked);
-                    })
-                    ->UseManualTime()
-                    ->Unit(benchmark::kMicrosecond)
-                    ->MinTime(0.1);
+                register_case<dnnl::batch_normalization_forward,
+                              dnnl::batch_normalization_backward>(
+                    blocked ? "onednn_blocked" : "onednn_plain", "batch_norm", shape, pass,
+                    blocked);
             }
-            benchmark::RegisterBenchmark(
-                ("onednn_plain/layer_norm/" + shape.name + "/" + pass_name(pass)).c_str(),
-                [shape, pass](benchmark::State& s) {
-                    run<dnnl::layer_normalization_forward, dnnl::layer_normalization_backward>(
-                        s, shape, pass, true, false);
-                })
-                ->UseManualTime()
-                ->Unit(benchmark::kMicrosecond)
-                ->MinTime(0.1);
+            register_case<dnnl::layer_normalization_forward, dnnl::layer_normalization_backward>(
+                "onednn_plain", "layer_norm", shape, pass, false);
         }
     }
 }
@@ -163,6 +214,8 @@ void register_all() {
 int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
     normlab::bench::lock_memory();
+    // As normalizer_bench, for the paired cases' normlab calls.
+    normlab::reuse_freed_memory();
     benchmark::AddCustomContext(
         "onednn_blocked_layout",
         normlab::bench::blocked_tag() == dnnl::memory::format_tag::nChw16c ? "nChw16c" : "nChw8c");

@@ -167,8 +167,8 @@ class Page(unittest.TestCase):
                 page = fh.read()
         # The faster oneDNN layout is the bar: 120 / 100 and 180 / 200.
         self.assertIn("| conv (32, 64, 56, 56) | fwd_train | 100 | — | 400 | 120 | 160 | "
-                      "1.20× | 1.60× | 75% | 100% |", page)
-        self.assertIn("| conv (32, 64, 56, 56) | bwd | 200 | — | 180 | — | 250 | 0.90× | "
+                      "1.20× | — | 1.60× | 75% | 100% |", page)
+        self.assertIn("| conv (32, 64, 56, 56) | bwd | 200 | — | 180 | — | 250 | 0.90× | — | "
                       "1.25× | 50% | 90% |", page)
         self.assertIn("| at least as fast as oneDNN (faster layout) where oneDNN has the "
                       "operation | 1 of 2 |", page)
@@ -176,6 +176,47 @@ class Page(unittest.TestCase):
         self.assertIn("Missed, slower than oneDNN: batch_norm conv bwd (0.90×).", page)
         self.assertIn("Missed, below 70% of roofline: batch_norm conv bwd (50%).", page)
         self.assertIn("| conv_fwd | 50.0 MB | 28.0 | 50.0 | — | — |", page)
+        # No paired cases in the oneDNN file: no paired row in the summary.
+        self.assertNotIn("(`paired`)", page)
+
+    def test_paired_ratio_is_the_smaller_over_layouts_with_rounds(self):
+        # Two rounds; oneDNN's two layouts each timed in turn with normlab. Medians over the
+        # rounds: plain 3.0, blocked 0.975 -> paired 0.98 (a miss); round by round the smaller
+        # of the two is 0.9 then 1.05: met in 1 of 2.
+        with tempfile.TemporaryDirectory() as d:
+            ours, onednn = [], []
+            for r, blocked in enumerate([0.9, 1.05]):
+                ours.append(write(d, f"normlab_{r}.json", [
+                    entry("normlab/batch_norm/conv_deep/bwd", 0, median=150.0),
+                    entry("normlab/batch_norm/conv/bwd", 0, median=100.0)]))
+                onednn.append(write(d, f"onednn_{r}.json", [
+                    entry("onednn_plain/batch_norm/conv_deep/bwd", 0, median=900.0),
+                    entry("onednn_blocked/batch_norm/conv_deep/bwd", 0, median=140.0),
+                    entry("paired/onednn_plain/batch_norm/conv_deep/bwd", 0,
+                          onednn_median_us=950.0, normlab_median_us=316.0, paired_ratio=3.0),
+                    entry("paired/onednn_blocked/batch_norm/conv_deep/bwd", 0,
+                          onednn_median_us=150.0, normlab_median_us=150.0 / blocked,
+                          paired_ratio=blocked),
+                    entry("onednn_blocked/batch_norm/conv/bwd", 0, median=120.0),
+                    entry("paired/onednn_blocked/batch_norm/conv/bwd", 0,
+                          onednn_median_us=130.0, normlab_median_us=100.0, paired_ratio=1.3)]))
+            out = os.path.join(d, "page.md")
+            subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"),
+                            "--rounds", "2", "--normlab", *ours, "--onednn", *onednn,
+                            "--machine", "threads: 2   commit: x", "--command", "test",
+                            "--out", out], check=True)
+            with open(out) as fh:
+                page = fh.read()
+        # The paired ratios stay out of the time columns: 140 / 150 and 120 / 100.
+        self.assertIn("| conv_deep (8, 256, 14, 14) | bwd | 150 | 1.00× | 900 | 140 | — | "
+                      "0.93× | 0.98× | — | — | — |", page)
+        self.assertIn("| conv (32, 64, 56, 56) | bwd | 100 | 1.00× | — | 120 | — | 1.20× | "
+                      "1.30× | — | — | — |", page)
+        self.assertIn("| the same, timed in turn with oneDNN in one process (`paired`) | "
+                      "1 of 2 |", page)
+        self.assertIn("Missed, slower than oneDNN timed in turn in one process: batch_norm "
+                      "conv_deep bwd (0.98×; met in 1 of 2 rounds).", page)
+        self.assertEqual(report.paired_ratio({}, "batch_norm", "conv", "bwd"), None)
 
     def test_misses_say_rounds_and_reach(self):
         with tempfile.TemporaryDirectory() as d:

@@ -182,6 +182,42 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
     }
 }
 
+// In cache, BatchNorm's backward takes its two stages over a sample's runs of many channels at a
+// time (the sums of four runs side by side, prefetching the next four where runs are shorter
+// than a page; then rows::runs_apply), where the fused pass out of cache goes run by run. A 1 MiB
+// plan takes these tensors out of cache (and streams their outputs), a 32 MiB plan keeps them:
+// every output must be the same bits. Runs of 196 (a tail of four after twelve vectors of
+// sixteen), 49 and 25 (too short for the four-runs loop) values; 100 channels, so a share of a
+// sample can end in runs one by one after the groups of four; x̂ formed from the input kept by
+// forward, and stored.
+TEST(Kernels, ShortRunsInCacheEqualTheFusedPassBitForBit) {
+    for (const std::string spec : {"batch_norm", "batch_renorm"}) {
+        for (const Shape& shape :
+             {Shape{8, 256, 14, 14}, Shape{6, 100, 7, 7}, Shape{4, 100, 5, 5}}) {
+            const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));
+            const Tensor dy = xt::cast<float>(testing::random_array(shape, 42));
+            std::vector<std::vector<Tensor>> outputs;
+            for (std::size_t cache_bytes : {std::size_t{32} << 20, std::size_t{1} << 20}) {
+                CacheSize cache(cache_bytes);
+                auto norm = make_normalizer(spec, shape[1]);
+                std::vector<Tensor> out;
+                Tensor input = x;
+                out.push_back(norm->forward(std::move(input), Mode::train));
+                out.push_back(norm->backward(dy));
+                for (const auto& p : norm->parameters())
+                    out.push_back(*p.grad);
+                out.push_back(norm->forward(x, Mode::train));
+                out.push_back(norm->backward(dy));
+                outputs.push_back(std::move(out));
+            }
+            ASSERT_EQ(outputs[1].size(), outputs[0].size());
+            for (std::size_t i = 0; i < outputs[0].size(); ++i)
+                EXPECT_EQ(outputs[1][i], outputs[0][i])
+                    << spec << " " << format_shape(shape) << ": output " << i;
+        }
+    }
+}
+
 // Streamed runs put their vectors of sixteen on 64-byte lines (one streaming store per line on
 // AVX-512), the values before the first line and after the last eight at a time, the vectors at
 // the ends reaching into the lines beside them. Runs of 1012 values start 16 bytes further into a

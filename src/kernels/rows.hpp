@@ -1325,6 +1325,35 @@ NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std
     }
 }
 
+// apply_from_input (g_step 0), or apply with x̂ stored in xhat (x null), over `runs` consecutive
+// runs of n values, run j with its own cg[j], g[j], c1[j], cx[j] (and m[j], sc[j]): one call for a
+// sample's runs of many channels instead of one per run, the same values as run by run.
+// (Prefetching the run four runs on, as consecutive_run_sums does, gained nothing here: stage 4
+// reads what stage 3 has just brought into the L2.)
+template <class T>
+NORMLAB_ISA_CLONES void runs_apply(const T* dy, const T* xhat, const T* x, const T* m, const T* sc,
+                                   std::size_t n, std::size_t runs, const T* cg, const T* g,
+                                   const T* c1, const T* cx, T* dx) {
+    for (std::size_t j = 0; j < runs; ++j) {
+        const std::size_t at = j * n;
+        const T cgj = cg[j], gj = g[j], c1j = c1[j], cxj = cx[j];
+        const T* dyj = dy + at;
+        T* dxj = dx + at;
+        if (xhat) {
+            const T* hj = xhat + at;
+#pragma omp simd
+            for (std::size_t i = 0; i < n; ++i)
+                dxj[i] = applied(cgj, gj, dyj[i], c1j, cxj, hj[i]);
+        } else {
+            const T* xj = x + at;
+            const T mj = m[j], scj = sc[j];
+#pragma omp simd
+            for (std::size_t i = 0; i < n; ++i)
+                dxj[i] = applied(cgj, gj, dyj[i], c1j, cxj, standardized(xj[i], mj, scj));
+        }
+    }
+}
+
 template <class T>
 NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, T sc, std::size_t n,
                                                   T cg, T gs, T c1, T cx, T* dx) {

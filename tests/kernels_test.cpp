@@ -182,24 +182,31 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
     }
 }
 
-// In cache, BatchNorm's backward takes its two stages over a sample's runs of many channels at a
-// time (the sums of four runs side by side, prefetching the next four where runs are shorter
-// than a page; then rows::runs_apply), where the fused pass out of cache goes run by run. A 1 MiB
-// plan takes these tensors out of cache (and streams their outputs), a 32 MiB plan keeps them:
-// every output must be the same bits. Runs of 196 (a tail of four after twelve vectors of
-// sixteen), 49 and 25 (too short for the four-runs loop) values; 100 channels, so a share of a
-// sample can end in runs one by one after the groups of four; x̂ formed from the input kept by
-// forward, and stored.
+// In cache, BatchNorm's forward and backward take their two stages over a sample's runs of many
+// channels at a time (the sums of four runs side by side, prefetching the next four where runs
+// are shorter than a page; then rows::runs_affine or rows::runs_apply), where the fused passes
+// out of cache go run by run; inference takes runs_affine in cache and streams run by run out of
+// it. A 1 MiB plan takes these tensors out of cache (and streams their outputs), a 32 MiB plan
+// keeps them: every output must be the same bits. Runs of 196 (a tail of four after twelve
+// vectors of sixteen), 49 and 25 (too short for the four-runs loop) values; 100 channels, so a
+// share of a sample can end in runs one by one after the groups of four; x̂ formed from the
+// input kept by forward, and stored.
 TEST(Kernels, ShortRunsInCacheEqualTheFusedPassBitForBit) {
     for (const std::string spec : {"batch_norm", "batch_renorm"}) {
         for (const Shape& shape :
-             {Shape{8, 256, 14, 14}, Shape{6, 100, 7, 7}, Shape{4, 100, 5, 5}}) {
+             {Shape{8, 256, 14, 14}, Shape{24, 100, 7, 7}, Shape{40, 100, 5, 5}}) {
             const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));
             const Tensor dy = xt::cast<float>(testing::random_array(shape, 42));
             std::vector<std::vector<Tensor>> outputs;
             for (std::size_t cache_bytes : {std::size_t{32} << 20, std::size_t{1} << 20}) {
                 CacheSize cache(cache_bytes);
                 auto norm = make_normalizer(spec, shape[1]);
+                // γ and β of every channel their own, so that a channel's run taking another's
+                // shows.
+                unsigned seed = 43;
+                for (const auto& p : norm->parameters())
+                    *p.value = xt::cast<float>(
+                        testing::random_array(shape_of(*p.value), seed++, 1.0, 0.5));
                 std::vector<Tensor> out;
                 Tensor input = x;
                 out.push_back(norm->forward(std::move(input), Mode::train));
@@ -208,6 +215,7 @@ TEST(Kernels, ShortRunsInCacheEqualTheFusedPassBitForBit) {
                     out.push_back(*p.grad);
                 out.push_back(norm->forward(x, Mode::train));
                 out.push_back(norm->backward(dy));
+                out.push_back(norm->forward(x, Mode::eval, Grad::none));
                 outputs.push_back(std::move(out));
             }
             ASSERT_EQ(outputs[1].size(), outputs[0].size());

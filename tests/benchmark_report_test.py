@@ -22,6 +22,15 @@ def entry(name, real_time, median=None, unit="us", **counters):
     return e
 
 
+def report_page(directory, *args):
+    """The page report.py writes from these arguments (and --out)."""
+    out = os.path.join(directory, "page.md")
+    subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"), *args,
+                    "--out", out], check=True)
+    with open(out) as fh:
+        return fh.read()
+
+
 def write(directory, name, entries, context=None):
     path = os.path.join(directory, name)
     with open(path, "w") as fh:
@@ -158,13 +167,8 @@ class Page(unittest.TestCase):
                 entry("pytorch/batch_norm/conv/fwd_train", 160.0),
                 entry("pytorch/batch_norm/conv/bwd", 250.0),
             ])
-            out = os.path.join(d, "page.md")
-            subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"),
-                            "--normlab", ours, "--onednn", onednn, "--pytorch", torch,
-                            "--machine", "test machine", "--command", "test", "--out", out],
-                           check=True)
-            with open(out) as fh:
-                page = fh.read()
+            page = report_page(d, "--normlab", ours, "--onednn", onednn, "--pytorch", torch,
+                               "--machine", "test machine", "--command", "test")
         # The faster oneDNN layout is the bar: 120 / 100 and 180 / 200.
         self.assertIn("| conv (32, 64, 56, 56) | fwd_train | 100 | — | 400 | 120 | 160 | "
                       "1.20× | — | 1.60× | 75% | 100% |", page)
@@ -200,13 +204,8 @@ class Page(unittest.TestCase):
                     entry("onednn_blocked/batch_norm/conv/bwd", 0, median=120.0),
                     entry("paired/onednn_blocked/batch_norm/conv/bwd", 0,
                           onednn_median_us=130.0, normlab_median_us=100.0, paired_ratio=1.3)]))
-            out = os.path.join(d, "page.md")
-            subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"),
-                            "--rounds", "2", "--normlab", *ours, "--onednn", *onednn,
-                            "--machine", "threads: 2   commit: x", "--command", "test",
-                            "--out", out], check=True)
-            with open(out) as fh:
-                page = fh.read()
+            page = report_page(d, "--rounds", "2", "--normlab", *ours, "--onednn", *onednn,
+                               "--machine", "threads: 2   commit: x", "--command", "test")
         # The paired ratios stay out of the time columns: 140 / 150 and 120 / 100.
         self.assertIn("| conv_deep (8, 256, 14, 14) | bwd | 150 | 1.00× | 900 | 140 | — | "
                       "0.93× | 0.98× | — | — | — |", page)
@@ -235,13 +234,9 @@ class Page(unittest.TestCase):
                                    [entry("pytorch/batch_norm/conv/bwd", peer)]))
                 onednn.append(write(d, f"onednn_{r}.json",
                                     [entry("onednn_plain/batch_norm/conv/bwd", 0, median=dnnl)]))
-            out = os.path.join(d, "page.md")
-            subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"),
-                            "--rounds", "2", "--normlab", *ours, "--onednn", *onednn,
-                            "--pytorch", *torch, "--machine", "threads: 2   commit: x",
-                            "--command", "test", "--out", out], check=True)
-            with open(out) as fh:
-                page = fh.read()
+            page = report_page(d, "--rounds", "2", "--normlab", *ours, "--onednn", *onednn,
+                               "--pytorch", *torch, "--machine", "threads: 2   commit: x",
+                               "--command", "test")
         # Medians: ours 210, oneDNN 210 (met), PyTorch 300 (1.43×: missed). Round by round
         # PyTorch's 250 < 300 and 350 >= 330; 1.5× asks 6 MB in 200 us, 50% of 60 GB/s.
         self.assertIn("| at least 1.5× faster than PyTorch 1.13 | 0 of 1 |", page)

@@ -1156,11 +1156,11 @@ constexpr std::size_t kPrefetchedRunBytes = 4096;
 // next four runs (4·n values on): the loads of stage 3 waited on the L2 and L3 there, which the
 // hardware's prefetcher did not hide (a prefetch never faults, so those past the last run cost
 // nothing else). On the 2-vCPU Intel Xeon VM (AVX-512), with and without the prefetch alternated
-// call by call in one process: BatchNorm backward on (8, 256, 14, 14) (runs of 784
-// bytes) took 0.89-0.91 of the time, Batch Renormalization's 0.89-0.95, their training forwards
-// 0.96-0.98; the same prefetch on (2, 64, 56, 56), whose runs of 12.5 KB the hardware follows,
-// cost 3%, and 8 or 16 runs ahead were no better than 4. AVX2 machines (two runs side by side)
-// were not measured and do not prefetch.
+// call by call in one process: BatchNorm backward on (8, 256, 14, 14) (runs of 784 bytes) took
+// 0.89-0.91 of the time, Batch Renormalization's 0.89-0.95, their training forwards 0.96-0.98;
+// the same prefetch on (2, 64, 56, 56), whose runs of 12.5 KB the hardware follows, cost 3%, and
+// 8 or 16 runs ahead were no better than 4. AVX2 machines (two runs side by side) were not
+// measured and do not prefetch.
 template <class T, class Term, class Prefetch>
 __attribute__((always_inline)) inline void consecutive_run_sums(std::size_t n, std::size_t runs,
                                                                 Term&& term, double* s1, double* s2,

@@ -145,6 +145,13 @@ bool dense_across_batch(const NcsView& v, const SetSpec& sets) {
     return sets.across_batch && v.s == 1;
 }
 
+// Whether each run of S > 1 values belongs to the set of its channel, one channel per set over
+// the batch (BatchNorm): a sample's runs then go to the rows::runs_* kernels with the per-set
+// arrays offset to the piece's first channel.
+bool runs_are_sets_over_the_batch(const NcsView& v, const SetSpec& sets) {
+    return sets.across_batch && sets.channels_per_set == 1 && v.s > 1;
+}
+
 // Whether the stage passes over sets across the batch with trailing dimensions give each thread
 // the channels the forward gave it (grouped_sets takes a contiguous share of the sets), walking
 // them sample by sample, instead of a contiguous share of memory: for tensors that do not stay in
@@ -692,7 +699,7 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
         });
         return;
     }
-    if (sets.across_batch && sets.channels_per_set == 1 && v.s > 1 && !stream) {
+    if (runs_are_sets_over_the_batch(v, sets) && !stream) {
         // BatchNorm's normalization, outputs not streamed: a sample's runs of the thread's share
         // in one call (rows::runs_affine), as in backward_apply. A call per run took 1.15-1.2x
         // as long in inference on (8, 256, 14, 14) (runs of 196 values; training forward 1.01-
@@ -996,7 +1003,7 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         });
         return;
     }
-    if (sets.across_batch && sets.channels_per_set == 1 && v.s > 1 && !stream && reads_xhat) {
+    if (runs_are_sets_over_the_batch(v, sets) && !stream && reads_xhat) {
         // BatchNorm's stage 4 after stage 3 (in cache): a sample's runs of the thread's share in
         // one call (rows::runs_apply). Run by run, a call per run of 196 values took 1.1-1.14x
         // as long on (8, 256, 14, 14) (2-vCPU Intel Xeon VM, the two alternated call by call in

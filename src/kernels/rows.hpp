@@ -885,8 +885,9 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
 // dx = applied(cg, g, dy, c1, cx, x̂), g per element (g_step 1) or one value (g_step 0); null
 // xhat: cx = 0.
 template <class T>
-NORMLAB_ISA_CLONES void apply(const T* dy, const T* xhat, std::size_t n, T cg, const T* g,
-                              std::size_t g_step, T c1, T cx, T* dx) {
+__attribute__((always_inline)) inline void apply_inline(const T* dy, const T* xhat, std::size_t n,
+                                                        T cg, const T* g, std::size_t g_step, T c1,
+                                                        T cx, T* dx) {
     if (g_step == 0) {
         const T gs = g[0];
         if (xhat) {
@@ -909,6 +910,12 @@ NORMLAB_ISA_CLONES void apply(const T* dy, const T* xhat, std::size_t n, T cg, c
         for (std::size_t i = 0; i < n; ++i)
             dx[i] = applied(cg, g[i], dy[i], c1);
     }
+}
+
+template <class T>
+NORMLAB_ISA_CLONES void apply(const T* dy, const T* xhat, std::size_t n, T cg, const T* g,
+                              std::size_t g_step, T c1, T cx, T* dx) {
+    apply_inline(dy, xhat, n, cg, g, g_step, c1, cx, dx);
 }
 
 // apply with g_step 0 (one channel's run), writing with streaming stores.
@@ -1167,20 +1174,17 @@ __attribute__((always_inline)) inline void consecutive_run_sums(std::size_t n, s
                                                                 Prefetch&& prefetch) {
     std::size_t r = 0;
     if constexpr (std::is_same_v<T, float>) {
+        // Vectors of sixteen run only in the four-runs loop.
+        const std::size_t ahead = wide_vectors() && n * sizeof(T) < kPrefetchedRunBytes ? 4 * n : 0;
         const auto runs_from_r = [&](auto tag, std::size_t j, std::size_t i)
             __attribute__((always_inline)) {
+            if constexpr (std::is_same_v<decltype(tag), Float16>)
+                if (ahead) prefetch((r + j) * n + i + ahead);
             return term(tag, r + j, i);
         };
         if (n >= kShortRun && wide_vectors()) {
-            const std::size_t ahead = n * sizeof(T) < kPrefetchedRunBytes ? 4 * n : 0;
-            const auto prefetching = [&](auto tag, std::size_t j, std::size_t i)
-                __attribute__((always_inline)) {
-                if constexpr (std::is_same_v<decltype(tag), Float16>)
-                    if (ahead) prefetch((r + j) * n + i + ahead);
-                return term(tag, r + j, i);
-            };
             for (; r + 4 <= runs; r += 4)
-                four_wide_run_sums(n, prefetching, s1 + r, s2 + r);
+                four_wide_run_sums(n, runs_from_r, s1 + r, s2 + r);
         } else if (n >= kShortRun) {
             for (; r + 2 <= runs; r += 2)
                 interleaved_run_sums<2>(n, runs_from_r, s1 + r, s2 + r);
@@ -1329,8 +1333,10 @@ NORMLAB_ISA_CLONES void apply_rows_summing_columns(const T* dy, const T* x, std:
 }
 
 template <class T>
-NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std::size_t n, T cg,
-                                         const T* g, std::size_t g_step, T c1, T cx, T* dx) {
+__attribute__((always_inline)) inline void apply_from_input_inline(const T* dy, const T* x, T m,
+                                                                   T sc, std::size_t n, T cg,
+                                                                   const T* g, std::size_t g_step,
+                                                                   T c1, T cx, T* dx) {
     if (g_step == 0) {
         const T gs = g[0];
 #pragma omp simd
@@ -1347,9 +1353,15 @@ NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std
     }
 }
 
+template <class T>
+NORMLAB_ISA_CLONES void apply_from_input(const T* dy, const T* x, T m, T sc, std::size_t n, T cg,
+                                         const T* g, std::size_t g_step, T c1, T cx, T* dx) {
+    apply_from_input_inline(dy, x, m, sc, n, cg, g, g_step, c1, cx, dx);
+}
+
 // apply_from_input (g_step 0), or apply with x̂ stored in xhat (x null), over `runs` consecutive
 // runs of n values, run j with its own cg[j], g[j], c1[j], cx[j] (and m[j], sc[j]): one call for a
-// sample's runs of many channels instead of one per run, the same values as run by run.
+// sample's runs of many channels instead of one per run, their bodies run by run.
 // (Prefetching the run four runs on, as consecutive_run_sums does, gained nothing here: stage 4
 // reads what stage 3 has just brought into the L2.)
 template <class T>
@@ -1358,21 +1370,11 @@ NORMLAB_ISA_CLONES void runs_apply(const T* dy, const T* xhat, const T* x, const
                                    const T* c1, const T* cx, T* dx) {
     for (std::size_t j = 0; j < runs; ++j) {
         const std::size_t at = j * n;
-        const T cgj = cg[j], gj = g[j], c1j = c1[j], cxj = cx[j];
-        const T* dyj = dy + at;
-        T* dxj = dx + at;
-        if (xhat) {
-            const T* hj = xhat + at;
-#pragma omp simd
-            for (std::size_t i = 0; i < n; ++i)
-                dxj[i] = applied(cgj, gj, dyj[i], c1j, cxj, hj[i]);
-        } else {
-            const T* xj = x + at;
-            const T mj = m[j], scj = sc[j];
-#pragma omp simd
-            for (std::size_t i = 0; i < n; ++i)
-                dxj[i] = applied(cgj, gj, dyj[i], c1j, cxj, standardized(xj[i], mj, scj));
-        }
+        if (xhat)
+            apply_inline(dy + at, xhat + at, n, cg[j], g + j, 0, c1[j], cx[j], dx + at);
+        else
+            apply_from_input_inline(dy + at, x + at, m[j], sc[j], n, cg[j], g + j, 0, c1[j], cx[j],
+                                    dx + at);
     }
 }
 

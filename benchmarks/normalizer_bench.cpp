@@ -17,16 +17,6 @@
 namespace normlab::bench {
 namespace {
 
-// The spec each registered variant is benchmarked with, or "" where it does not apply.
-std::string spec_for(const std::string& name, const ShapeCase& shape) {
-    if (name == "identity") return "";
-    if (name == "instance_norm" && !shape.has_trailing_dims()) return "";
-    if (name == "group_norm") return "group_norm(groups=32)";
-    if (name == "batch_layer_norm")
-        return "batch_layer_norm(batch_size=" + std::to_string(shape.dims[0]) + ")";
-    return name;
-}
-
 // NORMLAB_BENCH_OTHER_PLAN: a second cache plan (a size such as 32M, or `measure`: the cache
 // probe's) that every case alternates with the plan in effect (time_abba). 0 where it is unset.
 std::size_t other_plan_bytes() {

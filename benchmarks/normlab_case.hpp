@@ -1,6 +1,7 @@
 #pragma once
 // One normlab normalizer on one shape of the suite, timed call by call as every benchmark program
-// times it: normalizer_bench on its own, onednn_bench alternating it with oneDNN's primitive.
+// times it: normalizer_bench on its own, onednn_bench and torch_bench alternating it with a
+// peer's call.
 
 #include <chrono>
 #include <memory>
@@ -12,6 +13,16 @@
 #include "normlab/normlab.hpp"
 
 namespace normlab::bench {
+
+// The spec each registered variant is benchmarked with, or "" where it does not apply.
+inline std::string spec_for(const std::string& name, const ShapeCase& shape) {
+    if (name == "identity") return "";
+    if (name == "instance_norm" && !shape.has_trailing_dims()) return "";
+    if (name == "group_norm") return "group_norm(groups=32)";
+    if (name == "batch_layer_norm")
+        return "batch_layer_norm(batch_size=" + std::to_string(shape.dims[0]) + ")";
+    return name;
+}
 
 // A copy of x written as a network's previous layer would write it (copy_by_threads).
 inline Tensor copied_by_threads(const Tensor& x) {
@@ -66,6 +77,16 @@ class NormlabCase {
         benchmark::DoNotOptimize(y.data());
         norm_->clear_saved();
         return seconds;
+    }
+
+    const Tensor& input() const { return x_; }
+    const Tensor& grad_output() const { return dy_; }
+
+    // y of a training forward on the input (batch statistics), to check a peer's output against.
+    Tensor training_output() {
+        Tensor y = norm_->forward(x_, Mode::train, Grad::none);
+        norm_->clear_saved();
+        return y;
     }
 
   private:

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Turns the JSON of normalizer_bench, onednn_bench and pytorch_bench.py into docs/benchmarks.md.
+"""Turns the JSON of normalizer_bench, onednn_bench, pytorch_bench.py and torch_bench into
+docs/benchmarks.md.
 
 Every number in the page comes from these files; nothing is typed by hand. Usage (run.sh does
-this): report.py --normlab a.json [--onednn b.json] [--pytorch c.json] --machine "..." --out F
+this): report.py --normlab a.json [--onednn b.json] [--pytorch c.json] [--pytorch-paired d.json]
+--machine "..." --out F
 """
 import argparse
 import json
@@ -16,6 +18,7 @@ SHAPE_TEXT = {"mlp": "(256, 1024)", "conv": "(32, 64, 56, 56)", "conv_small_batc
               "conv_deep": "(8, 256, 14, 14)", "seq": "(1792, 512)", "transformer": "(4096, 768)"}
 ONEDNN_LAYOUTS = ("onednn_plain", "onednn_blocked")
 PAIRED = "paired_"
+PYTORCH_PAIRED = PAIRED + "pytorch"
 ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
                     ("layer_norm", "conv"), ("layer_norm", "transformer")}
 
@@ -66,8 +69,8 @@ def collect(entries):
             triad[(kind, label, threads)] = (e.get("bandwidth_GBps"), e.get("bytes"))
             continue
         if name.startswith("paired/"):
-            # paired/<oneDNN case>: oneDNN's median over normlab's, timed in turn in one
-            # process, kept among the times (per round, medians over rounds) as a ratio.
+            # paired/<oneDNN or PyTorch case>: the peer's median over normlab's, timed in turn in
+            # one process, kept among the times (per round, medians over rounds) as a ratio.
             impl, variant, shape, pass_name = name.split("/")[1:5]
             if e.get("paired_ratio"):
                 times[(PAIRED + impl, variant, shape, pass_name)] = e["paired_ratio"]
@@ -152,6 +155,13 @@ def paired_rounds_met(by_round, variant, shape, pass_name):
     return met, len(timed)
 
 
+def pytorch_paired_rounds_met(by_round, variant, shape, pass_name):
+    """In how many rounds PyTorch, timed in turn with normlab in one process, took at least 1.5×
+    our time, and in how many rounds it was timed."""
+    values = by_round.get((PYTORCH_PAIRED, variant, shape, pass_name), {})
+    return sum(v >= 1.5 for v in values.values()), len(values)
+
+
 def fastest_bandwidth(triad, peaks, shape, pass_name, threads):
     """The most this machine was measured to move at the working set of a pass, bytes/µs: the
     faster triad (normal or streaming stores) at that size and thread count in its fastest
@@ -195,6 +205,8 @@ def main():
     ap.add_argument("--normlab", required=True, nargs="+")
     ap.add_argument("--onednn", nargs="*")
     ap.add_argument("--pytorch", nargs="*")
+    ap.add_argument("--pytorch-paired", nargs="*",
+                    help="torch_bench JSON of every round: PyTorch timed in turn with normlab")
     ap.add_argument("--machine", required=True)
     ap.add_argument("--command", required=True)
     ap.add_argument("--training", nargs="*",
@@ -205,7 +217,7 @@ def main():
     times, counters, triad, files, spread, per_file, peaks = collect_rounds(args.normlab)
     rounds = args.rounds or files
     by_round = round_times(per_file, rounds)
-    for paths in (args.onednn, args.pytorch):
+    for paths in (args.onednn, args.pytorch, args.pytorch_paired):
         t, c, _, _, _, peer_files, _ = collect_rounds(paths)
         times.update(t)
         counters.update(c)
@@ -231,14 +243,19 @@ def main():
              "other layers with the statistics of their input. oneDNN is timed in the "
              "plain channel-first layout our users pass and in its blocked "
              f"`{blocked_layout}` layout (4-D batch norm only; the block matches this machine's "
-             "vector width); `vs oneDNN` uses the faster of the two. `paired` is that ratio "
-             "again from oneDNN and normlab timed in turn, call by call in the order ABBA, in one "
-             "process (the `paired/` cases of `onednn_bench`), the smaller over the two layouts: "
-             "there both meet the same drift of the machine, where the other columns come from "
-             "separate programs run one after the other, minutes apart on a shared machine. "
-             "Each call there follows a call of the other implementation, whose data may have "
-             "taken the per-core caches, so its times run above the single-program ones "
-             "(median per round, then over the rounds, as everywhere). oneDNN's layer norm "
+             "vector width); `vs oneDNN` uses the faster of the two. `oneDNN paired` is that "
+             "ratio again from oneDNN and normlab timed in turn, call by call in the order ABBA, "
+             "in one process (the `paired/` cases of `onednn_bench`), the smaller over the two "
+             "layouts: there both meet the same drift of the machine, where the other columns "
+             "come from separate programs run one after the other, minutes apart on a shared "
+             "machine. `PyTorch paired` is the same for PyTorch: its kernels called through its "
+             "C++ API (Debian's libtorch-dev, the library under python3-torch) with the ops, "
+             "flags and protocol of the Python script, timed in turn with normlab in one process "
+             "(`torch_bench`), without the interpreter's overhead per call; like the script, "
+             "`torch_bench` does not lock its memory. Each call there follows a call of the other implementation, "
+             "whose data may have taken the per-core caches, so its times run above the "
+             "single-program ones (median per round, then over the rounds, as everywhere). "
+             "oneDNN's layer norm "
              "normalizes the last dimension, so 4-D shapes are given to it as (N, C·H·W) rows. "
              "PyTorch runs the functional ops (`F.batch_norm`, `F.layer_norm`/`F.group_norm(1)`, "
              "`F.instance_norm`, `F.group_norm`, and RMSNorm composed of elementwise ops, as 1.13 "
@@ -272,8 +289,8 @@ def main():
     for variant in variants:
         lines += [f"## `{variant}`", "",
                   "| shape | pass | normlab | spread | oneDNN plain | oneDNN blocked | PyTorch | "
-                  "vs oneDNN | paired | vs PyTorch | roofline | DRAM |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "vs oneDNN | oneDNN paired | vs PyTorch | PyTorch paired | roofline | DRAM |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for shape in SHAPES:
             for p in PASSES:
                 ours = times.get(("normlab", variant, shape, p))
@@ -322,6 +339,15 @@ def main():
                             + (f"; met in {won} of {timed} rounds" if timed > 1 else "")
                             + ("" if needs is None else f"; 1.5× needs {needs:.0f}%")
                             + (", out of reach" if beyond else "") + ")")
+                torch_paired = times.get((PYTORCH_PAIRED, variant, shape, p))
+                if torch_paired is not None:
+                    summary["PyTorch paired"][1] += 1
+                    summary["PyTorch paired"][0] += torch_paired >= 1.5
+                    if torch_paired < 1.5:
+                        won, timed = pytorch_paired_rounds_met(by_round, variant, shape, p)
+                        misses["PyTorch paired"].append(
+                            f"{case} ({torch_paired:.2f}×"
+                            + (f"; met in {won} of {timed} rounds" if timed > 1 else "") + ")")
                 if (variant, shape) in ROOFLINE_TARGETS and p != "fwd_eval" and roof is not None:
                     summary["roofline"][1] += 1
                     summary["roofline"][0] += roof >= 0.7
@@ -333,6 +359,7 @@ def main():
                     f"{f'{spread[k]:.2f}×' if k in spread else '—'} | {fmt_us(plain)} | "
                     f"{fmt_us(blocked)} | {fmt_us(torch_t)} | {ratio(onednn, ours)} | "
                     f"{'—' if paired is None else f'{paired:.2f}×'} | {ratio(torch_t, ours)} | "
+                    f"{'—' if torch_paired is None else f'{torch_paired:.2f}×'} | "
                     f"{'—' if roof is None else f'{100 * roof:.0f}%'} | "
                     f"{'—' if dram is None else f'{100 * dram:.0f}%'} |")
         lines.append("")
@@ -342,19 +369,25 @@ def main():
             f"| at least as fast as oneDNN (faster layout) where oneDNN has the operation | "
             f"{summary['oneDNN'][0]} of {summary['oneDNN'][1]} |"]
     if summary["paired"][1]:
-        head.append("| the same, timed in turn with oneDNN in one process (`paired`) | "
+        head.append("| the same, timed in turn with oneDNN in one process (`oneDNN paired`) | "
                     f"{summary['paired'][0]} of {summary['paired'][1]} |")
-    head += [f"| at least 1.5× faster than PyTorch 1.13 | {summary['PyTorch'][0]} of "
-             f"{summary['PyTorch'][1]} |",
-             f"| ≥ 70% of roofline, BN/LN training forward and backward on conv and transformer "
-             f"| {summary['roofline'][0]} of {summary['roofline'][1]} |", ""]
+    head.append(f"| at least 1.5× faster than PyTorch 1.13 | {summary['PyTorch'][0]} of "
+                f"{summary['PyTorch'][1]} |")
+    if summary["PyTorch paired"][1]:
+        head.append("| the same, timed in turn with PyTorch's C++ API in one process "
+                    f"(`PyTorch paired`) | {summary['PyTorch paired'][0]} of "
+                    f"{summary['PyTorch paired'][1]} |")
+    head += [f"| ≥ 70% of roofline, BN/LN training forward and backward on conv and "
+             f"transformer | {summary['roofline'][0]} of {summary['roofline'][1]} |", ""]
     for target, label in (("oneDNN", "slower than oneDNN"),
                           ("paired", "slower than oneDNN timed in turn in one process"),
                           ("PyTorch", "less than 1.5× faster than PyTorch"),
+                          ("PyTorch paired",
+                           "less than 1.5× faster than PyTorch timed in turn in one process"),
                           ("roofline", "below 70% of roofline")):
         if misses[target]:
             head += [f"Missed, {label}: " + "; ".join(misses[target]) + ".", ""]
-    if misses["oneDNN"] or misses["paired"] or misses["PyTorch"]:
+    if misses["oneDNN"] or misses["paired"] or misses["PyTorch"] or misses["PyTorch paired"]:
         head += ["`met in k of n rounds`: in how many rounds the target held between the two "
                  "times of that round, which were taken one right after the other; a miss that "
                  "held in some rounds is within this machine's noise.", ""]

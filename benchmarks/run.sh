@@ -13,12 +13,13 @@ THREADS="${THREADS:-$(nproc)}"
 FILTER="${BENCH_FILTER:-}"
 OUT="${BENCH_OUT:-build-bench/results}"
 DOC="${BENCH_DOC:-docs/benchmarks.md}"
-# The peers: oneDNN (its CMake package config needs OpenCL's development files) and PyTorch.
-bash scripts/setup.sh libdnnl-dev ocl-icd-opencl-dev python3-torch
+# The peers: oneDNN (its CMake package config needs OpenCL's development files) and PyTorch
+# (python3-torch for the script; libtorch-dev for torch_bench, which times it in turn with normlab).
+bash scripts/setup.sh libdnnl-dev ocl-icd-opencl-dev python3-torch libtorch-dev
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNORMLAB_BUILD_BENCHMARKS=ON \
   -DNORMLAB_BUILD_TESTS=OFF -DNORMLAB_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench training_bench \
-  normlab_cli
+cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench torch_bench \
+  training_bench normlab_cli
 # The whole-model figures run through OpenBLAS: its widest kernels for this CPU (blas-env.sh).
 source scripts/blas-env.sh build-bench
 mkdir -p "$OUT"
@@ -46,7 +47,7 @@ if [ -n "$FILTER" ]; then
 else
   GROUPS_=(/mlp/ /conv/ /conv_small_batch/ /conv_deep/ /seq/ /transformer/)
 fi
-NORMLAB_FILES=() ONEDNN_FILES=() PYTORCH_FILES=() TRAINING_FILES=()
+NORMLAB_FILES=() ONEDNN_FILES=() PYTORCH_FILES=() TORCH_PAIRED_FILES=() TRAINING_FILES=()
 for round in $(seq 1 "$ROUNDS"); do
   echo "benchmarks: round $round of $ROUNDS" >&2
   for g in "${!GROUPS_[@]}"; do
@@ -58,9 +59,12 @@ for round in $(seq 1 "$ROUNDS"); do
       "--benchmark_filter=$group" > "$OUT/onednn_${round}_$g.json"
     /usr/bin/python3 benchmarks/pytorch_bench.py --threads "$THREADS" --min-time 0.1 \
       --out "$OUT/pytorch_${round}_$g.json" --filter "$group" > /dev/null
+    ./build-bench/benchmarks/torch_bench --benchmark_format=json \
+      "--benchmark_filter=$group" > "$OUT/torch_paired_${round}_$g.json"
     NORMLAB_FILES+=("$OUT/normlab_${round}_$g.json")
     ONEDNN_FILES+=("$OUT/onednn_${round}_$g.json")
     PYTORCH_FILES+=("$OUT/pytorch_${round}_$g.json")
+    TORCH_PAIRED_FILES+=("$OUT/torch_paired_${round}_$g.json")
   done
   # Whole-model training, once per round as well (about a minute and a half on 2 cores).
   ./build-bench/benchmarks/training_bench --benchmark_format=json \
@@ -74,7 +78,7 @@ threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || e
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)
 BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')$CACHE_LINE"
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
-  --pytorch "${PYTORCH_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
+  --pytorch "${PYTORCH_FILES[@]}" --pytorch-paired "${TORCH_PAIRED_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
   --command "${CACHE_SETTING:+NORMLAB_LAST_LEVEL_CACHE=$CACHE_SETTING }THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \
   --out "$DOC"
 echo "wrote $DOC (raw JSON in $OUT)"

@@ -171,9 +171,9 @@ class Page(unittest.TestCase):
                                "--machine", "test machine", "--command", "test")
         # The faster oneDNN layout is the bar: 120 / 100 and 180 / 200.
         self.assertIn("| conv (32, 64, 56, 56) | fwd_train | 100 | — | 400 | 120 | 160 | "
-                      "1.20× | — | 1.60× | 75% | 100% |", page)
+                      "1.20× | — | 1.60× | — | 75% | 100% |", page)
         self.assertIn("| conv (32, 64, 56, 56) | bwd | 200 | — | 180 | — | 250 | 0.90× | — | "
-                      "1.25× | 50% | 90% |", page)
+                      "1.25× | — | 50% | 90% |", page)
         self.assertIn("| at least as fast as oneDNN (faster layout) where oneDNN has the "
                       "operation | 1 of 2 |", page)
         self.assertIn("| at least 1.5× faster than PyTorch 1.13 | 1 of 2 |", page)
@@ -181,7 +181,8 @@ class Page(unittest.TestCase):
         self.assertIn("Missed, below 70% of roofline: batch_norm conv bwd (50%).", page)
         self.assertIn("| conv_fwd | 50.0 MB | 28.0 | 50.0 | — | — |", page)
         # No paired cases in the oneDNN file: no paired row in the summary.
-        self.assertNotIn("(`paired`)", page)
+        self.assertNotIn("(`oneDNN paired`)", page)
+        self.assertNotIn("(`PyTorch paired`)", page)
 
     def test_paired_ratio_is_the_smaller_over_layouts_with_rounds(self):
         # Two rounds; oneDNN's two layouts each timed in turn with normlab. Medians over the
@@ -208,10 +209,10 @@ class Page(unittest.TestCase):
                                "--machine", "threads: 2   commit: x", "--command", "test")
         # The paired ratios stay out of the time columns: 140 / 150 and 120 / 100.
         self.assertIn("| conv_deep (8, 256, 14, 14) | bwd | 150 | 1.00× | 900 | 140 | — | "
-                      "0.93× | 0.98× | — | — | — |", page)
+                      "0.93× | 0.98× | — | — | — | — |", page)
         self.assertIn("| conv (32, 64, 56, 56) | bwd | 100 | 1.00× | — | 120 | — | 1.20× | "
-                      "1.30× | — | — | — |", page)
-        self.assertIn("| the same, timed in turn with oneDNN in one process (`paired`) | "
+                      "1.30× | — | — | — | — |", page)
+        self.assertIn("| the same, timed in turn with oneDNN in one process (`oneDNN paired`) | "
                       "1 of 2 |", page)
         self.assertIn("Missed, slower than oneDNN timed in turn in one process: batch_norm "
                       "conv_deep bwd (0.98×; met in 1 of 2 rounds).", page)
@@ -245,6 +246,37 @@ class Page(unittest.TestCase):
         self.assertIn("(0 of 1 misses here)", page)
         self.assertIn("| conv_bwd | 6.0 MB | — | 50.0 | — | 60.0 |", page)
         self.assertNotIn("Missed, slower than oneDNN", page)
+
+    def test_pytorch_paired_column_with_rounds(self):
+        # Two rounds of torch_bench. layer_norm transformer fwd_train: 1.4 then 1.7, median 1.55
+        # (met); bwd: 1.2 then 1.6, median 1.4 (missed, met in 1 of 2 rounds). Their medians
+        # stay out of the time columns.
+        with tempfile.TemporaryDirectory() as d:
+            ours, paired = [], []
+            for r, (fwd, bwd) in enumerate([(1.4, 1.2), (1.7, 1.6)]):
+                ours.append(write(d, f"normlab_{r}.json", [
+                    entry("normlab/layer_norm/transformer/fwd_train", 0, median=1000.0),
+                    entry("normlab/layer_norm/transformer/bwd", 0, median=2000.0)]))
+                paired.append(write(d, f"torch_{r}.json", [
+                    entry("paired/pytorch/layer_norm/transformer/fwd_train", 0,
+                          pytorch_median_us=1000.0 * fwd, normlab_median_us=1000.0,
+                          paired_ratio=fwd),
+                    entry("paired/pytorch/layer_norm/transformer/bwd", 0,
+                          pytorch_median_us=2000.0 * bwd, normlab_median_us=2000.0,
+                          paired_ratio=bwd)]))
+            page = report_page(d, "--rounds", "2", "--normlab", *ours, "--pytorch-paired",
+                               *paired, "--machine", "threads: 2   commit: x", "--command",
+                               "test")
+        self.assertIn("| transformer (4096, 768) | fwd_train | 1,000 | 1.00× | — | — | — | — | — "
+                      "| — | 1.55× | — | — |", page)
+        self.assertIn("| transformer (4096, 768) | bwd | 2,000 | 1.00× | — | — | — | — | — | — "
+                      "| 1.40× | — | — |", page)
+        self.assertIn("| the same, timed in turn with PyTorch's C++ API in one process "
+                      "(`PyTorch paired`) | 1 of 2 |", page)
+        self.assertIn("Missed, less than 1.5× faster than PyTorch timed in turn in one process: "
+                      "layer_norm transformer bwd (1.40×; met in 1 of 2 rounds).", page)
+        # No separate PyTorch times: that target counts none.
+        self.assertIn("| at least 1.5× faster than PyTorch 1.13 | 0 of 0 |", page)
 
 
 if __name__ == "__main__":

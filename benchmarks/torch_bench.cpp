@@ -1,0 +1,214 @@
+// PyTorch's CPU kernels (Debian's libtorch-dev, the library under python3-torch) alternated call
+// by call with normlab's layer of the same name, in this one process ("paired/pytorch/...").
+// pytorch_bench.py times PyTorch on its own, in its own process, as users call it; on a shared
+// VM, where the same case moved 1.3-2x between programs run minutes apart, a ratio between two
+// programs can be the machine's drift. Here both meet the same drift (time_abba), as onednn_bench's
+// paired cases do for oneDNN. The calls are the ones pytorch_bench.py makes, through the C++ API:
+// the same ops, flags and protocol (input handed anew to training passes, an untimed training
+// forward before each backward, autograd's grad for x, γ and β), without the Python
+// interpreter's overhead per call.
+#include <torch/torch.h>
+
+#include <chrono>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "bench_common.hpp"
+#include "normlab_case.hpp"
+
+namespace normlab::bench {
+namespace {
+
+using torch::Tensor;
+using Layer =
+    std::function<Tensor(const Tensor& x, const Tensor& w, const Tensor& b,
+                         const Tensor& running_mean, const Tensor& running_var, bool train)>;
+
+constexpr double kEps = 1e-5;
+// The largest difference between the two implementations' training outputs that counts as the
+// same layer (RMSNorm's eps differs between them by far less than this moves its output).
+constexpr double kAgreement = 1e-3;
+
+// torch.nn.RMSNorm arrived after 1.13: its documented formula, as pytorch_bench.py composes it.
+Tensor rms_norm(const Tensor& x, const Tensor& w) {
+    std::vector<int64_t> dims, shape{1, -1};
+    for (int64_t d = 1; d < x.dim(); ++d)
+        dims.push_back(d);
+    for (int64_t d = 2; d < x.dim(); ++d)
+        shape.push_back(1);
+    const double eps = double(std::numeric_limits<float>::epsilon());
+    return x * torch::rsqrt(x.pow(2).mean(dims, true) + eps) * w.view(shape);
+}
+
+// PyTorch's op for a normlab variant, as pytorch_bench.py calls it; empty where it has none.
+Layer pytorch_layer(const std::string& variant, const ShapeCase& shape) {
+    if (variant == "batch_norm")
+        return [](const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& rm,
+                  const Tensor& rv, bool train) {
+            return torch::batch_norm(x, w, b, rm, rv, train, 0.1, kEps, false);
+        };
+    if (variant == "layer_norm")
+        // normlab's layer_norm: statistics over (C, ...) with per-channel γ, β: F.layer_norm on
+        // (N, C), group_norm with one group on 4-D.
+        return [](const Tensor& x, const Tensor& w, const Tensor& b, const Tensor&, const Tensor&,
+                  bool) {
+            return x.dim() == 2 ? torch::layer_norm(x, {x.size(1)}, w, b, kEps, false)
+                                : torch::group_norm(x, 1, w, b, kEps, false);
+        };
+    if (variant == "group_norm")
+        return [](const Tensor& x, const Tensor& w, const Tensor& b, const Tensor&, const Tensor&,
+                  bool) { return torch::group_norm(x, 32, w, b, kEps, false); };
+    if (variant == "rms_norm")
+        return [](const Tensor& x, const Tensor& w, const Tensor&, const Tensor&, const Tensor&,
+                  bool) { return rms_norm(x, w); };
+    if (variant == "instance_norm" && shape.has_trailing_dims())
+        return [](const Tensor& x, const Tensor& w, const Tensor& b, const Tensor&, const Tensor&,
+                  bool) { return torch::instance_norm(x, w, b, {}, {}, true, 0.1, kEps, false); };
+    return {};
+}
+
+// A copy of a normlab tensor as a PyTorch one.
+Tensor to_torch(const normlab::Tensor& t) {
+    std::vector<int64_t> dims(t.shape().begin(), t.shape().end());
+    return torch::from_blob(const_cast<float*>(t.data()), dims, torch::kFloat32).clone();
+}
+
+// One PyTorch layer on one shape and pass: call() times one call after its untimed preparation,
+// as NormlabCase::call times normlab's, on the same input and gradient as normlab's case.
+class PytorchCase {
+  public:
+    PytorchCase(const std::string& variant, const NormlabCase& same_data, Pass pass)
+        : layer_(pytorch_layer(variant, shape_of(same_data))), pass_(pass) {
+        x0_ = to_torch(same_data.input());
+        const int64_t c = x0_.size(1);
+        x_ = x0_.clone().requires_grad_(true);
+        dy_ = to_torch(same_data.grad_output());
+        w_ = torch::ones({c}).requires_grad_(true);
+        b_ = torch::zeros({c}).requires_grad_(true);
+        running_mean_ = torch::zeros({c});
+        running_var_ = torch::ones({c});
+        params_ =
+            variant == "rms_norm" ? std::vector<Tensor>{x_, w_} : std::vector<Tensor>{x_, w_, b_};
+    }
+
+    double call() {
+        using clock = std::chrono::steady_clock;
+        if (pass_ == Pass::fwd_eval) {
+            torch::NoGradGuard no_grad;
+            const auto t0 = clock::now();
+            Tensor y = forward(false);
+            return std::chrono::duration<double>(clock::now() - t0).count();
+        }
+        hand_over_input();
+        if (pass_ == Pass::fwd_train) {
+            // As in training: autograd records what backward needs.
+            const auto t0 = clock::now();
+            Tensor y = forward(true);
+            return std::chrono::duration<double>(clock::now() - t0).count();
+        }
+        Tensor y = forward(true);
+        const auto t0 = clock::now();
+        auto grads = torch::autograd::grad({y}, params_, {dy_});
+        const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+        benchmark::DoNotOptimize(grads.front().data_ptr());
+        return seconds;
+    }
+
+    // y of a training forward (batch statistics), to check against normlab's.
+    Tensor training_output() {
+        torch::NoGradGuard no_grad;
+        return layer_(x0_, w_, b_, running_mean_.clone(), running_var_.clone(), true);
+    }
+
+  private:
+    static ShapeCase shape_of(const NormlabCase& c) {
+        return {"", {c.input().shape().begin(), c.input().shape().end()}};
+    }
+
+    // The input written anew by the intra-op threads, as a previous layer would write it.
+    void hand_over_input() {
+        torch::NoGradGuard no_grad;
+        x_.copy_(x0_);
+    }
+    Tensor forward(bool train) {
+        Tensor y = layer_(x_, w_, b_, running_mean_, running_var_, train);
+        benchmark::DoNotOptimize(y.data_ptr());
+        return y;
+    }
+
+    Layer layer_;
+    Pass pass_;
+    Tensor x0_, x_, dy_, w_, b_, running_mean_, running_var_;
+    std::vector<Tensor> params_;
+};
+
+// PyTorch's call and normlab's alternated in the order ABBA: the two medians and `paired_ratio`,
+// PyTorch's median over normlab's (the target is 1.5 and above).
+void run_paired(benchmark::State& state, const std::string& variant, const ShapeCase& shape,
+                Pass pass) {
+    NormlabCase normlab_case(spec_for(variant, shape), shape);
+    PytorchCase pytorch_case(variant, normlab_case, pass);
+    // The two compute the same layer: their training outputs agree to float rounding (γ = 1,
+    // β = 0 in both, values of order 1). A wrong op or argument order would time something else.
+    const Tensor pytorch_y = pytorch_case.training_output();
+    const normlab::Tensor normlab_y = normlab_case.training_output();
+    const double max_diff = (pytorch_y - to_torch(normlab_y)).abs().max().item<double>();
+    state.counters["max_abs_diff"] = max_diff;
+    if (!(max_diff < kAgreement)) {
+        state.SkipWithError(("PyTorch's and normlab's training outputs differ by " +
+                             std::to_string(max_diff) + ", expected below " +
+                             std::to_string(kAgreement))
+                                .c_str());
+        return;
+    }
+    CallTimes pytorch_calls, normlab_calls;
+    time_abba(
+        state, pytorch_calls, normlab_calls, [&] { return pytorch_case.call(); },
+        [&] { return normlab_case.call(pass); });
+    const double pytorch = pytorch_calls.median(), normlab = normlab_calls.median();
+    state.counters["pytorch_median_us"] = pytorch * 1e6;
+    state.counters["normlab_median_us"] = normlab * 1e6;
+    state.counters["paired_ratio"] = normlab > 0 ? pytorch / normlab : 0.0;
+    state.counters["threads"] = omp_get_max_threads();
+    state.counters["pytorch_threads"] = at::get_num_threads();
+}
+
+void register_all() {
+    for (const std::string variant :
+         {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}) {
+        for (const auto& shape : shape_suite()) {
+            if (!pytorch_layer(variant, shape)) continue;
+            for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {
+                const std::string name =
+                    "paired/pytorch/" + variant + "/" + shape.name + "/" + pass_name(pass);
+                benchmark::RegisterBenchmark(name.c_str(),
+                                             [variant, shape, pass](benchmark::State& s) {
+                                                 run_paired(s, variant, shape, pass);
+                                             })
+                    ->UseManualTime()
+                    ->Unit(benchmark::kMicrosecond)
+                    ->MinTime(0.1);
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace normlab::bench
+
+int main(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    // PyTorch's intra-op threads: as many as normlab's OpenMP threads (OMP_NUM_THREADS).
+    at::set_num_threads(omp_get_max_threads());
+    // As normalizer_bench, for both implementations here. Unlike the other programs, this one
+    // does not lock its memory: pytorch_bench.py does not, and PyTorch's allocations were up to
+    // 1.5x slower locked.
+    normlab::reuse_freed_memory();
+    benchmark::AddCustomContext("pytorch_parallel", at::get_parallel_info());
+    normlab::bench::register_all();
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -164,27 +164,38 @@ void time_calls(benchmark::State& state, CallTimes& calls, Call&& call) {
     }
 }
 
-// time_calls over two alternatives, call by call in the order ABBA (b takes calls 1 and 2 of
-// every four), so that the two are compared under the same drift of the machine and the same
-// state of the heap: with the order ABAB, the heap's reuse pattern alternated with the
-// alternative and biased training forwards by 1.3x on a VM where the same case ran 1.3-2x apart
-// between processes.
-// A quartet that Google Benchmark's loop leaves unfinished is finished after it, outside its
+// time_calls over two alternatives in the order ABBA, a block of kAbbaBlock calls at a time (b
+// takes blocks 1 and 2 of every four), so that the two are compared under the same drift of the
+// machine and the same state of the heap: with the order ABAB, the heap's reuse pattern
+// alternated with the alternative and biased training forwards by 1.3x on a VM where the same
+// case ran 1.3-2x apart between processes. The first call after each switch is not counted: it
+// meets the caches as the other alternative left them (its dirty lines still to be written back,
+// its tensors where this one's were), and when every call followed the other implementation's,
+// that cost fell on the leaner of the two (normlab's BatchNorm training forward on (1792, 512)
+// took 1.5x its time alone, PyTorch's 1.1x).
+// The blocks that Google Benchmark's loop leaves unfinished are finished after it, outside its
 // time: a call longer than the minimum time (oneDNN's plain BatchNorm backward on (4096, 768),
 // 0.1 s) ended the loop after a's first call, with no call of b to compare it with.
+inline constexpr std::size_t kAbbaBlock = 4;
+
 template <class A, class B>
 void time_abba(benchmark::State& state, CallTimes& a_calls, CallTimes& b_calls, A&& a, B&& b) {
     std::size_t call = 0;
+    const auto b_turn = [](std::size_t c) {
+        const std::size_t block = c / kAbbaBlock % 4;
+        return block == 1 || block == 2;
+    };
     const auto next_call = [&] {
-        const bool b_turn = call % 4 == 1 || call % 4 == 2;
+        const bool is_b = b_turn(call);
+        const bool after_switch = call > 0 && is_b != b_turn(call - 1);
         ++call;
-        const double seconds = b_turn ? b() : a();
-        (b_turn ? b_calls : a_calls).add(seconds);
+        const double seconds = is_b ? b() : a();
+        if (!after_switch && call > 1) (is_b ? b_calls : a_calls).add(seconds);
         return seconds;
     };
     for (auto _ : state)
         state.SetIterationTime(next_call());
-    while (call % 4 != 0)
+    while (call % (4 * kAbbaBlock) != 0)
         next_call();
 }
 

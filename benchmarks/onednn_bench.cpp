@@ -151,7 +151,7 @@ void run(benchmark::State& state, const ShapeCase& shape, Pass pass, bool layer,
     add_traffic_counters(state, minimal_bytes(shape, pass), calls);
 }
 
-// The same case alternated call by call with normlab's layer of the same name on the same shape
+// The same case alternated with normlab's layer of the same name on the same shape
 // (time_abba), in this one process: the two medians under the same drift of the machine and
 // `paired_ratio`, oneDNN's median over normlab's (above 1: normlab is faster). Separate runs of
 // separate programs (the `onednn_*` and `normlab/` cases) meet the machine at different moments,

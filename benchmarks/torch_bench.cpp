@@ -1,5 +1,5 @@
-// PyTorch's CPU kernels (Debian's libtorch-dev, the library under python3-torch) alternated call
-// by call with normlab's layer of the same name, in this one process ("paired/pytorch/...").
+// PyTorch's CPU kernels (Debian's libtorch-dev, the library under python3-torch) alternated block
+// by block with normlab's layer of the same name, in this one process ("paired/pytorch/...").
 // pytorch_bench.py times PyTorch on its own, in its own process, as users call it; on a shared
 // VM, where the same case moved 1.3-2x between programs run minutes apart, a ratio between two
 // programs can be the machine's drift. Here both meet the same drift (time_abba), as onednn_bench's
@@ -144,8 +144,8 @@ class PytorchCase {
     std::vector<Tensor> params_;
 };
 
-// PyTorch's call and normlab's alternated in the order ABBA: the two medians and `paired_ratio`,
-// PyTorch's median over normlab's (the target is 1.5 and above).
+// PyTorch's call and normlab's alternated in blocks in the order ABBA (time_abba): the two medians
+// and `paired_ratio`, PyTorch's median over normlab's (the target is 1.5 and above).
 void run_paired(benchmark::State& state, const std::string& variant, const ShapeCase& shape,
                 Pass pass) {
     NormlabCase normlab_case(spec_for(variant, shape), shape);

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -151,6 +152,16 @@ inline void copy_by_threads(const float* from, float* to, std::size_t n) {
         const std::size_t begin = n * t / threads, end = n * (t + 1) / threads;
         std::memcpy(to + begin, from + begin, (end - begin) * sizeof(float));
     }
+}
+
+// Registers a case whose body times its calls itself (manual time), reported in microseconds,
+// over at least 0.1 s of calls: every case of normalizer_bench, onednn_bench and torch_bench.
+template <class Body>
+void register_timed(const std::string& name, Body&& body) {
+    benchmark::RegisterBenchmark(name.c_str(), std::forward<Body>(body))
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond)
+        ->MinTime(0.1);
 }
 
 // Times call() again and again, each call returning its own seconds (its untimed preparation

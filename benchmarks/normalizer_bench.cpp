@@ -101,12 +101,9 @@ void register_all() {
             for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {
                 const std::string name =
                     "normlab/" + variant.name + "/" + shape.name + "/" + pass_name(pass);
-                benchmark::RegisterBenchmark(
-                    name.c_str(),
-                    [spec, shape, pass](benchmark::State& state) { run(state, spec, shape, pass); })
-                    ->UseManualTime()
-                    ->Unit(benchmark::kMicrosecond)
-                    ->MinTime(0.1);
+                register_timed(name, [spec, shape, pass](benchmark::State& state) {
+                    run(state, spec, shape, pass);
+                });
             }
         }
     }
@@ -116,13 +113,9 @@ void register_all() {
             const std::string name = "chain/batch_norm/" + shape.name +
                                      "/fwd_eval/layers:" + std::to_string(layers) +
                                      (plan == kKeepingPlan ? "/plan:kept" : "/plan:streamed");
-            benchmark::RegisterBenchmark(name.c_str(),
-                                         [shape, layers, plan](benchmark::State& state) {
-                                             run_chain(state, shape, layers, plan);
-                                         })
-                ->UseManualTime()
-                ->Unit(benchmark::kMicrosecond)
-                ->MinTime(0.1);
+            register_timed(name, [shape, layers, plan](benchmark::State& state) {
+                run_chain(state, shape, layers, plan);
+            });
         }
 }
 

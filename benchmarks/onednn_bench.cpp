@@ -180,16 +180,13 @@ void register_case(const std::string& impl, const std::string& layer_name, const
     const bool layer = layer_name == "layer_norm";
     const std::string name = impl + "/" + layer_name + "/" + shape.name + "/" + pass_name(pass);
     for (bool paired : {false, true})
-        benchmark::RegisterBenchmark((paired ? "paired/" + name : name).c_str(),
-                                     [shape, pass, layer, blocked, paired](benchmark::State& s) {
-                                         if (paired)
-                                             run_paired<Fwd, Bwd>(s, shape, pass, layer, blocked);
-                                         else
-                                             run<Fwd, Bwd>(s, shape, pass, layer, blocked);
-                                     })
-            ->UseManualTime()
-            ->Unit(benchmark::kMicrosecond)
-            ->MinTime(0.1);
+        register_timed(paired ? "paired/" + name : name,
+                       [shape, pass, layer, blocked, paired](benchmark::State& s) {
+                           if (paired)
+                               run_paired<Fwd, Bwd>(s, shape, pass, layer, blocked);
+                           else
+                               run<Fwd, Bwd>(s, shape, pass, layer, blocked);
+                       });
 }
 
 void register_all() {

@@ -289,6 +289,20 @@ def main():
     misses = defaultdict(list)
     unreachable = defaultdict(int)
     threads = thread_count(args.machine)
+
+    def count_paired(target, value, bar, met_in_rounds, variant, shape, p):
+        """A paired ratio against its bar: counted, and listed as a miss with the rounds in
+        which it held (met_in_rounds(by_round, variant, shape, pass))."""
+        if value is None:
+            return
+        summary[target][1] += 1
+        summary[target][0] += value >= bar
+        if value < bar:
+            won, timed = met_in_rounds(by_round, variant, shape, p)
+            misses[target].append(f"{variant} {shape} {p} ({value:.2f}×"
+                                  + (f"; met in {won} of {timed} rounds" if timed > 1 else "")
+                                  + ")")
+
     for variant in variants:
         lines += [f"## `{variant}`", "",
                   "| shape | pass | normlab | spread | oneDNN plain | oneDNN blocked | PyTorch | "
@@ -320,14 +334,7 @@ def main():
                             f"{case} ({ratio(onednn, ours)}"
                             + (f"; met in {won} of {timed} rounds" if timed > 1 else "") + ")")
                 paired = paired_ratio(times, variant, shape, p)
-                if paired is not None:
-                    summary["paired"][1] += 1
-                    summary["paired"][0] += paired >= 1.0
-                    if paired < 1.0:
-                        won, timed = paired_rounds_met(by_round, variant, shape, p)
-                        misses["paired"].append(
-                            f"{case} ({paired:.2f}×"
-                            + (f"; met in {won} of {timed} rounds" if timed > 1 else "") + ")")
+                count_paired("paired", paired, 1.0, paired_rounds_met, variant, shape, p)
                 if torch_t is not None:
                     summary["PyTorch"][1] += 1
                     summary["PyTorch"][0] += torch_t >= 1.5 * ours
@@ -343,14 +350,8 @@ def main():
                             + ("" if needs is None else f"; 1.5× needs {needs:.0f}%")
                             + (", out of reach" if beyond else "") + ")")
                 torch_paired = times.get((PYTORCH_PAIRED, variant, shape, p))
-                if torch_paired is not None:
-                    summary["PyTorch paired"][1] += 1
-                    summary["PyTorch paired"][0] += torch_paired >= 1.5
-                    if torch_paired < 1.5:
-                        won, timed = pytorch_paired_rounds_met(by_round, variant, shape, p)
-                        misses["PyTorch paired"].append(
-                            f"{case} ({torch_paired:.2f}×"
-                            + (f"; met in {won} of {timed} rounds" if timed > 1 else "") + ")")
+                count_paired("PyTorch paired", torch_paired, 1.5, pytorch_paired_rounds_met,
+                             variant, shape, p)
                 if (variant, shape) in ROOFLINE_TARGETS and p != "fwd_eval" and roof is not None:
                     summary["roofline"][1] += 1
                     summary["roofline"][0] += roof >= 0.7

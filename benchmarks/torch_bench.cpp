@@ -183,13 +183,9 @@ void register_all() {
             for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {
                 const std::string name =
                     "paired/pytorch/" + variant + "/" + shape.name + "/" + pass_name(pass);
-                benchmark::RegisterBenchmark(name.c_str(),
-                                             [variant, shape, pass](benchmark::State& s) {
-                                                 run_paired(s, variant, shape, pass);
-                                             })
-                    ->UseManualTime()
-                    ->Unit(benchmark::kMicrosecond)
-                    ->MinTime(0.1);
+                register_timed(name, [variant, shape, pass](benchmark::State& s) {
+                    run_paired(s, variant, shape, pass);
+                });
             }
         }
     }

@@ -18,7 +18,7 @@ SHAPE_TEXT = {"mlp": "(256, 1024)", "conv": "(32, 64, 56, 56)", "conv_small_batc
               "conv_deep": "(8, 256, 14, 14)", "seq": "(1792, 512)", "transformer": "(4096, 768)"}
 ONEDNN_LAYOUTS = ("onednn_plain", "onednn_blocked")
 PAIRED = "paired_"
-PYTORCH_PAIRED = PAIRED + "pytorch"
+PYTORCH = ("pytorch",)
 ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
                     ("layer_norm", "conv"), ("layer_norm", "transformer")}
 
@@ -136,30 +136,23 @@ def rounds_met(by_round, ours_key, peer_key, factor):
     return sum(peer[r] >= factor * ours[r] for r in common), len(common)
 
 
-def paired_ratio(values, variant, shape, pass_name):
-    """The paired ratio of a case against oneDNN (oneDNN's time over ours, each layout timed in
-    turn with normlab in one process): the smaller over the layouts, i.e. against the layout that
-    did best against us. values maps (paired_<layout>, variant, shape, pass) to a ratio."""
-    found = [values.get((PAIRED + impl, variant, shape, pass_name)) for impl in ONEDNN_LAYOUTS]
+def paired_ratio(values, variant, shape, pass_name, impls=ONEDNN_LAYOUTS):
+    """The paired ratio of a case against a peer (the peer's time over ours, each of its impls
+    timed in turn with normlab in one process: oneDNN's two layouts, or PyTorch): the smaller over
+    the impls, i.e. against the one that did best against us. values maps (paired_<impl>, variant,
+    shape, pass) to a ratio."""
+    found = [values.get((PAIRED + impl, variant, shape, pass_name)) for impl in impls]
     found = [v for v in found if v]
     return min(found) if found else None
 
 
-def paired_rounds_met(by_round, variant, shape, pass_name):
-    """In how many rounds the paired ratio (the smaller over the layouts timed in that round) was
-    at least 1, and in how many rounds it was timed."""
-    per_layout = [by_round.get((PAIRED + impl, variant, shape, pass_name), {})
-                  for impl in ONEDNN_LAYOUTS]
-    timed = sorted({r for layout in per_layout for r in layout})
-    met = sum(min(layout[r] for layout in per_layout if r in layout) >= 1.0 for r in timed)
+def paired_rounds_met(by_round, variant, shape, pass_name, impls=ONEDNN_LAYOUTS, bar=1.0):
+    """In how many rounds the paired ratio (the smaller over the impls timed in that round) was
+    at least bar, and in how many rounds it was timed."""
+    per_impl = [by_round.get((PAIRED + impl, variant, shape, pass_name), {}) for impl in impls]
+    timed = sorted({r for values in per_impl for r in values})
+    met = sum(min(values[r] for values in per_impl if r in values) >= bar for r in timed)
     return met, len(timed)
-
-
-def pytorch_paired_rounds_met(by_round, variant, shape, pass_name):
-    """In how many rounds PyTorch, timed in turn with normlab in one process, took at least 1.5×
-    our time, and in how many rounds it was timed."""
-    values = by_round.get((PYTORCH_PAIRED, variant, shape, pass_name), {})
-    return sum(v >= 1.5 for v in values.values()), len(values)
 
 
 def fastest_bandwidth(triad, peaks, shape, pass_name, threads):
@@ -290,18 +283,20 @@ def main():
     unreachable = defaultdict(int)
     threads = thread_count(args.machine)
 
-    def count_paired(target, value, bar, met_in_rounds, variant, shape, p):
-        """A paired ratio against its bar: counted, and listed as a miss with the rounds in
-        which it held (met_in_rounds(by_round, variant, shape, pass))."""
+    def count_paired(target, impls, bar, variant, shape, p, case):
+        """A case's paired ratio against a peer's impls (paired_ratio), counted against its bar
+        and listed as a miss with the rounds in which it held; None where it was not paired."""
+        value = paired_ratio(times, variant, shape, p, impls)
         if value is None:
-            return
+            return None
         summary[target][1] += 1
         summary[target][0] += value >= bar
         if value < bar:
-            won, timed = met_in_rounds(by_round, variant, shape, p)
-            misses[target].append(f"{variant} {shape} {p} ({value:.2f}×"
+            won, timed = paired_rounds_met(by_round, variant, shape, p, impls, bar)
+            misses[target].append(f"{case} ({value:.2f}×"
                                   + (f"; met in {won} of {timed} rounds" if timed > 1 else "")
                                   + ")")
+        return value
 
     for variant in variants:
         lines += [f"## `{variant}`", "",
@@ -333,8 +328,7 @@ def main():
                         misses["oneDNN"].append(
                             f"{case} ({ratio(onednn, ours)}"
                             + (f"; met in {won} of {timed} rounds" if timed > 1 else "") + ")")
-                paired = paired_ratio(times, variant, shape, p)
-                count_paired("paired", paired, 1.0, paired_rounds_met, variant, shape, p)
+                paired = count_paired("paired", ONEDNN_LAYOUTS, 1.0, variant, shape, p, case)
                 if torch_t is not None:
                     summary["PyTorch"][1] += 1
                     summary["PyTorch"][0] += torch_t >= 1.5 * ours
@@ -349,9 +343,8 @@ def main():
                             + (f"; met in {won} of {timed} rounds" if timed > 1 else "")
                             + ("" if needs is None else f"; 1.5× needs {needs:.0f}%")
                             + (", out of reach" if beyond else "") + ")")
-                torch_paired = times.get((PYTORCH_PAIRED, variant, shape, p))
-                count_paired("PyTorch paired", torch_paired, 1.5, pytorch_paired_rounds_met,
-                             variant, shape, p)
+                torch_paired = count_paired("PyTorch paired", PYTORCH, 1.5, variant, shape, p,
+                                            case)
                 if (variant, shape) in ROOFLINE_TARGETS and p != "fwd_eval" and roof is not None:
                     summary["roofline"][1] += 1
                     summary["roofline"][0] += roof >= 0.7

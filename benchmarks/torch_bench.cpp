@@ -79,8 +79,9 @@ Tensor to_torch(const normlab::Tensor& t) {
 // as NormlabCase::call times normlab's, on the same input and gradient as normlab's case.
 class PytorchCase {
   public:
-    PytorchCase(const std::string& variant, const NormlabCase& same_data, Pass pass)
-        : layer_(pytorch_layer(variant, shape_of(same_data))), pass_(pass) {
+    PytorchCase(const std::string& variant, const ShapeCase& shape, const NormlabCase& same_data,
+                Pass pass)
+        : layer_(pytorch_layer(variant, shape)), pass_(pass) {
         x0_ = to_torch(same_data.input());
         const int64_t c = x0_.size(1);
         x_ = x0_.clone().requires_grad_(true);
@@ -123,10 +124,6 @@ class PytorchCase {
     }
 
   private:
-    static ShapeCase shape_of(const NormlabCase& c) {
-        return {"", {c.input().shape().begin(), c.input().shape().end()}};
-    }
-
     // The input written anew by the intra-op threads, as a previous layer would write it.
     void hand_over_input() {
         torch::NoGradGuard no_grad;
@@ -149,7 +146,7 @@ class PytorchCase {
 void run_paired(benchmark::State& state, const std::string& variant, const ShapeCase& shape,
                 Pass pass) {
     NormlabCase normlab_case(spec_for(variant, shape), shape);
-    PytorchCase pytorch_case(variant, normlab_case, pass);
+    PytorchCase pytorch_case(variant, shape, normlab_case, pass);
     // The two compute the same layer: their training outputs agree to float rounding (γ = 1,
     // β = 0 in both, values of order 1). A wrong op or argument order would time something else.
     const Tensor pytorch_y = pytorch_case.training_output();

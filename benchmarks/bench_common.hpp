@@ -210,6 +210,22 @@ void time_abba(benchmark::State& state, CallTimes& a_calls, CallTimes& b_calls, 
         next_call();
 }
 
+// A peer's call and normlab's timed in turn (time_abba, the peer as a): the two medians,
+// `<peer>_median_us` and `normlab_median_us`, and `paired_ratio`, the peer's over normlab's
+// (above 1: normlab is faster), which report.py reads from onednn_bench and torch_bench.
+template <class Peer, class Normlab>
+void time_paired(benchmark::State& state, const std::string& peer, Peer&& peer_call,
+                 Normlab&& normlab_call) {
+    CallTimes peer_calls, normlab_calls;
+    time_abba(state, peer_calls, normlab_calls, std::forward<Peer>(peer_call),
+              std::forward<Normlab>(normlab_call));
+    const double peer_median = peer_calls.median(), normlab = normlab_calls.median();
+    state.counters[peer + "_median_us"] = peer_median * 1e6;
+    state.counters["normlab_median_us"] = normlab * 1e6;
+    state.counters["paired_ratio"] = normlab > 0 ? peer_median / normlab : 0.0;
+    state.counters["threads"] = omp_get_max_threads();
+}
+
 // The median call time (`call_median_us`, the time the report uses), bytes processed, and the
 // fraction of the triad bandwidth that the minimal traffic at the median time is, at this pass's
 // working-set size ("roofline") and at a size far beyond the caches ("roofline_dram").

@@ -161,15 +161,9 @@ void run_paired(benchmark::State& state, const ShapeCase& shape, Pass pass, bool
                 bool blocked) {
     OnednnCase<Fwd, Bwd> onednn_case(shape, pass, layer, blocked);
     NormlabCase normlab_case(layer ? "layer_norm" : "batch_norm", shape);
-    CallTimes onednn_calls, normlab_calls;
-    time_abba(
-        state, onednn_calls, normlab_calls, [&] { return onednn_case.call(); },
+    time_paired(
+        state, "onednn", [&] { return onednn_case.call(); },
         [&] { return normlab_case.call(pass); });
-    const double onednn = onednn_calls.median(), normlab = normlab_calls.median();
-    state.counters["onednn_median_us"] = onednn * 1e6;
-    state.counters["normlab_median_us"] = normlab * 1e6;
-    state.counters["paired_ratio"] = normlab > 0 ? onednn / normlab : 0.0;
-    state.counters["threads"] = omp_get_max_threads();
 }
 
 // Each case alone (`<impl>/<layer>/<shape>/<pass>`), and paired with normlab's

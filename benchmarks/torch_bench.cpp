@@ -160,15 +160,9 @@ void run_paired(benchmark::State& state, const std::string& variant, const Shape
                                 .c_str());
         return;
     }
-    CallTimes pytorch_calls, normlab_calls;
-    time_abba(
-        state, pytorch_calls, normlab_calls, [&] { return pytorch_case.call(); },
+    time_paired(
+        state, "pytorch", [&] { return pytorch_case.call(); },
         [&] { return normlab_case.call(pass); });
-    const double pytorch = pytorch_calls.median(), normlab = normlab_calls.median();
-    state.counters["pytorch_median_us"] = pytorch * 1e6;
-    state.counters["normlab_median_us"] = normlab * 1e6;
-    state.counters["paired_ratio"] = normlab > 0 ? pytorch / normlab : 0.0;
-    state.counters["threads"] = omp_get_max_threads();
     state.counters["pytorch_threads"] = at::get_num_threads();
 }
 

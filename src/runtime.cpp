@@ -58,9 +58,9 @@ std::size_t parse_cache_size(const std::string& text) {
     return std::size_t(number) * scale;
 }
 
-// The cache of CPU 0 with the highest level, from sysfs: its level and size (0, 0 where sysfs
-// tells nothing).
-std::pair<std::size_t, std::size_t> cache_from_sysfs() {
+// The cache of CPU 0 with the highest level, or with exactly `wanted_level` where that is not 0,
+// from sysfs: its level and size (0, 0 where sysfs tells nothing).
+std::pair<std::size_t, std::size_t> cache_from_sysfs(std::size_t wanted_level = 0) {
     std::size_t best_level = 0, best_bytes = 0;
     for (int index = 0; index < 16; ++index) {
         const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
@@ -68,13 +68,17 @@ std::pair<std::size_t, std::size_t> cache_from_sysfs() {
         std::size_t level = 0;
         std::string size;
         if (!(level_file >> level) || !(size_file >> size)) continue;
-        if (level >= best_level) {
+        if (wanted_level != 0 ? level == wanted_level : level >= best_level) {
             best_level = level;
             best_bytes = parse_cache_size(size);
         }
     }
     return {best_level, best_bytes};
 }
+
+constexpr std::size_t kFallbackCoreCacheBytes = std::size_t{1} << 20;
+
+std::atomic<std::size_t> chosen_core_cache_bytes{0};
 
 }  // namespace
 
@@ -91,6 +95,27 @@ std::size_t detected_last_level_cache_bytes() {
         return usable_cache_bytes(from_libc, level >= 3 || from_libc == 0 ? sysfs_bytes : 0);
     }();
     return detected;
+}
+
+std::size_t detected_core_cache_bytes() {
+    static const std::size_t detected = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+        const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+        if (l2 > 0) return std::size_t(l2);
+#endif
+        const std::size_t from_sysfs = cache_from_sysfs(2).second;
+        return from_sysfs > 0 ? from_sysfs : kFallbackCoreCacheBytes;
+    }();
+    return detected;
+}
+
+void set_core_cache_bytes(std::size_t bytes) {
+    chosen_core_cache_bytes.store(bytes, std::memory_order_relaxed);
+}
+
+std::size_t core_cache_bytes() {
+    const std::size_t chosen = chosen_core_cache_bytes.load(std::memory_order_relaxed);
+    return chosen > 0 ? chosen : detected_core_cache_bytes();
 }
 
 namespace {

@@ -40,6 +40,14 @@ struct CacheSize {
     std::size_t previous;
 };
 
+struct CoreCacheSize {
+    explicit CoreCacheSize(std::size_t bytes) : previous(core_cache_bytes()) {
+        set_core_cache_bytes(bytes);
+    }
+    ~CoreCacheSize() { set_core_cache_bytes(previous); }
+    std::size_t previous;
+};
+
 using testing::ThreadCount;
 
 // A shape and the sets a kernel reduces it over.
@@ -110,6 +118,17 @@ TEST(Kernels, CacheSizeIsDetectedAndCanBeSet) {
     set_last_level_cache_bytes(pinned);
 }
 
+TEST(Kernels, CoreCacheSizeIsDetectedAndCanBeSet) {
+    const std::size_t detected = detected_core_cache_bytes();
+    EXPECT_GE(detected, std::size_t{64} << 10) << "a core cache of under 64 KiB";
+    EXPECT_EQ(core_cache_bytes(), detected);
+    {
+        CoreCacheSize core(std::size_t{3} << 20);
+        EXPECT_EQ(core_cache_bytes(), std::size_t{3} << 20);
+    }
+    EXPECT_EQ(core_cache_bytes(), detected);
+}
+
 // The C library's and /sys's cache sizes disagree on AMD EPYC (the socket's L3 against the core
 // complex's): the smaller is the one a core can use.
 TEST(Kernels, UsableCacheIsTheSmallerOfTheTwoSizesTold) {
@@ -178,6 +197,59 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
             for (std::size_t i = 0; i < outputs[0].size(); ++i)
                 EXPECT_EQ(outputs[plan][i], outputs[0][i])
                     << spec << " " << format_shape(shape) << ": output " << i << ", plan " << plan;
+        }
+    }
+}
+
+// Per-sample sets whose dy and input fit in a core's cache (core_cache_bytes) are reduced and
+// applied set by set in the backward; other sets are applied a group at a time while the next
+// group is reduced. Both must give the same bits: every layer with per-sample sets, on tensors
+// in cache and out of it (the 32 MiB plan of this program: from 8 MiB on), with x̂ formed from
+// the input kept by forward and stored, on 1 and 2 threads. A core cache of 1 KiB pairs every set
+// here, one of 1 GiB takes every set one at a time, and 48 KiB takes InstanceNorm's sets of
+// 15.6 KB (dy and input 31 KB) one at a time and pairs the larger ones.
+TEST(Kernels, BackwardSetBySetEqualsPairedSetsBitForBit) {
+    struct Case {
+        std::string spec;
+        Shape shape;
+    };
+    const std::vector<Case> cases = {
+        {"layer_norm", {4, 8, 1024}},
+        {"layer_norm", {8, 64, 3901}},  // 8 MB: out of cache under a 32 MiB plan
+        {"group_norm(groups=16)", {8, 64, 3901}},
+        {"group_norm(groups=4)", {6, 12, 10, 10}},
+        {"instance_norm(affine=true)", {8, 64, 3901}},
+        {"instance_norm", {3, 5, 7, 9}},
+        {"rms_norm", {8, 64, 3901}},
+        {"batch_layer_norm", {4, 16, 250}},
+    };
+    for (const auto& [spec, shape] : cases) {
+        const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));
+        const Tensor dy = xt::cast<float>(testing::random_array(shape, 42));
+        for (int threads : {1, 2}) {
+            ThreadCount tc(threads);
+            std::vector<std::vector<Tensor>> outputs;
+            for (std::size_t core_bytes :
+                 {std::size_t{1} << 10, std::size_t{48} << 10, std::size_t{1} << 30}) {
+                CoreCacheSize core(core_bytes);
+                auto norm = make_normalizer(spec, shape[1]);
+                std::vector<Tensor> out;
+                out.push_back(norm->forward(x, Mode::train));
+                out.push_back(norm->backward(dy));
+                for (const auto& p : norm->parameters())
+                    out.push_back(*p.grad);
+                Tensor input = x;
+                norm->forward(std::move(input), Mode::train);
+                out.push_back(norm->backward(dy));
+                outputs.push_back(std::move(out));
+            }
+            for (std::size_t plan = 1; plan < outputs.size(); ++plan) {
+                ASSERT_EQ(outputs[plan].size(), outputs[0].size());
+                for (std::size_t i = 0; i < outputs[0].size(); ++i)
+                    EXPECT_EQ(outputs[plan][i], outputs[0][i])
+                        << spec << " " << format_shape(shape) << ", " << threads
+                        << " threads: output " << i << ", core cache " << plan;
+            }
         }
     }
 }
@@ -562,6 +634,9 @@ TEST(Kernels, StreamedOutputsEqualNormalStoresBitForBit) {
 // each thread its channels sample by sample. A set computed alone (one channel for batch norm, one
 // sample for the others) takes the plain path: the bits must be the same.
 TEST(Kernels, SetsSummedWhileTheirPredecessorIsWrittenEqualSetsAloneBitForBit) {
+    // Per-sample sets are reduced and applied set by set in the backward where a set's dy and
+    // input fit in a core's cache; a 1 KiB core cache keeps every set of these shapes paired.
+    CoreCacheSize paired(std::size_t{1} << 10);
     for (const Shape& shape : {Shape{8, 4, 131072}, Shape{8, 2308, 11, 11}, Shape{8, 40, 11, 11}}) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 23, 1.0, 2.0));
         const Tensor dy = xt::cast<float>(testing::random_array(shape, 24));

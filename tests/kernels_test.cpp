@@ -201,13 +201,14 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
     }
 }
 
-// Per-sample sets whose dy and input fit in a core's cache (core_cache_bytes) are reduced and
-// applied set by set in the backward; other sets are applied a group at a time while the next
-// group is reduced. Both must give the same bits: every layer with per-sample sets, on tensors
-// in cache and out of it (the 32 MiB plan of this program: from 8 MiB on), with x̂ formed from
-// the input kept by forward and stored, on 1 and 2 threads. A core cache of 1 KiB pairs every set
-// here, one of 1 GiB takes every set one at a time, and 48 KiB takes InstanceNorm's sets of
-// 15.6 KB (dy and input 31 KB) one at a time and pairs the larger ones.
+// Sets whose dy and input fit in a core's cache (core_cache_bytes) are reduced and applied set by
+// set in the fused backward with trailing dimensions; other sets are applied a group at a time
+// while the next group is reduced. Both must give the same bits: every layer with per-sample
+// sets, on tensors in cache and out of it (the 32 MiB plan of this program: from 8 MiB on), and
+// BatchNorm's sets over the batch out of cache (in cache it takes the two stages), with x̂ formed
+// from the input kept by forward and stored, on 1 and 2 threads. A core cache of 1 KiB pairs
+// every set here, one of 1 GiB takes every set one at a time, and 48 KiB takes InstanceNorm's
+// sets of 15.6 KB (dy and input 31 KB) one at a time and pairs the larger ones.
 TEST(Kernels, BackwardSetBySetEqualsPairedSetsBitForBit) {
     struct Case {
         std::string spec;
@@ -222,6 +223,8 @@ TEST(Kernels, BackwardSetBySetEqualsPairedSetsBitForBit) {
         {"instance_norm", {3, 5, 7, 9}},
         {"rms_norm", {8, 64, 3901}},
         {"batch_layer_norm", {4, 16, 250}},
+        {"batch_norm", {9, 64, 3901}},  // 8.6 MiB: BatchNorm's fused backward from 8 MiB on
+        {"batch_renorm", {9, 64, 3901}},
     };
     for (const auto& [spec, shape] : cases) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));

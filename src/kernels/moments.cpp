@@ -516,18 +516,21 @@ std::size_t sets_per_pass(const NcsView& v, const SetSpec& sets) {
 constexpr std::size_t kLookaheadBytes = std::size_t{512} << 10;
 constexpr std::size_t kMaxLookaheadSets = 256;
 
-// Per-sample sets whose dy and input (or x̂) fit in a core's cache together (core_cache_bytes) are
-// reduced and then applied one at a time in the backward, the apply reading the set again from
-// that cache, instead of pairing a group's apply with the next group's sums. On a 2-vCPU Intel
-// Xeon VM (2 MiB L2 per core, 2 threads, each in turn with the paired pass in one process), set
-// by set took 0.80-0.84x the paired time for LayerNorm, GroupNorm(32) and InstanceNorm on
-// (32, 64, 56, 56) (LayerNorm's sets are 0.8 MB: 1.6 MB with dy), 0.82-0.92x for GroupNorm and
-// InstanceNorm on (8, 256, 14, 14) and (2, 64, 56, 56); RMSNorm and LayerNorm on the small
-// shapes within 5% either way. Larger sets keep the pairing, which was faster from memory on
-// AMD Zen 5 (1 MiB L2) against sets paired one with one (see per_sample_sets_per_pass).
+// Sets whose dy and input (or x̂) fit in a core's cache together (core_cache_bytes) are reduced
+// and then applied one at a time by the fused backward with trailing dimensions, the apply reading
+// the set again from that cache, instead of pairing a group's apply with the next group's sums.
+// On a 2-vCPU Intel Xeon VM (2 MiB L2 per core; 2 threads, each in turn with the paired pass in
+// one process), set by set was 1.13-1.41x faster for LayerNorm, GroupNorm(32), InstanceNorm and
+// RMSNorm on (32, 64, 56, 56) (LayerNorm's sets are 0.8 MB: 1.6 MB with dy), 1.08-1.19x on
+// (8, 256, 14, 14), within 4% on (2, 64, 56, 56) but InstanceNorm's 1.07-1.19x; BatchNorm and
+// Batch Renormalization on (32, 64, 56, 56) (sets of 32 runs, 0.8 MB) 1.05-1.22x. The forward
+// keeps its pairing: set by set, BatchNorm's training forward on (32, 64, 56, 56) took 1.03-1.26x
+// as long, the per-sample layers' training forward and inference up to 1.19x. Larger sets keep it
+// too; it was faster from memory on AMD Zen 5 (1 MiB L2) than pairing set with set
+// (per_sample_sets_per_pass), where set by set was not measured.
 template <class T>
 bool backward_set_by_set(const NcsView& v, const SetSpec& sets) {
-    return !sets.across_batch && 2 * sets.set_size(v) * sizeof(T) <= core_cache_bytes();
+    return 2 * sets.set_size(v) * sizeof(T) <= core_cache_bytes();
 }
 
 template <class T>
@@ -1207,10 +1210,10 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                 double a = 0, b = 0;
                 sum_set(k, a, b);
                 coefficients(k, a * inv_m, b * inv_m, set_coef_1[k], set_coef_xhat[k]);
-                const auto [r0, c0] = first_run(k);
-                for (std::size_t dc = 0; dc < cps; ++dc)
-                    apply_run_from(stream, dy, xhat, (r0 + dc) * v.s, v.s, k, coef_g[k], g[c0 + dc],
+                for_each_run(k, [&](std::size_t r, std::size_t c) {
+                    apply_run_from(stream, dy, xhat, r * v.s, v.s, k, coef_g[k], g[c],
                                    set_coef_1[k], set_coef_xhat[k], dx);
+                });
             }
             rows::fence_streamed_stores();
         });

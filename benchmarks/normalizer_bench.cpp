@@ -131,6 +131,9 @@ int main(int argc, char** argv) {
     // Whether that size is the detected one or the user's (NORMLAB_LAST_LEVEL_CACHE).
     benchmark::AddCustomContext("planned_cache_from",
                                 std::string(normlab::last_level_cache_source()));
+    // The core cache the backward plans its sets for (normlab::core_cache_bytes).
+    benchmark::AddCustomContext("core_cache_kib",
+                                std::to_string(normlab::core_cache_bytes() >> 10));
     if (const std::size_t other = normlab::bench::other_plan_bytes(); other > 0)
         benchmark::AddCustomContext("other_plan_kib", std::to_string(other >> 10));
     // What this machine's plan does with the chains' outputs (the report's chain section).

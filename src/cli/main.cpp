@@ -143,6 +143,10 @@ void print_cache_probe(const normlab::CacheProbe& probe, std::size_t detected) {
         mib(normlab::last_level_cache_bytes()),
         std::string(normlab::last_level_cache_source()).c_str(), mib(detected));
     std::printf(
+        "The backward reduces and applies one at a time the sets whose gradient and input fit "
+        "together in a %.1f MiB core cache.\n",
+        mib(normlab::core_cache_bytes()));
+    std::printf(
         "Sweeps between two arrays, each writing one from the other, %d threads "
         "(median GB/s):\n\n",
         omp_get_max_threads());

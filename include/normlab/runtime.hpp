@@ -90,10 +90,11 @@ std::string_view last_level_cache_source();
 // such as the benchmarks, ask this rather than repeat the rule.)
 bool streams_output(std::size_t bytes);
 
-// The cache of one core (its L2) the backward kernels plan for: per-sample sets (LayerNorm,
-// GroupNorm, InstanceNorm, RMSNorm with trailing dimensions) whose dy and input fit in it together
-// are reduced and then applied set by set, the apply reading the set again from this cache;
-// larger sets are applied a group at a time while the next group is reduced. Detected on first use
+// The cache of one core (its L2) the backward kernels plan for: with trailing dimensions, sets
+// whose dy and input fit in it together (per-sample sets of LayerNorm, GroupNorm, InstanceNorm,
+// RMSNorm; BatchNorm's channels over the batch where its fused backward runs) are reduced and
+// then applied set by set, the apply reading the set again from this cache; larger sets are
+// applied a group at a time while the next group is reduced. Detected on first use
 // from the C library (sysconf) or /sys (level 2 of CPU 0); 1 MiB where neither tells. Like the
 // last-level plan, the choice changes speed only: every path computes the same bits.
 void set_core_cache_bytes(std::size_t bytes);  // 0: the detected size

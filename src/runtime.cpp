@@ -11,6 +11,7 @@
 #include <cstdlib>  // defines __GLIBC__ on glibc systems
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #if defined(__GLIBC__)
@@ -58,22 +59,28 @@ std::size_t parse_cache_size(const std::string& text) {
     return std::size_t(number) * scale;
 }
 
-// The cache of CPU 0 with the highest level, or with exactly `wanted_level` where that is not 0,
-// from sysfs: its level and size (0, 0 where sysfs tells nothing).
-std::pair<std::size_t, std::size_t> cache_from_sysfs(std::size_t wanted_level = 0) {
-    std::size_t best_level = 0, best_bytes = 0;
+// A cache of CPU 0 as sysfs describes it (all 0 where it tells nothing).
+struct SysfsCache {
+    std::size_t level = 0, bytes = 0;
+    std::size_t sharing_cpus = 0;  // the CPUs its shared_cpu_list names
+};
+
+// The cache of CPU 0 with the highest level, or with exactly `wanted_level` where that is not 0.
+SysfsCache cache_from_sysfs(std::size_t wanted_level = 0) {
+    SysfsCache best;
     for (int index = 0; index < 16; ++index) {
         const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
-        std::ifstream level_file(dir + "/level"), size_file(dir + "/size");
+        std::ifstream level_file(dir + "/level"), size_file(dir + "/size"),
+            shared_file(dir + "/shared_cpu_list");
         std::size_t level = 0;
-        std::string size;
+        std::string size, shared;
         if (!(level_file >> level) || !(size_file >> size)) continue;
-        if (wanted_level != 0 ? level == wanted_level : level >= best_level) {
-            best_level = level;
-            best_bytes = parse_cache_size(size);
+        if (wanted_level != 0 ? level == wanted_level : level >= best.level) {
+            std::getline(shared_file, shared);
+            best = {level, parse_cache_size(size), cpu_list_count(shared)};
         }
     }
-    return {best_level, best_bytes};
+    return best;
 }
 
 constexpr std::size_t kFallbackCoreCacheBytes = std::size_t{1} << 20;
@@ -91,20 +98,51 @@ std::size_t detected_last_level_cache_bytes() {
 #endif
         // A /sys that lists no L3 (some VMs show only L1 and L2) is no answer to compare
         // sysconf's L3 with; it still serves where sysconf does not know.
-        const auto [level, sysfs_bytes] = cache_from_sysfs();
-        return usable_cache_bytes(from_libc, level >= 3 || from_libc == 0 ? sysfs_bytes : 0);
+        const SysfsCache last = cache_from_sysfs();
+        return usable_cache_bytes(from_libc, last.level >= 3 || from_libc == 0 ? last.bytes : 0);
     }();
     return detected;
 }
 
+std::size_t cpu_list_count(std::string_view list) {
+    while (!list.empty() && std::isspace(static_cast<unsigned char>(list.back())))
+        list.remove_suffix(1);
+    if (list.empty()) return 0;
+    std::size_t count = 0;
+    while (!list.empty()) {
+        const std::size_t comma = list.find(',');
+        const std::string_view range = list.substr(0, comma);
+        list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+        const std::size_t dash = range.find('-');
+        const auto number = [](std::string_view text, std::size_t& value) {
+            if (text.empty() || text.size() > 9) return false;
+            value = 0;
+            for (const char ch : text) {
+                if (!std::isdigit(static_cast<unsigned char>(ch))) return false;
+                value = value * 10 + std::size_t(ch - '0');
+            }
+            return true;
+        };
+        std::size_t first = 0, last = 0;
+        if (!number(range.substr(0, dash), first)) return 0;
+        if (dash == std::string_view::npos)
+            last = first;
+        else if (!number(range.substr(dash + 1), last) || last < first)
+            return 0;
+        count += last - first + 1;
+    }
+    return count;
+}
+
 std::size_t detected_core_cache_bytes() {
     static const std::size_t detected = [] {
+        const SysfsCache l2 = cache_from_sysfs(2);
+        if (l2.bytes > 0) return l2.bytes / std::max<std::size_t>(l2.sharing_cpus, 1);
 #if defined(_SC_LEVEL2_CACHE_SIZE)
-        const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-        if (l2 > 0) return std::size_t(l2);
+        const long from_libc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+        if (from_libc > 0) return std::size_t(from_libc);
 #endif
-        const std::size_t from_sysfs = cache_from_sysfs(2).second;
-        return from_sysfs > 0 ? from_sysfs : kFallbackCoreCacheBytes;
+        return kFallbackCoreCacheBytes;
     }();
     return detected;
 }

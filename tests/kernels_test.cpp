@@ -129,6 +129,20 @@ TEST(Kernels, CoreCacheSizeIsDetectedAndCanBeSet) {
     EXPECT_EQ(core_cache_bytes(), detected);
 }
 
+// The core cache is /sys's L2 over the CPUs that share it: the lists of shared_cpu_list.
+TEST(Kernels, CpuListsAreCounted) {
+    EXPECT_EQ(cpu_list_count("0"), 1u);
+    EXPECT_EQ(cpu_list_count("0-1\n"), 2u);
+    EXPECT_EQ(cpu_list_count("0,4"), 2u);
+    EXPECT_EQ(cpu_list_count("0-3,8-11"), 8u);
+    EXPECT_EQ(cpu_list_count("12"), 1u);
+    EXPECT_EQ(cpu_list_count(""), 0u);
+    EXPECT_EQ(cpu_list_count("3-1"), 0u);
+    EXPECT_EQ(cpu_list_count("0-"), 0u);
+    EXPECT_EQ(cpu_list_count("a"), 0u);
+    EXPECT_EQ(cpu_list_count("0,,1"), 0u);
+}
+
 // The C library's and /sys's cache sizes disagree on AMD EPYC (the socket's L3 against the core
 // complex's): the smaller is the one a core can use.
 TEST(Kernels, UsableCacheIsTheSmallerOfTheTwoSizesTold) {

@@ -94,12 +94,16 @@ bool streams_output(std::size_t bytes);
 // whose dy and input fit in it together (per-sample sets of LayerNorm, GroupNorm, InstanceNorm,
 // RMSNorm; BatchNorm's channels over the batch where its fused backward runs) are reduced and
 // then applied set by set, the apply reading the set again from this cache; larger sets are
-// applied a group at a time while the next group is reduced. Detected on first use
-// from the C library (sysconf) or /sys (level 2 of CPU 0); 1 MiB where neither tells. Like the
-// last-level plan, the choice changes speed only: every path computes the same bits.
+// applied a group at a time while the next group is reduced. Detected on first use from /sys
+// (level 2 of CPU 0: its size over the CPUs that share it, as hyperthreads running a kernel's
+// threads each use their share) or else the C library (sysconf); 1 MiB where neither tells. Like
+// the last-level plan, the choice changes speed only: every path computes the same bits.
 void set_core_cache_bytes(std::size_t bytes);  // 0: the detected size
 std::size_t core_cache_bytes();
 std::size_t detected_core_cache_bytes();
+
+// How many CPUs a /sys cpu list names ("0", "0-1", "0,4", "0-3,8-11"); 0 for anything else.
+std::size_t cpu_list_count(std::string_view list);
 
 // The last-level cache one core can use, from the C library's size (sysconf, read from cpuid)
 // and the kernel's (/sys: the cache CPU 0 shares with its neighbours), 0 where one does not

@@ -1200,7 +1200,6 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             b += double(g[c]) * row2[r];
         });
     };
-    std::vector<T> set_coef_1(num_sets), set_coef_xhat(num_sets);
     if (backward_set_by_set<T>(v, sets)) {
         // Run by run: rows::runs_apply, a set's runs in one call, took 1.05-1.1x as long on
         // (8, 256, 14, 14) (runs of 196 values), 2-vCPU Intel Xeon VM.
@@ -1209,10 +1208,11 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             for (std::size_t k = k0; k < k1; ++k) {
                 double a = 0, b = 0;
                 sum_set(k, a, b);
-                coefficients(k, a * inv_m, b * inv_m, set_coef_1[k], set_coef_xhat[k]);
+                T coef_1, coef_xhat;
+                coefficients(k, a * inv_m, b * inv_m, coef_1, coef_xhat);
                 for_each_run(k, [&](std::size_t r, std::size_t c) {
-                    apply_run_from(stream, dy, xhat, r * v.s, v.s, k, coef_g[k], g[c],
-                                   set_coef_1[k], set_coef_xhat[k], dx);
+                    apply_run_from(stream, dy, xhat, r * v.s, v.s, k, coef_g[k], g[c], coef_1,
+                                   coef_xhat, dx);
                 });
             }
             rows::fence_streamed_stores();
@@ -1222,6 +1222,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     }
     // Sets over the batch go a group at a time, sample by sample (grouped_sets); larger per-sample
     // sets a group at a time too (one set in cache), the next group's runs right after the group's.
+    std::vector<T> set_coef_1(num_sets), set_coef_xhat(num_sets);
     const std::size_t group =
         sets.across_batch ? sets_per_pass<T>(v, sets) : per_sample_sets_per_pass<T>(v, sets);
     grouped_sets(

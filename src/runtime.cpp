@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <charconv>
 #include <cstdlib>  // defines __GLIBC__ on glibc systems
 #include <fstream>
 #include <string>
@@ -114,14 +115,13 @@ std::size_t cpu_list_count(std::string_view list) {
         const std::string_view range = list.substr(0, comma);
         list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
         const std::size_t dash = range.find('-');
+        // The whole text as a number of at most nine digits (std::from_chars takes no sign or
+        // space), so that counts cannot overflow.
         const auto number = [](std::string_view text, std::size_t& value) {
-            if (text.empty() || text.size() > 9) return false;
-            value = 0;
-            for (const char ch : text) {
-                if (!std::isdigit(static_cast<unsigned char>(ch))) return false;
-                value = value * 10 + std::size_t(ch - '0');
-            }
-            return true;
+            if (text.size() > 9) return false;
+            const char* end = text.data() + text.size();
+            const auto [stop, error] = std::from_chars(text.data(), end, value);
+            return error == std::errc() && stop == end;
         };
         std::size_t first = 0, last = 0;
         if (!number(range.substr(0, dash), first)) return 0;

@@ -182,14 +182,21 @@ __attribute__((always_inline)) inline V splat(S value) {
 template <class T>
 struct Splat {
     T one;
+    Float4 f4;
     Float8 f8;
     Float16 f16;
     Double4 d4;
     explicit Splat(T v)
-        : one(splat<T>(v)), f8(splat<Float8>(v)), f16(splat<Float16>(v)), d4(splat<Double4>(v)) {}
+        : one(splat<T>(v)),
+          f4(splat<Float4>(v)),
+          f8(splat<Float8>(v)),
+          f16(splat<Float16>(v)),
+          d4(splat<Double4>(v)) {}
     template <class V>
     __attribute__((always_inline)) V as() const {
-        if constexpr (std::is_same_v<V, Float8>)
+        if constexpr (std::is_same_v<V, Float4>)
+            return f4;
+        else if constexpr (std::is_same_v<V, Float8>)
             return f8;
         else if constexpr (std::is_same_v<V, Float16>)
             return f16;
@@ -626,11 +633,24 @@ inline bool aligned16(const void* p) {
     return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0;
 }
 
+// One float with a streaming store (SSE2's movnti, on every x86-64): the values of a streamed
+// output that no vector covers, so that no line of it is written partly by ordinary stores.
+__attribute__((always_inline)) inline void stream_float(float* p, float v) {
+    int bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    _mm_stream_si32(reinterpret_cast<int*>(p), bits);
+}
+
 // Stores a vector of V's width (or one value for V = T) at p, streamed when `stream` (floats
-// only; p must then be 16-byte aligned).
+// only; vectors must then be 16-byte aligned).
 template <class V, class T>
 __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
-    if constexpr (std::is_same_v<V, Float8>) {
+    if constexpr (std::is_same_v<V, Float4>) {
+        if (stream)
+            _mm_stream_ps(p, __m128(v));
+        else
+            std::memcpy(p, &v, sizeof v);
+    } else if constexpr (std::is_same_v<V, Float8>) {
         if (stream)
             stream_floats(p, v);
         else
@@ -646,52 +666,67 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
         }
     } else if constexpr (std::is_same_v<V, Double4>) {
         std::memcpy(p, &v, sizeof v);
+    } else if constexpr (std::is_same_v<T, float>) {
+        if (stream)
+            stream_float(p, v);
+        else
+            *p = v;
     } else {
         *p = v;
     }
 }
 
 // Calls scalar(i) for the elements of [begin, end) before out + i is 16-byte aligned and after
-// the last full vector, body(V{}, i) for full vectors in between: eight floats, or, with `lines`
-// where kernels::wide_vectors says so, sixteen on each 64-byte line of out, the values before the
-// first line and after the last eight at a time, the vector at each end reaching into the line
-// next to it (those values are computed and written twice: elementwise passes only, where
-// every value is computed alone, so the placement changes no bit and the second write stores
-// the same value). Streamed outputs go on lines: each vector of sixteen is then one streaming
-// store of a whole line (stream_line), and every line of the range is written by streaming
-// stores alone. (Placed on lines with the values around them stored one at a time, a line
-// written partly by ordinary stores made the per-sample layers' streamed training forward on
-// (32, 64, 56, 56) take 7.5-9.3 ms instead of 2.2-3.2.) Normal stores keep eight from a 16-byte
-// boundary: on lines they cost runs of a few hundred values 2-9% (InstanceNorm and GroupNorm(32)
-// inference on (8, 256, 14, 14) and (2, 64, 56, 56)).
+// the last full vector, body(V{}, i) for full vectors of eight floats in between. With `lines`
+// (a streamed output) every value goes through body instead, each exactly once, so that every
+// store to out streams and no line is written partly by ordinary stores: one value at a time
+// (V = float) up to a 16-byte boundary, then, where kernels::wide_vectors says so, eight and four
+// up to the first 64-byte line and sixteen on each line (one streaming store of a whole line,
+// stream_line), and the rest eight, four and one at a time. (A line written partly by ordinary
+// stores made the per-sample layers' streamed training forward on (32, 64, 56, 56) take 7.5-9.3
+// ms instead of 2.2-3.2. Written as a vector of eight reaching back into the line streamed
+// before them, or one by one with ordinary stores, as until 2026-12-03, the last values of each
+// range made the streamed forwards on short runs several times slower; with the 32 MiB plan, 2
+// threads, Intel Xeon VM, this form over that one, both alternated call by call (ABBA), medians:
+// (128, 256, 14, 14), runs of 196 values, InstanceNorm 0.32-0.33, BatchNorm training forward
+// 0.41, LayerNorm and RMSNorm 0.82-0.85 (with vectors of eight, as on AVX2: 0.25-0.40);
+// (256, 512, 7, 7), runs of 49, 0.13-0.23 for every layer but BatchNorm's training forward, which
+// does not stream there; (32, 64, 56, 56) 0.97-1.04. Backward passes 0.91-1.03.)
+// Normal stores keep eight from a 16-byte boundary: on lines they cost runs of a few hundred
+// values 2-9% (InstanceNorm and GroupNorm(32) inference on (8, 256, 14, 14) and (2, 64, 56, 56)).
+// Every value is computed alone (elementwise passes only), so the split changes no bit.
 template <class Scalar, class Body>
 __attribute__((always_inline)) inline void aligned_vectors(std::size_t begin, std::size_t end,
                                                            const float* out, bool lines,
                                                            Scalar&& scalar, Body&& body) {
     std::size_t i = begin;
+    if (lines) {
+        for (; i < end && !aligned16(out + i); ++i)
+            body(float{}, i);
+        if (wide_vectors() && i + kLanes <= end) {
+            // Both 16-byte aligned: the first line is 0, 4, 8 or 12 values on.
+            const std::size_t first_line = i + values_before_line(out + i, end - i);
+            for (; i + 8 <= first_line; i += 8)
+                body(Float8{}, i);
+            if (i < first_line) {
+                body(Float4{}, i);
+                i += 4;
+            }
+            for (; i + kLanes <= end; i += kLanes)
+                body(Float16{}, i);
+        }
+        for (; i + 8 <= end; i += 8)
+            body(Float8{}, i);
+        if (i + 4 <= end) {
+            body(Float4{}, i);
+            i += 4;
+        }
+        for (; i < end; ++i)
+            body(float{}, i);
+        return;
+    }
     for (; i < end && !aligned16(out + i); ++i)
         scalar(i);
-    if (lines && wide_vectors() && i + kLanes <= end) {
-        // Here i + 16 <= end, and the first line is at most twelve values on.
-        const std::size_t first_line = i + values_before_line(out + i, end - i);
-        while (i < first_line) {
-            body(Float8{}, i);
-            i = std::min(i + 8, first_line);
-        }
-        for (; i + kLanes <= end; i += kLanes)
-            body(Float16{}, i);
-        // The last values in whole 16-byte groups: eight at a time, the last eight ending there
-        // (at least eight values after begin, as sixteen were).
-        const std::size_t stop = i + (end - i) / 4 * 4;
-        if (i + 8 <= stop) {
-            body(Float8{}, i);
-            i += 8;
-        }
-        if (i < stop) {
-            body(Float8{}, stop - 8);
-            i = stop;
-        }
-    }
     for (; i + 8 <= end; i += 8)
         body(Float8{}, i);
     for (; i < end; ++i)

@@ -212,6 +212,12 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
         {"group_norm(groups=32)", {8, 64, 3901}},
         {"instance_norm(affine=true)", {8, 64, 3901}},
         {"rms_norm", {8, 64, 3901}},
+        // Runs of 49 and 196 values (short_runs): sets over the batch in memory order from
+        // memory too, their outputs streamed under the 4 MiB plan (2.5 MB and 3.2 MB).
+        {"batch_norm", {200, 64, 49}},
+        {"batch_renorm", {200, 64, 49}},
+        {"batch_norm", {16, 256, 196}},
+        {"instance_norm(affine=true)", {16, 256, 196}},
     };
     for (const auto& [spec, shape] : cases) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 31, 1.0, 2.0));
@@ -224,6 +230,27 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
         }
         expect_same_outputs(outputs, spec + " " + format_shape(shape));
     }
+}
+
+// Sets over the batch are walked by channel from memory (the fused backward, a set's runs C·S
+// values apart) only where the runs are long enough for the hardware to follow: from 1 KiB
+// (256 floats, 128 doubles) on, below which the passes go in memory order.
+TEST(Kernels, ShortRunsOverTheBatchAreNotWalkedByChannelFromMemory) {
+    CacheSize cache(std::size_t{32} << 20);  // in cache up to 8 MiB
+    const SetSpec over_batch{true, 1};
+    const auto fused = [&](std::size_t n, std::size_t c, std::size_t s, auto value) {
+        return kernels::can_fuse_backward<decltype(value)>(NcsView{n, c, s}, over_batch);
+    };
+    EXPECT_FALSE(fused(256, 512, 49, 0.0f));   // 25.7 MB, runs of 196 bytes
+    EXPECT_FALSE(fused(128, 256, 196, 0.0f));  // 25.7 MB, 784 bytes
+    EXPECT_FALSE(fused(128, 256, 255, 0.0f));  // 1020 bytes
+    EXPECT_TRUE(fused(128, 256, 256, 0.0f));   // 1024 bytes
+    EXPECT_TRUE(fused(32, 64, 3136, 0.0f));    // 25.7 MB, 12.5 KB
+    EXPECT_FALSE(fused(128, 256, 127, 0.0));   // doubles: 1016 bytes
+    EXPECT_TRUE(fused(128, 256, 128, 0.0));    // 1024 bytes
+    EXPECT_FALSE(fused(2, 64, 3136, 0.0f));    // 1.6 MB: in cache, the two stages
+    // Per-sample sets are contiguous whatever their runs.
+    EXPECT_TRUE(kernels::can_fuse_backward<float>(NcsView{256, 512, 49}, SetSpec{false, 1}));
 }
 
 // Sets whose dy and input fit in a core's cache (core_cache_bytes) are reduced and applied set by

@@ -71,6 +71,21 @@ bool stays_cached(const NcsView& v) {
     return v.size() * sizeof(T) < std::min(kCachedBytes, last_level_cache_bytes() / 4);
 }
 
+// Runs of fewer bytes than this are walked in memory order by the passes over sets across the
+// batch, from memory too, where longer runs go by channel (standardize, can_fuse_backward,
+// splits_by_channel): by channel, a set's runs lie C·S values apart, and short runs from memory
+// wait on each new run's lines, which no prefetcher follows. BatchNorm training forward from
+// memory, 2 threads, Intel Xeon VM, memory order over channel order (interleaved calls, medians):
+// runs of 49 values (196 bytes; (256, 512, 7, 7)) 0.34-0.38, one thread 0.33; 196 values
+// ((128, 256, 14, 14)) 0.86-0.91, one thread 0.80; 256 values 0.98-1.17; 400 values 1.13-1.16;
+// 784 values 1.10-1.20; 3136 values ((32, 64, 56, 56)) 1.14-1.32.
+constexpr std::size_t kChannelOrderRunBytes = 1024;
+
+template <class T>
+bool short_runs(const NcsView& v) {
+    return v.s * sizeof(T) < kChannelOrderRunBytes;
+}
+
 // How many rows after rows [n0, n1) a kernel walking them should prefetch: the next group's, up
 // to `group` rows and not past row `end`, on tensors that do not stay cached; otherwise none.
 // The backward kernels that walk a group of rows column by column (the fused rows backward, and
@@ -165,7 +180,7 @@ bool runs_are_sets_over_the_batch(const NcsView& v, const SetSpec& sets) {
 // would split unevenly (fewer than eight per thread, and not a multiple of the threads).
 template <class T>
 bool splits_by_channel(const NcsView& v, const SetSpec& sets) {
-    if (!sets.across_batch || v.s == 1 || stays_cached<T>(v)) return false;
+    if (!sets.across_batch || v.s == 1 || stays_cached<T>(v) || short_runs<T>(v)) return false;
     const std::size_t spp = sets.sets_per_sample(v);
     const auto threads = std::size_t(omp_get_max_threads());
     return spp % threads == 0 || spp >= 8 * threads;
@@ -760,7 +775,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     // fused pass stays: two passes over 1.6 MB were slower there (158-188 -> 190-205 us).
     const bool in_memory_order =
         sets.across_batch &&
-        (v.s == 1 || (stays_cached<T>(v) && v.size() >= kParallelMin && omp_get_max_threads() > 1));
+        (v.s == 1 || short_runs<T>(v) ||
+         (stays_cached<T>(v) && v.size() >= kParallelMin && omp_get_max_threads() > 1));
     if (in_memory_order) {
         collect_moments(x, v, sets, center, mean, var);
         for (std::size_t k = 0; k < sets.num_sets(v); ++k)
@@ -1069,7 +1085,7 @@ bool can_fuse_backward(const NcsView& v, const SetSpec& sets) {
     // on (32, 256, 14, 14) 1.6×, (16, 256, 14, 14) and (16, 128, 28, 28) 1.2×, (8, 256, 14, 14)
     // 1.15×, min of interleaved runs), while from memory the fused pass reads dy and x once.
     if (!sets.across_batch) return true;
-    return v.s > 1 && !stays_cached<T>(v);
+    return v.s > 1 && !stays_cached<T>(v) && !short_runs<T>(v);
 }
 
 bool dx_may_overwrite_xhat(const NcsView& v, const SetSpec& sets, bool stored) {

@@ -92,10 +92,26 @@ void run_chain(benchmark::State& state, const ShapeCase& shape, int layers,
     state.counters["threads"] = omp_get_max_threads();
 }
 
+// Shapes beside the comparison suite, which benchmarks/run.sh leaves out of the report: the
+// late stages of a ResNet at batch 128 and 256, 25.7 MB each like `conv`, whose channels' runs
+// of 196 and 49 values are where sets over the batch go in memory order from memory too and
+// where a streamed output's lines meet a run's ends (kernels' short_runs and
+// rows::aligned_vectors). `NORMLAB_BENCH_OTHER_PLAN=32M normalizer_bench
+// --benchmark_filter=short_runs` times them with outputs kept and streamed in turn.
+const std::vector<ShapeCase>& short_run_shapes() {
+    static const std::vector<ShapeCase> s = {
+        {"short_runs_196", {128, 256, 14, 14}},
+        {"short_runs_49", {256, 512, 7, 7}},
+    };
+    return s;
+}
+
 void register_all() {
     register_triad_benchmarks();
+    std::vector<ShapeCase> shapes = shape_suite();
+    shapes.insert(shapes.end(), short_run_shapes().begin(), short_run_shapes().end());
     for (const auto& variant : registered_variants()) {
-        for (const auto& shape : shape_suite()) {
+        for (const auto& shape : shapes) {
             const std::string spec = spec_for(variant.name, shape);
             if (spec.empty()) continue;
             for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {

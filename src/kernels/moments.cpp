@@ -772,11 +772,12 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     // by channel through every sample and took half of its reads from the other core's cache.
     // BatchNorm training forward, Intel Xeon VM, 2 threads, medians of interleaved runs:
     // (2, 64, 56, 56) 87-95 -> 73-77 us, (8, 256, 14, 14) 110-120 -> 100-117. On one thread the
-    // fused pass stays: two passes over 1.6 MB were slower there (158-188 -> 190-205 us).
+    // fused pass stays: two passes over 1.6 MB were slower there (158-188 -> 190-205 us). From
+    // memory, short runs go in memory order too (short_runs).
+    const bool cached = stays_cached<T>(v);
     const bool in_memory_order =
-        sets.across_batch &&
-        (v.s == 1 || short_runs<T>(v) ||
-         (stays_cached<T>(v) && v.size() >= kParallelMin && omp_get_max_threads() > 1));
+        sets.across_batch && (v.s == 1 || (!cached && short_runs<T>(v)) ||
+                              (cached && v.size() >= kParallelMin && omp_get_max_threads() > 1));
     if (in_memory_order) {
         collect_moments(x, v, sets, center, mean, var);
         for (std::size_t k = 0; k < sets.num_sets(v); ++k)

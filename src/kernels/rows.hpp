@@ -676,17 +676,16 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
     }
 }
 
-// Calls scalar(i) for the elements of [begin, end) before out + i is 16-byte aligned and after
-// the last full vector, body(V{}, i) for full vectors of eight floats in between. With `lines`
-// (a streamed output) every value goes through body instead, each exactly once, so that every
-// store to out streams and no line is written partly by ordinary stores: one value at a time
-// (V = float) up to a 16-byte boundary, then, where kernels::wide_vectors says so, eight and four
-// up to the first 64-byte line and sixteen on each line (one streaming store of a whole line,
-// stream_line), and the rest eight, four and one at a time. (A line written partly by ordinary
-// stores made the per-sample layers' streamed training forward on (32, 64, 56, 56) take 7.5-9.3
-// ms instead of 2.2-3.2. Written as a vector of eight reaching back into the line streamed
-// before them, or one by one with ordinary stores, as until 2026-12-03, the last values of each
-// range made the streamed forwards on short runs several times slower; with the 32 MiB plan, 2
+// Calls body(V{}, i) over [begin, end) of out, each value once: V = float for one value at a
+// time before out + i is 16-byte aligned and after the last full vector, V = Float8 for vectors
+// of eight in between. For a `streamed` output (body then stores with streaming stores), so that
+// no line is written partly by ordinary stores, where kernels::wide_vectors says so: eight and
+// four up to the first 64-byte line and sixteen on each line (one streaming store of a whole
+// line, stream_line), and the rest eight, four and one at a time. (A line written partly by
+// ordinary stores made the per-sample layers' streamed training forward on (32, 64, 56, 56)
+// take 7.5-9.3 ms instead of 2.2-3.2. Written as a vector of eight reaching back into the line
+// streamed before them, or one by one with ordinary stores, as until 2026-12-03, the last values of
+// each range made the streamed forwards on short runs several times slower; with the 32 MiB plan, 2
 // threads, Intel Xeon VM, this form over that one, both alternated call by call (ABBA), medians:
 // (128, 256, 14, 14), runs of 196 values, InstanceNorm 0.32-0.33, BatchNorm training forward
 // 0.41, LayerNorm and RMSNorm 0.82-0.85 (with vectors of eight, as on AVX2: 0.25-0.40);
@@ -695,14 +694,14 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
 // Normal stores keep eight from a 16-byte boundary: on lines they cost runs of a few hundred
 // values 2-9% (InstanceNorm and GroupNorm(32) inference on (8, 256, 14, 14) and (2, 64, 56, 56)).
 // Every value is computed alone (elementwise passes only), so the split changes no bit.
-template <class Scalar, class Body>
+template <class Body>
 __attribute__((always_inline)) inline void aligned_vectors(std::size_t begin, std::size_t end,
-                                                           const float* out, bool lines,
-                                                           Scalar&& scalar, Body&& body) {
+                                                           const float* out, bool streamed,
+                                                           Body&& body) {
     std::size_t i = begin;
-    if (lines) {
-        for (; i < end && !aligned16(out + i); ++i)
-            body(float{}, i);
+    for (; i < end && !aligned16(out + i); ++i)
+        body(float{}, i);
+    if (streamed) {
         if (wide_vectors() && i + kLanes <= end) {
             // Both 16-byte aligned: the first line is 0, 4, 8 or 12 values on.
             const std::size_t first_line = i + values_before_line(out + i, end - i);
@@ -725,12 +724,10 @@ __attribute__((always_inline)) inline void aligned_vectors(std::size_t begin, st
             body(float{}, i);
         return;
     }
-    for (; i < end && !aligned16(out + i); ++i)
-        scalar(i);
     for (; i + 8 <= end; i += 8)
         body(Float8{}, i);
     for (; i < end; ++i)
-        scalar(i);
+        body(float{}, i);
 }
 
 // affine with g_step 0 (one channel's run) and no x̂, writing y with streaming stores.
@@ -742,13 +739,7 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
         with_flag(
             off != T(0), [&](auto offset) __attribute__((always_inline)) {
                 aligned_vectors(
-                    0, n, y, true,
-                    [&](std::size_t i) __attribute__((always_inline)) {
-                        T h = standardized(x[i], m, sc);
-                        if constexpr (offset) h = h + off;
-                        y[i] = h * gs + bs;
-                    },
-                    [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    0, n, y, true, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                         using V = decltype(tag);
                         V h = standardized(load_as<V>(x + i), mk.template as<V>(),
                                            sck.template as<V>());
@@ -818,8 +809,7 @@ __attribute__((always_inline)) inline void affine_span(const T* x, std::size_t b
     if constexpr (std::is_same_v<T, float>) {
         const Splat<T> mk(m), sck(sc), gk(gs), bk(bs);
         aligned_vectors(
-            begin, end, y, stream,
-            one, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            begin, end, y, stream, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                 using V = decltype(tag);
                 const V h =
                     standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
@@ -961,9 +951,7 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
         const Splat<T> cgk(cg), gk(gs), c1k(c1), cxk(cx);
         if (xhat)
             aligned_vectors(
-                0, n, dx, true,
-                [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1, cx, xhat[i]); },
-                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                0, n, dx, true, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);
                     store_as<V>(
                         dx + i,
@@ -973,8 +961,7 @@ NORMLAB_ISA_CLONES void apply_streamed(const T* dy, const T* xhat, std::size_t n
                 });
         else
             aligned_vectors(
-                0, n, dx, true, [&](std::size_t i) { dx[i] = applied(cg, gs, dy[i], c1); },
-                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                0, n, dx, true, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);
                     store_as<V>(dx + i,
                                 applied(cgk.template as<V>(), gk.template as<V>(),
@@ -1419,12 +1406,7 @@ NORMLAB_ISA_CLONES void apply_streamed_from_input(const T* dy, const T* x, T m, 
     if constexpr (std::is_same_v<T, float>) {
         const Splat<T> cgk(cg), gk(gs), c1k(c1), cxk(cx), mk(m), sck(sc);
         aligned_vectors(
-            0, n, dx, true,
-            [&](std::size_t i) {
-                const float h = standardized(x[i], m, sc);
-                dx[i] = applied(cg, gs, dy[i], c1, cx, h);
-            },
-            [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            0, n, dx, true, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                 using V = decltype(tag);
                 const V h =
                     standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
@@ -1494,11 +1476,7 @@ NORMLAB_ISA_CLONES void apply_runs_summing_next(const T* dy, const T* xhat, cons
                     s1[j], s2[j],
                     [&](std::size_t begin, std::size_t end) __attribute__((always_inline)) {
                         if constexpr (std::is_same_v<T, float> && streams) {
-                            aligned_vectors(
-                                begin, end, dx + at, true,
-                                [&](std::size_t i)
-                                    __attribute__((always_inline)) { apply_at(T{}, i); },
-                                apply_at);
+                            aligned_vectors(begin, end, dx + at, true, apply_at);
                         } else {
                             std::size_t i = begin;
                             if constexpr (std::is_same_v<T, float>)

@@ -813,11 +813,6 @@ template <class T>
 __attribute__((always_inline)) inline void affine_span(const T* x, std::size_t begin,
                                                        std::size_t end, T m, T sc, T gs, T bs,
                                                        T* xhat, T* y, bool stream) {
-    const auto one = [&](std::size_t i) __attribute__((always_inline)) {
-        const T h = standardized(x[i], m, sc);
-        if (xhat) xhat[i] = h;
-        y[i] = h * gs + bs;
-    };
     if constexpr (std::is_same_v<T, float>) {
         const Splat<T> mk(m), sck(sc), gk(gs), bk(bs);
         aligned_vectors(
@@ -829,8 +824,11 @@ __attribute__((always_inline)) inline void affine_span(const T* x, std::size_t b
                 store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), stream);
             });
     } else {
-        for (std::size_t i = begin; i < end; ++i)
-            one(i);
+        for (std::size_t i = begin; i < end; ++i) {
+            const T h = standardized(x[i], m, sc);
+            if (xhat) xhat[i] = h;
+            y[i] = h * gs + bs;
+        }
     }
 }
 

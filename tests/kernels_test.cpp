@@ -218,6 +218,11 @@ TEST(Kernels, ResultsDoNotDependOnTheCacheSizePlannedFor) {
         {"batch_renorm", {200, 64, 49}},
         {"batch_norm", {16, 256, 196}},
         {"instance_norm(affine=true)", {16, 256, 196}},
+        // Per-sample sets of runs of 196 in cache, a sample's sets a chunk at a time: one run per
+        // set (its forward too), two sets of eight runs, one set of 256 runs.
+        {"group_norm(groups=256)", {16, 256, 196}},
+        {"group_norm(groups=32)", {16, 256, 196}},
+        {"layer_norm", {16, 256, 196}},
     };
     for (const auto& [spec, shape] : cases) {
         const Tensor x = xt::cast<float>(testing::random_array(shape, 31, 1.0, 2.0));
@@ -302,9 +307,12 @@ TEST(Kernels, BackwardSetBySetEqualsPairedSetsBitForBit) {
 // keeps them: every output must be the same bits. Runs of 196 (a tail of four after twelve
 // vectors of sixteen), 49 and 25 (too short for the four-runs loop) values; 100 channels, so a
 // share of a sample can end in runs one by one after the groups of four; x̂ formed from the
-// input kept by forward, and stored.
+// input kept by forward, and stored. InstanceNorm's training forward in cache takes a sample's
+// runs sixteen at a time the same way (a set is a run), where out of cache it normalizes one run
+// while it sums the next; GroupNorm's sets of 64 and 25 channels go set by set in both.
 TEST(Kernels, ShortRunsInCacheEqualTheFusedPassBitForBit) {
-    for (const std::string spec : {"batch_norm", "batch_renorm"}) {
+    for (const std::string spec :
+         {"batch_norm", "batch_renorm", "instance_norm(affine=true)", "group_norm(groups=4)"}) {
         for (const Shape& shape :
              {Shape{8, 256, 14, 14}, Shape{24, 100, 7, 7}, Shape{40, 100, 5, 5}}) {
             const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));
@@ -412,6 +420,10 @@ TEST(Kernels, StreamedOutputsAtEveryLinePositionEqualNormalStoresBitForBit) {
         {{8, 3300, 20}, {false, 3300}},  // layer norm, runs of 20
         {{8, 2000, 36}, {true, 1}},      // batch norm, runs of 36
         {{8, 2000, 36}, {false, 16}},    // group norm
+        // Runs of 196: dx streamed goes run by run, with normal stores a sample's sets a chunk
+        // at a time (sixteen runs, a last chunk of four; two sets of eight runs).
+        {{28, 100, 196}, {false, 1}},
+        {{28, 96, 196}, {false, 8}},
     };
     constexpr std::size_t MiB = std::size_t{1} << 20, kLine = 16;
     const bool machine_width = kernels::wide_vectors();

@@ -66,9 +66,13 @@ bool streams(const NcsView& v) {
 // pass reads them once.
 constexpr std::size_t kCachedBytes = std::size_t{8} << 20;
 
+bool stays_cached_bytes(std::size_t bytes) {
+    return bytes < std::min(kCachedBytes, last_level_cache_bytes() / 4);
+}
+
 template <class T>
 bool stays_cached(const NcsView& v) {
-    return v.size() * sizeof(T) < std::min(kCachedBytes, last_level_cache_bytes() / 4);
+    return stays_cached_bytes(v.size() * sizeof(T));
 }
 
 // Runs of fewer bytes than this are walked in memory order by the passes over sets across the
@@ -549,20 +553,41 @@ bool backward_set_by_set(const NcsView& v, const SetSpec& sets) {
 }
 
 // Short sets with trailing dimensions (InstanceNorm's channels, GroupNorm's groups of a few
-// channels) are taken a few consecutive runs at a time where they go set by set: the runs' sums
-// side by side in one call (rows::runs_shifted_sums, rows::runs_grad_sums), then their
+// short runs) can be taken a few consecutive runs at a time where they go set by set: the runs'
+// sums side by side in one call (rows::runs_shifted_sums, rows::runs_grad_sums), then their
 // normalization or dx in another (rows::runs_affine, rows::runs_apply), the same values as run by
 // run. A call per run and a set's serial end (its lanes added into one total, a square root or
 // the coefficients, before any of it is written) took InstanceNorm on (8, 256, 14, 14) (runs of
-// 196 values) about twice as long as GroupNorm(32) on the same data; a chunk's sets finish
-// together, their chains overlapping. A chunk holds up to kChunkBytes of each tensor, so that its
+// 196 values) twice as long as GroupNorm(32) on the same data in the training forward, 1.3x in
+// the backward; a chunk's sets end together.
+// A chunk holds whole sets, up to kChunkBytes of each tensor (or one larger set), so that its
 // second reading comes from the L1.
 constexpr std::size_t kChunkBytes = std::size_t{16} << 10;
 constexpr std::size_t kMaxChunkRuns = 16;
+constexpr std::size_t kTinyRunBytes = 256;
 
 template <class T>
 std::size_t runs_per_chunk(const NcsView& v) {
     return std::clamp<std::size_t>(kChunkBytes / (v.s * sizeof(T)), 1, kMaxChunkRuns);
+}
+
+// Where chunks pay: for runs of up to kTinyRunBytes, whose per-run work is mostly overhead, and
+// for sets of one run whose `inputs` tensors (x; or dy and x) stay in cache together. Elsewhere
+// the sums of runs side by side read the L3 or memory more slowly than run by run. AMD EPYC VM
+// (Zen 3, 32 MiB L3), 2 threads, chunks against the other order alternated call by call:
+// InstanceNorm's backward on (8, 256, 14, 14) 0.78-0.82, (16, 256, 14, 14) 0.85-0.87, but
+// (24, 256, 14, 14) 1.20 and (32, 256, 14, 14) 1.11-1.29 (dy and x no longer within a quarter
+// of the L3), its training forward 0.70 and 0.76-0.78 on the first and last; from memory, runs
+// of 49 values ((256, 512, 7, 7), 25.7 MB) InstanceNorm's training forward 0.59-0.73 and
+// backward 0.66, GroupNorm(32)'s backward 0.88, LayerNorm's 0.92-0.94, runs of 64 values
+// InstanceNorm's forward 0.70-0.89, but runs of 100 values 0.83-1.19 and of 196 1.03-1.58 (the
+// paired pass out of cache), and GroupNorm(32)'s and LayerNorm's backward with sets of many runs
+// of 196 values 1.23-1.43, also in cache ((32, 256, 14, 14)).
+template <class T>
+bool takes_chunks(const NcsView& v, const SetSpec& sets, std::size_t inputs) {
+    if (runs_per_chunk<T>(v) == 1) return false;
+    return v.s * sizeof(T) <= kTinyRunBytes ||
+           (sets.channels_per_set == 1 && stays_cached_bytes(inputs * v.size() * sizeof(T)));
 }
 
 // Calls f(k0, k1) for the calling thread's share of the per-sample sets, in chunks of whole sets
@@ -926,33 +951,33 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             1);
         return;
     }
+    if (cps == 1 && takes_chunks<T>(v, sets, 1)) {
+        // One channel per set: a sample's consecutive sets a chunk at a time (takes_chunks).
+        const std::size_t spp = sets.sets_per_sample(v), chunk = runs_per_chunk<T>(v);
+        parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
+            double shift[kMaxChunkRuns], s1[kMaxChunkRuns], s2[kMaxChunkRuns];
+            for_each_set_chunk(team, num_sets, spp, chunk, [&](std::size_t k0, std::size_t k1) {
+                const std::size_t count = k1 - k0, at = k0 * v.s, c0 = k0 % spp;
+                for (std::size_t j = 0; j < count; ++j) {
+                    shift[j] = first_value(k0 + j);
+                    s1[j] = s2[j] = 0;
+                }
+                rows::runs_shifted_sums(x + at, v.s, count, shift, s1, s2);
+                for (std::size_t j = 0; j < count; ++j)
+                    finish(k0 + j, s1[j], s2[j]);
+                rows::runs_affine(x + at, v.s, count, mean + k0, inv_std + k0,
+                                  static_cast<const T*>(nullptr), g + c0, b + c0,
+                                  xhat ? xhat + at : nullptr, y + at);
+            });
+        });
+        return;
+    }
     if (stays_cached<T>(v)) {
         // In cache, each set is summed and then normalized while it is in this core's L1 or
         // L2. Normalizing a set while summing the next (below) was 10–50% slower there (medians
         // of InstanceNorm, GroupNorm(32) and LayerNorm training forward on (2, 64, 56, 56),
         // (4, 64, 56, 56), (8, 256, 14, 14) and (32, 256, 14, 14)), and 7–25% faster from
         // memory ((16, 64, 56, 56), 12.8 MB).
-        if (cps == 1 && runs_per_chunk<T>(v) > 1) {
-            // One channel per set: a sample's consecutive sets a chunk at a time (runs_per_chunk).
-            const std::size_t spp = sets.sets_per_sample(v), chunk = runs_per_chunk<T>(v);
-            parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
-                double shift[kMaxChunkRuns], s1[kMaxChunkRuns], s2[kMaxChunkRuns];
-                for_each_set_chunk(team, num_sets, spp, chunk, [&](std::size_t k0, std::size_t k1) {
-                    const std::size_t count = k1 - k0, at = k0 * v.s, c0 = k0 % spp;
-                    for (std::size_t j = 0; j < count; ++j) {
-                        shift[j] = first_value(k0 + j);
-                        s1[j] = s2[j] = 0;
-                    }
-                    rows::runs_shifted_sums(x + at, v.s, count, shift, s1, s2);
-                    for (std::size_t j = 0; j < count; ++j)
-                        finish(k0 + j, s1[j], s2[j]);
-                    rows::runs_affine(x + at, v.s, count, mean + k0, inv_std + k0,
-                                      static_cast<const T*>(nullptr), g + c0, b + c0,
-                                      xhat ? xhat + at : nullptr, y + at);
-                });
-            });
-            return;
-        }
         parallel_for(num_sets, v.size() >= kParallelMin, [&](std::size_t k) {
             double s1 = 0, s2 = 0;
             sum(k, s1, s2);
@@ -1270,11 +1295,9 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         });
     };
     if (backward_set_by_set<T>(v, sets) && !sets.across_batch && !stream &&
-        runs_per_chunk<T>(v) > 1) {
-        // Per-sample sets: a sample's consecutive sets a chunk at a time (runs_per_chunk), all
-        // of a set's runs in one chunk. Runs of 8 KiB and more go run by run below: in chunks of
-        // one run InstanceNorm's and GroupNorm(32)'s backward on (2, 64, 56, 56) took 1.02-1.05x
-        // as long (AMD EPYC VM, 2 threads).
+        takes_chunks<T>(v, sets, 2)) {
+        // Per-sample sets: a sample's consecutive sets a chunk at a time (takes_chunks), all of
+        // a set's runs in one chunk.
         const std::size_t sets_per_chunk = std::max<std::size_t>(1, runs_per_chunk<T>(v) / cps);
         const std::size_t chunk_runs = sets_per_chunk * cps;
         parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {

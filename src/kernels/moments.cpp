@@ -590,8 +590,8 @@ bool takes_chunks(const NcsView& v, const SetSpec& sets, std::size_t inputs) {
            (sets.channels_per_set == 1 && stays_cached_bytes(inputs * v.size() * sizeof(T)));
 }
 
-// Calls f(k0, k1) for the calling thread's share of the per-sample sets, in chunks of whole sets
-// of at most `runs` runs (at least one set), each within one sample.
+// Calls f(k0, k1) for the calling thread's share of the per-sample sets, in chunks of up to
+// `sets_per_chunk` whole sets, each chunk within one sample.
 template <class F>
 void for_each_set_chunk(const TeamSlot& team, std::size_t num_sets, std::size_t sets_per_sample,
                         std::size_t sets_per_chunk, F&& f) {

@@ -57,13 +57,15 @@ void for_each_call(const std::vector<BranchCall>& calls, F&& f) {
 
 template <class T>
 struct Moments {
-    std::vector<T> mean, var;  // biased variance
+    SetValues<T> mean, var;  // biased variance
 };
 
 template <class T>
 Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& calls,
                           std::size_t num_sets) {
-    Moments<T> m{std::vector<T>(num_sets), std::vector<T>(num_sets)};
+    Moments<T> m;
+    m.mean.resize(num_sets);
+    m.var.resize(num_sets);
     for_each_call(calls, [&](const BranchCall& call) {
         kernels::collect_moments(x.data() + call.offset, call.view, call.sets, true,
                                  m.mean.data() + call.first_set, m.var.data() + call.first_set);
@@ -75,12 +77,11 @@ Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& call
 template <class T>
 BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
                          const T* population_var, bool mean_from_input, bool var_from_input,
-                         std::size_t num_sets, double eps, std::vector<T>& shift) {
+                         std::size_t num_sets, double eps, SetValues<T>& shift) {
     BlnBranch<T> b;
     b.mean_from_input = mean_from_input;
     b.var_from_input = var_from_input;
     b.inv_std.resize(num_sets);
-    b.delta.assign(num_sets, T(0));
     shift.resize(num_sets);
     // Branch-free loops over plain arrays, so that the square roots and divisions vectorize (the
     // batch branch on conv input has a set per channel and position).
@@ -92,9 +93,11 @@ BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
         shift_k[k] = mean[k];
         inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
     });
-    if (var_from_input && !mean_from_input)
+    if (var_from_input && !mean_from_input) {
+        b.delta.resize(num_sets);
         for (std::size_t k = 0; k < num_sets; ++k)
             b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(inv_std[k]));
+    }
     return b;
 }
 
@@ -104,7 +107,7 @@ BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
 // did, c1 and cx are empty and the branch is cg·g (applied without the x̂ term).
 template <class T>
 struct BranchGrad {
-    std::vector<T> cg, c1, cx;
+    SetValues<T> cg, c1, cx;
 };
 
 // x̂ of the branch is formed from the kept input x with the branch's shift and inv_std, as the
@@ -120,7 +123,10 @@ BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
     kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets,
                           [&](std::size_t k) { cg[k] = coef * inv_std[k]; });
     if (!b.mean_from_input && !b.var_from_input) return out;
-    std::vector<double> sum_g(num_sets), sum_gx(num_sets);
+    // Written whole by backward_reduce.
+    SetValues<double> sum_g, sum_gx;
+    sum_g.resize(num_sets);
+    sum_gx.resize(num_sets);
     for_each_call(calls, [&](const BranchCall& call) {
         kernels::backward_reduce(g + call.offset,
                                  kernels::XhatSource<T>(x + call.offset, shift + call.first_set,
@@ -132,11 +138,12 @@ BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
     out.c1.resize(num_sets);
     out.cx.resize(num_sets);
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
+    const T* delta = b.delta.empty() ? nullptr : b.delta.data();
     kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets, [&](std::size_t k) {
         const double per_xhat = b.var_from_input ? sum_gx[k] * inv_m : 0.0;
         const double mean_g = b.mean_from_input ? sum_g[k] * inv_m : 0.0;
         out.cx[k] = T(per_xhat);
-        out.c1[k] = T(mean_g + per_xhat * double(b.delta[k]));
+        out.c1[k] = T(mean_g + per_xhat * (delta ? double(delta[k]) : 0.0));
     });
     return out;
 }
@@ -365,7 +372,7 @@ void apply_and_mix(const T* g, const T* dy, T* x, const NcsView& v, BranchScale<
     const auto run_at = [&](auto rows, auto batch_xhat, auto feature_xhat, auto extra,
                             std::size_t i, std::size_t count, T gamma_c, double* run_sums) {
         const RunSets k(v, i);
-        const auto at = [](const std::vector<T>& values, bool present, std::size_t set) {
+        const auto at = [](const SetValues<T>& values, bool present, std::size_t set) {
             return present ? values.data() + set : nullptr;
         };
         constexpr Extra e = decltype(extra)::value;
@@ -601,7 +608,7 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     if (fixes_buffers) allocate_buffers();
 
     SavedBln<T> ctx;
-    std::vector<T> b_shift, f_shift;
+    SetValues<T> b_shift, f_shift;
     ctx.batch = make_branch(b_cur, moving_batch_mean_.data(), moving_batch_var_.data(),
                             batch_mean_in, batch_var_in, b_sets, options_.eps, b_shift);
     ctx.feature = make_branch(f_cur, moving_feature_mean_.data(), moving_feature_var_.data(),
@@ -624,7 +631,7 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     ctx.shift_feature = std::move(f_shift);
 
     if (train && tracking) {
-        const auto accumulate = [](Array<T>& sum, const std::vector<T>& values) {
+        const auto accumulate = [](Array<T>& sum, const SetValues<T>& values) {
             T* total = sum.data();
             const T* value = values.data();
             const std::size_t n = values.size();

@@ -1,6 +1,7 @@
 #include "batch_layer_norm.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -73,30 +74,60 @@ Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& call
     return m;
 }
 
-// Shift and scale of one branch from the current moments and the population constants.
+// shift = mean and inv_std = 1/√(var + eps) for sets [begin, end), in every ISA clone: the square
+// roots and divisions take half the time in AVX2's vectors that they take in the baseline's, and
+// the batch branch on conv input has a set per channel and position. Returns whether the moments
+// taken from the input there (checked_mean and checked_var; null when the branch took none) are
+// all finite: a sum is finite only if every term is.
+template <class T>
+NORMLAB_ISA_CLONES bool scale_sets(const T* mean, const T* var, double eps, const T* checked_mean,
+                                   const T* checked_var, std::size_t begin, std::size_t end,
+                                   T* shift, T* inv_std) {
+#pragma omp simd
+    for (std::size_t k = begin; k < end; ++k) {
+        shift[k] = mean[k];
+        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+    }
+    if (!checked_mean) return true;
+    T total = 0;
+#pragma omp simd reduction(+ : total)
+    for (std::size_t k = begin; k < end; ++k)
+        total += checked_mean[k] * T(0) + checked_var[k] * T(0);
+    return std::isfinite(total);
+}
+
+// Sets per call of scale_sets, split between the threads from kParallelSets sets on.
+constexpr std::size_t kSetRange = 2048;
+
+// Shift and scale of one branch from the current moments and the population constants;
+// `current_finite` says whether the current moments (where the branch took them) are finite.
 template <class T>
 BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
                          const T* population_var, bool mean_from_input, bool var_from_input,
-                         std::size_t num_sets, double eps, SetValues<T>& shift) {
+                         std::size_t num_sets, double eps, SetValues<T>& shift,
+                         bool& current_finite) {
     BlnBranch<T> b;
     b.mean_from_input = mean_from_input;
     b.var_from_input = var_from_input;
     b.inv_std.resize(num_sets);
     shift.resize(num_sets);
-    // Branch-free loops over plain arrays, so that the square roots and divisions vectorize (the
-    // batch branch on conv input has a set per channel and position).
     const T* mean = mean_from_input ? current.mean.data() : population_mean;
     const T* var = var_from_input ? current.var.data() : population_var;
-    T* inv_std = b.inv_std.data();
-    T* shift_k = shift.data();
-    kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets, [&](std::size_t k) {
-        shift_k[k] = mean[k];
-        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+    const bool checks = !current.mean.empty();
+    std::atomic<bool> finite{true};
+    const std::size_t ranges = (num_sets + kSetRange - 1) / kSetRange;
+    kernels::parallel_for(ranges, num_sets >= kernels::kParallelSets, [&](std::size_t r) {
+        const std::size_t begin = r * kSetRange, end = std::min(num_sets, begin + kSetRange);
+        if (!scale_sets(mean, var, eps, checks ? current.mean.data() : nullptr,
+                        checks ? current.var.data() : nullptr, begin, end, shift.data(),
+                        b.inv_std.data()))
+            finite.store(false, std::memory_order_relaxed);
     });
+    current_finite = finite.load();
     if (var_from_input && !mean_from_input) {
         b.delta.resize(num_sets);
         for (std::size_t k = 0; k < num_sets; ++k)
-            b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(inv_std[k]));
+            b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(b.inv_std[k]));
     }
     return b;
 }
@@ -109,44 +140,6 @@ template <class T>
 struct BranchGrad {
     SetValues<T> cg, c1, cx;
 };
-
-// x̂ of the branch is formed from the kept input x with the branch's shift and inv_std, as the
-// forward formed it.
-template <class T>
-BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
-                          const std::vector<BranchCall>& calls, const BlnBranch<T>& b, T coef,
-                          std::size_t num_sets) {
-    BranchGrad<T> out;
-    out.cg.resize(num_sets);
-    T* cg = out.cg.data();
-    const T* inv_std = b.inv_std.data();
-    kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets,
-                          [&](std::size_t k) { cg[k] = coef * inv_std[k]; });
-    if (!b.mean_from_input && !b.var_from_input) return out;
-    // Written whole by backward_reduce.
-    SetValues<double> sum_g, sum_gx;
-    sum_g.resize(num_sets);
-    sum_gx.resize(num_sets);
-    for_each_call(calls, [&](const BranchCall& call) {
-        kernels::backward_reduce(g + call.offset,
-                                 kernels::XhatSource<T>(x + call.offset, shift + call.first_set,
-                                                        b.inv_std.data() + call.first_set),
-                                 call.view, call.sets, static_cast<const T*>(nullptr),
-                                 sum_g.data() + call.first_set, sum_gx.data() + call.first_set,
-                                 nullptr, nullptr);
-    });
-    out.c1.resize(num_sets);
-    out.cx.resize(num_sets);
-    const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
-    const T* delta = b.delta.empty() ? nullptr : b.delta.data();
-    kernels::parallel_for(num_sets, num_sets >= kernels::kParallelSets, [&](std::size_t k) {
-        const double per_xhat = b.var_from_input ? sum_gx[k] * inv_m : 0.0;
-        const double mean_g = b.mean_from_input ? sum_g[k] * inv_m : 0.0;
-        out.cx[k] = T(per_xhat);
-        out.c1[k] = T(mean_g + per_xhat * (delta ? double(delta[k]) : 0.0));
-    });
-    return out;
-}
 
 // f(std::bool_constant<flags>...): one instantiation of f per combination of the flags, so
 // that loops specialized on them vectorize.
@@ -161,6 +154,75 @@ void with_flags(F&& f, bool first, Flags... rest) {
         with_flags([&](auto... t) { f(std::true_type{}, t...); }, rest...);
     else
         with_flags([&](auto... t) { f(std::false_type{}, t...); }, rest...);
+}
+
+// The coefficients of sets [begin, end): cg = coef·inv_std and, where the set's statistics came
+// from the input (sum_g not null), c1 and cx from its sums Σg and Σg·x̂, each added to 0 as a
+// set's sum over its columns starts from 0 (a no-op for sums that did). In every ISA clone: the
+// batch branch on conv input has a set per channel and position.
+template <class T, bool mean_in, bool var_in>
+NORMLAB_ISA_CLONES void set_coefficients(T coef, const T* inv_std, const double* sum_g,
+                                         const double* sum_gx, double inv_m, const T* delta,
+                                         std::size_t begin, std::size_t end, T* cg, T* c1, T* cx) {
+#pragma omp simd
+    for (std::size_t k = begin; k < end; ++k)
+        cg[k] = coef * inv_std[k];
+    if (!sum_g) return;
+#pragma omp simd
+    for (std::size_t k = begin; k < end; ++k) {
+        const double per_xhat = var_in ? (0.0 + sum_gx[k]) * inv_m : 0.0;
+        const double mean_g = mean_in ? (0.0 + sum_g[k]) * inv_m : 0.0;
+        cx[k] = T(per_xhat);
+        c1[k] = T(mean_g + per_xhat * (delta ? double(delta[k]) : 0.0));
+    }
+}
+
+// x̂ of the branch is formed from the kept input x with the branch's shift and inv_std, as the
+// forward formed it.
+template <class T>
+BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
+                          const std::vector<BranchCall>& calls, const BlnBranch<T>& b, T coef,
+                          std::size_t num_sets) {
+    BranchGrad<T> out;
+    out.cg.resize(num_sets);
+    const bool projects = b.mean_from_input || b.var_from_input;
+    SetValues<double> sum_g, sum_gx;
+    if (projects) {
+        sum_g.resize(num_sets);
+        sum_gx.resize(num_sets);
+        out.c1.resize(num_sets);
+        out.cx.resize(num_sets);
+        for_each_call(calls, [&](const BranchCall& call) {
+            const kernels::XhatSource<T> xhat(x + call.offset, shift + call.first_set,
+                                              b.inv_std.data() + call.first_set);
+            double* set_sum_g = sum_g.data() + call.first_set;
+            double* set_sum_gx = sum_gx.data() + call.first_set;
+            // A set per column of the call's view (the batch branch; the feature branch with
+            // trailing dimensions): the column sums are the set sums, with no per-set copy.
+            if (call.sets.across_batch && call.sets.channels_per_set == 1)
+                kernels::channel_sums(g + call.offset, xhat, call.view, set_sum_g, set_sum_gx,
+                                      &call.sets);
+            else
+                kernels::backward_reduce(g + call.offset, xhat, call.view, call.sets,
+                                         static_cast<const T*>(nullptr), set_sum_g, set_sum_gx,
+                                         nullptr, nullptr);
+        });
+    }
+    const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
+    const T* delta = b.delta.empty() ? nullptr : b.delta.data();
+    const std::size_t ranges = (num_sets + kSetRange - 1) / kSetRange;
+    with_flags(
+        [&](auto mean_in, auto var_in) {
+            kernels::parallel_for(ranges, num_sets >= kernels::kParallelSets, [&](std::size_t r) {
+                const std::size_t begin = r * kSetRange,
+                                  end = std::min(num_sets, begin + kSetRange);
+                set_coefficients<T, decltype(mean_in)::value, decltype(var_in)::value>(
+                    coef, b.inv_std.data(), projects ? sum_g.data() : nullptr, sum_gx.data(), inv_m,
+                    delta, begin, end, out.cg.data(), out.c1.data(), out.cx.data());
+            });
+        },
+        b.mean_from_input, b.var_from_input);
+    return out;
 }
 
 // Calls f(i, count, c) for every run of values of one channel c of the [N][C][S] view, with the
@@ -578,17 +640,10 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     Moments<T> b_cur, f_cur;
     if (batch_mean_in || batch_var_in) b_cur = branch_moments(x, b_calls, b_sets);
     if (feature_mean_in || feature_var_in) f_cur = branch_moments(x, f_calls, f_sets);
-    auto check_finite = [&](const Moments<T>& m, const char* branch) {
-        // A sum is finite only if every term is: one vectorized pass, and the search for the
-        // first non-finite set only on failure.
-        T total = 0;
+    // make_branch checks the current moments in its pass over the sets; the search for the
+    // first non-finite set runs only on failure.
+    auto refuse_non_finite = [&](const Moments<T>& m, const char* branch) {
         const std::size_t n = m.mean.size();
-        const T* mean = m.mean.data();
-        const T* var = m.var.data();
-#pragma omp simd reduction(+ : total)
-        for (std::size_t k = 0; k < n; ++k)
-            total += mean[k] * T(0) + var[k] * T(0);
-        if (std::isfinite(total)) return;
         for (std::size_t k = 0; k < n; ++k)
             if (!std::isfinite(m.mean[k]) || !std::isfinite(m.var[k]))
                 throw NonFiniteError(this->label() + ": " + branch +
@@ -597,8 +652,18 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
                                      "): the input of shape " + format_shape(shape_of(x)) +
                                      " contains NaN or Inf; nothing was updated");
     };
-    check_finite(b_cur, "batch");
-    check_finite(f_cur, "feature");
+    // The population statistics a branch reads exist (check_call): in training, where the first
+    // call may still allocate them below, both branches take the input's.
+    SavedBln<T> ctx;
+    SetValues<T> b_shift, f_shift;
+    bool finite = true;
+    ctx.batch = make_branch(b_cur, moving_batch_mean_.data(), moving_batch_var_.data(),
+                            batch_mean_in, batch_var_in, b_sets, options_.eps, b_shift, finite);
+    if (!finite) refuse_non_finite(b_cur, "batch");
+    ctx.feature =
+        make_branch(f_cur, moving_feature_mean_.data(), moving_feature_var_.data(), feature_mean_in,
+                    feature_var_in, f_sets, options_.eps, f_shift, finite);
+    if (!finite) refuse_non_finite(f_cur, "feature");
 
     // Every check passed: fix what the first call decides.
     const bool fixes_buffers = tracking && (options_.batch_size == 0 || options_.positions == 0);
@@ -607,12 +672,6 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     if (tracking) options_.positions = std::int64_t(positions);
     if (fixes_buffers) allocate_buffers();
 
-    SavedBln<T> ctx;
-    SetValues<T> b_shift, f_shift;
-    ctx.batch = make_branch(b_cur, moving_batch_mean_.data(), moving_batch_var_.data(),
-                            batch_mean_in, batch_var_in, b_sets, options_.eps, b_shift);
-    ctx.feature = make_branch(f_cur, moving_feature_mean_.data(), moving_feature_var_.data(),
-                              feature_mean_in, feature_var_in, f_sets, options_.eps, f_shift);
     const BlnWeights w = weights_for(v.n);
     const double root_c = std::sqrt(double(v.c));
     ctx.coef_batch = T(w.batch / root_c);

@@ -281,11 +281,14 @@ void for_each_piece_across_samples(const NcsView& v, F&& f) {
     });
 }
 
-// The per-channel factor of value j of a run that starts at channel c: the run's channel with
-// trailing dimensions, the value's own channel without.
-template <class T>
-T per_channel(const T* values, const NcsView& v, std::size_t c, std::size_t j) {
-    return values[v.s == 1 ? c + j : c];
+// g = γ ⊙ dy over one run (for_each_channel_run): γ per value on a row, the run's channel's
+// otherwise; in every ISA clone (an index chosen per value did not vectorize, and took an eighth
+// of the backward on (32, 512)).
+template <class T, bool rows>
+NORMLAB_ISA_CLONES void weigh_run(const T* dy, const T* gamma, std::size_t count, T* g) {
+#pragma omp simd
+    for (std::size_t j = 0; j < count; ++j)
+        g[j] = dy[j] * (rows ? gamma[j] : gamma[0]);
 }
 
 // One branch's standardization: x̂ = (x − shift_k)·inv_std_k for the set k of every value.
@@ -322,9 +325,9 @@ struct RunXhat {
     __attribute__((always_inline)) T batch(T x, std::size_t j) const {
         return kernels::standardized(x, mb[j], sb[j]);
     }
-    template <bool rows>
+    // The value's own feature set: runs of one channel (a row's one set is read once by the
+    // loops instead).
     __attribute__((always_inline)) T feature(T x, std::size_t j) const {
-        if constexpr (rows) return kernels::standardized(x, mf[0], sf[0]);
         return kernels::standardized(x, mf[j], sf[j]);
     }
 };
@@ -333,12 +336,18 @@ struct RunXhat {
 template <class T, bool rows, bool keeps>
 NORMLAB_ISA_CLONES void mix_run(const T* x, std::size_t count, RunXhat<T> run, const T* gc,
                                 const T* bc, T cf, T cb, T* kept, T* y) {
+    // What stays the same over the run (a row's one feature set; otherwise the channel's γ and
+    // β) is read once here: read through the pointers in the loop, it was loaded again for every
+    // vector, since the stores might alias it.
+    const T row_shift = run.mf[0], row_scale = run.sf[0], channel_gamma = gc[0],
+            channel_beta = bc[0];
 #pragma omp simd
     for (std::size_t j = 0; j < count; ++j) {
         const T hb = run.batch(x[j], j);
-        const T hf = run.template feature<rows>(x[j], j);
-        const T gj = rows ? gc[j] : gc[0];
-        const T bj = rows ? bc[j] : bc[0];
+        const T hf =
+            rows ? kernels::standardized(x[j], row_shift, row_scale) : run.feature(x[j], j);
+        const T gj = rows ? gc[j] : channel_gamma;
+        const T bj = rows ? bc[j] : channel_beta;
         if constexpr (keeps) kept[j] = x[j];
         y[j] = (cf * hf + cb * hb) * gj + bj;
     }
@@ -388,22 +397,31 @@ NORMLAB_ISA_CLONES void apply_run(const T* grad, const T* x, std::size_t count, 
                                   RunGrad<T> batch, RunGrad<T> feature, T cf, T cb, T gamma, T* dx,
                                   T* mixed, double* sums) {
     constexpr bool sums_run = extra == Extra::affine_sums;
+    // A row's one feature set, read once here (as in mix_run).
+    const T row_shift = run.mf[0], row_scale = run.sf[0], row_cg = feature.cg[0];
+    T row_c1 = 0, row_cx = 0;
+    if constexpr (feature_xhat) {
+        row_c1 = feature.c1[0];
+        row_cx = feature.cx[0];
+    }
     double sum_dy = 0, sum_dy_xhat = 0;
 #pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
     for (std::size_t j = 0; j < count; ++j) {
-        const std::size_t f = rows ? 0 : j;
         const T g = sums_run ? grad[j] * gamma : grad[j];
         const T hb = run.batch(x[j], j);
-        const T hf = run.template feature<rows>(x[j], j);
+        const T hf =
+            rows ? kernels::standardized(x[j], row_shift, row_scale) : run.feature(x[j], j);
+        const T fcg = rows ? row_cg : feature.cg[j];
         T db, df;
         if constexpr (batch_xhat)
             db = kernels::applied(batch.cg[j], T(1), g, batch.c1[j], batch.cx[j], hb);
         else
             db = kernels::applied(batch.cg[j], T(1), g, T(0));
         if constexpr (feature_xhat)
-            df = kernels::applied(feature.cg[f], T(1), g, feature.c1[f], feature.cx[f], hf);
+            df = kernels::applied(fcg, T(1), g, rows ? row_c1 : feature.c1[j],
+                                  rows ? row_cx : feature.cx[j], hf);
         else
-            df = kernels::applied(feature.cg[f], T(1), g, T(0));
+            df = kernels::applied(fcg, T(1), g, T(0));
         dx[j] = db + df;
         if constexpr (extra == Extra::mixed) mixed[j] = cf * hf + cb * hb;
         if constexpr (sums_run) {
@@ -725,11 +743,10 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
     if (gamma) {
         weighted = Array<T>::from_shape(dy.shape());
         for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
-            const T* dyi = dy.data() + i;
-            T* gi = weighted.data() + i;
-#pragma omp simd
-            for (std::size_t j = 0; j < count; ++j)
-                gi[j] = dyi[j] * per_channel(gamma, v, c, j);
+            if (v.s == 1)
+                weigh_run<T, true>(dy.data() + i, gamma, count, weighted.data() + i);
+            else
+                weigh_run<T, false>(dy.data() + i, gamma + c, count, weighted.data() + i);
         });
         g = weighted.data();
     }

@@ -936,6 +936,57 @@ TEST(Kernels, BackwardReduceFromTheInputEqualsStoredXhatBitForBit) {
     }
 }
 
+// weighted_column_sums forms g = w·dy in registers, w per row or per column of a dense view: the
+// same sums, bit for bit, as channel_sums over an array that holds g (Batch-Layer Norm's backward
+// wrote that array before), with several blocks of rows, with column ranges split between the
+// threads, on one and two threads. Views it cannot take are refused.
+TEST(Kernels, WeightedColumnSumsEqualColumnSumsOfTheWeightedArrayBitForBit) {
+    const SetSpec sets{true, 1};
+    for (const Shape& shape : {Shape{300, 48}, Shape{37, 1000}, Shape{2, 20000}, Shape{64, 3136}}) {
+        const Standardized d(shape, sets, 43);
+        const NcsView& v = d.v;
+        const Tensor row_weight = xt::cast<float>(testing::random_array({v.n}, 44, 1.0, 0.5));
+        const Tensor column_weight = xt::cast<float>(testing::random_array({v.c}, 45, 1.0, 0.5));
+        const kernels::XhatSource<float> xhat(d.x.data(), d.mean.data(), d.inv_std.data());
+        for (const bool per_row : {true, false}) {
+            Tensor g = Tensor::from_shape(shape);
+            for (std::size_t n = 0; n < v.n; ++n)
+                for (std::size_t c = 0; c < v.c; ++c)
+                    g.data()[n * v.c + c] =
+                        d.dy.data()[n * v.c + c] * (per_row ? row_weight(n) : column_weight(c));
+            for (int threads : {1, 2}) {
+                ThreadCount tc(threads);
+                const std::string what = format_shape(shape) +
+                                         (per_row ? " per row, " : " per column, ") +
+                                         std::to_string(threads) + " threads";
+                std::vector<double> array_g(v.c), array_gx(v.c), weighted_g(v.c), weighted_gx(v.c);
+                kernels::channel_sums(g.data(), xhat, v, array_g.data(), array_gx.data(), &sets);
+                kernels::weighted_column_sums(d.dy.data(), xhat, v, sets,
+                                              per_row ? row_weight.data() : nullptr,
+                                              per_row ? nullptr : column_weight.data(),
+                                              weighted_g.data(), weighted_gx.data());
+                EXPECT_EQ(weighted_g, array_g) << what;
+                EXPECT_EQ(weighted_gx, array_gx) << what;
+            }
+        }
+    }
+    const Standardized runs({4, 3, 5}, sets, 46);
+    std::vector<double> s1(3), s2(3);
+    const kernels::XhatSource<float> from_input(runs.x.data(), runs.mean.data(),
+                                                runs.inv_std.data());
+    EXPECT_THROW(
+        kernels::weighted_column_sums(runs.dy.data(), from_input, runs.v, sets, runs.gamma.data(),
+                                      static_cast<const float*>(nullptr), s1.data(), s2.data()),
+        std::logic_error);
+    const Standardized dense({8, 3}, sets, 47);
+    EXPECT_THROW(
+        kernels::weighted_column_sums(
+            dense.dy.data(),
+            kernels::XhatSource<float>(dense.x.data(), dense.mean.data(), dense.inv_std.data()),
+            dense.v, sets, dense.gamma.data(), dense.gamma.data(), s1.data(), s2.data()),
+        std::logic_error);
+}
+
 // The dense kernels walk columns in vectors from the first column on a 64-byte line (the columns
 // before it one at a time), so where the arrays lie moves that split. Every column's sums and
 // every output must come out the same bits wherever that is: the same data at each of the

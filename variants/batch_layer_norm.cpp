@@ -177,10 +177,20 @@ NORMLAB_ISA_CLONES void set_coefficients(T coef, const T* inv_std, const double*
     }
 }
 
-// x̂ of the branch is formed from the kept input x with the branch's shift and inv_std, as the
-// forward formed it.
+// How γ weighs dy in a branch's calls, g = γ ⊙ dy: per row or per column of the call's view
+// (γ per channel is a column of the batch branch's view, and of the feature branch's on rows,
+// and a row of the feature branch's per-sample view); both null without γ.
 template <class T>
-BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
+struct ViewWeights {
+    const T* rows = nullptr;
+    const T* columns = nullptr;
+};
+
+// x̂ of the branch is formed from the kept input x with the branch's shift and inv_std, as the
+// forward formed it; g = γ ⊙ dy is formed in registers by the kernels (the same products an
+// array of g held).
+template <class T>
+BranchGrad<T> branch_grad(const T* dy, ViewWeights<T> weights, const T* x, const T* shift,
                           const std::vector<BranchCall>& calls, const BlnBranch<T>& b, T coef,
                           std::size_t num_sets) {
     BranchGrad<T> out;
@@ -199,13 +209,18 @@ BranchGrad<T> branch_grad(const T* g, const T* x, const T* shift,
             double* set_sum_gx = sum_gx.data() + call.first_set;
             // A set per column of the call's view (the batch branch; the feature branch with
             // trailing dimensions): the column sums are the set sums, with no per-set copy.
-            if (call.sets.across_batch && call.sets.channels_per_set == 1)
-                kernels::channel_sums(g + call.offset, xhat, call.view, set_sum_g, set_sum_gx,
-                                      &call.sets);
-            else
-                kernels::backward_reduce(g + call.offset, xhat, call.view, call.sets,
-                                         static_cast<const T*>(nullptr), set_sum_g, set_sum_gx,
-                                         nullptr, nullptr);
+            if (call.sets.across_batch && call.sets.channels_per_set == 1) {
+                if (weights.rows || weights.columns)
+                    kernels::weighted_column_sums(dy + call.offset, xhat, call.view, call.sets,
+                                                  weights.rows, weights.columns, set_sum_g,
+                                                  set_sum_gx);
+                else
+                    kernels::channel_sums(dy + call.offset, xhat, call.view, set_sum_g, set_sum_gx,
+                                          &call.sets);
+            } else {
+                kernels::backward_reduce(dy + call.offset, xhat, call.view, call.sets,
+                                         weights.columns, set_sum_g, set_sum_gx, nullptr, nullptr);
+            }
         });
     }
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
@@ -279,16 +294,6 @@ void for_each_piece_across_samples(const NcsView& v, F&& f) {
         for (std::size_t n = 0; n < v.n; ++n)
             f((n * v.c + c) * v.s + s0, count, c);
     });
-}
-
-// g = γ ⊙ dy over one run (for_each_channel_run): γ per value on a row, the run's channel's
-// otherwise; in every ISA clone (an index chosen per value did not vectorize, and took an eighth
-// of the backward on (32, 512)).
-template <class T, bool rows>
-NORMLAB_ISA_CLONES void weigh_run(const T* dy, const T* gamma, std::size_t count, T* g) {
-#pragma omp simd
-    for (std::size_t j = 0; j < count; ++j)
-        g[j] = dy[j] * (rows ? gamma[j] : gamma[0]);
 }
 
 // One branch's standardization: x̂ = (x − shift_k)·inv_std_k for the set k of every value.
@@ -390,12 +395,13 @@ struct RunGrad {
 // terms of dβ and dγ), read from dy and formed in registers, so that dγ takes no pass of its own.
 enum class Extra { none, mixed, affine_sums };
 
-// The backward's pass over one run (apply_and_mix), in every ISA clone. `grad` is g = γ ⊙ dy, or,
-// for Extra::affine_sums, dy itself, which is multiplied by the run's γ as the array g was.
+// The backward's pass over one run (apply_and_mix), in every ISA clone. g = γ ⊙ dy is formed from
+// dy in registers: with the run's γ (`gamma`, Extra::affine_sums) or a row's γ per value
+// (`gammas`, Extra::mixed); without γ (Extra::none) g is dy.
 template <class T, bool rows, bool batch_xhat, bool feature_xhat, Extra extra>
-NORMLAB_ISA_CLONES void apply_run(const T* grad, const T* x, std::size_t count, RunXhat<T> run,
-                                  RunGrad<T> batch, RunGrad<T> feature, T cf, T cb, T gamma, T* dx,
-                                  T* mixed, double* sums) {
+NORMLAB_ISA_CLONES void apply_run(const T* dy, const T* x, std::size_t count, RunXhat<T> run,
+                                  RunGrad<T> batch, RunGrad<T> feature, T cf, T cb, T gamma,
+                                  const T* gammas, T* dx, T* mixed, double* sums) {
     constexpr bool sums_run = extra == Extra::affine_sums;
     // A row's one feature set, read once here (as in mix_run).
     const T row_shift = run.mf[0], row_scale = run.sf[0], row_cg = feature.cg[0];
@@ -407,7 +413,7 @@ NORMLAB_ISA_CLONES void apply_run(const T* grad, const T* x, std::size_t count, 
     double sum_dy = 0, sum_dy_xhat = 0;
 #pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
     for (std::size_t j = 0; j < count; ++j) {
-        const T g = sums_run ? grad[j] * gamma : grad[j];
+        const T g = sums_run ? dy[j] * gamma : extra == Extra::mixed ? dy[j] * gammas[j] : dy[j];
         const T hb = run.batch(x[j], j);
         const T hf =
             rows ? kernels::standardized(x[j], row_shift, row_scale) : run.feature(x[j], j);
@@ -425,8 +431,8 @@ NORMLAB_ISA_CLONES void apply_run(const T* grad, const T* x, std::size_t count, 
         dx[j] = db + df;
         if constexpr (extra == Extra::mixed) mixed[j] = cf * hf + cb * hb;
         if constexpr (sums_run) {
-            sum_dy += double(grad[j]);
-            sum_dy_xhat += double(grad[j] * (cf * hf + cb * hb));
+            sum_dy += double(dy[j]);
+            sum_dy_xhat += double(dy[j] * (cf * hf + cb * hb));
         }
     }
     if constexpr (sums_run) {
@@ -436,15 +442,14 @@ NORMLAB_ISA_CLONES void apply_run(const T* grad, const T* x, std::size_t count, 
 }
 
 // The backward's elementwise pass: dx = dx_B + dx_F from each branch's coefficients (as
-// kernels::backward_apply would write each branch, then added), in one pass over g and the kept
-// input x. With γ (affine sums not null) also dγ's and dβ's raw sums per channel, Σdy and
-// Σdy·x̂ with the mixed x̂ = cf·x̂_F + cb·x̂_B: with trailing dimensions in this same pass, which
-// then reads dy (and γ) instead of g, each piece's runs added in sample order and a channel's
-// pieces in order, so the sums do not depend on the number of threads; on rows, the pass writes
-// the mixed x̂ over x and a pass over dy takes the sums. dx may be g: each value is written
-// after its last read.
+// kernels::backward_apply would write each branch, then added), in one pass over dy (weighed by
+// γ in registers) and the kept input x. With γ also dγ's and dβ's raw sums per channel, Σdy and
+// Σdy·x̂ with the mixed x̂ = cf·x̂_F + cb·x̂_B: with trailing dimensions in this same pass, each
+// piece's runs added in sample order and a channel's pieces in order, so the sums do not depend
+// on the number of threads; on rows, the pass writes the mixed x̂ over x and a pass over dy takes
+// the sums. dx may be x where no mixed x̂ is written: each value is written after its last read.
 template <class T>
-void apply_and_mix(const T* g, const T* dy, T* x, const NcsView& v, BranchScale<T> batch_scale,
+void apply_and_mix(const T* dy, T* x, const NcsView& v, BranchScale<T> batch_scale,
                    BranchScale<T> feature_scale, const BranchGrad<T>& batch,
                    const BranchGrad<T>& feature, T cf, T cb, const T* gamma, T* dx, double* sum_dy,
                    double* sum_dy_xhat) {
@@ -458,13 +463,13 @@ void apply_and_mix(const T* g, const T* dy, T* x, const NcsView& v, BranchScale<
         constexpr Extra e = decltype(extra)::value;
         apply_run<T, decltype(rows)::value, decltype(batch_xhat)::value,
                   decltype(feature_xhat)::value, e>(
-            (e == Extra::affine_sums ? dy : g) + i, x + i, count,
-            RunXhat<T>(k, batch_scale, feature_scale),
+            dy + i, x + i, count, RunXhat<T>(k, batch_scale, feature_scale),
             RunGrad<T>{batch.cg.data() + k.batch, at(batch.c1, batch_xhat, k.batch),
                        at(batch.cx, batch_xhat, k.batch)},
             RunGrad<T>{feature.cg.data() + k.feature, at(feature.c1, feature_xhat, k.feature),
                        at(feature.cx, feature_xhat, k.feature)},
-            cf, cb, gamma_c, dx + i, e == Extra::mixed ? x + i : nullptr, run_sums);
+            cf, cb, gamma_c, e == Extra::mixed ? gamma : nullptr, dx + i,
+            e == Extra::mixed ? x + i : nullptr, run_sums);
     };
     if (sums && v.s > 1) {
         const PositionPieces pieces(v);
@@ -736,35 +741,36 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
                          ": the saved context is missing the input its forward was to keep");
     const NcsView v = this->view_of(ctx.shape);
     const T* gamma = this->gamma();
-    // g = γ ⊙ dy: both branches see it, and γ is per channel, which the feature branch's
-    // transposed view cannot express as a kernel argument.
-    const T* g = dy.data();
-    Array<T> weighted;
-    if (gamma) {
-        weighted = Array<T>::from_shape(dy.shape());
-        for_each_channel_run(v, [&](std::size_t i, std::size_t count, std::size_t c) {
-            if (v.s == 1)
-                weigh_run<T, true>(dy.data() + i, gamma, count, weighted.data() + i);
-            else
-                weigh_run<T, false>(dy.data() + i, gamma + c, count, weighted.data() + i);
-        });
-        g = weighted.data();
+    // Both branches see g = γ ⊙ dy, which the kernels form from dy in registers: γ per channel
+    // is a column of the batch branch's view (per channel and position with trailing
+    // dimensions: γ repeated over the positions) and of the feature branch's on rows, and a row
+    // of the feature branch's per-sample view. No array of g is written.
+    SetValues<T> gamma_by_set;
+    ViewWeights<T> batch_weights, feature_weights;
+    if (gamma && v.s > 1) {
+        gamma_by_set.resize(v.c * v.s);
+        for (std::size_t c = 0; c < v.c; ++c)
+            std::fill_n(gamma_by_set.begin() + std::ptrdiff_t(c * v.s), v.s, gamma[c]);
+        batch_weights.columns = gamma_by_set.data();
+        feature_weights.rows = gamma;
+    } else if (gamma) {
+        batch_weights.columns = feature_weights.columns = gamma;
     }
 
     T* const x = ctx.input.data();
-    const BranchGrad<T> batch = branch_grad(g, x, ctx.shift_batch.data(), batch_calls(v), ctx.batch,
-                                            ctx.coef_batch, v.c * v.s);
-    const BranchGrad<T> feature = branch_grad(g, x, ctx.shift_feature.data(), feature_calls(v),
-                                              ctx.feature, ctx.coef_feature, v.n * v.s);
-    // dx is written over g (and, on rows, dγ's mixed x̂ over the input): both are spent by
-    // then, and their lines are in cache where new arrays' would first be fetched. Without γ
-    // there is no dγ, and dx goes over the input.
-    Array<T> dx = gamma ? std::move(weighted) : std::move(ctx.input);
+    const BranchGrad<T> batch = branch_grad(dy.data(), batch_weights, x, ctx.shift_batch.data(),
+                                            batch_calls(v), ctx.batch, ctx.coef_batch, v.c * v.s);
+    const BranchGrad<T> feature =
+        branch_grad(dy.data(), feature_weights, x, ctx.shift_feature.data(), feature_calls(v),
+                    ctx.feature, ctx.coef_feature, v.n * v.s);
+    // dx is written over the spent input, except on rows with γ, where the pass writes dγ's
+    // mixed x̂ there.
+    Array<T> dx = gamma && v.s == 1 ? Array<T>::from_shape(dy.shape()) : std::move(ctx.input);
     std::vector<double> sum_dy(v.c), sum_dy_xhat(v.c);
-    apply_and_mix(
-        g, dy.data(), x, v, BranchScale<T>{ctx.shift_batch.data(), ctx.batch.inv_std.data()},
-        BranchScale<T>{ctx.shift_feature.data(), ctx.feature.inv_std.data()}, batch, feature,
-        ctx.coef_feature, ctx.coef_batch, gamma, dx.data(), sum_dy.data(), sum_dy_xhat.data());
+    apply_and_mix(dy.data(), x, v, BranchScale<T>{ctx.shift_batch.data(), ctx.batch.inv_std.data()},
+                  BranchScale<T>{ctx.shift_feature.data(), ctx.feature.inv_std.data()}, batch,
+                  feature, ctx.coef_feature, ctx.coef_batch, gamma, dx.data(), sum_dy.data(),
+                  sum_dy_xhat.data());
     if (gamma) this->add_affine_grads(sum_dy_xhat.data(), sum_dy.data());
     return dx;
 }

@@ -521,12 +521,16 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
 // on every row of a group (once, with the group's first range of columns); it must not write
 // what the column sums read (other ranges run at the same time). x̂ is formed from the input in
 // registers where direct_rows allows; per_row is then given null and forms its row's x̂ from
-// the input itself, as it is given null when there is no x̂ at all.
+// the input itself, as it is given null when there is no x̂ at all. With a weight per row or per
+// column (x̂ formed in registers only) the sums are of g = w·dy instead of dy.
 template <class T, class PerRow>
 void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
-                       const SetSpec* sets, double* s1, double* s2, PerRow&& per_row) {
+                       const SetSpec* sets, double* s1, double* s2, PerRow&& per_row,
+                       const T* row_weight = nullptr, const T* column_weight = nullptr) {
     constexpr bool has_per_row = !std::is_same_v<std::decay_t<PerRow>, std::nullptr_t>;
     const bool direct = direct_rows(xhat, v, sets);
+    if ((row_weight || column_weight) && !direct)
+        throw std::logic_error("dense_column_sums: weights need x̂ formed from the input");
     column_sums_by_blocks(
         v, grad_row_group<T>(v), xhat.present(), true, s1, s2,
         [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1, double* part1,
@@ -541,11 +545,19 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                         per_row(n, h ? h + (n - n0) * v.c : nullptr);
             if (direct) {
                 const bool by_row = !sets->across_batch;
-                rows::column_grad_sums_from_input(
-                    dy + at, xhat.x + at, count, v.c, width, by_row ? xhat.shift + n0 : nullptr,
-                    by_row ? xhat.scale + n0 : nullptr, by_row ? nullptr : xhat.shift + c0,
-                    by_row ? nullptr : xhat.scale + c0, part1 + c0, p2,
-                    rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)));
+                const auto sums = [&](auto weighted) {
+                    rows::column_grad_sums_from_input<T, decltype(weighted)::value>(
+                        dy + at, xhat.x + at, count, v.c, width, by_row ? xhat.shift + n0 : nullptr,
+                        by_row ? xhat.scale + n0 : nullptr, by_row ? nullptr : xhat.shift + c0,
+                        by_row ? nullptr : xhat.scale + c0, part1 + c0, p2,
+                        rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)),
+                        row_weight ? row_weight + n0 : nullptr,
+                        column_weight ? column_weight + c0 : nullptr);
+                };
+                if (row_weight || column_weight)
+                    sums(std::true_type{});
+                else
+                    sums(std::false_type{});
                 return;
             }
             rows::column_grad_sums(dy + at, h ? h + c0 : nullptr, count, v.c, width, part1 + c0,
@@ -730,6 +742,17 @@ void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_s
                             row2 + r0);
     });
     add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
+}
+
+template <class T>
+void weighted_column_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
+                          const T* row_weight, const T* column_weight, double* s1, double* s2) {
+    if (v.s != 1 || !xhat.x || !recomputes_xhat_in_registers(v, sets) ||
+        (row_weight && column_weight))
+        throw std::logic_error(
+            "weighted_column_sums: a dense (N, C) view with x̂ formed from the input, and one "
+            "weight");
+    dense_column_sums(dy, xhat, v, &sets, s1, s2, nullptr, row_weight, column_weight);
 }
 
 template <class T>
@@ -1480,6 +1503,8 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                                      const T*, double*, double*, double*, double*);                \
     template void backward_apply<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,          \
                                     const T*, const T*, const T*, const T*, T*);                   \
+    template void weighted_column_sums<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,    \
+                                          const T*, const T*, double*, double*);                   \
     template void channel_sums<T>(const T*, XhatArg<T>, const NcsView&, double*, double*,          \
                                   const SetSpec*);                                                 \
     template bool can_fuse_backward<T>(const NcsView&, const SetSpec&);                            \

@@ -129,4 +129,13 @@ template <class T>
 void channel_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, double* chan_sum_dy,
                   double* chan_sum_dy_xhat, const SetSpec* sets = nullptr);
 
+// channel_sums of g = w·dy on a dense (N, C) view (v.s = 1) whose x̂ is formed from the input, w
+// per row (row_weight, N values) or per column (column_weight, C values), one of the two: the
+// same sums as channel_sums over an array holding g, without writing that array. Batch-Layer
+// Norm's branches weigh dy by γ per channel, which is a column of its batch branch's view and a
+// row of its feature branch's per-sample view.
+template <class T>
+void weighted_column_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpec& sets,
+                          const T* row_weight, const T* column_weight, double* s1, double* s2);
+
 }  // namespace normlab::kernels

@@ -1292,29 +1292,35 @@ NORMLAB_ISA_CLONES void runs_grad_sums(const T* dy, const T* xhat, const T* x, c
 }
 
 // column_grad_sums over h recomputed from the input: with m, sc per row (m_col null) or per
-// column (m_row null); the `ahead` rows after them are prefetched.
-template <class T>
+// column (m_row null); the `ahead` rows after them are prefetched. dy is weighted per column by
+// w_col or else per row by w_row (g = dy·w, the product an array of g would hold) in the
+// `weighted` instantiation, so that the loops of the other have nothing to test.
+template <class T, bool weighted = false>
 NORMLAB_ISA_CLONES void column_grad_sums_from_input(const T* dy, const T* x, std::size_t rows,
                                                     std::size_t stride, std::size_t n,
                                                     const T* m_row, const T* sc_row, const T* m_col,
                                                     const T* sc_col, double* s1, double* s2,
-                                                    std::size_t ahead) {
+                                                    std::size_t ahead, const T* w_row = nullptr,
+                                                    const T* w_col = nullptr) {
     column_paired_sums<T>(
         rows, n, dy,
         [&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
             prefetch_ahead<V>(dy, x, rows, ahead, stride, i);
-            V m{}, sc{};
+            V m{}, sc{}, w{};
             if (m_col) {
                 m = load_as<V>(m_col + i);
                 sc = load_as<V>(sc_col + i);
             }
+            if (weighted && w_col) w = load_as<V>(w_col + i);
             return [=](std::size_t r) __attribute__((always_inline)) {
                 const std::size_t at = r * stride + i;
                 const V h = m_col ? standardized(load_as<V>(x + at), m, sc)
                                   : standardized(load_as<V>(x + at), splat<V>(m_row[r]),
                                                  splat<V>(sc_row[r]));
-                return std::pair{load_as<V>(dy + at), h};
+                V g = load_as<V>(dy + at);
+                if constexpr (weighted) g *= w_col ? w : splat<V>(w_row[r]);
+                return std::pair{g, h};
             };
         },
         s1, s2);

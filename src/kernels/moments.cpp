@@ -1089,9 +1089,9 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
     const std::size_t cps = sets.channels_per_set;
 
     if (dense_across_batch(v, sets)) {
-        // Both written whole by channel_sums.
+        // Written whole by channel_sums (r2 only with x̂; zeros without, as the sums of nothing).
         double* r1 = scratch(kTotal1, v.c, false);
-        double* r2 = scratch(kTotal2, v.c, false);
+        double* r2 = scratch(kTotal2, v.c, !xhat.present());
         channel_sums(dy, xhat, v, r1, xhat.present() ? r2 : nullptr, &sets);
         if (cps == 1) {
             for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {

@@ -96,8 +96,20 @@ NORMLAB_ISA_CLONES bool scale_sets(const T* mean, const T* var, double eps, cons
     return std::isfinite(total);
 }
 
-// Sets per call of scale_sets, split between the threads from kParallelSets sets on.
+// Sets per call of scale_sets and add_sets, split between the threads from kParallelSets sets
+// on.
 constexpr std::size_t kSetRange = 2048;
+
+// The epoch's sums of the statistics += this call's, for sets [begin, end), in every ISA clone.
+template <class T>
+NORMLAB_ISA_CLONES void add_sets(const T* mean, const T* var, std::size_t begin, std::size_t end,
+                                 T* sum_mean, T* sum_var) {
+#pragma omp simd
+    for (std::size_t k = begin; k < end; ++k) {
+        sum_mean[k] += mean[k];
+        sum_var[k] += var[k];
+    }
+}
 
 // Shift and scale of one branch from the current moments and the population constants;
 // `current_finite` says whether the current moments (where the branch took them) are finite.
@@ -713,17 +725,18 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     ctx.shift_feature = std::move(f_shift);
 
     if (train && tracking) {
-        const auto accumulate = [](Array<T>& sum, const SetValues<T>& values) {
-            T* total = sum.data();
-            const T* value = values.data();
-            const std::size_t n = values.size();
-            kernels::parallel_for(n, n >= kernels::kParallelSets,
-                                  [&](std::size_t k) { total[k] += value[k]; });
+        const auto accumulate = [](Array<T>& sum_mean, Array<T>& sum_var,
+                                   const Moments<T>& current) {
+            const std::size_t n = current.mean.size();
+            const std::size_t ranges = (n + kSetRange - 1) / kSetRange;
+            kernels::parallel_for(ranges, n >= kernels::kParallelSets, [&](std::size_t r) {
+                const std::size_t begin = r * kSetRange, end = std::min(n, begin + kSetRange);
+                add_sets(current.mean.data(), current.var.data(), begin, end, sum_mean.data(),
+                         sum_var.data());
+            });
         };
-        accumulate(sum_batch_mean_, b_cur.mean);
-        accumulate(sum_batch_var_, b_cur.var);
-        accumulate(sum_feature_mean_, f_cur.mean);
-        accumulate(sum_feature_var_, f_cur.var);
+        accumulate(sum_batch_mean_, sum_batch_var_, b_cur);
+        accumulate(sum_feature_mean_, sum_feature_var_, f_cur);
         ++epoch_steps_;
     }
     if (grad == Grad::keep) {

@@ -96,10 +96,6 @@ NORMLAB_ISA_CLONES bool scale_sets(const T* mean, const T* var, double eps, cons
     return std::isfinite(total);
 }
 
-// Sets per call of scale_sets and add_sets, split between the threads from kParallelSets sets
-// on.
-constexpr std::size_t kSetRange = 2048;
-
 // The epoch's sums of the statistics += this call's, for sets [begin, end), in every ISA clone.
 template <class T>
 NORMLAB_ISA_CLONES void add_sets(const T* mean, const T* var, std::size_t begin, std::size_t end,
@@ -127,9 +123,7 @@ BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
     const T* var = var_from_input ? current.var.data() : population_var;
     const bool checks = !current.mean.empty();
     std::atomic<bool> finite{true};
-    const std::size_t ranges = (num_sets + kSetRange - 1) / kSetRange;
-    kernels::parallel_for(ranges, num_sets >= kernels::kParallelSets, [&](std::size_t r) {
-        const std::size_t begin = r * kSetRange, end = std::min(num_sets, begin + kSetRange);
+    kernels::for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
         if (!scale_sets(mean, var, eps, checks ? current.mean.data() : nullptr,
                         checks ? current.var.data() : nullptr, begin, end, shift.data(),
                         b.inv_std.data()))
@@ -237,12 +231,9 @@ BranchGrad<T> branch_grad(const T* dy, ViewWeights<T> weights, const T* x, const
     }
     const double inv_m = 1.0 / double(calls.front().sets.set_size(calls.front().view));
     const T* delta = b.delta.empty() ? nullptr : b.delta.data();
-    const std::size_t ranges = (num_sets + kSetRange - 1) / kSetRange;
     with_flags(
         [&](auto mean_in, auto var_in) {
-            kernels::parallel_for(ranges, num_sets >= kernels::kParallelSets, [&](std::size_t r) {
-                const std::size_t begin = r * kSetRange,
-                                  end = std::min(num_sets, begin + kSetRange);
+            kernels::for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
                 set_coefficients<T, decltype(mean_in)::value, decltype(var_in)::value>(
                     coef, b.inv_std.data(), projects ? sum_g.data() : nullptr, sum_gx.data(), inv_m,
                     delta, begin, end, out.cg.data(), out.c1.data(), out.cx.data());
@@ -727,13 +718,11 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     if (train && tracking) {
         const auto accumulate = [](Array<T>& sum_mean, Array<T>& sum_var,
                                    const Moments<T>& current) {
-            const std::size_t n = current.mean.size();
-            const std::size_t ranges = (n + kSetRange - 1) / kSetRange;
-            kernels::parallel_for(ranges, n >= kernels::kParallelSets, [&](std::size_t r) {
-                const std::size_t begin = r * kSetRange, end = std::min(n, begin + kSetRange);
-                add_sets(current.mean.data(), current.var.data(), begin, end, sum_mean.data(),
-                         sum_var.data());
-            });
+            kernels::for_each_set_range(current.mean.size(),
+                                        [&](std::size_t begin, std::size_t end) {
+                                            add_sets(current.mean.data(), current.var.data(), begin,
+                                                     end, sum_mean.data(), sum_var.data());
+                                        });
         };
         accumulate(sum_batch_mean_, sum_batch_var_, b_cur);
         accumulate(sum_feature_mean_, sum_feature_var_, f_cur);

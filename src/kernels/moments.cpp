@@ -42,19 +42,6 @@ double* scratch(Slot slot, std::size_t n, bool zeroed = true) {
     return p;
 }
 
-// Per-set work over sets of one column each, in ranges that vectorize, split between the threads
-// from kParallelSets sets on. Batch-Layer Norm's batch branch has a set per channel and position
-// (200k on (2, 64, 56, 56)), where a call per set, which did not vectorize, took a third of its
-// small-batch forward.
-constexpr std::size_t kSetRange = 2048;
-
-template <class F>
-void for_each_set_range(std::size_t num_sets, F&& f) {
-    const std::size_t ranges = (num_sets + kSetRange - 1) / kSetRange;
-    parallel_for(ranges, num_sets >= kParallelSets,
-                 [&](std::size_t r) { f(r * kSetRange, std::min(num_sets, (r + 1) * kSetRange)); });
-}
-
 // finish_moments of sets [begin, end), set k from s1[k], s2[k] and shift[k], each added to 0 as
 // a set's sum over its columns starts from 0.
 template <class T>

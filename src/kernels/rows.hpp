@@ -872,23 +872,33 @@ NORMLAB_ISA_CLONES void affine_channels_summing_next(const T* x, std::size_t s,
 template <class T, class F>
 __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::size_t n,
                                                         const T* line_of, F&& f) {
-    const auto walk = [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-        const auto row = f(tag, i);
-        for (std::size_t r = 0; r < rows; ++r)
-            row(r);
-    };
-    std::size_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
-        for (const std::size_t head = values_before_line(line_of, n); i < head; ++i)
+    const auto columns = [&](auto&& walk) __attribute__((always_inline)) {
+        std::size_t i = 0;
+        if constexpr (std::is_same_v<T, float>) {
+            for (const std::size_t head = values_before_line(line_of, n); i < head; ++i)
+                walk(T{}, i);
+            if (wide_vectors())
+                for (; i + kLanes <= n; i += kLanes)
+                    walk(Float16{}, i);
+            for (; i + 8 <= n; i += 8)
+                walk(Float8{}, i);
+        }
+        for (; i < n; ++i)
             walk(T{}, i);
-        if (wide_vectors())
-            for (; i + kLanes <= n; i += kLanes)
-                walk(Float16{}, i);
-        for (; i + 8 <= n; i += 8)
-            walk(Float8{}, i);
-    }
-    for (; i < n; ++i)
-        walk(T{}, i);
+    };
+    // A single row (the dense kernels take rows one at a time from memory:
+    // dense_rows_per_group) goes straight along its columns, each coefficient a memory operand:
+    // through the loop down the rows, every vector paid that loop's setup and GCC first loaded
+    // the coefficients into registers (BatchNorm on (4096, 768), AMD EPYC VM, 2 threads, builds
+    // alternated: inference 5-15% faster, backward 3-15%).
+    if (rows == 1)
+        columns([&](auto tag, std::size_t i) __attribute__((always_inline)) { f(tag, i)(0); });
+    else
+        columns([&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            const auto row = f(tag, i);
+            for (std::size_t r = 0; r < rows; ++r)
+                row(r);
+        });
 }
 
 // The dense form, every coefficient per column: `rows` rows of n values, `stride` apart.

@@ -19,6 +19,7 @@ SHAPE_TEXT = {"mlp": "(256, 1024)", "conv": "(32, 64, 56, 56)", "conv_small_batc
 ONEDNN_LAYOUTS = ("onednn_plain", "onednn_blocked")
 PAIRED = "paired_"
 PYTORCH = ("pytorch",)
+PLAIN = ("plain", "loop")  # the key prefix of the plain loops (plain_section)
 ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
                     ("layer_norm", "conv"), ("layer_norm", "transformer")}
 
@@ -349,7 +350,12 @@ def main():
                     summary["roofline"][1] += 1
                     summary["roofline"][0] += roof >= 0.7
                     if roof < 0.7:
-                        misses["roofline"].append(f"{case} ({100 * roof:.0f}%)")
+                        plain_roof = counters.get(PLAIN + (shape, p), (None, None))[0]
+                        misses["roofline"].append(
+                            f"{case} ({100 * roof:.0f}%"
+                            + ("" if plain_roof is None else
+                               f"; the plain loop {100 * plain_roof:.0f}%") + ")")
+                        unreachable["roofline"] += plain_roof is not None and plain_roof < 0.7
                 k = ours_key
                 lines.append(
                     f"| {shape} {SHAPE_TEXT[shape]} | {p} | {fmt_us(ours)} | "
@@ -396,6 +402,12 @@ def main():
                  "medians over the rounds). Over 100% no implementation of "
                  "that pass can reach 1.5× on this machine "
                  f"({unreachable['PyTorch']} of {len(misses['PyTorch'])} misses here).", ""]
+    if misses["roofline"]:
+        head += ["For each roofline miss, `the plain loop` is the fraction of roofline that the "
+                 "plainest loop moving the same minimal traffic reached, timed the same way "
+                 "(the table of plain loops below); under 70% the target asks more of the pass "
+                 "than such a loop gets from this machine "
+                 f"({unreachable['roofline']} of {len(misses['roofline'])} misses here).", ""]
     triad_lines = ["## Measured bandwidth (triad, GB/s)", "",
                    "a = b + 3·c over three arrays that together take the working set, the best of "
                    "several sweeps; `streamed` writes a with stores that bypass the caches (one per "
@@ -418,6 +430,7 @@ def main():
             f"{gbps('triad', label, 1)} | {gbps('triad', label, 2)} | "
             f"{gbps('triad_streamed', label, 1)} | {gbps('triad_streamed', label, 2)} |")
     triad_lines.append("")
+    triad_lines += plain_section(times, counters)
     insert_at = lines.index(f"## `{variants[0]}`") if variants else len(lines)
     lines[insert_at:insert_at] = head + triad_lines
     context = load_context(args.normlab[0])
@@ -429,6 +442,43 @@ def main():
         lines += training_section([load(path) for path in args.training])
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def plain_section(times, counters):
+    """The plain loops (plain/loop/<shape>/<pass> of normalizer_bench): each pass's minimal
+    traffic moved by the plainest loop, timed as the layers are; their roofline fractions, and
+    BatchNorm's and LayerNorm's times over theirs."""
+    shapes = [s for s in SHAPES if any(times.get(PLAIN + (s, p)) for p in PASSES)]
+    if not shapes:
+        return []
+    layers = ("batch_norm", "layer_norm")
+    out = ["## Plain loops", "",
+           "The plainest loop that moves a pass's minimal traffic, `y = 2·x + 1` for the "
+           "forwards and `dx = dy + 2·x` for the backward, each thread a contiguous share, timed "
+           "as the layers are (`plain/loop/` in `normalizer_bench`): its input written anew by "
+           "the threads before each call of a training forward or backward, its output "
+           "allocated in the call, the median call time. A layer's pass also takes statistics: "
+           "its time over the loop's is what its numerics and order of work cost over moving "
+           "the data, and the loop's roofline fraction is what this machine gives a pass under "
+           "this protocol.", "",
+           "| shape | pass | plain loop | roofline | DRAM | "
+           + " | ".join(f"{v} / plain" for v in layers) + " |",
+           "|---|---|---:|---:|---:|" + "---:|" * len(layers)]
+    for shape in shapes:
+        for p in PASSES:
+            t = times.get(PLAIN + (shape, p))
+            if t is None:
+                continue
+            roof, dram = counters.get(PLAIN + (shape, p), (None, None))
+            cells = []
+            for v in layers:
+                ours = times.get(("normlab", v, shape, p))
+                cells.append("—" if not ours or not t else f"{ours / t:.2f}×")
+            out.append(f"| {shape} {SHAPE_TEXT[shape]} | {p} | {fmt_us(t)} | "
+                       f"{'—' if roof is None else f'{100 * roof:.0f}%'} | "
+                       f"{'—' if dram is None else f'{100 * dram:.0f}%'} | "
+                       + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def chain_section(times, planned_mib=None, streamed_here=None, planned_from="detected"):

@@ -184,6 +184,34 @@ class Page(unittest.TestCase):
         self.assertNotIn("(`oneDNN paired`)", page)
         self.assertNotIn("(`PyTorch paired`)", page)
 
+    def test_plain_loops_beside_the_layers_and_the_roofline_misses(self):
+        # The plain loop reached 60% of roofline on conv's backward (the target is out of its
+        # reach there) and 90% on the forward; the layers' times over the loop's.
+        with tempfile.TemporaryDirectory() as d:
+            ours = write(d, "normlab.json", [
+                entry("normlab/batch_norm/conv/fwd_train", 0, median=150.0, roofline=0.6,
+                      roofline_dram=1.0),
+                entry("normlab/batch_norm/conv/bwd", 0, median=300.0, roofline=0.5,
+                      roofline_dram=0.9),
+                entry("normlab/layer_norm/conv/bwd", 0, median=250.0, roofline=0.6,
+                      roofline_dram=1.1),
+                entry("plain/loop/conv/fwd_train", 0, median=100.0, roofline=0.9,
+                      roofline_dram=1.5),
+                entry("plain/loop/conv/bwd", 0, median=200.0, roofline=0.6, roofline_dram=1.2),
+            ], context={"memory_locked": "yes"})
+            page = report_page(d, "--normlab", ours, "--machine", "test machine",
+                               "--command", "test")
+        self.assertIn("Missed, below 70% of roofline: batch_norm conv fwd_train (60%; the plain "
+                      "loop 90%); batch_norm conv bwd (50%; the plain loop 60%); layer_norm conv "
+                      "bwd (60%; the plain loop 60%).", page)
+        self.assertIn("(2 of 3 misses here)", page)
+        self.assertIn("| conv (32, 64, 56, 56) | fwd_train | 100 | 90% | 150% | 1.50× | — |",
+                      page)
+        self.assertIn("| conv (32, 64, 56, 56) | bwd | 200 | 60% | 120% | 1.50× | 1.25× |", page)
+        # The loops are no layer of their own.
+        self.assertNotIn("## `loop`", page)
+        self.assertNotIn("## `plain`", page)
+
     def test_paired_ratio_is_the_smaller_over_layouts_with_rounds(self):
         # Two rounds; oneDNN's two layouts each timed in turn with normlab. Medians over the
         # rounds: plain 3.0, blocked 0.975 -> paired 0.98 (a miss); round by round the smaller

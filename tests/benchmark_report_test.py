@@ -187,18 +187,18 @@ class Page(unittest.TestCase):
     def test_plain_loops_beside_the_layers_and_the_roofline_misses(self):
         # The plain loop reached 60% of roofline on conv's backward (the target is out of its
         # reach there) and 90% on the forward; the layers' times over the loop's.
+        cases = [  # name, median µs, roofline, roofline_dram
+            ("normlab/batch_norm/conv/fwd_train", 150.0, 0.6, 1.0),
+            ("normlab/batch_norm/conv/bwd", 300.0, 0.5, 0.9),
+            ("normlab/layer_norm/conv/bwd", 250.0, 0.6, 1.1),
+            ("plain/loop/conv/fwd_train", 100.0, 0.9, 1.5),
+            ("plain/loop/conv/bwd", 200.0, 0.6, 1.2),
+        ]
         with tempfile.TemporaryDirectory() as d:
-            ours = write(d, "normlab.json", [
-                entry("normlab/batch_norm/conv/fwd_train", 0, median=150.0, roofline=0.6,
-                      roofline_dram=1.0),
-                entry("normlab/batch_norm/conv/bwd", 0, median=300.0, roofline=0.5,
-                      roofline_dram=0.9),
-                entry("normlab/layer_norm/conv/bwd", 0, median=250.0, roofline=0.6,
-                      roofline_dram=1.1),
-                entry("plain/loop/conv/fwd_train", 0, median=100.0, roofline=0.9,
-                      roofline_dram=1.5),
-                entry("plain/loop/conv/bwd", 0, median=200.0, roofline=0.6, roofline_dram=1.2),
-            ], context={"memory_locked": "yes"})
+            ours = write(d, "normlab.json",
+                         [entry(name, 0, median=median, roofline=roof, roofline_dram=dram)
+                          for name, median, roof, dram in cases],
+                         context={"memory_locked": "yes"})
             page = report_page(d, "--normlab", ours, "--machine", "test machine",
                                "--command", "test")
         self.assertIn("Missed, below 70% of roofline: batch_norm conv fwd_train (60%; the plain "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the comparison benchmarks and regenerates docs/benchmarks.md from their JSON.
-#   bash benchmarks/run.sh            # everything (about 10 minutes on 2 cores, with the build)
+#   bash benchmarks/run.sh            # everything (about 20 minutes on 2 cores, with the build)
 #   BENCH_ROUNDS=5 bash benchmarks/run.sh      # more rounds (default 3; medians over rounds)
 #   BENCH_FILTER=conv bash benchmarks/run.sh   # a subset (Google Benchmark regex / substring)
 #   BENCH_DOC=docs/benchmarks-mine.md bash benchmarks/run.sh   # the report elsewhere

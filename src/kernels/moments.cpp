@@ -541,10 +541,7 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                         row_weight ? row_weight + n0 : nullptr,
                         column_weight ? column_weight + c0 : nullptr);
                 };
-                if (row_weight || column_weight)
-                    sums(std::true_type{});
-                else
-                    sums(std::false_type{});
+                rows::with_flag(row_weight || column_weight, sums);
                 return;
             }
             rows::column_grad_sums(dy + at, h ? h + c0 : nullptr, count, v.c, width, part1 + c0,
@@ -1085,21 +1082,19 @@ void backward_reduce(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSp
                 weigh_columns(gamma, r1, set_sum_g, begin, end);
                 if (set_sum_g_xhat) weigh_columns(gamma, r2, set_sum_g_xhat, begin, end);
             });
-            if (chan_sum_dy) std::copy_n(r1, v.c, chan_sum_dy);
-            if (chan_sum_dy_xhat) std::copy_n(r2, v.c, chan_sum_dy_xhat);
-            return;
+        } else {
+            std::vector<T> ones;
+            const T* g = or_constant(gamma, ones, v.c, T(1));
+            parallel_for(num_sets, num_sets >= kParallelSets, [&](std::size_t k) {
+                double a = 0, b = 0;
+                for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
+                    a += double(g[c]) * r1[c];
+                    b += double(g[c]) * r2[c];
+                }
+                set_sum_g[k] = a;
+                if (set_sum_g_xhat) set_sum_g_xhat[k] = b;
+            });
         }
-        std::vector<T> ones;
-        const T* g = or_constant(gamma, ones, v.c, T(1));
-        parallel_for(num_sets, num_sets >= kParallelSets, [&](std::size_t k) {
-            double a = 0, b = 0;
-            for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
-                a += double(g[c]) * r1[c];
-                b += double(g[c]) * r2[c];
-            }
-            set_sum_g[k] = a;
-            if (set_sum_g_xhat) set_sum_g_xhat[k] = b;
-        });
         if (chan_sum_dy) std::copy_n(r1, v.c, chan_sum_dy);
         if (chan_sum_dy_xhat) std::copy_n(r2, v.c, chan_sum_dy_xhat);
         return;

@@ -844,9 +844,22 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
         const T* m_col = per_column(shift, v, sets, m);
         const T* sc_col = per_column(scale, v, sets, sc);
         const T* off_col = offset ? per_column(offset, v, sets, o) : nullptr;
+        if (!stays_cached<T>(v)) {
+            // From memory a row at a time (dense_rows_per_group), each thread's share of rows in
+            // one call: a call per row cost about 20 ns a row (BatchNorm on (4096, 768), AMD EPYC
+            // VM, 2 threads, alternated call by call in one process: inference 0.88-0.89 of the
+            // time, training forward 0.93-0.97).
+            parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
+                const auto [n0, n1] = team.share(v.n);
+                if (n1 > n0)
+                    rows::affine_columns(x + n0 * v.c, n1 - n0, v.c, v.c, m_col, sc_col, off_col, g,
+                                         bt, xhat ? xhat + n0 * v.c : nullptr, y + n0 * v.c, true);
+            });
+            return;
+        }
         for_each_dense_rows<T>(v, [&](std::size_t row, std::size_t count) {
             rows::affine_columns(x + row, count, v.c, v.c, m_col, sc_col, off_col, g, bt,
-                                 xhat ? xhat + row : nullptr, y + row);
+                                 xhat ? xhat + row : nullptr, y + row, false);
         });
         return;
     }

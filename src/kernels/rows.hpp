@@ -868,10 +868,12 @@ NORMLAB_ISA_CLONES void affine_channels_summing_next(const T* x, std::size_t s,
 // eight, from the first column whose address in `line_of` (row 0 of the output) is on a 64-byte
 // line (values_before_line); the columns before it and past the last vector one by one. Every
 // value is computed alone, so the split does not change any. The dense kernels below are this
-// loop with different bodies.
+// loop with different bodies. With `row_by_row`, the rows go one after the other instead, each
+// along all its columns, as a single row does.
 template <class T, class F>
 __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::size_t n,
-                                                        const T* line_of, F&& f) {
+                                                        const T* line_of, F&& f,
+                                                        bool row_by_row = false) {
     const auto columns = [&](auto&& walk) __attribute__((always_inline)) {
         std::size_t i = 0;
         if constexpr (std::is_same_v<T, float>) {
@@ -891,8 +893,9 @@ __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::s
     // through the loop down the rows, every vector paid that loop's setup and GCC first loaded
     // the coefficients into registers (BatchNorm on (4096, 768), AMD EPYC VM, 2 threads, builds
     // alternated: inference 5-15% faster, backward 3-15%).
-    if (rows == 1)
-        columns([&](auto tag, std::size_t i) __attribute__((always_inline)) { f(tag, i)(0); });
+    if (rows == 1 || row_by_row)
+        for (std::size_t r = 0; r < rows; ++r)
+            columns([&](auto tag, std::size_t i) __attribute__((always_inline)) { f(tag, i)(r); });
     else
         columns([&](auto tag, std::size_t i) __attribute__((always_inline)) {
             const auto row = f(tag, i);
@@ -901,16 +904,18 @@ __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::s
         });
 }
 
-// The dense form, every coefficient per column: `rows` rows of n values, `stride` apart.
+// The dense form, every coefficient per column: `rows` rows of n values, `stride` apart, taken
+// down the columns or row by row (down_columns).
 template <class T>
 NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t stride,
                                        std::size_t n, const T* m, const T* sc, const T* off,
-                                       const T* g, const T* b, T* xhat, T* y) {
+                                       const T* g, const T* b, T* xhat, T* y, bool row_by_row) {
     with_flags(
         xhat != nullptr,
         off != nullptr, [&](auto stores_xhat, auto offset) __attribute__((always_inline)) {
             down_columns<T>(
-                rows, n, y, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                rows, n, y,
+                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);
                     const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i),
                             gv = load_as<V>(g + i), bv = load_as<V>(b + i);
@@ -923,7 +928,8 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
                         if constexpr (offset) h = h + offv;
                         store_as<V>(y + at, h * gv + bv, false);
                     };
-                });
+                },
+                row_by_row);
         });
 }
 

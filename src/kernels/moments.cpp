@@ -127,8 +127,10 @@ bool short_runs(const NcsView& v) {
 // How many rows after rows [n0, n1) a kernel walking them should prefetch: the next group's, up
 // to `group` rows and not past row `end`, on tensors that do not stay cached; otherwise none.
 // The backward kernels that walk a group of rows column by column (the fused rows backward, and
-// BatchNorm's column sums and apply on (N, C)) waited on memory for each new group's rows there;
-// in cache the prefetches only take load slots (LayerNorm (1792, 512) backward was 7% slower).
+// BatchNorm's column sums on (N, C); its apply there, row by row from memory, prefetches each
+// next row itself: rows::apply_columns_from_input) waited on memory for each new group's rows
+// there; in cache the prefetches only take load slots (LayerNorm (1792, 512) backward was 7%
+// slower).
 template <class T>
 std::size_t rows_ahead(const NcsView& v, std::size_t n1, std::size_t group, std::size_t end) {
     if (stays_cached<T>(v)) return 0;
@@ -323,28 +325,32 @@ void add_rows(const double* __restrict sums, const NcsView& v, const T* __restri
     }
 }
 
-// Calls f(offset, rows) for consecutive groups of a few sample rows of C values of a dense
-// (N, C) input (the rows::*_columns kernels load each column's coefficients once per group).
-// Tensors that do not stay in cache go a row at a time: a group's rows are written eight
-// columns at a time, row after row, and from memory those interleaved streams (four rows read,
-// four written) ran far below one row's (BatchNorm on (4096, 768), AMD Zen 5, 2 threads:
-// inference 300-414 -> 189-197 us, training forward 656-737 -> 416-456), while in cache the
-// coefficients loaded once per four rows are what counts (inference on (256, 1024) 15 -> 20 us
-// and (1792, 512) 43-48 -> 58 a row at a time).
+// Calls f(offset, rows, row_by_row) for the rows of a dense (N, C) input. In cache, for
+// consecutive groups of a few rows, which the rows::*_columns kernels walk down the columns,
+// loading each column's coefficients once per group. Tensors that do not stay in cache go a row
+// at a time, each thread its contiguous share of rows in one call (row_by_row): a group's rows
+// are written eight columns at a time, row after row, and from memory those interleaved streams
+// (four rows read, four written) ran far below one row's (BatchNorm on (4096, 768), AMD Zen 5,
+// 2 threads: inference 300-414 -> 189-197 us, training forward 656-737 -> 416-456), while in
+// cache the coefficients loaded once per four rows are what counts (inference on (256, 1024)
+// 15 -> 20 us and (1792, 512) 43-48 -> 58 a row at a time). A call per row cost about 20 ns a
+// row there (AMD EPYC VM, 2 threads, (4096, 768), builds alternated: inference 481-517 ->
+// 437-453 us, training forward 684-728 -> 667-705, backward 1100-1180 -> 1008-1040).
 constexpr std::size_t kDenseRows = 4;
-
-template <class T>
-std::size_t dense_rows_per_group(const NcsView& v) {
-    return stays_cached<T>(v) ? kDenseRows : 1;
-}
 
 template <class T, class F>
 void for_each_dense_rows(const NcsView& v, F&& f) {
-    const std::size_t rows = dense_rows_per_group<T>(v);
-    const std::size_t groups = (v.n + rows - 1) / rows;
+    if (!stays_cached<T>(v)) {
+        parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
+            const auto [n0, n1] = team.share(v.n);
+            if (n1 > n0) f(n0 * v.c, n1 - n0, true);
+        });
+        return;
+    }
+    const std::size_t groups = (v.n + kDenseRows - 1) / kDenseRows;
     parallel_for(groups, v.size() >= kParallelMin, [&](std::size_t grp) {
-        const std::size_t n0 = grp * rows;
-        f(n0 * v.c, std::min(rows, v.n - n0));
+        const std::size_t n0 = grp * kDenseRows;
+        f(n0 * v.c, std::min(kDenseRows, v.n - n0), false);
     });
 }
 
@@ -844,22 +850,9 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
         const T* m_col = per_column(shift, v, sets, m);
         const T* sc_col = per_column(scale, v, sets, sc);
         const T* off_col = offset ? per_column(offset, v, sets, o) : nullptr;
-        if (!stays_cached<T>(v)) {
-            // From memory a row at a time (dense_rows_per_group), each thread's share of rows in
-            // one call: a call per row cost about 20 ns a row (BatchNorm on (4096, 768), AMD EPYC
-            // VM, 2 threads, alternated call by call in one process: inference 0.88-0.89 of the
-            // time, training forward 0.93-0.97).
-            parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
-                const auto [n0, n1] = team.share(v.n);
-                if (n1 > n0)
-                    rows::affine_columns(x + n0 * v.c, n1 - n0, v.c, v.c, m_col, sc_col, off_col, g,
-                                         bt, xhat ? xhat + n0 * v.c : nullptr, y + n0 * v.c, true);
-            });
-            return;
-        }
-        for_each_dense_rows<T>(v, [&](std::size_t row, std::size_t count) {
+        for_each_dense_rows<T>(v, [&](std::size_t row, std::size_t count, bool row_by_row) {
             rows::affine_columns(x + row, count, v.c, v.c, m_col, sc_col, off_col, g, bt,
-                                 xhat ? xhat + row : nullptr, y + row, false);
+                                 xhat ? xhat + row : nullptr, y + row, row_by_row);
         });
         return;
     }
@@ -1187,16 +1180,15 @@ void backward_apply(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         const T* c1c = per_column(c1, v, sets, c1_storage);
         const T* cxc = per_column(cx, v, sets, cx_storage);
         const bool direct = reads_xhat && direct_rows(xhat, v, &sets);
-        for_each_dense_rows<T>(v, [&](std::size_t row, std::size_t count) {
+        for_each_dense_rows<T>(v, [&](std::size_t row, std::size_t count, bool row_by_row) {
             if (direct) {
-                rows::apply_columns_from_input(
-                    dy + row, xhat.x + row, count, v.c, v.c, xhat.shift, xhat.scale, cg, g, c1c,
-                    cxc, dx + row,
-                    rows_ahead<T>(v, row / v.c + count, dense_rows_per_group<T>(v), v.n));
+                rows::apply_columns_from_input(dy + row, xhat.x + row, count, v.c, v.c, xhat.shift,
+                                               xhat.scale, cg, g, c1c, cxc, dx + row, row_by_row);
                 return;
             }
             const T* h = reads_xhat ? stored_xhat_rows(xhat, v, row / v.c) : nullptr;
-            rows::apply_columns(dy + row, h, count, v.c, v.c, cg, g, c1c, cxc, dx + row);
+            rows::apply_columns(dy + row, h, count, v.c, v.c, cg, g, c1c, cxc, dx + row,
+                                row_by_row);
         });
         return;
     }

@@ -108,7 +108,7 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
     T* xhat = prepare_saved(ctx, x, v, grad);
     kernels::normalize_affine(x.data(), v, sets_, mean.data(), ctx.inv_std.data(),
                               static_cast<const T*>(nullptr), this->gamma(), this->beta(), xhat,
-                              y.data());
+                              y.data(), grad != Grad::keep);
     if (ctx.keeps_input) ctx.mean = mean;
     this->save(std::move(ctx), grad);
     return y;

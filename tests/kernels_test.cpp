@@ -833,6 +833,33 @@ TEST(Kernels, DenseRowsOutOfCacheEqualColumnsAloneBitForBit) {
     }
 }
 
+// Inference (Grad::none) on a tensor with trailing dimensions that does not stay in cache walks
+// memory in order, each thread a contiguous share, where a forward that keeps what backward needs
+// goes by channel; outputs kept or streamed (the second shape is past half a 32 MiB cache). Every
+// element is computed alone, so both, and each sample alone (in cache), give the same bits.
+TEST(Kernels, InferenceOutOfCacheInMemoryOrderEqualsByChannelBitForBit) {
+    for (const Shape& shape : {Shape{24, 16, 96, 96}, Shape{24, 16, 128, 128}}) {
+        const Tensor x = xt::cast<float>(testing::random_array(shape, 41, 1.0, 2.0));
+        for (const std::string spec : {"batch_norm", "batch_renorm"}) {
+            for (int threads : {1, 2}) {
+                ThreadCount tc(threads);
+                auto norm = make_normalizer(spec, shape[1]);
+                norm->forward(x, Mode::train, Grad::none);  // running statistics away from 0, 1
+                const Tensor inference = norm->forward(x, Mode::eval, Grad::none);
+                const Tensor kept = norm->forward(x, Mode::eval, Grad::keep);
+                norm->clear_saved();
+                ASSERT_EQ(inference, kept) << spec << ", " << threads << " threads";
+                for (std::size_t n = 0; n < shape[0]; n += 7) {
+                    const Tensor sample = xt::view(x, xt::range(n, n + 1));
+                    ASSERT_EQ(Tensor(xt::view(inference, xt::range(n, n + 1))),
+                              norm->forward(sample, Mode::eval, Grad::none))
+                        << spec << ", sample " << n << ", " << threads << " threads";
+                }
+            }
+        }
+    }
+}
+
 // set_backward writes dx over the spent x̂ or input where dx_may_overwrite_xhat allows it; the
 // result must be the same bits as into a new array, on every layout the stages distinguish
 // (dense sets across the batch, one and several sets per row, trailing dimensions, and a tensor

@@ -145,9 +145,9 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
         !(keep_input && kernels::recomputes_xhat_in_registers(v, kChannelSets));
     if (grad == Grad::keep) ctx.shape = shape_of(x);
     if (stores_xhat) ctx.xhat = Array<T>::from_shape(x.shape());
-    kernels::normalize_affine(x.data(), v, kChannelSets, shift.data(), ctx.scale.data(),
-                              offset.data(), this->gamma(), this->beta(),
-                              stores_xhat ? ctx.xhat.data() : nullptr, y.data());
+    kernels::normalize_affine(
+        x.data(), v, kChannelSets, shift.data(), ctx.scale.data(), offset.data(), this->gamma(),
+        this->beta(), stores_xhat ? ctx.xhat.data() : nullptr, y.data(), grad != Grad::keep);
     if (grad == Grad::keep && !stores_xhat) ctx.shift = std::move(shift);
 
     if (mode == Mode::train) {

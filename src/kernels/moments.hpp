@@ -58,11 +58,12 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
 
 // Stage 2. x̂ = (x − shift[k])·scale[k], y = gamma[c]·(x̂ + offset[k]) + beta[c], with k the set
 // of the element. offset, gamma, beta may be null (0, 1, 0); xhat may be null (not stored). The
-// stored x̂ is without the offset: the x̂ that backward forms again from the input.
+// stored x̂ is without the offset: the x̂ that backward forms again from the input. `inference`:
+// no backward follows, so the threads need not take the channels a backward would.
 template <class T>
 void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T* shift,
-                      const T* scale, const T* offset, const T* gamma, const T* beta, T* xhat,
-                      T* y);
+                      const T* scale, const T* offset, const T* gamma, const T* beta, T* xhat, T* y,
+                      bool inference = false);
 
 // Stages 1 and 2 fused, for statistics taken from x itself: each set's moments, then
 // inv_std = 1/sqrt(var + eps), then its normalization while its values are still in cache.

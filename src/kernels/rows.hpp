@@ -1349,31 +1349,26 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
                                                  std::size_t stride, std::size_t n, const T* m,
                                                  const T* sc, const T* cg, const T* g, const T* c1,
                                                  const T* cx, T* dx, bool row_by_row) {
-    // Rows [r0, r0 + count) down the columns, prefetching `ahead` rows after them.
-    const auto group = [&](std::size_t r0, std::size_t count, std::size_t ahead)
-        __attribute__((always_inline)) {
-        const T* dy0 = dy + r0 * stride;
-        const T* x0 = x + r0 * stride;
-        T* dx0 = dx + r0 * stride;
-        down_columns<T>(
-            count, n, dx0, [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-                using V = decltype(tag);
-                prefetch_ahead<V>(dy0, x0, count, ahead, stride, i);
-                const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i), cgv = load_as<V>(cg + i),
-                        gv = load_as<V>(g + i), c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
-                return [=](std::size_t r) __attribute__((always_inline)) {
-                    const std::size_t at = r * stride + i;
-                    const V h = standardized(load_as<V>(x0 + at), mv, scv);
-                    store_as<V>(dx0 + at, applied(cgv, gv, load_as<V>(dy0 + at), c1v, cxv, h),
-                                false);
-                };
-            });
-    };
-    if (row_by_row)
-        for (std::size_t r = 0; r < rows; ++r)
-            group(r, 1, r + 1 < rows ? 1 : 0);
-    else
-        group(0, rows, 0);
+    with_flag(
+        row_by_row, [&](auto prefetches) __attribute__((always_inline)) {
+            down_columns<T>(
+                rows, n, dx,
+                [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                    using V = decltype(tag);
+                    const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i),
+                            cgv = load_as<V>(cg + i), gv = load_as<V>(g + i),
+                            c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
+                    return [=](std::size_t r) __attribute__((always_inline)) {
+                        const std::size_t at = r * stride + i;
+                        if constexpr (prefetches)
+                            if (r + 1 < rows) prefetch_ahead<V>(dy + at, x + at, 1, 1, stride, 0);
+                        const V h = standardized(load_as<V>(x + at), mv, scv);
+                        store_as<V>(dx + at, applied(cgv, gv, load_as<V>(dy + at), c1v, cxv, h),
+                                    false);
+                    };
+                },
+                row_by_row);
+        });
 }
 
 // apply_from_input (γ per column) of `rows` consecutive rows (at most kFloatSteps, as for

@@ -27,6 +27,10 @@ import sys
 RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
                       "vectorized_kernels.json")
 CLONES = {"avx2": "ymm", "avx512f": "zmm"}
+# Packed float arithmetic on each clone's registers (not loads, stores or shuffles, which a
+# scalar loop also issues).
+PACKED = {clone: re.compile(rf"\bv(?:add|sub|mul|div|max|min|sqrt|fmadd\w*)ps\b.*%{reg}\d")
+          for clone, reg in CLONES.items()}
 KERNEL = re.compile(r"normlab::kernels::rows::(\w+)<(float[^(]*)>\(")
 SKIPPED = 77
 
@@ -49,10 +53,10 @@ def packed_counts(found):
     counts = {}
     for symbol, lines in found.items():
         match = KERNEL.search(symbol)
-        for clone, reg in CLONES.items():
-            if match and symbol.endswith(f"[clone .{clone}]"):
-                packed = re.compile(
-                    rf"\bv(?:add|sub|mul|div|max|min|sqrt|fmadd\w*)ps\b.*%{reg}\d")
+        if not match:
+            continue
+        for clone, packed in PACKED.items():
+            if symbol.endswith(f"[clone .{clone}]"):
                 key = f"{clone}/{match.group(1)}<{match.group(2)}>"
                 counts[key] = counts.get(key, 0) + sum(1 for l in lines if packed.search(l))
     return counts

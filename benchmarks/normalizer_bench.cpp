@@ -107,22 +107,29 @@ const std::vector<ShapeCase>& short_run_shapes() {
     return s;
 }
 
-// The plain loop of each shape and pass (plain_loop.hpp), with the same counters as a layer's
-// case: report.py sets each layer's time beside it.
-void run_plain(benchmark::State& state, const ShapeCase& shape, Pass pass) {
+// The plain loop of each shape and pass (plain_loop.hpp), alone or after a plain read pass over
+// its inputs (`read_first`), with the same counters as a layer's case, the minimal traffic of
+// the pass: report.py sets each layer's time beside them.
+void run_plain(benchmark::State& state, const ShapeCase& shape, Pass pass, bool read_first) {
     PlainLoopCase plain_case(shape);
     CallTimes calls;
-    time_calls(state, calls, [&] { return plain_case.call(pass); });
+    time_calls(state, calls, [&] { return plain_case.call(pass, read_first); });
     add_traffic_counters(state, minimal_bytes(shape, pass), calls);
 }
 
 void register_all() {
     register_triad_benchmarks();
     for (const auto& shape : shape_suite())
-        for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd})
+        for (Pass pass : {Pass::fwd_train, Pass::fwd_eval, Pass::bwd}) {
             register_timed(
                 "plain/loop/" + shape.name + "/" + pass_name(pass),
-                [shape, pass](benchmark::State& state) { run_plain(state, shape, pass); });
+                [shape, pass](benchmark::State& state) { run_plain(state, shape, pass, false); });
+            if (pass != Pass::fwd_eval)
+                register_timed("plain/two_passes/" + shape.name + "/" + pass_name(pass),
+                               [shape, pass](benchmark::State& state) {
+                                   run_plain(state, shape, pass, true);
+                               });
+        }
     std::vector<ShapeCase> shapes = shape_suite();
     shapes.insert(shapes.end(), short_run_shapes().begin(), short_run_shapes().end());
     for (const auto& variant : registered_variants()) {

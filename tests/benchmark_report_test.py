@@ -212,6 +212,40 @@ class Page(unittest.TestCase):
         self.assertNotIn("## `loop`", page)
         self.assertNotIn("## `plain`", page)
 
+    def test_two_plain_passes_beside_batch_norm(self):
+        # The plain loop after a plain read of its inputs: its time and roofline in the plain
+        # table, BatchNorm's time over it, and its fraction beside BatchNorm's roofline misses
+        # (not LayerNorm's, which reads its rows once); inference has no such case.
+        cases = [  # name, median µs, roofline, roofline_dram
+            ("normlab/batch_norm/transformer/fwd_train", 600.0, 0.3, 0.8),
+            ("normlab/batch_norm/transformer/bwd", 900.0, 0.4, 0.8),
+            ("normlab/layer_norm/transformer/bwd", 800.0, 0.45, 0.9),
+            ("plain/loop/transformer/fwd_train", 250.0, 0.7, 1.8),
+            ("plain/two_passes/transformer/fwd_train", 400.0, 0.44, 1.1),
+            ("plain/loop/transformer/bwd", 400.0, 0.85, 1.7),
+            ("plain/two_passes/transformer/bwd", 720.0, 0.47, 0.9),
+            ("plain/loop/transformer/fwd_eval", 260.0, 0.9, 2.3),
+        ]
+        with tempfile.TemporaryDirectory() as d:
+            ours = write(d, "normlab.json",
+                         [entry(name, 0, median=median, roofline=roof, roofline_dram=dram)
+                          for name, median, roof, dram in cases])
+            page = report_page(d, "--normlab", ours, "--machine", "test machine",
+                               "--command", "test")
+        self.assertIn("| shape | pass | plain loop | roofline | DRAM | two passes | roofline | "
+                      "batch_norm / plain | layer_norm / plain | batch_norm / two passes |", page)
+        self.assertIn("| transformer (4096, 768) | fwd_train | 250 | 70% | 180% | 400 | 44% | "
+                      "2.40× | — | 1.50× |", page)
+        self.assertIn("| transformer (4096, 768) | bwd | 400 | 85% | 170% | 720 | 47% | 2.25× | "
+                      "2.00× | 1.25× |", page)
+        self.assertIn("| transformer (4096, 768) | fwd_eval | 260 | 90% | 230% | — | — | — | — "
+                      "| — |", page)
+        self.assertIn("Missed, below 70% of roofline: batch_norm transformer fwd_train (30%; the "
+                      "plain loop 70%, two plain passes 44%); batch_norm transformer bwd (40%; the "
+                      "plain loop 85%, two plain passes 47%); layer_norm transformer bwd (45%; the "
+                      "plain loop 85%).", page)
+        self.assertNotIn("## `two_passes`", page)
+
     def test_paired_ratio_is_the_smaller_over_layouts_with_rounds(self):
         # Two rounds; oneDNN's two layouts each timed in turn with normlab. Medians over the
         # rounds: plain 3.0, blocked 0.975 -> paired 0.98 (a miss); round by round the smaller

@@ -38,6 +38,15 @@ def write(directory, name, entries, context=None):
     return path
 
 
+def page_of_cases(cases, context=None):
+    """The page of one normlab file of (name, median µs, roofline, roofline_dram) cases."""
+    with tempfile.TemporaryDirectory() as d:
+        ours = write(d, "normlab.json",
+                     [entry(name, 0, median=median, roofline=roof, roofline_dram=dram)
+                      for name, median, roof, dram in cases], context=context)
+        return report_page(d, "--normlab", ours, "--machine", "test machine", "--command", "test")
+
+
 class TimeOfACase(unittest.TestCase):
     def test_median_call_is_taken_over_the_mean(self):
         self.assertEqual(report.to_us(entry("normlab/layer_norm/mlp/bwd", 120.0, median=80.0)),
@@ -194,13 +203,7 @@ class Page(unittest.TestCase):
             ("plain/loop/conv/fwd_train", 100.0, 0.9, 1.5),
             ("plain/loop/conv/bwd", 200.0, 0.6, 1.2),
         ]
-        with tempfile.TemporaryDirectory() as d:
-            ours = write(d, "normlab.json",
-                         [entry(name, 0, median=median, roofline=roof, roofline_dram=dram)
-                          for name, median, roof, dram in cases],
-                         context={"memory_locked": "yes"})
-            page = report_page(d, "--normlab", ours, "--machine", "test machine",
-                               "--command", "test")
+        page = page_of_cases(cases, context={"memory_locked": "yes"})
         self.assertIn("Missed, below 70% of roofline: batch_norm conv fwd_train (60%; the plain "
                       "loop 90%); batch_norm conv bwd (50%; the plain loop 60%); layer_norm conv "
                       "bwd (60%; the plain loop 60%).", page)
@@ -226,12 +229,7 @@ class Page(unittest.TestCase):
             ("plain/two_passes/transformer/bwd", 720.0, 0.47, 0.9),
             ("plain/loop/transformer/fwd_eval", 260.0, 0.9, 2.3),
         ]
-        with tempfile.TemporaryDirectory() as d:
-            ours = write(d, "normlab.json",
-                         [entry(name, 0, median=median, roofline=roof, roofline_dram=dram)
-                          for name, median, roof, dram in cases])
-            page = report_page(d, "--normlab", ours, "--machine", "test machine",
-                               "--command", "test")
+        page = page_of_cases(cases)
         self.assertIn("| shape | pass | plain loop | roofline | DRAM | two passes | roofline | "
                       "batch_norm / plain | layer_norm / plain | batch_norm / two passes |", page)
         self.assertIn("| transformer (4096, 768) | fwd_train | 250 | 70% | 180% | 400 | 44% | "

@@ -7,10 +7,11 @@
 // roofline bounds what the roofline target can ask of any pass here.
 //
 // The same loop after a plain read pass over its inputs (a sum) is the plainest pass that has to
-// read its input twice: BatchNorm's training forward and backward need statistics over the whole
-// batch before they can write any output, so on a tensor that does not stay in a core's cache
-// they read it twice, and their time over these two passes' is what their numerics cost beyond
-// that second reading.
+// read its input twice: BatchNorm's training forward and backward need a channel's statistics
+// over the whole batch before they can write any of its outputs, so where a channel's values do
+// not fit in a core's cache (on (N, C) rows a channel is a column down the whole tensor) they
+// read their input twice, and their time over these two passes' is what their numerics cost
+// beyond that second reading.
 
 #include <omp.h>
 
@@ -40,9 +41,9 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) inline void plain_b
         dx[i] = dy[i] + 2.0f * x[i];
 }
 
-// The read pass before the loop: each OpenMP thread reads the share it then writes (as the loop
-// splits it) from its end back to its start, a block at a time, so that the loop starts on the
-// values read last, as normlab's statistics over the batch leave them (moments.cpp's
+// The read pass before the loop: each OpenMP thread reads about the share it then writes (the
+// loop's static schedule) from its end back to its start, a block at a time, so that the loop
+// starts on the values read last, as normlab's statistics over the batch leave them (moments.cpp's
 // column_sums_by_blocks). Sixty-four float partial sums, so that the adds do not wait on each
 // other. With `dy`, the sum of dy·x (the backward's reading of both).
 __attribute__((target_clones("avx512f", "avx2", "default"))) inline float plain_read(

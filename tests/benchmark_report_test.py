@@ -244,6 +244,35 @@ class Page(unittest.TestCase):
                       "plain loop 85%).", page)
         self.assertNotIn("## `two_passes`", page)
 
+    def test_two_plain_passes_beside_batch_norm_misses_against_pytorch_on_rows(self):
+        # PyTorch's time over the two plain passes' beside BatchNorm's misses on rows (a pass
+        # that reads its input twice could reach no more); not beside LayerNorm's, nor on conv.
+        with tempfile.TemporaryDirectory() as d:
+            ours = write(d, "normlab.json", [
+                entry("normlab/batch_norm/transformer/fwd_train", 0, median=600.0),
+                entry("normlab/batch_norm/transformer/bwd", 0, median=900.0),
+                entry("normlab/layer_norm/transformer/bwd", 0, median=800.0),
+                entry("normlab/batch_norm/conv/bwd", 0, median=300.0),
+                entry("normlab/batch_norm/seq/fwd_train", 0, median=250.0),
+                entry("plain/two_passes/seq/fwd_train", 0, median=180.0),
+                entry("plain/two_passes/transformer/fwd_train", 0, median=400.0),
+                entry("plain/two_passes/transformer/bwd", 0, median=1000.0),
+                entry("plain/two_passes/conv/bwd", 0, median=280.0)])
+            torch = write(d, "pytorch.json", [
+                entry("pytorch/batch_norm/transformer/fwd_train", 850.0),
+                entry("pytorch/batch_norm/transformer/bwd", 1200.0),
+                entry("pytorch/layer_norm/transformer/bwd", 1000.0),
+                entry("pytorch/batch_norm/conv/bwd", 400.0),
+                entry("pytorch/batch_norm/seq/fwd_train", 300.0)])
+            page = report_page(d, "--normlab", ours, "--pytorch", torch, "--machine",
+                               "test machine", "--command", "test")
+        self.assertIn("Missed, less than 1.5× faster than PyTorch: batch_norm conv bwd (1.33×); "
+                      "batch_norm seq fwd_train (1.20×; two plain passes 1.67×); "
+                      "batch_norm transformer fwd_train (1.42×; two plain passes 2.12×); "
+                      "batch_norm transformer bwd (1.33×; two plain passes 1.20×); layer_norm "
+                      "transformer bwd (1.25×).", page)
+        self.assertIn("reaches the target in this run (1 of 3 such misses here).", page)
+
     def test_paired_ratio_is_the_smaller_over_layouts_with_rounds(self):
         # Two rounds; oneDNN's two layouts each timed in turn with normlab. Medians over the
         # rounds: plain 3.0, blocked 0.975 -> paired 0.98 (a miss); round by round the smaller

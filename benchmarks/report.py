@@ -423,8 +423,9 @@ def main():
                  + (" For BatchNorm's training forward and backward on rows, whose statistics "
                     "over the batch need the whole input read before any output is written, "
                     "`two plain passes` is PyTorch's time over that of the plain loop after a "
-                    "plain read of its inputs (the table of plain loops below): under 1.5× no "
-                    "implementation that reads its input twice reaches the target in this run "
+                    "plain read of its inputs (the table of plain loops below): under 1.5× a "
+                    "pass that reads its input twice would have to outrun these plain loops to "
+                    "reach the target "
                     f"({unreachable['two passes']} of {two_passes_counted['PyTorch']} such "
                     "misses here)." if two_passes_counted["PyTorch"] else ""), ""]
     if misses["roofline"]:

@@ -573,14 +573,20 @@ def thread_count(machine):
 def training_section(rounds):
     """Examples/s of whole-model training per workload and normalizer, the median over the rounds
     (each round's JSON entries in a list), its spread, and the overhead of each normalizer
-    relative to `identity` (the same network without normalization) from the medians."""
+    relative to `identity` (the same network without normalization): from the two trained in turn
+    in one process (training_bench's `paired_overhead/<workload>/<variant>`, the median over the
+    rounds and its range) where the run has those cases, otherwise from the medians."""
     per_round = defaultdict(list)
+    paired = defaultdict(list)
     for entries in rounds:
         for e in entries:
-            if e.get("run_type") == "aggregate" or "examples_per_second" not in e:
+            if e.get("run_type") == "aggregate":
                 continue
-            workload, variant = e["name"].split("/")[:2]
-            per_round[(workload, variant)].append(e["examples_per_second"])
+            parts = e["name"].split("/")
+            if parts[0] == "paired_overhead" and "overhead" in e and not e.get("error_occurred"):
+                paired[(parts[1], parts[2])].append(e["overhead"])
+            elif "examples_per_second" in e:
+                per_round[(parts[0], parts[1])].append(e["examples_per_second"])
     if not per_round:
         return []
     rates = {k: statistics.median(v) for k, v in per_round.items()}
@@ -588,6 +594,39 @@ def training_section(rounds):
     n_rounds = max(len(v) for v in per_round.values())
     workloads = sorted({w for w, _ in rates})
     variants = sorted({v for _, v in rates})
+
+    def network(workload):
+        """The network of an epoch case (`cnn_epoch_6000` -> `cnn`), as the paired cases name it."""
+        return workload.split("_")[0]
+
+    def overhead(w, v):
+        if v == "identity":
+            return "+0%"
+        runs = paired.get((network(w), v))
+        if runs:
+            cell = f"{100 * statistics.median(runs):+.0f}%"
+            return cell + (f" ({100 * min(runs):+.0f} to {100 * max(runs):+.0f})"
+                           if len(runs) > 1 else "")
+        r, base = rates.get((w, v)), rates.get((w, "identity"))
+        if paired or r is None or base is None:
+            return "—"
+        return f"{100 * (base / r - 1):+.0f}%"
+
+    if paired:
+        n_paired = max(len(v) for v in paired.values())
+        how = ("Overhead is the time per training example with the normalizer over that of "
+               "`identity` on the same network, minus one, the two trained in turn in one process "
+               "(`paired_overhead/` in training_bench: the same seed and data, an epoch of a slice "
+               "at a time, 40-100 ms each, in the order identity, normalizer, normalizer, identity, "
+               "eight times; the median of those quadruples' ratios), "
+               + (f"the median over {n_paired} rounds, in brackets the lowest and highest round. "
+                  if n_paired > 1 else "one round. ")
+               + "Epochs of whole networks timed one after the other in one process differ by "
+               "more than the normalizers do on this machine: a process ran the MLP's epoch in "
+               "either ~0.72 or ~1.0 s, whichever normalizer it trained.")
+    else:
+        how = ("Overhead is the time per example relative to `identity` on the same network, from "
+               "the medians.")
     out = ["## Whole-model training speed", "",
            "Training examples per second (forward, backward, SGD step; training steps only) of "
            "`benchmarks/training_bench.cpp`: `mlp_epoch` is one epoch of the BN paper's MLP on "
@@ -597,17 +636,16 @@ def training_section(rounds):
            + (f"The median over {n_rounds} rounds (one run of every case per round, after the "
               "round's shapes); `spread` is the fastest round over the slowest. "
               if n_rounds > 1 else "One run of every case. ")
-           + "Overhead is the time per example relative to `identity` on the same network, from "
-           "the medians.", "",
+           + how, "",
            "| normalizer | " + " | ".join(f"{w} ex/s | spread | overhead" for w in workloads)
            + " |", "|---|" + "---:|---:|---:|" * len(workloads)]
     for v in variants:
         cells = []
         for w in workloads:
-            r, base = rates.get((w, v)), rates.get((w, "identity"))
+            r = rates.get((w, v))
             cells.append("—" if r is None else f"{r:,.0f}")
             cells.append(f"{spread[(w, v)]:.2f}×" if (w, v) in spread else "—")
-            cells.append("—" if r is None or base is None else f"{100 * (base / r - 1):+.0f}%")
+            cells.append("—" if r is None else overhead(w, v))
         out.append(f"| `{v}` | " + " | ".join(cells) + " |")
     return out + [""]
 

@@ -42,6 +42,7 @@ fi
 # minutes reaches every implementation alike (a whole program's run takes minutes; one shape's
 # cases take seconds). The triad runs once per round, with the first shape.
 ROUNDS="${BENCH_ROUNDS:-3}"
+TRAINING_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
 if [ -n "$FILTER" ]; then
   GROUPS_=("$FILTER")
 else
@@ -66,8 +67,10 @@ for round in $(seq 1 "$ROUNDS"); do
     PYTORCH_FILES+=("$OUT/pytorch_${round}_$g.json")
     TORCH_PAIRED_FILES+=("$OUT/torch_paired_${round}_$g.json")
   done
-  # Whole-model training, once per round as well (about a minute and a half on 2 cores).
-  ./build-bench/benchmarks/training_bench --benchmark_format=json \
+  # Whole-model training, once per round as well (about two minutes on 2 cores), with OpenMP's
+  # idle threads spinning briefly (include/normlab/runtime.hpp: with libgomp's long spin the
+  # CNN's epoch took 1.7-2x the time, its GEMMs running beside threads that spin).
+  GOMP_SPINCOUNT="$TRAINING_SPINCOUNT" ./build-bench/benchmarks/training_bench --benchmark_format=json \
     ${FILTER:+"--benchmark_filter=$FILTER"} > "$OUT/training_$round.json"
   TRAINING_FILES+=("$OUT/training_$round.json")
 done
@@ -76,7 +79,7 @@ vector ISA: $(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | tr '\n'
 compiler: $(c++ --version | head -n1)
 threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)
-BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')$CACHE_LINE"
+BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')   GOMP_SPINCOUNT=$TRAINING_SPINCOUNT$CACHE_LINE"
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
   --pytorch "${PYTORCH_FILES[@]}" --pytorch-paired "${TORCH_PAIRED_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
   --command "${CACHE_SETTING:+NORMLAB_LAST_LEVEL_CACHE=$CACHE_SETTING }THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \

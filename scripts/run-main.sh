@@ -8,4 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 source scripts/blas-env.sh "${NORMLAB_BUILD_DIR:-build}"
+# OpenMP's idle threads spin briefly, not for milliseconds beside OpenBLAS's threads, where a run
+# takes several threads (--jobs 1; include/normlab/runtime.hpp).
+export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
 "${NORMLAB_BUILD_DIR:-build}/normlab" stress --out "${NORMLAB_STRESS_OUT:-stress-out}" "$@"

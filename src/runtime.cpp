@@ -262,6 +262,19 @@ std::string fitting_blas_coretype() {
     return fitting_blas_coretype(blas_core_name(), host_vector_features());
 }
 
+bool openmp_spins_long(const char* wait_policy, const char* spin_count) {
+    if (spin_count != nullptr) return false;
+    if (wait_policy == nullptr) return true;
+    std::string policy(wait_policy);
+    std::transform(policy.begin(), policy.end(), policy.begin(),
+                   [](unsigned char c) { return char(std::tolower(c)); });
+    return policy != "passive";
+}
+
+bool openmp_spins_long() {
+    return openmp_spins_long(std::getenv("OMP_WAIT_POLICY"), std::getenv("GOMP_SPINCOUNT"));
+}
+
 bool set_blas_threads(int threads) {
     if (openblas_set_num_threads == nullptr) return false;
     openblas_set_num_threads(threads);

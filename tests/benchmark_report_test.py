@@ -153,6 +153,35 @@ class WholeModel(unittest.TestCase):
         self.assertIn("| `identity` | 60,000 | 1.40× | +0% |", section)
         self.assertTrue(any("median over 3 rounds" in line for line in section))
 
+    def test_overhead_from_the_paired_cases_where_the_run_has_them(self):
+        def run(identity, bn, paired_bn, paired_gn=None):
+            entries = [{"name": f"mlp_epoch/{v}/iterations:2/manual_time",
+                        "run_type": "iteration", "examples_per_second": rate}
+                       for v, rate in (("identity", identity), ("batch_norm", bn),
+                                       ("group_norm", bn))]
+            entries.append({"name": "paired_overhead/mlp/batch_norm/iterations:8/manual_time",
+                            "run_type": "iteration", "overhead": paired_bn})
+            if paired_gn is not None:
+                entries.append({"name": "paired_overhead/mlp/group_norm/iterations:8/manual_time",
+                                "run_type": "iteration", "overhead": paired_gn})
+            # A case that failed (its counters absent) counts in no round.
+            entries.append({"name": "paired_overhead/mlp/rms_norm/iterations:8/manual_time",
+                            "run_type": "iteration", "error_occurred": True,
+                            "error_message": "rms_norm: diverged"})
+            return entries
+        section = report.training_section([run(60000.0, 40000.0, 0.03, 0.10),
+                                           run(50000.0, 50000.0, 0.05),
+                                           run(70000.0, 45000.0, -0.01)])
+        # The medians of the epochs would say +33%; the paired rounds say 3% (-1% to +5%).
+        self.assertIn("| `batch_norm` | 45,000 | 1.25× | +3% (-1 to +5) |", section)
+        # One paired round: its value, without a range.
+        self.assertIn("| `group_norm` | 45,000 | 1.25× | +10% |", section)
+        self.assertIn("| `identity` | 60,000 | 1.40× | +0% |", section)
+        text = " ".join(section)
+        self.assertIn("trained in turn in one process", text)
+        self.assertIn("the median over 3 rounds, in brackets the lowest and highest round", text)
+        self.assertNotIn("from the medians", text)
+
 
 class Page(unittest.TestCase):
     def test_ratios_and_targets(self):

@@ -1,5 +1,5 @@
 // Process-wide speed settings (normlab/runtime.hpp): which OPENBLAS_CORETYPE fits a CPU whose
-// model OpenBLAS did not know.
+// model OpenBLAS did not know, and whether OpenMP's idle threads spin for long.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -48,6 +48,29 @@ TEST(BlasCoretype, AChoiceAlreadyMadeInTheEnvironmentStands) {
         setenv("OPENBLAS_CORETYPE", saved.c_str(), 1);
     else
         unsetenv("OPENBLAS_CORETYPE");
+}
+
+TEST(OpenMpWait, SpinsLongUnlessThePolicyIsPassiveOrTheCountIsGiven) {
+    using normlab::openmp_spins_long;
+    EXPECT_TRUE(openmp_spins_long(nullptr, nullptr));
+    EXPECT_TRUE(openmp_spins_long("active", nullptr));
+    EXPECT_TRUE(openmp_spins_long("ACTIVE", nullptr));
+    EXPECT_FALSE(openmp_spins_long("passive", nullptr));
+    EXPECT_FALSE(openmp_spins_long("PASSIVE", nullptr));
+    EXPECT_FALSE(openmp_spins_long(nullptr, "1000"));
+    // A count given is the program's choice, with either policy.
+    EXPECT_FALSE(openmp_spins_long("active", "1000"));
+}
+
+TEST(OpenMpWait, ReadsThisProcesssEnvironment) {
+    const char* before = std::getenv("GOMP_SPINCOUNT");
+    const std::string saved = before ? before : "";
+    setenv("GOMP_SPINCOUNT", "1000", 1);
+    EXPECT_FALSE(normlab::openmp_spins_long());
+    unsetenv("GOMP_SPINCOUNT");
+    EXPECT_EQ(normlab::openmp_spins_long(),
+              normlab::openmp_spins_long(std::getenv("OMP_WAIT_POLICY"), nullptr));
+    if (before) setenv("GOMP_SPINCOUNT", saved.c_str(), 1);
 }
 
 TEST(BlasCoretype, TheHostsAnswerIsOneOfTheKnownValues) {

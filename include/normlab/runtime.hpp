@@ -20,6 +20,20 @@ bool reuse_freed_memory();
 // run by orders of magnitude. Returns false when the BLAS library offers no such control.
 bool set_blas_threads(int threads);
 
+// Whether OpenMP's idle threads wait by spinning for long after each parallel region: GCC's
+// libgomp does, some 300,000 rounds (milliseconds), unless OMP_WAIT_POLICY=passive or
+// GOMP_SPINCOUNT says otherwise, both read when the program starts. A model whose layers
+// alternate normlab's kernels (OpenMP threads) with OpenBLAS's GEMMs (its own threads) on the
+// same cores then runs each GEMM beside threads that still spin: on a 2-vCPU AMD EPYC VM,
+// training_bench's CNN took 3.0-4.8 s an epoch of 6000 examples with libgomp's default and
+// 1.7-2.2 s with GOMP_SPINCOUNT=1000 (OMP_WAIT_POLICY=passive: 1.8-2.5 s, but 2-3.5x the time of
+// normlab's kernels on (256, 1024), whose threads then sleep between calls; OPENBLAS_NUM_THREADS=1:
+// 2.2-2.5 s), while the MLP and LSTM, whose tensors are small enough for one thread, did not
+// change. The form taking the two variables' values (null: unset) is the rule; the other reads
+// this process's environment.
+bool openmp_spins_long(const char* wait_policy, const char* spin_count);
+bool openmp_spins_long();
+
 // The kernel set the BLAS library behind Linear and Conv2d chose for this CPU: OpenBLAS's core
 // name ("Haswell", "SkylakeX", ...), or "" when the BLAS is not OpenBLAS.
 std::string blas_core_name();

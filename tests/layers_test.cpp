@@ -105,6 +105,32 @@ TEST(Layers, ConvForwardMatchesDirectSum) {
                 }
 }
 
+// In float, on a batch large enough for the threads: each channel's Σdy over the batch and the
+// positions, to a few float ulps of the sum in double, added to what the gradient held.
+TEST(Layers, ConvBiasGradientInFloatIsEachChannelsSumOfDy) {
+    std::mt19937 rng(11);
+    model::Conv2d<float> conv(3, 8, 3, 1, 1, model::Init::he, rng);
+    const Shape out_shape{8, 8, 28, 28};
+    const Array<float> x = xt::cast<float>(testing::random_array({8, 3, 28, 28}, 12));
+    const Array<float> dy = xt::cast<float>(testing::random_array(out_shape, 13, 0.5, 1.0));
+    Array<float>& bias_grad = *conv.parameters()[1].grad;
+    bias_grad.fill(0.0f);
+    for (int call = 1; call <= 2; ++call) {
+        conv.forward(x, Mode::train, Grad::keep);
+        conv.backward(dy);
+        for (std::size_t o = 0; o < 8; ++o) {
+            double sum = 0, magnitude = 0;
+            for (std::size_t n = 0; n < 8; ++n)
+                for (std::size_t p = 0; p < 28 * 28; ++p) {
+                    const double v = dy.data()[(n * 8 + o) * 28 * 28 + p];
+                    sum += v;
+                    magnitude += std::abs(v);
+                }
+            EXPECT_NEAR(bias_grad(o), call * sum, 1e-6 * call * magnitude) << "channel " << o;
+        }
+    }
+}
+
 TEST(Layers, PoolingAndReshapes) {
     model::Pool2d<double> max_pool(model::Pool::max, 2), avg_pool(model::Pool::average, 2);
     const ArrayD x = testing::random_array({2, 3, 4, 6}, 9);  // distinct values: max is unique

@@ -1,5 +1,8 @@
 #include <xtensor-blas/xblas.hpp>
 
+#include <vector>
+
+#include "kernels/moments.hpp"
 #include "kernels/parallel.hpp"
 #include "model/saved.hpp"
 #include "normlab/model/layers.hpp"
@@ -167,14 +170,17 @@ Array<T> Conv2d<T>::backward(const Array<T>& dy) {
     kernels::parallel_for(batch, parallel, [&](std::size_t n) {
         col2im(dcols.data() + n * positions, g, dx.data() + n * in_ * g.h * g.w, ld);
     });
-    if (has_bias_)
-        for (std::size_t o = 0; o < out_; ++o) {
-            const T* row = dy_all.data() + o * ld;
-            T sum = T(0);
-            for (std::size_t p = 0; p < ld; ++p)
-                sum += row[p];
-            bias_grad_.data()[o] += sum;
-        }
+    if (has_bias_) {
+        // Each output channel's row of dy_all summed by the normalizers' reduction (vectorized,
+        // in double, threads over channels): as one chain of dependent float adds, it took a
+        // tenth of the plain CNN's training step, whose epoch then ran 5% slower than with
+        // BatchNorm in the biases' place.
+        std::vector<double> sums(out_);
+        kernels::backward_reduce<T>(dy_all.data(), {}, NcsView{1, out_, ld}, SetSpec{}, nullptr,
+                                    sums.data(), nullptr, nullptr, nullptr);
+        for (std::size_t o = 0; o < out_; ++o)
+            bias_grad_.data()[o] += T(sums[o]);
+    }
     weight_.reshape({out_, in_, kernel_, kernel_});
     weight_grad_.reshape({out_, in_, kernel_, kernel_});
     return dx;

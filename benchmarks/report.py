@@ -599,18 +599,22 @@ def training_section(rounds):
         """The network of an epoch case (`cnn_epoch_6000` -> `cnn`), as the paired cases name it."""
         return workload.split("_")[0]
 
+    def percent(fraction):
+        """+4, -3, and +0 for what rounds to zero from either side (not -0)."""
+        return f"{int(round(100 * fraction)):+d}"
+
     def overhead(w, v):
         if v == "identity":
             return "+0%"
         runs = paired.get((network(w), v))
         if runs:
-            cell = f"{100 * statistics.median(runs):+.0f}%"
-            return cell + (f" ({100 * min(runs):+.0f} to {100 * max(runs):+.0f})"
+            cell = f"{percent(statistics.median(runs))}%"
+            return cell + (f" ({percent(min(runs))} to {percent(max(runs))})"
                            if len(runs) > 1 else "")
         r, base = rates.get((w, v)), rates.get((w, "identity"))
         if paired or r is None or base is None:
             return "—"
-        return f"{100 * (base / r - 1):+.0f}%"
+        return f"{percent(base / r - 1)}%"
 
     if paired:
         n_paired = max(len(v) for v in paired.values())

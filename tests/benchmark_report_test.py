@@ -169,13 +169,13 @@ class WholeModel(unittest.TestCase):
                             "run_type": "iteration", "error_occurred": True,
                             "error_message": "rms_norm: diverged"})
             return entries
-        section = report.training_section([run(60000.0, 40000.0, 0.03, 0.10),
+        section = report.training_section([run(60000.0, 40000.0, 0.03, -0.004),
                                            run(50000.0, 50000.0, 0.05),
                                            run(70000.0, 45000.0, -0.01)])
         # The medians of the epochs would say +33%; the paired rounds say 3% (-1% to +5%).
         self.assertIn("| `batch_norm` | 45,000 | 1.25× | +3% (-1 to +5) |", section)
-        # One paired round: its value, without a range.
-        self.assertIn("| `group_norm` | 45,000 | 1.25× | +10% |", section)
+        # One paired round: its value, without a range; -0.4% is +0%, not -0%.
+        self.assertIn("| `group_norm` | 45,000 | 1.25× | +0% |", section)
         self.assertIn("| `identity` | 60,000 | 1.40× | +0% |", section)
         text = " ".join(section)
         self.assertIn("trained in turn in one process", text)

@@ -619,7 +619,9 @@ def training_section(rounds):
     if paired:
         n_paired = max(len(v) for v in paired.values())
         how = ("Overhead is the time per training example with the normalizer over that of "
-               "`identity` on the same network, minus one, the two trained in turn in one process "
+               "`identity` on the same network (whose convolutions and linear layers then have "
+               "biases, where a normalizer's β takes their place), minus one, the two trained in "
+               "turn in one process "
                "(`paired_overhead/` in training_bench: the same seed and data, an epoch of a slice "
                "at a time, 40-100 ms each, in the order identity, normalizer, normalizer, identity, "
                "eight times; the median of those quadruples' ratios), "

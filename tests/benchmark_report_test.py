@@ -179,6 +179,7 @@ class WholeModel(unittest.TestCase):
         self.assertIn("| `identity` | 60,000 | 1.40× | +0% |", section)
         text = " ".join(section)
         self.assertIn("trained in turn in one process", text)
+        self.assertIn("then have biases, where a normalizer's β takes their place", text)
         self.assertIn("the median over 3 rounds, in brackets the lowest and highest round", text)
         self.assertNotIn("from the medians", text)
 

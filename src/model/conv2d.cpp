@@ -172,9 +172,9 @@ Array<T> Conv2d<T>::backward(const Array<T>& dy) {
     });
     if (has_bias_) {
         // Each output channel's row of dy_all summed by the normalizers' reduction (vectorized,
-        // in double, threads over channels): as one chain of dependent float adds, it took a
-        // tenth of the plain CNN's training step, whose epoch then ran 5% slower than with
-        // BatchNorm in the biases' place.
+        // in double, threads over channels). As one chain of dependent float adds per channel,
+        // the three convolutions of the CNN without a normalizer took 0.65 ms of each training
+        // step at batch 32 (about 6% of it; 0.06 ms this way, AMD EPYC VM, 2 threads).
         std::vector<double> sums(out_);
         kernels::backward_reduce<T>(dy_all.data(), {}, NcsView{1, out_, ld}, SetSpec{}, nullptr,
                                     sums.data(), nullptr, nullptr, nullptr);

@@ -60,7 +60,8 @@ void train_one_epoch(benchmark::State& state, const std::string& workload, const
 // VM of docs/benchmarks.md a whole process ran either ~0.72 s or ~1.0 s for the MLP's epoch,
 // whichever normalizer it trained. With every normalizer's epoch run in one process after the
 // other, seven rounds put the later ones at +29-41% over identity (the medians), where in a
-// process each, three times, 19 of 21 epochs took 0.71-0.77 s, identity's among them. Counters:
+// process each, three times, 16 of the 21 epochs took 0.71-0.77 s (identity's three among
+// them) and the other five, of four normalizers, 0.80-1.01 s. Counters:
 // `overhead`, the median over the quadruples of the two epochs with the normalizer over the two
 // without, minus one; the median epoch with (`seconds`) and without it
 // (`identity_seconds`). The manual time is the epochs with the normalizer.

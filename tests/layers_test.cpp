@@ -2,6 +2,9 @@
 // with every registered normalizer in the normalizer slot.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
 #include "gradient_check.hpp"
 #include "normlab/errors.hpp"
 #include "normlab/model/layers.hpp"
@@ -80,30 +83,49 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ConvGradient,
                                            ConvCase{1, 1, 0, 4, 3}, ConvCase{1, 2, 0, 5, 5},
                                            ConvCase{3, 1, 0, 5, 4}));
 
-TEST(Layers, ConvForwardMatchesDirectSum) {
+// Every output against the definition, including padding wider than the kernel reaches (rows
+// and columns of output positions that see padding only) and strides that skip input columns.
+class ConvForward : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(ConvForward, MatchesDirectSum) {
+    const auto c = GetParam();
     std::mt19937 rng(6);
-    model::Conv2d<double> conv(2, 3, 3, 2, 1, model::Init::he, rng);
+    model::Conv2d<double> conv(2, 3, c.kernel, c.stride, c.padding, model::Init::he, rng);
     auto p = conv.parameters();
     *p[1].value = testing::random_array({3}, 8);
-    const ArrayD x = testing::random_array({2, 2, 5, 6}, 7);
+    const ArrayD x = testing::random_array({2, 2, c.h, c.w}, 7);
     const ArrayD y = conv.forward(x, Mode::eval, Grad::none);
-    ASSERT_EQ(shape_of(y), (Shape{2, 3, 3, 3}));
+    const std::size_t oh = (c.h + 2 * c.padding - c.kernel) / c.stride + 1;
+    const std::size_t ow = (c.w + 2 * c.padding - c.kernel) / c.stride + 1;
+    ASSERT_EQ(shape_of(y), (Shape{2, 3, oh, ow}));
     const ArrayD& w = *p[0].value;
     for (std::size_t n = 0; n < 2; ++n)
         for (std::size_t o = 0; o < 3; ++o)
-            for (std::size_t i = 0; i < 3; ++i)
-                for (std::size_t j = 0; j < 3; ++j) {
+            for (std::size_t i = 0; i < oh; ++i)
+                for (std::size_t j = 0; j < ow; ++j) {
                     double s = (*p[1].value)(o);
-                    for (std::size_t c = 0; c < 2; ++c)
-                        for (std::size_t a = 0; a < 3; ++a)
-                            for (std::size_t b = 0; b < 3; ++b) {
-                                const long r = long(2 * i + a) - 1, q = long(2 * j + b) - 1;
-                                if (r >= 0 && r < 5 && q >= 0 && q < 6)
-                                    s += w(o, c, a, b) * x(n, c, r, q);
+                    for (std::size_t ch = 0; ch < 2; ++ch)
+                        for (std::size_t a = 0; a < c.kernel; ++a)
+                            for (std::size_t b = 0; b < c.kernel; ++b) {
+                                const long r = long(c.stride * i + a) - long(c.padding);
+                                const long q = long(c.stride * j + b) - long(c.padding);
+                                if (r >= 0 && r < long(c.h) && q >= 0 && q < long(c.w))
+                                    s += w(o, ch, a, b) * x(n, ch, r, q);
                             }
-                    EXPECT_NEAR(y(n, o, i, j), s, 1e-12);
+                    EXPECT_NEAR(y(n, o, i, j), s, 1e-12) << n << " " << o << " " << i << " " << j;
                 }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ConvForward,
+                         ::testing::Values(ConvCase{3, 2, 1, 5, 6}, ConvCase{3, 1, 1, 4, 7},
+                                           ConvCase{3, 1, 3, 4, 5}, ConvCase{3, 3, 2, 7, 8},
+                                           ConvCase{2, 2, 0, 6, 7}, ConvCase{1, 1, 0, 3, 3},
+                                           ConvCase{5, 1, 2, 2, 9}));
+
+// The backward of those geometries (col2im the adjoint of im2col) against finite differences.
+INSTANTIATE_TEST_SUITE_P(Padding, ConvGradient,
+                         ::testing::Values(ConvCase{3, 1, 3, 4, 5}, ConvCase{3, 3, 2, 7, 8},
+                                           ConvCase{5, 1, 2, 2, 9}));
 
 // In float, on a batch large enough for the threads: each channel's Σdy over the batch and the
 // positions, to a few float ulps of the sum in double, added to what the gradient held.
@@ -145,6 +167,48 @@ TEST(Layers, PoolingAndReshapes) {
     EXPECT_EQ(pooled(0, 0, 0, 0), 5.0);
     EXPECT_THROW(max_pool.forward(testing::random_array({1, 1, 3, 4}, 1), Mode::eval, Grad::none),
                  ShapeError);
+}
+
+// On a batch large enough for the threads, in float: each window's largest value, its gradient
+// to the first of the window's largest values in row order (values on a coarse grid, so that
+// windows hold ties), and the windows' means.
+TEST(Layers, PoolingOnManyPlanesMatchesEachWindow) {
+    const Shape s{8, 16, 28, 28};
+    Array<float> x = xt::cast<float>(testing::random_array(s, 21));
+    for (auto& v : x)
+        v = std::round(v * 4.0f) / 4.0f;
+    model::Pool2d<float> max_pool(model::Pool::max, 2), avg_pool(model::Pool::average, 2);
+    const Array<float> y = max_pool.forward(x, Mode::train, Grad::keep);
+    const Array<float> mean = avg_pool.forward(x, Mode::eval, Grad::none);
+    const Array<float> dy = xt::ones<float>({s[0], s[1], s[2] / 2, s[3] / 2});
+    const Array<float> dx = max_pool.backward(dy);
+    std::size_t ties = 0;
+    for (std::size_t p = 0; p < s[0] * s[1]; ++p)
+        for (std::size_t oy = 0; oy < 14; ++oy)
+            for (std::size_t ox = 0; ox < 14; ++ox) {
+                const std::size_t o = (p * 14 + oy) * 14 + ox;
+                float best = -std::numeric_limits<float>::infinity(), sum = 0;
+                std::size_t first = 0, count = 0;
+                for (std::size_t i = 0; i < 2; ++i)
+                    for (std::size_t j = 0; j < 2; ++j) {
+                        const std::size_t at = (p * 28 + 2 * oy + i) * 28 + 2 * ox + j;
+                        sum += x.data()[at];
+                        if (x.data()[at] > best) {
+                            best = x.data()[at];
+                            first = at;
+                        }
+                    }
+                for (std::size_t i = 0; i < 2; ++i)
+                    for (std::size_t j = 0; j < 2; ++j) {
+                        const std::size_t at = (p * 28 + 2 * oy + i) * 28 + 2 * ox + j;
+                        count += x.data()[at] == best;
+                        ASSERT_EQ(dx.data()[at], at == first ? 1.0f : 0.0f) << at;
+                    }
+                ties += count > 1;
+                ASSERT_EQ(y.data()[o], best) << o;
+                ASSERT_EQ(mean.data()[o], sum / 4.0f) << o;
+            }
+    EXPECT_GT(ties, 100u);
 }
 
 TEST(Layers, Activations) {

@@ -1,5 +1,7 @@
 #include <xtensor-blas/xblas.hpp>
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "kernels/moments.hpp"
@@ -21,25 +23,42 @@ struct Geometry {
     std::size_t cols() const { return oh * ow; }
 };
 
+// The output columns ox of kernel column j whose input column ox·stride + j − pad lies inside
+// [0, w): [first, end), empty when none does. Outside it the input is padding.
+std::pair<std::size_t, std::size_t> inside_columns(const Geometry& g, std::size_t j) {
+    const std::size_t first = g.pad > j ? (g.pad - j + g.stride - 1) / g.stride : 0;
+    if (g.w + g.pad < j + 1) return {0, 0};
+    const std::size_t end = std::min(g.ow, (g.w + g.pad - j - 1) / g.stride + 1);
+    return {std::min(first, end), end};
+}
+
 // cols[(c·k + i)·k + j][oy·ow + ox] = x[c][oy·stride + i − pad][ox·stride + j − pad], or 0;
-// rows are `ld` apart, so the columns of a whole batch sit side by side for one GEMM.
+// rows are `ld` apart, so the columns of a whole batch sit side by side for one GEMM. Each row
+// of output positions is zeros, a run copied from one input row, zeros: a test of both bounds
+// per value made this copy a sixth of the CNN's training time.
 template <class T>
 void im2col(const T* x, const Geometry& g, T* cols, std::size_t ld) {
     for (std::size_t c = 0; c < g.c; ++c)
         for (std::size_t i = 0; i < g.k; ++i)
             for (std::size_t j = 0; j < g.k; ++j) {
                 T* row = cols + ((c * g.k + i) * g.k + j) * ld;
+                const auto [first, end] = inside_columns(g, j);
                 for (std::size_t oy = 0; oy < g.oh; ++oy) {
-                    const std::ptrdiff_t y =
-                        std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
-                    for (std::size_t ox = 0; ox < g.ow; ++ox) {
-                        const std::ptrdiff_t xx =
-                            std::ptrdiff_t(ox * g.stride + j) - std::ptrdiff_t(g.pad);
-                        const bool inside = y >= 0 && y < std::ptrdiff_t(g.h) && xx >= 0 &&
-                                            xx < std::ptrdiff_t(g.w);
-                        row[oy * g.ow + ox] =
-                            inside ? x[(c * g.h + std::size_t(y)) * g.w + std::size_t(xx)] : T(0);
+                    T* out = row + oy * g.ow;
+                    const std::size_t y = oy * g.stride + i;
+                    if (y < g.pad || y - g.pad >= g.h) {
+                        std::fill_n(out, g.ow, T(0));
+                        continue;
                     }
+                    // Output column ox reads input column ox·stride + j − pad, ≥ 0 from first on.
+                    const T* from = x + (c * g.h + y - g.pad) * g.w;
+                    std::fill_n(out, first, T(0));
+                    if (g.stride == 1)
+                        std::copy_n(from + (first + j - g.pad), end - first, out + first);
+                    else
+                        for (std::size_t ox = first; ox < end; ++ox)
+                            out[ox] = from[ox * g.stride + j - g.pad];
+                    std::fill_n(out + end, g.ow - end, T(0));
                 }
             }
 }
@@ -51,17 +70,14 @@ void col2im(const T* cols, const Geometry& g, T* dx, std::size_t ld) {
         for (std::size_t i = 0; i < g.k; ++i)
             for (std::size_t j = 0; j < g.k; ++j) {
                 const T* row = cols + ((c * g.k + i) * g.k + j) * ld;
+                const auto [first, end] = inside_columns(g, j);
                 for (std::size_t oy = 0; oy < g.oh; ++oy) {
-                    const std::ptrdiff_t y =
-                        std::ptrdiff_t(oy * g.stride + i) - std::ptrdiff_t(g.pad);
-                    if (y < 0 || y >= std::ptrdiff_t(g.h)) continue;
-                    for (std::size_t ox = 0; ox < g.ow; ++ox) {
-                        const std::ptrdiff_t xx =
-                            std::ptrdiff_t(ox * g.stride + j) - std::ptrdiff_t(g.pad);
-                        if (xx >= 0 && xx < std::ptrdiff_t(g.w))
-                            dx[(c * g.h + std::size_t(y)) * g.w + std::size_t(xx)] +=
-                                row[oy * g.ow + ox];
-                    }
+                    const std::size_t y = oy * g.stride + i;
+                    if (y < g.pad || y - g.pad >= g.h) continue;
+                    const T* from = row + oy * g.ow;
+                    T* to = dx + (c * g.h + y - g.pad) * g.w;
+                    for (std::size_t ox = first; ox < end; ++ox)
+                        to[ox * g.stride + j - g.pad] += from[ox];
                 }
             }
 }

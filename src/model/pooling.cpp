@@ -1,5 +1,7 @@
 #include <limits>
 
+#include "kernels/moments.hpp"
+#include "kernels/parallel.hpp"
 #include "model/saved.hpp"
 #include "normlab/model/layers.hpp"
 
@@ -23,25 +25,38 @@ Array<T> Pool2d<T>::forward(const Array<T>& x, Mode, Grad grad) {
     Array<T> y = Array<T>::from_shape({s[0], s[1], oh, ow});
     Saved saved{s, {}};
     if (kind_ == Pool::max) saved.argmax.resize(y.size());
-    for (std::size_t p = 0; p < planes; ++p)
+    const T* in = x.data();
+    T* out = y.data();
+    std::uint32_t* argmax = saved.argmax.data();
+    const std::size_t k = kernel_;
+    // Planes split between the threads from the kernels' threshold on, the kind tested once per
+    // window: tested per value on one thread, max pooling took 8% of the CNN's training time.
+    // Max: the first of the window's largest values (a NaN first stays: nothing compares above).
+    kernels::parallel_for(planes, x.size() >= kernels::kParallelMin, [&](std::size_t p) {
         for (std::size_t oy = 0; oy < oh; ++oy)
             for (std::size_t ox = 0; ox < ow; ++ox) {
-                T best = kind_ == Pool::max ? -std::numeric_limits<T>::infinity() : T(0);
-                std::size_t where = 0;
-                for (std::size_t i = 0; i < kernel_; ++i)
-                    for (std::size_t j = 0; j < kernel_; ++j) {
-                        const std::size_t at = (p * h + oy * kernel_ + i) * w + ox * kernel_ + j;
-                        if (kind_ == Pool::average) {
-                            best += x.data()[at];
-                        } else if (x.data()[at] > best || (i == 0 && j == 0)) {
-                            best = x.data()[at];
-                            where = at;
-                        }
-                    }
-                const std::size_t out = (p * oh + oy) * ow + ox;
-                y.data()[out] = kind_ == Pool::average ? best / T(kernel_ * kernel_) : best;
-                if (kind_ == Pool::max) saved.argmax[out] = std::uint32_t(where);
+                const std::size_t corner = (p * h + oy * k) * w + ox * k;
+                const std::size_t o = (p * oh + oy) * ow + ox;
+                if (kind_ == Pool::max) {
+                    T best = in[corner];
+                    std::size_t where = corner;
+                    for (std::size_t i = 0; i < k; ++i)
+                        for (std::size_t j = 0; j < k; ++j)
+                            if (in[corner + i * w + j] > best) {
+                                best = in[corner + i * w + j];
+                                where = corner + i * w + j;
+                            }
+                    out[o] = best;
+                    argmax[o] = std::uint32_t(where);
+                } else {
+                    T sum = T(0);
+                    for (std::size_t i = 0; i < k; ++i)
+                        for (std::size_t j = 0; j < k; ++j)
+                            sum += in[corner + i * w + j];
+                    out[o] = sum / T(k * k);
+                }
             }
+    });
     if (grad == Grad::keep) saved_.push_back(std::move(saved));
     return y;
 }

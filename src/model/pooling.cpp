@@ -1,4 +1,4 @@
-#include <limits>
+#include <cstdint>
 
 #include "kernels/moments.hpp"
 #include "kernels/parallel.hpp"

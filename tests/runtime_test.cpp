@@ -18,6 +18,33 @@ CpuVectorFeatures avx512() {
     return {true, true, true, true, true, true, true};
 }
 
+// Sets an environment variable (null: unsets it) until the end of the scope, then puts back what
+// the process had.
+class ScopedVariable {
+  public:
+    ScopedVariable(const char* name, const char* value) : name_(name) {
+        const char* before = std::getenv(name);
+        had_ = before != nullptr;
+        if (had_) saved_ = before;
+        set(value);
+    }
+    ~ScopedVariable() { set(had_ ? saved_.c_str() : nullptr); }
+    ScopedVariable(const ScopedVariable&) = delete;
+    ScopedVariable& operator=(const ScopedVariable&) = delete;
+
+    void set(const char* value) const {
+        if (value)
+            setenv(name_, value, 1);
+        else
+            unsetenv(name_);
+    }
+
+  private:
+    const char* name_;
+    bool had_ = false;
+    std::string saved_;
+};
+
 TEST(BlasCoretype, PrescottFallbackGetsTheWidestKernelsTheCpuHas) {
     EXPECT_EQ(fitting_blas_coretype("Prescott", avx512()), "SkylakeX");
     EXPECT_EQ(fitting_blas_coretype("PRESCOTT", avx512()), "SkylakeX");
@@ -40,14 +67,8 @@ TEST(BlasCoretype, ACoreOpenBlasRecognisedIsLeftAlone) {
 }
 
 TEST(BlasCoretype, AChoiceAlreadyMadeInTheEnvironmentStands) {
-    const char* before = std::getenv("OPENBLAS_CORETYPE");
-    const std::string saved = before ? before : "";
-    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    const ScopedVariable coretype("OPENBLAS_CORETYPE", "Haswell");
     EXPECT_EQ(fitting_blas_coretype(), "");
-    if (before)
-        setenv("OPENBLAS_CORETYPE", saved.c_str(), 1);
-    else
-        unsetenv("OPENBLAS_CORETYPE");
 }
 
 TEST(OpenMpWait, SpinsLongUnlessThePolicyIsPassiveOrTheCountIsGiven) {
@@ -63,14 +84,11 @@ TEST(OpenMpWait, SpinsLongUnlessThePolicyIsPassiveOrTheCountIsGiven) {
 }
 
 TEST(OpenMpWait, ReadsThisProcesssEnvironment) {
-    const char* before = std::getenv("GOMP_SPINCOUNT");
-    const std::string saved = before ? before : "";
-    setenv("GOMP_SPINCOUNT", "1000", 1);
+    const ScopedVariable spin_count("GOMP_SPINCOUNT", "1000");
     EXPECT_FALSE(normlab::openmp_spins_long());
-    unsetenv("GOMP_SPINCOUNT");
+    spin_count.set(nullptr);
     EXPECT_EQ(normlab::openmp_spins_long(),
               normlab::openmp_spins_long(std::getenv("OMP_WAIT_POLICY"), nullptr));
-    if (before) setenv("GOMP_SPINCOUNT", saved.c_str(), 1);
 }
 
 TEST(BlasCoretype, TheHostsAnswerIsOneOfTheKnownValues) {

@@ -107,6 +107,18 @@ const std::vector<ShapeCase>& short_run_shapes() {
     return s;
 }
 
+// Rows in blocks of 64 whose last block is short: the column sums of the rows kernels share their
+// blocks between the threads by rows, not by count (kernels::TeamSlot::share_by_weight). Not
+// in the suite that benchmarks/run.sh times; `normalizer_bench
+// --benchmark_filter='normlab/(layer_norm|batch_norm)/(mlp|rows_258)/bwd'` sets them beside the
+// suite's (256, 1024).
+const std::vector<ShapeCase>& uneven_block_shapes() {
+    static const std::vector<ShapeCase> s = {
+        {"rows_258", {258, 1024}},
+    };
+    return s;
+}
+
 // The plain loop of each shape and pass (plain_loop.hpp), alone or after a plain read pass over
 // its inputs (`read_first`), with the same counters as a layer's case, the minimal traffic of
 // the pass: report.py sets each layer's time beside them.
@@ -132,6 +144,7 @@ void register_all() {
         }
     std::vector<ShapeCase> shapes = shape_suite();
     shapes.insert(shapes.end(), short_run_shapes().begin(), short_run_shapes().end());
+    shapes.insert(shapes.end(), uneven_block_shapes().begin(), uneven_block_shapes().end());
     for (const auto& variant : registered_variants()) {
         for (const auto& shape : shapes) {
             const std::string spec = spec_for(variant.name, shape);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <functional>
 #include <numeric>
+#include <random>
 
 #include <gtest/gtest.h>
 #include <xtensor/xview.hpp>
@@ -88,7 +89,8 @@ struct Standardized {
 TEST(Kernels, ResultsAreIdenticalWithOneAndTwoThreads) {
     for (const std::string spec :
          {"batch_norm", "layer_norm", "group_norm(groups=8)", "rms_norm"}) {
-        for (const Shape& shape : {Shape{512, 64}, Shape{16, 64, 12, 12}}) {
+        // (516, 64): nine blocks of column sums, the last of four rows, shared by their rows.
+        for (const Shape& shape : {Shape{512, 64}, Shape{516, 64}, Shape{16, 64, 12, 12}}) {
             const Tensor x = xt::cast<float>(testing::random_array(shape, 1, 3.0, 2.0));
             const Tensor dy = xt::cast<float>(testing::random_array(shape, 2));
             Tensor y[2], dx[2];
@@ -101,6 +103,57 @@ TEST(Kernels, ResultsAreIdenticalWithOneAndTwoThreads) {
             EXPECT_EQ(y[0], y[1]) << spec << " " << format_shape(shape);
             EXPECT_EQ(dx[0], dx[1]) << spec << " " << format_shape(shape);
         }
+    }
+}
+
+// Items of unequal weight (blocks of rows, the last one short) are shared by weight: contiguous
+// shares in order, covering every item once, each within the heaviest item of an equal part.
+TEST(Kernels, WeightedSharesAreContiguousAndWithinAnItemOfAnEqualPart) {
+    const auto shares = [](const std::vector<std::size_t>& weights, std::size_t size) {
+        std::vector<std::size_t> before(weights.size() + 1, 0);
+        std::partial_sum(weights.begin(), weights.end(), before.begin() + 1);
+        std::vector<std::pair<std::size_t, std::size_t>> out;
+        for (std::size_t t = 0; t < size; ++t)
+            out.push_back(kernels::TeamSlot{t, size}.share_by_weight(
+                weights.size(), [&](std::size_t i) { return before[i]; }));
+        return out;
+    };
+    // Four blocks of 64 rows and one of 2: by count, 192 rows and 66; by weight, 128 and 130.
+    using Share = std::pair<std::size_t, std::size_t>;
+    EXPECT_EQ(shares({64, 64, 64, 64, 2}, 2), (std::vector<Share>{{0, 2}, {2, 5}}));
+    EXPECT_EQ(shares({64, 64, 64, 64, 44}, 2), (std::vector<Share>{{0, 2}, {2, 5}}));
+    EXPECT_EQ(shares({64, 64, 64, 64, 2}, 3), (std::vector<Share>{{0, 1}, {1, 3}, {3, 5}}));
+    // Equal weights: equal shares where the count divides.
+    EXPECT_EQ(shares({5, 5, 5, 5, 5, 5}, 3), (std::vector<Share>{{0, 2}, {2, 4}, {4, 6}}));
+    // Nothing to share, or nothing of weight: the last thread takes every item.
+    EXPECT_EQ(shares({}, 2), (std::vector<Share>{{0, 0}, {0, 0}}));
+    EXPECT_EQ(shares({0, 0, 0}, 2), (std::vector<Share>{{0, 0}, {0, 3}}));
+
+    std::mt19937 rng(7);
+    for (int trial = 0; trial < 500; ++trial) {
+        std::vector<std::size_t> weights(rng() % 40);
+        for (std::size_t& w : weights)
+            w = rng() % 4 == 0 ? 0 : rng() % 100;
+        const std::size_t size = 1 + rng() % 8;
+        const std::size_t total = std::accumulate(weights.begin(), weights.end(), std::size_t{0});
+        const std::size_t heaviest =
+            weights.empty() ? 0 : *std::max_element(weights.begin(), weights.end());
+        const auto got = shares(weights, size);
+        std::size_t next = 0;
+        for (const auto& [begin, end] : got) {
+            ASSERT_EQ(begin, next) << "trial " << trial;
+            ASSERT_LE(begin, end) << "trial " << trial;
+            const std::size_t weight =
+                std::accumulate(weights.begin() + std::ptrdiff_t(begin),
+                                weights.begin() + std::ptrdiff_t(end), std::size_t{0});
+            // |weight - total/size| <= heaviest, in integers.
+            EXPECT_LE(std::max(weight * size, total) - std::min(weight * size, total),
+                      heaviest * size)
+                << "trial " << trial << ": share [" << begin << ", " << end << ") of "
+                << weights.size() << " items on " << size << " threads";
+            next = end;
+        }
+        EXPECT_EQ(next, weights.size()) << "trial " << trial;
     }
 }
 

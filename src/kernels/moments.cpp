@@ -468,21 +468,32 @@ std::size_t column_range(std::size_t columns, std::size_t threads) {
 // kRowBlock, each block into groups of rows_per_group rows; group(n0, count, c0, c1, part1, part2)
 // adds the sums of columns [c0, c1) of rows n0 .. n0 + count into its block's partials (pointers
 // at the block's column 0; part2 null without `second`), and the partials are added in block
-// order into s1, s2 (each written whole; s2 all zeros without `second`). With split_columns and
-// fewer blocks than twice the threads (a small batch of many features), the columns are also
-// split into ranges (column_range), so that every thread has work; each column's sums are the
-// same either way. A single block's partials are the sums themselves: they go into s1, s2
-// directly (the same values: adding a partial to zero changes no bit), which spares a small
-// batch of many columns (Batch-Layer Norm's batch branch: 200k columns on (2, 64, 56, 56)) two
-// arrays of doubles the size of s1, s2 zeroed, written and read again.
+// order into s1, s2 (each written whole; s2 all zeros without `second`). The threads share the
+// blocks by their rows (TeamSlot::share_by_weight), as the last block may be short: by count,
+// (258, 1024) gave one thread three blocks, 192 rows, and the other 66, and LayerNorm's and
+// BatchNorm's backward took 1.6-1.8x as long as on (256, 1024) (AMD EPYC VM, 2 threads). With
+// split_columns and fewer blocks than twice the threads (a small batch of many features), the
+// columns are also split into ranges (column_range), so that every thread has work; each
+// column's sums are the same either way. A single block's partials are the sums themselves:
+// they go into s1, s2 directly (the same values: adding a partial to zero changes no bit),
+// which spares a small batch of many columns (Batch-Layer Norm's batch branch: 200k columns on
+// (2, 64, 56, 56)) two arrays of doubles the size of s1, s2 zeroed, written and read again.
 template <class Group>
 void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool second,
                            bool split_columns, double* s1, double* s2, Group&& group) {
     const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
     const auto threads = std::size_t(omp_get_max_threads());
+    const auto rows_before = [&](std::size_t b) { return std::min(v.n, b * kRowBlock); };
     const bool split = split_columns && blocks < 2 * threads;
     const std::size_t range = split ? column_range(v.c, threads) : v.c;
     const std::size_t ranges = split ? (v.c + range - 1) / range : 1;
+    // The values of tasks [0, task): task = block · ranges + range, shared between the threads
+    // by this weight rather than by count, as the last block may be short.
+    const auto values_before = [&](std::size_t task) {
+        const std::size_t b = task / ranges, r = task % ranges;
+        return rows_before(b) * v.c +
+               (rows_before(b + 1) - rows_before(b)) * std::min(v.c, r * range);
+    };
     const bool into_sums = blocks == 1 && s1 && (!second || s2);
     if (into_sums && !second && s2) zero_fill(s2, v.c);
     // Each task zeroes its own partials right before it adds to them (on its thread, into its
@@ -494,7 +505,7 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
         // (the normalization, or dx) walks the same share forward, so it starts on the rows
         // read last, still in this core's cache; and this pass starts on the rows the layer
         // before wrote last. The partials, and so the sums, are the same in any order.
-        const auto [first, end] = team.share(blocks * ranges);
+        const auto [first, end] = team.share_by_weight(blocks * ranges, values_before);
         for (std::size_t task = end; task-- > first;) {
             const std::size_t b = task / ranges, c0 = (task % ranges) * range;
             const std::size_t c1 = std::min(v.c, c0 + range);

@@ -29,7 +29,48 @@ struct TeamSlot {
         const std::size_t begin = index * base + std::min(index, extra);
         return {begin, begin + base + (index < extra ? 1 : 0)};
     }
+
+    // This thread's contiguous share [begin, end) of `count` items of unequal weight:
+    // weight_before(i) is the total weight of items [0, i), non-decreasing from
+    // weight_before(0) = 0. Each cut between two threads' shares goes where the running total
+    // comes nearest to an equal part of the whole (weighted_cut), so a share weighs within the
+    // heaviest item of an equal part; by count (share), a team of two given four blocks of 64
+    // rows and one of 2 would take 192 rows and 66, by weight 128 and 130.
+    template <class Weight>
+    std::pair<std::size_t, std::size_t> share_by_weight(std::size_t count,
+                                                        Weight&& weight_before) const;
 };
+
+// Where the shares of threads t - 1 and t of a team of `size` meet among `count` weighted items
+// (TeamSlot::share_by_weight): the index i whose weight_before(i) is nearest t/size of the total
+// (the lower of two equally near), 0 for t = 0 and `count` for t = size.
+template <class Weight>
+std::size_t weighted_cut(std::size_t count, std::size_t size, std::size_t t,
+                         Weight&& weight_before) {
+    if (t == 0) return 0;
+    if (t >= size) return count;
+    // Compared as size·weight against t·total, in integers: no rounding of the target.
+    const std::size_t target = t * weight_before(count);
+    std::size_t lo = 0, hi = count;  // the first i with size·weight_before(i) >= target
+    while (lo < hi) {
+        const std::size_t mid = lo + (hi - lo) / 2;
+        if (size * weight_before(mid) < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0) return 0;
+    const std::size_t below = target - size * weight_before(lo - 1);
+    const std::size_t above = size * weight_before(lo) - target;
+    return below <= above ? lo - 1 : lo;
+}
+
+template <class Weight>
+std::pair<std::size_t, std::size_t> TeamSlot::share_by_weight(std::size_t count,
+                                                              Weight&& weight_before) const {
+    return {weighted_cut(count, size, index, weight_before),
+            weighted_cut(count, size, index + 1, weight_before)};
+}
 
 // body(i) for i in [0, n): in static chunks between the threads when `parallel`, else in order
 // on this thread.

@@ -107,14 +107,17 @@ const std::vector<ShapeCase>& short_run_shapes() {
     return s;
 }
 
-// Rows in blocks of 64 whose last block is short: the column sums of the rows kernels share their
-// blocks between the threads by rows, not by count (kernels::TeamSlot::share_by_weight). Not
-// in the suite that benchmarks/run.sh times; `normalizer_bench
-// --benchmark_filter='normlab/(layer_norm|batch_norm)/(mlp|rows_258)/bwd'` sets them beside the
-// suite's (256, 1024).
-const std::vector<ShapeCase>& uneven_block_shapes() {
+// Rows whose column sums' blocks of 64 rows do not share evenly between the threads: the last
+// block short (rows_258; the threads share the blocks by their rows,
+// kernels::TeamSlot::share_by_weight), or fewer blocks than threads (rows_32, a small batch of
+// wide rows; LayerNorm's and RMSNorm's backward then share the columns too). Not in the suite
+// that benchmarks/run.sh times; `normalizer_bench
+// --benchmark_filter='normlab/(layer_norm|batch_norm)/(mlp|rows_258|rows_32)/bwd'` sets them
+// beside the suite's (256, 1024).
+const std::vector<ShapeCase>& row_block_shapes() {
     static const std::vector<ShapeCase> s = {
         {"rows_258", {258, 1024}},
+        {"rows_32", {32, 4096}},
     };
     return s;
 }
@@ -144,7 +147,7 @@ void register_all() {
         }
     std::vector<ShapeCase> shapes = shape_suite();
     shapes.insert(shapes.end(), short_run_shapes().begin(), short_run_shapes().end());
-    shapes.insert(shapes.end(), uneven_block_shapes().begin(), uneven_block_shapes().end());
+    shapes.insert(shapes.end(), row_block_shapes().begin(), row_block_shapes().end());
     for (const auto& variant : registered_variants()) {
         for (const auto& shape : shapes) {
             const std::string spec = spec_for(variant.name, shape);

@@ -106,6 +106,41 @@ TEST(Kernels, ResultsAreIdenticalWithOneAndTwoThreads) {
     }
 }
 
+// LayerNorm and RMSNorm keep their input for backward, which forms x̂ from it. On fewer blocks of
+// 64 rows than threads, that backward takes every row's coefficients first and then shares the
+// rows' columns between the threads; on one thread it stays fused: dx, dγ and dβ are the same
+// bits, and the same as from x̂ stored (an input not handed over). BatchNorm's column sums split
+// the columns too, into ranges of equal width ((100, 1500): two of 752 and 748 columns).
+TEST(Kernels, RowsOnFewBlocksAreTheSameOnOneAndTwoThreads) {
+    for (const std::string spec : {"layer_norm", "rms_norm", "batch_norm"}) {
+        for (const Shape& shape :
+             {Shape{40, 1000}, Shape{8, 8192}, Shape{100, 1024}, Shape{100, 1500}}) {
+            const Tensor x = xt::cast<float>(testing::random_array(shape, 3, 1.0, 2.0));
+            const Tensor dy = xt::cast<float>(testing::random_array(shape, 4));
+            const Tensor gamma = xt::cast<float>(testing::random_array({shape[1]}, 5, 1.0, 0.5));
+            std::vector<std::vector<Tensor>> results;
+            for (const auto& [threads, handed_over] :
+                 {std::pair{1, true}, std::pair{2, true}, std::pair{1, false}}) {
+                ThreadCount tc(threads);
+                auto norm = make_normalizer(spec, shape[1]);
+                for (const auto& p : norm->parameters())
+                    if (p.name == "weight") *p.value = gamma;
+                const Tensor y = handed_over ? norm->forward(Tensor(x), Mode::train)
+                                             : norm->forward(x, Mode::train);
+                std::vector<Tensor> got{y, norm->backward(dy)};
+                for (const auto& p : norm->parameters())
+                    got.push_back(*p.grad);
+                results.push_back(std::move(got));
+            }
+            for (std::size_t run : {1, 2})
+                for (std::size_t k = 0; k < results[0].size(); ++k)
+                    EXPECT_EQ(results[run][k], results[0][k])
+                        << spec << " " << format_shape(shape) << ": output " << k << " of run "
+                        << run << " (0: y, 1: dx, then the parameters' gradients)";
+        }
+    }
+}
+
 // Items of unequal weight (blocks of rows, the last one short) are shared by weight: contiguous
 // shares in order, covering every item once, each within the heaviest item of an equal part.
 TEST(Kernels, WeightedSharesAreContiguousAndWithinAnItemOfAnEqualPart) {

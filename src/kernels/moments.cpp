@@ -448,20 +448,31 @@ bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets
 
 // Columns per range when a block's columns are split between threads: a multiple of the sixteen
 // lanes, so every column takes the vector or the scalar path it takes in one range; so each
-// column's sums are the same for any range. Wide ranges where there are columns enough for
-// every thread to have two or more (each row's piece of a range is then a contiguous 8 KB, which
-// the prefetchers follow better than 2 KB: Batch-Layer Norm on (32, 64, 56, 56), whose batch
-// branch sums 200k columns of 32 rows, took 6.8 instead of 8.8 ms forward and 14.4 instead of
-// 16.8 ms backward, medians of nine interleaved runs, AMD EPYC VM, 2 threads), halved down to
-// 512 where there are not.
+// column's sums are the same for any range. As many ranges as a multiple of the threads, of
+// about equal width: at most kColumnRange wide (each row's piece of a range is then a contiguous
+// 8 KB, which the prefetchers follow better than 2 KB: Batch-Layer Norm on (32, 64, 56, 56),
+// whose batch branch sums 200k columns of 32 rows, took 6.8 instead of 8.8 ms forward and 14.4
+// instead of 16.8 ms backward, medians of nine interleaved runs, AMD EPYC VM, 2 threads), and
+// two or more per thread where they are kMinColumnRange wide or more then. (Ranges of 2048 halved
+// down to 512 until every thread had two cut 1500 columns into 512, 512 and 476 for two threads:
+// BatchNorm on (100, 1500), the two alternated call by call, took 64 -> 54 us forward and
+// 90 -> 68 backward.)
 constexpr std::size_t kColumnRange = 2048;
 constexpr std::size_t kMinColumnRange = 512;
 
 std::size_t column_range(std::size_t columns, std::size_t threads) {
-    std::size_t range = kColumnRange;
-    while (range > kMinColumnRange && (columns + range - 1) / range < 2 * threads)
-        range /= 2;
-    return range;
+    const auto ceil_div = [](std::size_t a, std::size_t b) { return (a + b - 1) / b; };
+    std::size_t ranges = threads * ceil_div(ceil_div(columns, kColumnRange), threads);
+    if (ranges < 2 * threads && columns >= 2 * threads * kMinColumnRange) ranges = 2 * threads;
+    return std::max<std::size_t>(1, ceil_div(columns, ranges * rows::kLanes)) * rows::kLanes;
+}
+
+// Whether v has fewer blocks of kRowBlock rows than `per_thread` blocks for each thread, on a
+// tensor large enough for the threads. column_sums_by_blocks, given split_columns, splits the
+// columns into ranges from per_thread = 2 on.
+bool few_row_blocks(const NcsView& v, std::size_t per_thread) {
+    const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
+    return v.size() >= kParallelMin && blocks < per_thread * std::size_t(omp_get_max_threads());
 }
 
 // The column sums of a dense (N, C) input, block by block: rows are split into fixed blocks of
@@ -484,7 +495,7 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
     const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
     const auto threads = std::size_t(omp_get_max_threads());
     const auto rows_before = [&](std::size_t b) { return std::min(v.n, b * kRowBlock); };
-    const bool split = split_columns && blocks < 2 * threads;
+    const bool split = split_columns && few_row_blocks(v, 2);
     const std::size_t range = split ? column_range(v.c, threads) : v.c;
     const std::size_t ranges = split ? (v.c + range - 1) / range : 1;
     // The values of tasks [0, task): task = block · ranges + range, shared between the threads
@@ -1289,6 +1300,36 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const double inv_m = 1.0 / double(sets.set_size(v));
 
     if (v.s == 1 && direct_rows(xhat, v, &sets)) {
+        if (few_row_blocks(v, 1)) {
+            // Fewer blocks of rows than threads (a small batch of wide rows): every row's
+            // coefficients first, the rows shared between the threads, then the groups applied
+            // and summed by ranges of columns (the same sums: each column is summed alone).
+            // Fused, a group is reduced over whole rows before it is applied, so a block of rows
+            // was one thread's work, and LayerNorm's backward on (32, 4096) took longer on 2
+            // threads than on one. AMD EPYC VM, 2 threads, the two builds alternated:
+            // (32, 4096) 68-69 -> 42 us, (64, 2048) 75-79 -> 50-51, (8, 8192) 55 -> 45; with two
+            // blocks, one each, the extra pass cost what the balance gave ((100, 1024) 38 ->
+            // 39-40 us), so those stay fused.
+            std::vector<T> coef_1(v.n), coef_xhat(v.n);  // under 2 · 64 rows per thread
+            parallel_for(v.n, true, [&](std::size_t n) {
+                double a = 0, b = 0;
+                rows::grad_sums_from_input(dy + n * v.c, xhat.x + n * v.c, xhat.shift[n],
+                                           xhat.scale[n], g, v.c, a, b);
+                coefficients(n, a * inv_m, b * inv_m, coef_1[n], coef_xhat[n]);
+            });
+            column_sums_by_blocks(
+                v, grad_row_group<T>(v), true, true, chan_sum_dy, chan_sum_dy_xhat,
+                [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1,
+                    double* part1, double* part2) {
+                    const std::size_t at = n0 * v.c + c0;
+                    rows::apply_rows_summing_columns(
+                        dy + at, xhat.x + at, count, v.c, c1 - c0, xhat.shift + n0, xhat.scale + n0,
+                        coef_g + n0, g + c0, coef_1.data() + n0, coef_xhat.data() + n0, dx + at,
+                        part1 + c0, part2 + c0,
+                        rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)));
+                });
+            return;
+        }
         // One set per row, x̂ formed from the input in registers: each group's rows are reduced
         // one by one, then applied together while the same pass takes their column sums.
         // Not split by columns: each group's rows are applied in place after their sums.

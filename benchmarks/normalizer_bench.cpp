@@ -107,17 +107,19 @@ const std::vector<ShapeCase>& short_run_shapes() {
     return s;
 }
 
-// Rows whose column sums' blocks of 64 rows do not share evenly between the threads: the last
-// block short (rows_258; the threads share the blocks by their rows,
-// kernels::TeamSlot::share_by_weight), or fewer blocks than threads (rows_32, a small batch of
-// wide rows; LayerNorm's and RMSNorm's backward then share the columns too). Not in the suite
-// that benchmarks/run.sh times; `normalizer_bench
-// --benchmark_filter='normlab/(layer_norm|batch_norm)/(mlp|rows_258|rows_32)/bwd'` sets them
-// beside the suite's (256, 1024).
-const std::vector<ShapeCase>& row_block_shapes() {
+// (N, C) rows outside the suite that benchmarks/run.sh times, for the kernels' handling of the
+// batch: rows_258, blocks of 64 rows whose last block is short (the threads share the column
+// sums' blocks by their rows, kernels::TeamSlot::share_by_weight); rows_32, fewer blocks than
+// threads (a small batch of wide rows: LayerNorm's and RMSNorm's backward then share the columns
+// too); rows_2 and rows_8, small batches whose per-channel work (BatchNorm's statistics,
+// running estimates and parameter gradients) outweighs the values'. `normalizer_bench
+// --benchmark_filter='normlab/(layer_norm|batch_norm)/(mlp|rows_258|rows_32|rows_2|rows_8)/'`.
+const std::vector<ShapeCase>& other_row_shapes() {
     static const std::vector<ShapeCase> s = {
         {"rows_258", {258, 1024}},
         {"rows_32", {32, 4096}},
+        {"rows_2", {2, 1024}},
+        {"rows_8", {8, 8192}},
     };
     return s;
 }
@@ -147,7 +149,7 @@ void register_all() {
         }
     std::vector<ShapeCase> shapes = shape_suite();
     shapes.insert(shapes.end(), short_run_shapes().begin(), short_run_shapes().end());
-    shapes.insert(shapes.end(), row_block_shapes().begin(), row_block_shapes().end());
+    shapes.insert(shapes.end(), other_row_shapes().begin(), other_row_shapes().end());
     for (const auto& variant : registered_variants()) {
         for (const auto& shape : shapes) {
             const std::string spec = spec_for(variant.name, shape);

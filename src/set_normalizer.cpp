@@ -25,6 +25,7 @@ namespace {
 template <class T>
 void check_finite(const std::vector<T>& mean, const std::vector<T>& var, const std::string& label,
                   const Shape& shape) {
+    if (kernels::all_finite(mean.data(), var.data(), mean.size())) return;
     for (std::size_t i = 0; i < mean.size(); ++i) {
         if (!std::isfinite(mean[i]) || !std::isfinite(var[i]))
             throw NonFiniteError(label + ": statistics of the input are not finite (set " +
@@ -102,8 +103,7 @@ Array<T> SetNormalizer<T>::normalize(const Array<T>& x, const NcsView& v,
     SavedNormalization<T> ctx;
     ctx.batch_stats = batch_stats;
     ctx.inv_std.resize(var.size());
-    for (std::size_t i = 0; i < var.size(); ++i)
-        ctx.inv_std[i] = T(1.0 / std::sqrt(double(var[i]) + eps_));
+    kernels::inverse_std(var.data(), var.size(), eps_, ctx.inv_std.data());
     Array<T> y = Array<T>::from_shape(x.shape());
     T* xhat = prepare_saved(ctx, x, v, grad);
     kernels::normalize_affine(x.data(), v, sets_, mean.data(), ctx.inv_std.data(),

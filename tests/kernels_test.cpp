@@ -4,7 +4,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -139,6 +141,53 @@ TEST(Kernels, RowsOnFewBlocksAreTheSameOnOneAndTwoThreads) {
                         << run << " (0: y, 1: dx, then the parameters' gradients)";
         }
     }
+}
+
+// The per-set finishing kernels: inv_std as the formula gives it value by value, at every length
+// around the vector widths; a non-finite value found at any place, in either array.
+TEST(Kernels, InverseStdAndFiniteChecksMatchTheScalarFormulas) {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<double> spread(0.0, 1e4);
+    for (std::size_t n = 0; n <= 37; ++n) {
+        std::vector<float> var(n), got(n);
+        std::vector<double> var_d(n), got_d(n);
+        for (std::size_t k = 0; k < n; ++k) {
+            var_d[k] = k % 5 == 0 ? 0.0 : spread(rng) * std::pow(10.0, double(k % 7) - 6);
+            var[k] = float(var_d[k]);
+        }
+        kernels::inverse_std(var.data(), n, 1e-5, got.data());
+        kernels::inverse_std(var_d.data(), n, 1e-3, got_d.data());
+        for (std::size_t k = 0; k < n; ++k) {
+            EXPECT_EQ(got[k], float(1.0 / std::sqrt(double(var[k]) + 1e-5))) << n << " " << k;
+            EXPECT_EQ(got_d[k], 1.0 / std::sqrt(var_d[k] + 1e-3)) << n << " " << k;
+        }
+    }
+    const float big = std::numeric_limits<float>::max();
+    const float denormal = std::numeric_limits<float>::denorm_min();
+    for (std::size_t n : {1, 7, 8, 9, 33}) {
+        std::vector<float> a(n), b(n);
+        for (std::size_t k = 0; k < n; ++k) {
+            a[k] = k % 3 == 0 ? big : k % 3 == 1 ? -0.0f : denormal;
+            b[k] = -a[k];
+        }
+        EXPECT_TRUE(kernels::all_finite(a.data(), b.data(), n)) << n;
+        EXPECT_TRUE(kernels::all_finite(a.data(), static_cast<const float*>(nullptr), n)) << n;
+        for (float bad :
+             {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+              -std::numeric_limits<float>::infinity()})
+            for (std::size_t at : {std::size_t{0}, n / 2, n - 1}) {
+                std::vector<float> a_bad = a, b_bad = b;
+                a_bad[at] = bad;
+                b_bad[at] = bad;
+                EXPECT_FALSE(kernels::all_finite(a_bad.data(), b.data(), n)) << n << " " << at;
+                EXPECT_FALSE(kernels::all_finite(a.data(), b_bad.data(), n)) << n << " " << at;
+                EXPECT_FALSE(
+                    kernels::all_finite(a_bad.data(), static_cast<const float*>(nullptr), n))
+                    << n << " " << at;
+            }
+    }
+    EXPECT_TRUE(kernels::all_finite(static_cast<const float*>(nullptr),
+                                    static_cast<const float*>(nullptr), 0));
 }
 
 // Items of unequal weight (blocks of rows, the last one short) are shared by weight: contiguous

@@ -74,26 +74,17 @@ Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& call
     return m;
 }
 
-// shift = mean and inv_std = 1/√(var + eps) for sets [begin, end), in every ISA clone: the square
-// roots and divisions take half the time in AVX2's vectors that they take in the baseline's, and
-// the batch branch on conv input has a set per channel and position. Returns whether the moments
+// shift = mean and inv_std = 1/√(var + eps) for sets [begin, end) (kernels::inverse_std: the
+// batch branch on conv input has a set per channel and position). Returns whether the moments
 // taken from the input there (checked_mean and checked_var; null when the branch took none) are
-// all finite: a sum is finite only if every term is.
+// all finite.
 template <class T>
-NORMLAB_ISA_CLONES bool scale_sets(const T* mean, const T* var, double eps, const T* checked_mean,
-                                   const T* checked_var, std::size_t begin, std::size_t end,
-                                   T* shift, T* inv_std) {
-#pragma omp simd
-    for (std::size_t k = begin; k < end; ++k) {
-        shift[k] = mean[k];
-        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
-    }
-    if (!checked_mean) return true;
-    T total = 0;
-#pragma omp simd reduction(+ : total)
-    for (std::size_t k = begin; k < end; ++k)
-        total += checked_mean[k] * T(0) + checked_var[k] * T(0);
-    return std::isfinite(total);
+bool scale_sets(const T* mean, const T* var, double eps, const T* checked_mean,
+                const T* checked_var, std::size_t begin, std::size_t end, T* shift, T* inv_std) {
+    std::copy(mean + begin, mean + end, shift + begin);
+    kernels::inverse_std(var + begin, end - begin, eps, inv_std + begin);
+    return !checked_mean ||
+           kernels::all_finite(checked_mean + begin, checked_var + begin, end - begin);
 }
 
 // The epoch's sums of the statistics += this call's, for sets [begin, end), in every ISA clone.

@@ -133,10 +133,18 @@ class NormalizerBase : public BasicNormalizer<T> {
     const T* beta() const { return has_bias_ ? bias_.data() : nullptr; }
 
     // Adds Σdy·x̂ and Σdy (per channel) to the parameter gradients.
+    // Plain loops over the arrays' storage: through the tensors' element access, with both
+    // branches inside, this took about a microsecond per thousand channels.
     void add_affine_grads(const double* sum_dy_xhat, const double* sum_dy) {
-        for (std::size_t c = 0; c < num_features_; ++c) {
-            if (has_weight_) weight_grad_(c) += T(sum_dy_xhat[c]);
-            if (has_bias_) bias_grad_(c) += T(sum_dy[c]);
+        if (has_weight_) {
+            T* grad = weight_grad_.data();
+            for (std::size_t c = 0; c < num_features_; ++c)
+                grad[c] += T(sum_dy_xhat[c]);
+        }
+        if (has_bias_) {
+            T* grad = bias_grad_.data();
+            for (std::size_t c = 0; c < num_features_; ++c)
+                grad[c] += T(sum_dy[c]);
         }
     }
 

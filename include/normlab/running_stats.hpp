@@ -35,10 +35,13 @@ struct RunningStats {
                 const std::vector<double>& batch_var) {
         ++batches;
         const double f = momentum ? *momentum : 1.0 / double(batches);
-        for (std::size_t c = 0; c < batch_mean.size(); ++c) {
-            mean(c) = T((1 - f) * double(mean(c)) + f * batch_mean[c]);
-            var(c) = T((1 - f) * double(var(c)) + f * batch_var[c]);
-        }
+        // Over the storage, so that the loops vectorize (element access kept them scalar).
+        T* running_mean = mean.data();
+        T* running_var = var.data();
+        for (std::size_t c = 0; c < batch_mean.size(); ++c)
+            running_mean[c] = T((1 - f) * double(running_mean[c]) + f * batch_mean[c]);
+        for (std::size_t c = 0; c < batch_mean.size(); ++c)
+            running_var[c] = T((1 - f) * double(running_var[c]) + f * batch_var[c]);
     }
 
     std::vector<BufferRef<T>> buffers() { return {{"running_mean", &mean}, {"running_var", &var}}; }

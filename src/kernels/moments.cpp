@@ -446,6 +446,28 @@ bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets
     return src.x != nullptr && sets != nullptr && recomputes_xhat_in_registers(v, *sets);
 }
 
+template <class T>
+NORMLAB_ISA_CLONES void inverse_std_clones(const T* var, std::size_t n, double eps, T* inv_std) {
+#pragma omp simd
+    for (std::size_t k = 0; k < n; ++k)
+        inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+}
+
+template <class T>
+NORMLAB_ISA_CLONES bool all_finite_clones(const T* a, const T* b, std::size_t n) {
+    T total = 0;
+    if (b) {
+#pragma omp simd reduction(+ : total)
+        for (std::size_t k = 0; k < n; ++k)
+            total += a[k] * T(0) + b[k] * T(0);
+    } else {
+#pragma omp simd reduction(+ : total)
+        for (std::size_t k = 0; k < n; ++k)
+            total += a[k] * T(0);
+    }
+    return total == T(0);
+}
+
 // Columns per range when a block's columns are split between threads: a multiple of the sixteen
 // lanes, so every column takes the vector or the scalar path it takes in one range; so each
 // column's sums are the same for any range. As many ranges as a multiple of the threads, of
@@ -942,8 +964,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                               (cached && v.size() >= kParallelMin && omp_get_max_threads() > 1));
     if (in_memory_order) {
         collect_moments(x, v, sets, center, mean, var);
-        for (std::size_t k = 0; k < sets.num_sets(v); ++k)
-            inv_std[k] = T(1.0 / std::sqrt(double(var[k]) + eps));
+        inverse_std(var, sets.num_sets(v), eps, inv_std);
         normalize_affine(x, v, sets, mean, inv_std, static_cast<const T*>(nullptr), gamma, beta,
                          xhat, y);
         return;
@@ -1547,7 +1568,19 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     add_partials(row1, row2, v.n, v.c, chan_sum_dy, chan_sum_dy_xhat);
 }
 
+template <class T>
+void inverse_std(const T* var, std::size_t n, double eps, T* inv_std) {
+    inverse_std_clones(var, n, eps, inv_std);
+}
+
+template <class T>
+bool all_finite(const T* a, const T* b, std::size_t n) {
+    return all_finite_clones(a, b, n);
+}
+
 #define NORMLAB_INSTANTIATE_KERNELS(T)                                                             \
+    template void inverse_std<T>(const T*, std::size_t, double, T*);                               \
+    template bool all_finite<T>(const T*, const T*, std::size_t);                                  \
     template void collect_moments<T>(const T*, const NcsView&, const SetSpec&, bool, T*, T*);      \
     template void normalize_affine<T>(const T*, const NcsView&, const SetSpec&, const T*,          \
                                       const T*, const T*, const T*, const T*, T*, T*, bool);       \

@@ -56,6 +56,17 @@ template <class T>
 void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool center, T* mean,
                      T* var);
 
+// inv_std[k] = 1/√(var[k] + eps) for k < n, in double as finish_standardized forms it (the same
+// bits), vectorized in every ISA clone: a layer finishing its statistics per channel spends
+// most of that time on the square roots and divisions, which AVX2's vectors take four at a time.
+template <class T>
+void inverse_std(const T* var, std::size_t n, double eps, T* inv_std);
+
+// Whether a[k] and b[k] are finite for every k < n (b may be null), without a branch per value:
+// the sum of every value times 0 is 0, or NaN where one is infinite or NaN.
+template <class T>
+bool all_finite(const T* a, const T* b, std::size_t n);
+
 // Stage 2. x̂ = (x − shift[k])·scale[k], y = gamma[c]·(x̂ + offset[k]) + beta[c], with k the set
 // of the element. offset, gamma, beta may be null (0, 1, 0); xhat may be null (not stored). The
 // stored x̂ is without the offset: the x̂ that backward forms again from the input. `inference`:

@@ -1,5 +1,6 @@
 #include "normlab/mpi/sync_batch_norm.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/set_backward.hpp"
@@ -29,10 +30,8 @@ Array<T> SyncBatchNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     if (mode == Mode::eval && options_.track_running_stats) {
         v = sync_view(this->label(), shape_of(x), channels);
         ctx.batch_stats = false;
-        for (std::size_t c = 0; c < channels; ++c) {
-            mean[c] = running_.mean(c);
-            ctx.inv_std[c] = T(1.0 / std::sqrt(double(running_.var(c)) + options_.eps));
-        }
+        std::copy(running_.mean.begin(), running_.mean.end(), mean.begin());
+        kernels::inverse_std(running_.var.data(), channels, options_.eps, ctx.inv_std.data());
     } else {
         const GlobalMoments global =
             allreduce_moments(comm_, this->label(), x, channels, ++forward_calls_);

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "gradient_check.hpp"
+#include "kernels/moments.hpp"
 #include "normlab/normlab.hpp"
 #include "normlab/state_snapshot.hpp"
 #include "variants/batch_norm.hpp"
@@ -247,6 +248,66 @@ TEST(BatchRenorm, ForwardMatchesAlgorithm1OverTheSchedule) {
     EXPECT_GT(free_r, 0);
     EXPECT_GT(clipped_d, 0);
     EXPECT_GT(free_d, 0);
+}
+
+// The per-channel work of a training step runs in vectors of channels: on 19 channels of float
+// (two vectors of eight and a tail), r, d and the moving averages are the scalar formulas' bits,
+// with r and d clipped on some channels and free on others.
+TEST(BatchRenorm, PerChannelCorrectionsOnManyChannelsAreTheScalarFormulas) {
+    constexpr std::size_t kChannels = 19;
+    BatchRenorm<float> layer(
+        kChannels,
+        {.momentum = 0.3, .rmax = 1.5, .dmax = 0.5, .warmup = 0, .rmax_steps = 0, .dmax_steps = 0});
+    auto params = layer.parameters();
+    for (std::size_t c = 0; c < kChannels; ++c) {
+        (*params[0].value)(c) = 0.5f + 0.1f * float(c % 5);
+        (*params[1].value)(c) = -0.2f + 0.05f * float(c % 4);
+    }
+    const Shape shape{12, kChannels, 3};
+    std::vector<double> means(kChannels), spreads(kChannels);
+    for (std::size_t c = 0; c < kChannels; ++c) {
+        means[c] = 1.5 * std::sin(double(c));
+        spreads[c] = 0.3 + 0.25 * double(c % 7);
+    }
+    layer.forward(Array<float>(xt::cast<float>(shifted_batch(shape, 31, means, spreads))),
+                  Mode::train, Grad::none);
+    for (std::size_t c = 0; c < kChannels; ++c)
+        means[c] = -means[c] + 0.1 * double(c % 3);
+    const Array<float> x = xt::cast<float>(shifted_batch(shape, 32, means, spreads));
+    const Array<float> moving_mean = layer.moving_mean(), moving_std = layer.moving_std();
+    const NcsView v{shape[0], shape[1], shape[2]};
+    std::vector<float> batch_mean(kChannels), batch_var(kChannels);
+    kernels::collect_moments(x.data(), v, SetSpec{true, 1}, true, batch_mean.data(),
+                             batch_var.data());
+    const double eps = layer.options().eps;
+    const RenormClip clip = layer.clip();
+    std::vector<float> shift(kChannels), scale(kChannels), offset(kChannels);
+    Array<float> expected_mean = moving_mean, expected_std = moving_std;
+    int clipped_r = 0, clipped_d = 0;
+    for (std::size_t c = 0; c < kChannels; ++c) {
+        const double sigma_b = std::sqrt(double(batch_var[c]) + eps);
+        const RenormCorrection k = renorm_correction(
+            double(batch_mean[c]), sigma_b, double(moving_mean(c)), double(moving_std(c)), clip);
+        clipped_r += k.r == clip.rmin || k.r == clip.rmax;
+        clipped_d += std::abs(k.d) == clip.dmax;
+        shift[c] = batch_mean[c];
+        scale[c] = float(k.r / sigma_b);
+        offset[c] = float(k.d);
+        renorm_update_moving(expected_mean(c), expected_std(c), double(batch_mean[c]), sigma_b,
+                             0.3);
+    }
+    EXPECT_GT(clipped_r, 0);
+    EXPECT_LT(clipped_r, int(kChannels));
+    EXPECT_GT(clipped_d, 0);
+    EXPECT_LT(clipped_d, int(kChannels));
+    Array<float> expected_y = Array<float>::from_shape(shape);
+    kernels::normalize_affine(x.data(), v, SetSpec{true, 1}, shift.data(), scale.data(),
+                              offset.data(), params[0].value->data(), params[1].value->data(),
+                              static_cast<float*>(nullptr), expected_y.data());
+    const Array<float> y = layer.forward(x, Mode::train, Grad::none);
+    EXPECT_EQ(y, expected_y);
+    EXPECT_EQ(layer.moving_mean(), expected_mean);
+    EXPECT_EQ(layer.moving_std(), expected_std);
 }
 
 TEST(BatchRenorm, ClippingEngagesOnShiftedBatches) {

@@ -6,12 +6,45 @@
 
 #include "kernels/moments.hpp"
 #include "kernels/set_backward.hpp"
+#include "kernels/vector_width.hpp"
 
 namespace normlab {
 namespace {
 
 // Statistics per channel over the batch and the trailing dims, as in BatchNorm.
 constexpr SetSpec kChannelSets{true, 1};
+
+// A training step's per-channel work, in every ISA clone (their square roots and divisions, two
+// and three per channel, were most of a small batch's forward): the correction r, d of each
+// channel and the kernels' shift, scale and offset from it.
+template <class T>
+NORMLAB_ISA_CLONES void correct_channels(const T* batch_mean, const T* batch_var, double eps,
+                                         const T* moving_mean, const T* moving_std, RenormClip clip,
+                                         std::size_t channels, double* r, double* d, T* shift,
+                                         T* scale, T* offset) {
+#pragma omp simd
+    for (std::size_t c = 0; c < channels; ++c) {
+        const double sigma_b = std::sqrt(double(batch_var[c]) + eps);
+        const RenormCorrection k = renorm_correction(
+            double(batch_mean[c]), sigma_b, double(moving_mean[c]), double(moving_std[c]), clip);
+        r[c] = k.r;
+        d[c] = k.d;
+        shift[c] = batch_mean[c];
+        scale[c] = T(k.r / sigma_b);
+        offset[c] = T(k.d);
+    }
+}
+
+// The moving averages after a training step (renorm_update_moving), in every ISA clone.
+template <class T>
+NORMLAB_ISA_CLONES void update_channels(const T* batch_mean, const T* batch_var, double eps,
+                                        double momentum, std::size_t channels, T* moving_mean,
+                                        T* moving_std) {
+#pragma omp simd
+    for (std::size_t c = 0; c < channels; ++c)
+        renorm_update_moving(moving_mean[c], moving_std[c], double(batch_mean[c]),
+                             std::sqrt(double(batch_var[c]) + eps), momentum);
+}
 
 // Position of `step` on a linear ramp that starts at `begin` and reaches 1 at `end`.
 double ramp(std::int64_t step, std::int64_t begin, std::int64_t end) {
@@ -54,15 +87,6 @@ RenormClip renorm_clip(const BatchRenormOptions& options, std::int64_t step) {
     const double rmax = 1.0 + (options.rmax - 1.0) * ramp(step, options.warmup, options.rmax_steps);
     const double dmax = options.dmax * ramp(step, options.warmup, options.dmax_steps);
     return {options.rmin ? *options.rmin : 1.0 / rmax, rmax, dmax};
-}
-
-RenormCorrection renorm_correction(double batch_mean, double sigma_b, double moving_mean,
-                                   double moving_std, const RenormClip& clip) {
-    const double r = std::clamp(sigma_b / moving_std, clip.rmin, clip.rmax);
-    // + 0.0 turns a clamped −0 into +0, so d_max = 0 gives exactly BatchNorm.
-    const double d =
-        std::clamp((batch_mean - moving_mean) / moving_std, -clip.dmax, clip.dmax) + 0.0;
-    return {r, d};
 }
 
 template <class T>
@@ -117,26 +141,18 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
         batch_var.resize(channels);
         kernels::collect_moments(x.data(), v, kChannelSets, true, batch_mean.data(),
                                  batch_var.data());
-        for (std::size_t c = 0; c < channels; ++c)
-            if (!std::isfinite(batch_mean[c]) || !std::isfinite(batch_var[c]))
-                throw NonFiniteError(
-                    this->label() + ": statistics of the input are not finite (channel " +
-                    std::to_string(c) + "): the input of shape " + format_shape(shape_of(x)) +
-                    " contains NaN or Inf; nothing was updated");
-        const RenormClip clip = clip_at(step_);
+        if (!kernels::all_finite(batch_mean.data(), batch_var.data(), channels))
+            for (std::size_t c = 0; c < channels; ++c)
+                if (!std::isfinite(batch_mean[c]) || !std::isfinite(batch_var[c]))
+                    throw NonFiniteError(
+                        this->label() + ": statistics of the input are not finite (channel " +
+                        std::to_string(c) + "): the input of shape " + format_shape(shape_of(x)) +
+                        " contains NaN or Inf; nothing was updated");
         ctx.r.resize(channels);
         ctx.d.resize(channels);
-        for (std::size_t c = 0; c < channels; ++c) {
-            const double sigma_b = std::sqrt(double(batch_var[c]) + options_.eps);
-            const auto [r, d] =
-                renorm_correction(double(batch_mean[c]), sigma_b, double(moving_mean_(c)),
-                                  double(moving_std_(c)), clip);
-            ctx.r[c] = r;
-            ctx.d[c] = d;
-            shift[c] = batch_mean[c];
-            ctx.scale[c] = T(r / sigma_b);
-            offset[c] = T(d);
-        }
+        correct_channels(batch_mean.data(), batch_var.data(), options_.eps, moving_mean_.data(),
+                         moving_std_.data(), clip_at(step_), channels, ctx.r.data(), ctx.d.data(),
+                         shift.data(), ctx.scale.data(), offset.data());
     }
 
     Array<T> y = Array<T>::from_shape(x.shape());
@@ -152,10 +168,8 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
 
     if (mode == Mode::train) {
         // After r and d: Algorithm 1 corrects with the moving averages of the previous steps.
-        const double a = options_.momentum;
-        for (std::size_t c = 0; c < channels; ++c)
-            renorm_update_moving(moving_mean_(c), moving_std_(c), double(batch_mean[c]),
-                                 std::sqrt(double(batch_var[c]) + options_.eps), a);
+        update_channels(batch_mean.data(), batch_var.data(), options_.eps, options_.momentum,
+                        channels, moving_mean_.data(), moving_std_.data());
         ++step_;
     }
     this->save(std::move(ctx), grad);

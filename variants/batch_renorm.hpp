@@ -9,6 +9,7 @@
 // relaxation schedule of r_max and d_max. docs/variants/batch_renorm.md lists where this differs
 // from tf.keras BatchNormalization(renorm=True).
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -63,8 +64,15 @@ struct RenormCorrection {
     double r;
     double d;
 };
-RenormCorrection renorm_correction(double batch_mean, double sigma_b, double moving_mean,
-                                   double moving_std, const RenormClip& clip);
+// Defined here so that the per-channel loops that call it vectorize.
+inline RenormCorrection renorm_correction(double batch_mean, double sigma_b, double moving_mean,
+                                          double moving_std, const RenormClip& clip) {
+    const double r = std::clamp(sigma_b / moving_std, clip.rmin, clip.rmax);
+    // + 0.0 turns a clamped −0 into +0, so d_max = 0 gives exactly BatchNorm.
+    const double d =
+        std::clamp((batch_mean - moving_mean) / moving_std, -clip.dmax, clip.dmax) + 0.0;
+    return {r, d};
+}
 
 // The moving averages after a training step: m += momentum·(batch − m) for the mean and for σ.
 template <class T>

@@ -446,6 +446,7 @@ bool direct_rows(const XhatSource<T>& src, const NcsView& v, const SetSpec* sets
     return src.x != nullptr && sets != nullptr && recomputes_xhat_in_registers(v, *sets);
 }
 
+// The bodies of kernels::inverse_std and kernels::all_finite (moments.hpp), in every ISA clone.
 template <class T>
 NORMLAB_ISA_CLONES void inverse_std_clones(const T* var, std::size_t n, double eps, T* inv_std) {
 #pragma omp simd
@@ -475,10 +476,10 @@ NORMLAB_ISA_CLONES bool all_finite_clones(const T* a, const T* b, std::size_t n)
 // 8 KB, which the prefetchers follow better than 2 KB: Batch-Layer Norm on (32, 64, 56, 56),
 // whose batch branch sums 200k columns of 32 rows, took 6.8 instead of 8.8 ms forward and 14.4
 // instead of 16.8 ms backward, medians of nine interleaved runs, AMD EPYC VM, 2 threads), and
-// two or more per thread where they are kMinColumnRange wide or more then. (Ranges of 2048 halved
-// down to 512 until every thread had two cut 1500 columns into 512, 512 and 476 for two threads:
-// BatchNorm on (100, 1500), the two alternated call by call, took 64 -> 54 us forward and
-// 90 -> 68 backward.)
+// two or more per thread where they are kMinColumnRange wide or more then. (Halving ranges of
+// 2048 down to 512 until every thread had two cut 1500 columns into 512, 512 and 476 for two
+// threads; with equal ranges, BatchNorm on (100, 1500) took 64 -> 54 us forward and 90 -> 68
+// backward, the two alternated call by call.)
 constexpr std::size_t kColumnRange = 2048;
 constexpr std::size_t kMinColumnRange = 512;
 
@@ -1331,7 +1332,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             // (32, 4096) 68-69 -> 42 us, (64, 2048) 75-79 -> 50-51, (8, 8192) 55 -> 45; with two
             // blocks, one each, the extra pass cost what the balance gave ((100, 1024) 38 ->
             // 39-40 us), so those stay fused.
-            std::vector<T> coef_1(v.n), coef_xhat(v.n);  // under 2 · 64 rows per thread
+            std::vector<T> coef_1(v.n), coef_xhat(v.n);  // under 64 rows per thread
             parallel_for(v.n, true, [&](std::size_t n) {
                 double a = 0, b = 0;
                 rows::grad_sums_from_input(dy + n * v.c, xhat.x + n * v.c, xhat.shift[n],

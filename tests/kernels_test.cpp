@@ -147,34 +147,43 @@ TEST(Kernels, RowsOnFewBlocksAreTheSameOnOneAndTwoThreads) {
 // of one): the sets are summed on one thread each and their runs normalized, reduced and applied
 // on every thread. y, dx, dγ and dβ are the bits of one thread, from a handed-over input and
 // from x̂ stored, where the backward goes set by set ((1, 64, 24, 24)) and a group at a time
-// ((1, 64, 56, 56)).
+// ((1, 64, 56, 56)), and with outputs streamed (a last-level cache of 256 KiB planned for).
 TEST(Kernels, FewerSetsThanThreadsAreTheSameOnOneAndTwoThreads) {
-    for (const std::string spec : {"layer_norm", "rms_norm", "group_norm(groups=1)"}) {
-        for (const Shape& shape : {Shape{1, 64, 24, 24}, Shape{1, 64, 56, 56}}) {
-            const Tensor x = xt::cast<float>(testing::random_array(shape, 6, 1.0, 2.0));
-            const Tensor dy = xt::cast<float>(testing::random_array(shape, 7));
-            const Tensor gamma = xt::cast<float>(testing::random_array({shape[1]}, 8, 1.0, 0.5));
-            std::vector<std::vector<Tensor>> results;
-            for (const auto& [threads, handed_over] : {std::pair{1, true}, std::pair{2, true},
-                                                       std::pair{1, false}, std::pair{2, false}}) {
-                ThreadCount tc(threads);
-                auto norm = make_normalizer(spec, shape[1]);
-                for (const auto& p : norm->parameters())
-                    if (p.name == "weight") *p.value = gamma;
-                const Tensor y = handed_over ? norm->forward(Tensor(x), Mode::train)
-                                             : norm->forward(x, Mode::train);
-                std::vector<Tensor> got{y, norm->backward(dy)};
-                for (const auto& p : norm->parameters())
-                    got.push_back(*p.grad);
-                results.push_back(std::move(got));
+    for (const std::size_t planned : {std::size_t{0}, std::size_t{256} << 10})
+        for (const std::string spec : {"layer_norm", "rms_norm", "group_norm(groups=1)"}) {
+            for (const Shape& shape : {Shape{1, 64, 24, 24}, Shape{1, 64, 56, 56}}) {
+                const std::size_t pinned = last_level_cache_bytes();
+                CacheSize cache(planned ? planned : pinned);
+                if (planned) {
+                    ASSERT_TRUE(streams_output(view_of(shape).size() * sizeof(float)))
+                        << format_shape(shape);
+                }
+                const Tensor x = xt::cast<float>(testing::random_array(shape, 6, 1.0, 2.0));
+                const Tensor dy = xt::cast<float>(testing::random_array(shape, 7));
+                const Tensor gamma =
+                    xt::cast<float>(testing::random_array({shape[1]}, 8, 1.0, 0.5));
+                std::vector<std::vector<Tensor>> results;
+                for (const auto& [threads, handed_over] :
+                     {std::pair{1, true}, std::pair{2, true}, std::pair{1, false},
+                      std::pair{2, false}}) {
+                    ThreadCount tc(threads);
+                    auto norm = make_normalizer(spec, shape[1]);
+                    for (const auto& p : norm->parameters())
+                        if (p.name == "weight") *p.value = gamma;
+                    const Tensor y = handed_over ? norm->forward(Tensor(x), Mode::train)
+                                                 : norm->forward(x, Mode::train);
+                    std::vector<Tensor> got{y, norm->backward(dy)};
+                    for (const auto& p : norm->parameters())
+                        got.push_back(*p.grad);
+                    results.push_back(std::move(got));
+                }
+                for (std::size_t run : {1, 2, 3})
+                    for (std::size_t k = 0; k < results[0].size(); ++k)
+                        EXPECT_EQ(results[run][k], results[0][k])
+                            << spec << " " << format_shape(shape) << ": output " << k << " of run "
+                            << run << " (0: y, 1: dx, then the parameters' gradients)";
             }
-            for (std::size_t run : {1, 2, 3})
-                for (std::size_t k = 0; k < results[0].size(); ++k)
-                    EXPECT_EQ(results[run][k], results[0][k])
-                        << spec << " " << format_shape(shape) << ": output " << k << " of run "
-                        << run << " (0: y, 1: dx, then the parameters' gradients)";
         }
-    }
 }
 
 // The per-set finishing kernels: inv_std as the formula gives it value by value, at every length

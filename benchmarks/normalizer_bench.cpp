@@ -107,19 +107,18 @@ const std::vector<ShapeCase>& short_run_shapes() {
     return s;
 }
 
-// (N, C) rows outside the suite that benchmarks/run.sh times, for the kernels' handling of the
-// batch: rows_258, blocks of 64 rows whose last block is short (the threads share the column
+// Shapes outside the suite that benchmarks/run.sh times, for the kernels' handling of the batch:
+// rows_258, (N, C) rows in blocks of 64 whose last block is short (the threads share the column
 // sums' blocks by their rows, kernels::TeamSlot::share_by_weight); rows_32, fewer blocks than
 // threads (a small batch of wide rows: LayerNorm's and RMSNorm's backward then share the columns
 // too); rows_2 and rows_8, small batches whose per-channel work (BatchNorm's statistics,
-// running estimates and parameter gradients) outweighs the values'. `normalizer_bench
-// --benchmark_filter='normlab/(layer_norm|batch_norm)/(mlp|rows_258|rows_32|rows_2|rows_8)/'`.
-const std::vector<ShapeCase>& other_row_shapes() {
+// running estimates and parameter gradients) outweighs the values'; batch_1, a feature map at a
+// batch of one (LayerNorm's one set shared between the threads). `normalizer_bench
+// --benchmark_filter='normlab/(layer_norm|batch_norm)/(mlp|rows_258|rows_32|rows_2|rows_8|batch_1)/'`.
+const std::vector<ShapeCase>& other_shapes() {
     static const std::vector<ShapeCase> s = {
-        {"rows_258", {258, 1024}},
-        {"rows_32", {32, 4096}},
-        {"rows_2", {2, 1024}},
-        {"rows_8", {8, 8192}},
+        {"rows_258", {258, 1024}}, {"rows_32", {32, 4096}},      {"rows_2", {2, 1024}},
+        {"rows_8", {8, 8192}},     {"batch_1", {1, 64, 56, 56}},
     };
     return s;
 }
@@ -149,7 +148,7 @@ void register_all() {
         }
     std::vector<ShapeCase> shapes = shape_suite();
     shapes.insert(shapes.end(), short_run_shapes().begin(), short_run_shapes().end());
-    shapes.insert(shapes.end(), other_row_shapes().begin(), other_row_shapes().end());
+    shapes.insert(shapes.end(), other_shapes().begin(), other_shapes().end());
     for (const auto& variant : registered_variants()) {
         for (const auto& shape : shapes) {
             const std::string spec = spec_for(variant.name, shape);

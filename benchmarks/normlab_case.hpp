@@ -20,7 +20,11 @@ inline std::string spec_for(const std::string& name, const ShapeCase& shape) {
     if (name == "instance_norm" && !shape.has_trailing_dims()) return "";
     if (name == "group_norm") return "group_norm(groups=32)";
     if (name == "batch_layer_norm")
-        return "batch_layer_norm(batch_size=" + std::to_string(shape.dims[0]) + ")";
+        // At a batch of one the population variances are undefined (B/(B-1)); inference then
+        // takes the variances of its input.
+        return "batch_layer_norm(batch_size=" + std::to_string(shape.dims[0]) +
+               (shape.dims[0] == 1 ? ", batch_moving_var=false, feature_moving_var=false" : "") +
+               ")";
     return name;
 }
 

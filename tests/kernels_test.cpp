@@ -108,39 +108,51 @@ TEST(Kernels, ResultsAreIdenticalWithOneAndTwoThreads) {
     }
 }
 
+// y, dx and the parameters' gradients of one training step of `spec` on `threads` threads, with
+// γ set to `gamma`: the input handed over (backward forms x̂ from it) or not (x̂ stored).
+std::vector<Tensor> training_step(const std::string& spec, const Tensor& x, const Tensor& dy,
+                                  const Tensor& gamma, int threads, bool handed_over) {
+    ThreadCount tc(threads);
+    auto norm = make_normalizer(spec, x.shape()[1]);
+    for (const auto& p : norm->parameters())
+        if (p.name == "weight") *p.value = gamma;
+    const Tensor y =
+        handed_over ? norm->forward(Tensor(x), Mode::train) : norm->forward(x, Mode::train);
+    std::vector<Tensor> got{y, norm->backward(dy)};
+    for (const auto& p : norm->parameters())
+        got.push_back(*p.grad);
+    return got;
+}
+
+// training_step of `spec` on `shape` for each (threads, handed over) in `runs`: every run's
+// outputs are the first's, bit for bit.
+void expect_the_same_steps(const std::string& spec, const Shape& shape,
+                           const std::vector<std::pair<int, bool>>& runs) {
+    const Tensor x = xt::cast<float>(testing::random_array(shape, 3, 1.0, 2.0));
+    const Tensor dy = xt::cast<float>(testing::random_array(shape, 4));
+    const Tensor gamma = xt::cast<float>(testing::random_array({shape[1]}, 5, 1.0, 0.5));
+    const std::vector<Tensor> first =
+        training_step(spec, x, dy, gamma, runs[0].first, runs[0].second);
+    for (std::size_t run = 1; run < runs.size(); ++run) {
+        const std::vector<Tensor> got =
+            training_step(spec, x, dy, gamma, runs[run].first, runs[run].second);
+        for (std::size_t k = 0; k < first.size(); ++k)
+            EXPECT_EQ(got[k], first[k])
+                << spec << " " << format_shape(shape) << ": output " << k << " of run " << run
+                << " (0: y, 1: dx, then the parameters' gradients)";
+    }
+}
+
 // LayerNorm and RMSNorm keep their input for backward, which forms x̂ from it. On fewer blocks of
 // 64 rows than threads, that backward takes every row's coefficients first and then shares the
 // rows' columns between the threads; on one thread it stays fused: dx, dγ and dβ are the same
 // bits, and the same as from x̂ stored (an input not handed over). BatchNorm's column sums split
 // the columns too, into ranges of equal width ((100, 1500): two of 752 and 748 columns).
 TEST(Kernels, RowsOnFewBlocksAreTheSameOnOneAndTwoThreads) {
-    for (const std::string spec : {"layer_norm", "rms_norm", "batch_norm"}) {
+    for (const std::string spec : {"layer_norm", "rms_norm", "batch_norm"})
         for (const Shape& shape :
-             {Shape{40, 1000}, Shape{8, 8192}, Shape{100, 1024}, Shape{100, 1500}}) {
-            const Tensor x = xt::cast<float>(testing::random_array(shape, 3, 1.0, 2.0));
-            const Tensor dy = xt::cast<float>(testing::random_array(shape, 4));
-            const Tensor gamma = xt::cast<float>(testing::random_array({shape[1]}, 5, 1.0, 0.5));
-            std::vector<std::vector<Tensor>> results;
-            for (const auto& [threads, handed_over] :
-                 {std::pair{1, true}, std::pair{2, true}, std::pair{1, false}}) {
-                ThreadCount tc(threads);
-                auto norm = make_normalizer(spec, shape[1]);
-                for (const auto& p : norm->parameters())
-                    if (p.name == "weight") *p.value = gamma;
-                const Tensor y = handed_over ? norm->forward(Tensor(x), Mode::train)
-                                             : norm->forward(x, Mode::train);
-                std::vector<Tensor> got{y, norm->backward(dy)};
-                for (const auto& p : norm->parameters())
-                    got.push_back(*p.grad);
-                results.push_back(std::move(got));
-            }
-            for (std::size_t run : {1, 2})
-                for (std::size_t k = 0; k < results[0].size(); ++k)
-                    EXPECT_EQ(results[run][k], results[0][k])
-                        << spec << " " << format_shape(shape) << ": output " << k << " of run "
-                        << run << " (0: y, 1: dx, then the parameters' gradients)";
-        }
-    }
+             {Shape{40, 1000}, Shape{8, 8192}, Shape{100, 1024}, Shape{100, 1500}})
+            expect_the_same_steps(spec, shape, {{1, true}, {2, true}, {1, false}});
 }
 
 // Per-sample sets at a batch smaller than the team (LayerNorm, RMSNorm and GroupNorm(1) at a batch
@@ -150,40 +162,15 @@ TEST(Kernels, RowsOnFewBlocksAreTheSameOnOneAndTwoThreads) {
 // ((1, 64, 56, 56)), and with outputs streamed (a last-level cache of 256 KiB planned for).
 TEST(Kernels, FewerSetsThanThreadsAreTheSameOnOneAndTwoThreads) {
     for (const std::size_t planned : {std::size_t{0}, std::size_t{256} << 10})
-        for (const std::string spec : {"layer_norm", "rms_norm", "group_norm(groups=1)"}) {
+        for (const std::string spec : {"layer_norm", "rms_norm", "group_norm(groups=1)"})
             for (const Shape& shape : {Shape{1, 64, 24, 24}, Shape{1, 64, 56, 56}}) {
-                const std::size_t pinned = last_level_cache_bytes();
-                CacheSize cache(planned ? planned : pinned);
+                CacheSize cache(planned ? planned : last_level_cache_bytes());
                 if (planned) {
                     ASSERT_TRUE(streams_output(view_of(shape).size() * sizeof(float)))
                         << format_shape(shape);
                 }
-                const Tensor x = xt::cast<float>(testing::random_array(shape, 6, 1.0, 2.0));
-                const Tensor dy = xt::cast<float>(testing::random_array(shape, 7));
-                const Tensor gamma =
-                    xt::cast<float>(testing::random_array({shape[1]}, 8, 1.0, 0.5));
-                std::vector<std::vector<Tensor>> results;
-                for (const auto& [threads, handed_over] :
-                     {std::pair{1, true}, std::pair{2, true}, std::pair{1, false},
-                      std::pair{2, false}}) {
-                    ThreadCount tc(threads);
-                    auto norm = make_normalizer(spec, shape[1]);
-                    for (const auto& p : norm->parameters())
-                        if (p.name == "weight") *p.value = gamma;
-                    const Tensor y = handed_over ? norm->forward(Tensor(x), Mode::train)
-                                                 : norm->forward(x, Mode::train);
-                    std::vector<Tensor> got{y, norm->backward(dy)};
-                    for (const auto& p : norm->parameters())
-                        got.push_back(*p.grad);
-                    results.push_back(std::move(got));
-                }
-                for (std::size_t run : {1, 2, 3})
-                    for (std::size_t k = 0; k < results[0].size(); ++k)
-                        EXPECT_EQ(results[run][k], results[0][k])
-                            << spec << " " << format_shape(shape) << ": output " << k << " of run "
-                            << run << " (0: y, 1: dx, then the parameters' gradients)";
+                expect_the_same_steps(spec, shape, {{1, true}, {2, true}, {1, false}, {2, false}});
             }
-        }
 }
 
 // The per-set finishing kernels: inv_std as the formula gives it value by value, at every length

@@ -153,6 +153,30 @@ TEST(Layers, ConvBiasGradientInFloatIsEachChannelsSumOfDy) {
     }
 }
 
+// The same for a linear layer: each output's bias gradient is its column sum of dy, here 20000
+// rows in float (the last block of rows short; 37 outputs, a vector tail), where a chain of float
+// adds per output drifts by more than the tolerance.
+TEST(Layers, LinearBiasGradientInFloatIsEachOutputsSumOfDy) {
+    std::mt19937 rng(12);
+    model::Linear<float> linear(5, 37, model::Init::he, rng);
+    const Array<float> x = xt::cast<float>(testing::random_array({20000, 5}, 14));
+    const Array<float> dy = xt::cast<float>(testing::random_array({20000, 37}, 15, 1.0, 0.25));
+    Array<float>& bias_grad = *linear.parameters()[1].grad;
+    bias_grad.fill(0.0f);
+    for (int call = 1; call <= 2; ++call) {
+        linear.forward(x, Mode::train, Grad::keep);
+        linear.backward(dy);
+        for (std::size_t o = 0; o < 37; ++o) {
+            double sum = 0, magnitude = 0;
+            for (std::size_t n = 0; n < 20000; ++n) {
+                sum += dy(n, o);
+                magnitude += std::abs(dy(n, o));
+            }
+            EXPECT_NEAR(bias_grad(o), call * sum, 1e-6 * call * magnitude) << "output " << o;
+        }
+    }
+}
+
 TEST(Layers, PoolingAndReshapes) {
     model::Pool2d<double> max_pool(model::Pool::max, 2), avg_pool(model::Pool::average, 2);
     const ArrayD x = testing::random_array({2, 3, 4, 6}, 9);  // distinct values: max is unique

@@ -1,7 +1,9 @@
 #include <cmath>
+#include <vector>
 
 #include <xtensor-blas/xblas.hpp>
 
+#include "kernels/moments.hpp"
 #include "model/saved.hpp"
 #include "normlab/model/layers.hpp"
 
@@ -54,10 +56,15 @@ Array<T> Linear<T>::forward(const Array<T>& x, Mode, Grad grad) {
                          ") with N ≥ 1, got " + format_shape(s));
     Array<T> y = Array<T>::from_shape({s[0], out_});
     xt::blas::gemm(x, weight_, y, false, true);
-    if (has_bias_)
-        for (std::size_t n = 0; n < s[0]; ++n)
+    if (has_bias_) {
+        // Over the storage, so that each row's adds vectorize.
+        const T* b = bias_.data();
+        for (std::size_t n = 0; n < s[0]; ++n) {
+            T* row = y.data() + n * out_;
             for (std::size_t o = 0; o < out_; ++o)
-                y(n, o) += bias_(o);
+                row[o] += b[o];
+        }
+    }
     if (grad == Grad::keep) inputs_.push_back(x);
     return y;
 }
@@ -68,10 +75,18 @@ Array<T> Linear<T>::backward(const Array<T>& dy) {
     check_dy({inputs_.back().shape()[0], out_}, shape_of(dy), name());
     const Array<T> x = take_saved(inputs_, name());
     xt::blas::gemm(dy, x, weight_grad_, true, false, T(1), T(1));  // dW += dyᵀ·x
-    if (has_bias_)
-        for (std::size_t n = 0; n < dy.shape()[0]; ++n)
-            for (std::size_t o = 0; o < out_; ++o)
-                bias_grad_(o) += dy(n, o);
+    if (has_bias_) {
+        // Each output's column of dy summed by the normalizers' reduction (in double, vectorized,
+        // threads over blocks of rows), as Conv2d sums its channels: a chain of dependent float
+        // adds per output, as before, lost digits with the batch (and, through element access,
+        // did not vectorize).
+        std::vector<double> sums(out_);
+        kernels::channel_sums<T>(dy.data(), {}, NcsView{dy.shape()[0], out_, 1}, sums.data(),
+                                 nullptr);
+        T* grad = bias_grad_.data();
+        for (std::size_t o = 0; o < out_; ++o)
+            grad[o] += T(sums[o]);
+    }
     Array<T> dx = Array<T>::from_shape({dy.shape()[0], in_});
     xt::blas::gemm(dy, weight_, dx);
     return dx;

@@ -127,30 +127,38 @@ INSTANTIATE_TEST_SUITE_P(Padding, ConvGradient,
                          ::testing::Values(ConvCase{3, 1, 3, 4, 5}, ConvCase{3, 3, 2, 7, 8},
                                            ConvCase{5, 1, 2, 2, 9}));
 
+// Two training steps of `layer` in float on x and dy: after each, every output's bias gradient
+// (parameter 1) is the steps' Σdy of that output (index 1 of dy, over the batch and any trailing
+// dimensions), to 1e-6 of the sum of magnitudes computed in double.
+void expect_bias_grads_sum_dy(model::Layer<float>& layer, const Array<float>& x,
+                              const Array<float>& dy) {
+    const Shape shape = shape_of(dy);
+    const std::size_t outputs = shape[1];
+    const std::size_t trailing = dy.size() / (shape[0] * outputs);
+    std::vector<double> sum(outputs), magnitude(outputs);
+    for (std::size_t i = 0; i < dy.size(); ++i) {
+        const std::size_t o = (i / trailing) % outputs;
+        sum[o] += dy.data()[i];
+        magnitude[o] += std::abs(dy.data()[i]);
+    }
+    Array<float>& bias_grad = *layer.parameters()[1].grad;
+    bias_grad.fill(0.0f);
+    for (int call = 1; call <= 2; ++call) {
+        layer.forward(x, Mode::train, Grad::keep);
+        layer.backward(dy);
+        for (std::size_t o = 0; o < outputs; ++o)
+            EXPECT_NEAR(bias_grad(o), call * sum[o], 1e-6 * call * magnitude[o])
+                << layer.name() << ", output " << o << ", call " << call;
+    }
+}
+
 // In float, on a batch large enough for the threads: each channel's Σdy over the batch and the
 // positions, to a few float ulps of the sum in double, added to what the gradient held.
 TEST(Layers, ConvBiasGradientInFloatIsEachChannelsSumOfDy) {
     std::mt19937 rng(11);
     model::Conv2d<float> conv(3, 8, 3, 1, 1, model::Init::he, rng);
-    const Shape out_shape{8, 8, 28, 28};
-    const Array<float> x = xt::cast<float>(testing::random_array({8, 3, 28, 28}, 12));
-    const Array<float> dy = xt::cast<float>(testing::random_array(out_shape, 13, 0.5, 1.0));
-    Array<float>& bias_grad = *conv.parameters()[1].grad;
-    bias_grad.fill(0.0f);
-    for (int call = 1; call <= 2; ++call) {
-        conv.forward(x, Mode::train, Grad::keep);
-        conv.backward(dy);
-        for (std::size_t o = 0; o < 8; ++o) {
-            double sum = 0, magnitude = 0;
-            for (std::size_t n = 0; n < 8; ++n)
-                for (std::size_t p = 0; p < 28 * 28; ++p) {
-                    const double v = dy.data()[(n * 8 + o) * 28 * 28 + p];
-                    sum += v;
-                    magnitude += std::abs(v);
-                }
-            EXPECT_NEAR(bias_grad(o), call * sum, 1e-6 * call * magnitude) << "channel " << o;
-        }
-    }
+    expect_bias_grads_sum_dy(conv, xt::cast<float>(testing::random_array({8, 3, 28, 28}, 12)),
+                             xt::cast<float>(testing::random_array({8, 8, 28, 28}, 13, 0.5, 1.0)));
 }
 
 // The same for a linear layer: each output's bias gradient is its column sum of dy, here 20000
@@ -159,22 +167,8 @@ TEST(Layers, ConvBiasGradientInFloatIsEachChannelsSumOfDy) {
 TEST(Layers, LinearBiasGradientInFloatIsEachOutputsSumOfDy) {
     std::mt19937 rng(12);
     model::Linear<float> linear(5, 37, model::Init::he, rng);
-    const Array<float> x = xt::cast<float>(testing::random_array({20000, 5}, 14));
-    const Array<float> dy = xt::cast<float>(testing::random_array({20000, 37}, 15, 1.0, 0.25));
-    Array<float>& bias_grad = *linear.parameters()[1].grad;
-    bias_grad.fill(0.0f);
-    for (int call = 1; call <= 2; ++call) {
-        linear.forward(x, Mode::train, Grad::keep);
-        linear.backward(dy);
-        for (std::size_t o = 0; o < 37; ++o) {
-            double sum = 0, magnitude = 0;
-            for (std::size_t n = 0; n < 20000; ++n) {
-                sum += dy(n, o);
-                magnitude += std::abs(dy(n, o));
-            }
-            EXPECT_NEAR(bias_grad(o), call * sum, 1e-6 * call * magnitude) << "output " << o;
-        }
-    }
+    expect_bias_grads_sum_dy(linear, xt::cast<float>(testing::random_array({20000, 5}, 14)),
+                             xt::cast<float>(testing::random_array({20000, 37}, 15, 1.0, 0.25)));
 }
 
 TEST(Layers, PoolingAndReshapes) {

@@ -490,19 +490,27 @@ std::size_t column_range(std::size_t columns, std::size_t threads) {
     return std::max<std::size_t>(1, ceil_div(columns, ranges * rows::kLanes)) * rows::kLanes;
 }
 
-// Whether a tensor with trailing dimensions has fewer sets than threads (per-sample sets at a
-// batch smaller than the team), on a tensor large enough for the threads: a set's runs are then
-// shared between them.
-bool few_sets(const NcsView& v, std::size_t num_sets) {
-    return v.s > 1 && v.size() >= kParallelMin && num_sets < std::size_t(omp_get_max_threads());
+// Whether v is large enough for the threads and has fewer than `per_thread` of `items` for each.
+bool few_per_thread(const NcsView& v, std::size_t items, std::size_t per_thread) {
+    return v.size() >= kParallelMin && items < per_thread * std::size_t(omp_get_max_threads());
 }
 
-// Whether v has fewer blocks of kRowBlock rows than `per_thread` blocks for each thread, on a
-// tensor large enough for the threads. column_sums_by_blocks, given split_columns, splits the
-// columns into ranges from per_thread = 2 on.
+// Whether a tensor with trailing dimensions has fewer sets than threads (per-sample sets at a
+// batch smaller than the team): a set's runs are then shared between them.
+bool few_sets(const NcsView& v, std::size_t num_sets) {
+    return v.s > 1 && few_per_thread(v, num_sets, 1);
+}
+
+// The blocks of kRowBlock rows of a dense (N, C) input.
+std::size_t row_blocks(const NcsView& v) {
+    return (v.n + kRowBlock - 1) / kRowBlock;
+}
+
+// Whether v has fewer blocks of kRowBlock rows than `per_thread` blocks for each thread.
+// column_sums_by_blocks, given split_columns, splits the columns into ranges from
+// per_thread = 2 on.
 bool few_row_blocks(const NcsView& v, std::size_t per_thread) {
-    const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
-    return v.size() >= kParallelMin && blocks < per_thread * std::size_t(omp_get_max_threads());
+    return few_per_thread(v, row_blocks(v), per_thread);
 }
 
 // The column sums of a dense (N, C) input, block by block: rows are split into fixed blocks of
@@ -522,7 +530,7 @@ bool few_row_blocks(const NcsView& v, std::size_t per_thread) {
 template <class Group>
 void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool second,
                            bool split_columns, double* s1, double* s2, Group&& group) {
-    const std::size_t blocks = (v.n + kRowBlock - 1) / kRowBlock;
+    const std::size_t blocks = row_blocks(v);
     const auto threads = std::size_t(omp_get_max_threads());
     const auto rows_before = [&](std::size_t b) { return std::min(v.n, b * kRowBlock); };
     const bool split = split_columns && few_row_blocks(v, 2);
@@ -1352,6 +1360,24 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
     const double inv_m = 1.0 / double(sets.set_size(v));
 
     if (v.s == 1 && direct_rows(xhat, v, &sets)) {
+        // One set per row, x̂ formed from the input in registers. Row n's coefficients from its
+        // sums over the whole row; then rows n0 .. n0 + count (coefficients from c1s[0], cxs[0]
+        // on) applied over columns [c0, c1) while the same pass takes their column sums.
+        const auto row_coefficients = [&](std::size_t n, T& c1, T& cx) {
+            double a = 0, b = 0;
+            rows::grad_sums_from_input(dy + n * v.c, xhat.x + n * v.c, xhat.shift[n], xhat.scale[n],
+                                       g, v.c, a, b);
+            coefficients(n, a * inv_m, b * inv_m, c1, cx);
+        };
+        const auto apply_group = [&](std::size_t n0, std::size_t count, std::size_t c0,
+                                     std::size_t c1, const T* c1s, const T* cxs, double* part1,
+                                     double* part2) {
+            const std::size_t at = n0 * v.c + c0;
+            rows::apply_rows_summing_columns(
+                dy + at, xhat.x + at, count, v.c, c1 - c0, xhat.shift + n0, xhat.scale + n0,
+                coef_g + n0, g + c0, c1s, cxs, dx + at, part1 + c0, part2 + c0,
+                rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)));
+        };
         if (few_row_blocks(v, 1)) {
             // Fewer blocks of rows than threads (a small batch of wide rows): every row's
             // coefficients first, the rows shared between the threads, then the groups applied
@@ -1363,44 +1389,27 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             // blocks, one each, the extra pass cost what the balance gave ((100, 1024) 38 ->
             // 39-40 us), so those stay fused.
             std::vector<T> coef_1(v.n), coef_xhat(v.n);  // under 64 rows per thread
-            parallel_for(v.n, true, [&](std::size_t n) {
-                double a = 0, b = 0;
-                rows::grad_sums_from_input(dy + n * v.c, xhat.x + n * v.c, xhat.shift[n],
-                                           xhat.scale[n], g, v.c, a, b);
-                coefficients(n, a * inv_m, b * inv_m, coef_1[n], coef_xhat[n]);
-            });
-            column_sums_by_blocks(
-                v, grad_row_group<T>(v), true, true, chan_sum_dy, chan_sum_dy_xhat,
-                [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1,
-                    double* part1, double* part2) {
-                    const std::size_t at = n0 * v.c + c0;
-                    rows::apply_rows_summing_columns(
-                        dy + at, xhat.x + at, count, v.c, c1 - c0, xhat.shift + n0, xhat.scale + n0,
-                        coef_g + n0, g + c0, coef_1.data() + n0, coef_xhat.data() + n0, dx + at,
-                        part1 + c0, part2 + c0,
-                        rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)));
-                });
+            parallel_for(v.n, true,
+                         [&](std::size_t n) { row_coefficients(n, coef_1[n], coef_xhat[n]); });
+            column_sums_by_blocks(v, grad_row_group<T>(v), true, true, chan_sum_dy,
+                                  chan_sum_dy_xhat,
+                                  [&](std::size_t n0, std::size_t count, std::size_t c0,
+                                      std::size_t c1, double* part1, double* part2) {
+                                      apply_group(n0, count, c0, c1, coef_1.data() + n0,
+                                                  coef_xhat.data() + n0, part1, part2);
+                                  });
             return;
         }
-        // One set per row, x̂ formed from the input in registers: each group's rows are reduced
-        // one by one, then applied together while the same pass takes their column sums.
-        // Not split by columns: each group's rows are applied in place after their sums.
-        column_sums_by_blocks(
-            v, grad_row_group<T>(v), true, false, chan_sum_dy, chan_sum_dy_xhat,
-            [&](std::size_t n0, std::size_t count, std::size_t, std::size_t, double* part1,
-                double* part2) {
-                T coef_1[kGradRowGroup], coef_xhat[kGradRowGroup];
-                for (std::size_t n = n0; n < n0 + count; ++n) {
-                    double a = 0, b = 0;
-                    rows::grad_sums_from_input(dy + n * v.c, xhat.x + n * v.c, xhat.shift[n],
-                                               xhat.scale[n], g, v.c, a, b);
-                    coefficients(n, a * inv_m, b * inv_m, coef_1[n - n0], coef_xhat[n - n0]);
-                }
-                rows::apply_rows_summing_columns(
-                    dy + n0 * v.c, xhat.x + n0 * v.c, count, v.c, v.c, xhat.shift + n0,
-                    xhat.scale + n0, coef_g + n0, g, coef_1, coef_xhat, dx + n0 * v.c, part1, part2,
-                    rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)));
-            });
+        // Each group's rows are reduced one by one, then applied together. Not split by
+        // columns: each group's rows are applied in place after their sums.
+        column_sums_by_blocks(v, grad_row_group<T>(v), true, false, chan_sum_dy, chan_sum_dy_xhat,
+                              [&](std::size_t n0, std::size_t count, std::size_t, std::size_t,
+                                  double* part1, double* part2) {
+                                  T coef_1[kGradRowGroup], coef_xhat[kGradRowGroup];
+                                  for (std::size_t n = n0; n < n0 + count; ++n)
+                                      row_coefficients(n, coef_1[n - n0], coef_xhat[n - n0]);
+                                  apply_group(n0, count, 0, v.c, coef_1, coef_xhat, part1, part2);
+                              });
         return;
     }
     if (v.s == 1) {
@@ -1484,12 +1493,19 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
                 f(r0 + dn * v.c + dc, c0 + dc);
     };
     const bool stream_dx = stream && rows::aligned16(dx) && v.s % 4 == 0;
-    const auto sum_set = [&](std::size_t k, double& a, double& b) {
+    // Set k's totals from its runs' sums in row1, row2, added in run order, each weighted by γ
+    // of its channel: the order every path adds them in.
+    const auto add_run_totals = [&](std::size_t k, double& a, double& b) {
         for_each_run(k, [&](std::size_t r, std::size_t c) {
-            run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
             a += double(g[c]) * row1[r];
             b += double(g[c]) * row2[r];
         });
+    };
+    const auto sum_set = [&](std::size_t k, double& a, double& b) {
+        for_each_run(k, [&](std::size_t r, std::size_t) {
+            run_grad_sums_from(dy, xhat, r * v.s, v.s, k, row1[r], row2[r]);
+        });
+        add_run_totals(k, a, b);
     };
     if (!sets.across_batch && few_sets(v, num_sets)) {
         // Fewer sets than threads (LayerNorm or RMSNorm at a batch of one): every run's sums
@@ -1508,10 +1524,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
         std::vector<T> set_coef_1(num_sets), set_coef_xhat(num_sets);
         for (std::size_t k = 0; k < num_sets; ++k) {
             double a = 0, b = 0;
-            for_each_run(k, [&](std::size_t r, std::size_t c) {
-                a += double(g[c]) * row1[r];
-                b += double(g[c]) * row2[r];
-            });
+            add_run_totals(k, a, b);
             coefficients(k, a * inv_m, b * inv_m, set_coef_1[k], set_coef_xhat[k]);
         }
         parallel_region(true, [&](const TeamSlot& team) {

@@ -3,7 +3,7 @@
 
 #include <xtensor-blas/xblas.hpp>
 
-#include "kernels/moments.hpp"
+#include "model/bias_grad.hpp"
 #include "model/saved.hpp"
 #include "normlab/model/layers.hpp"
 
@@ -75,18 +75,7 @@ Array<T> Linear<T>::backward(const Array<T>& dy) {
     check_dy({inputs_.back().shape()[0], out_}, shape_of(dy), name());
     const Array<T> x = take_saved(inputs_, name());
     xt::blas::gemm(dy, x, weight_grad_, true, false, T(1), T(1));  // dW += dyᵀ·x
-    if (has_bias_) {
-        // Each output's column of dy summed by the normalizers' reduction (in double, vectorized,
-        // threads over blocks of rows), as Conv2d sums its channels: a chain of dependent float
-        // adds per output, as before, lost digits with the batch (and, through element access,
-        // did not vectorize).
-        std::vector<double> sums(out_);
-        kernels::channel_sums<T>(dy.data(), {}, NcsView{dy.shape()[0], out_, 1}, sums.data(),
-                                 nullptr);
-        T* grad = bias_grad_.data();
-        for (std::size_t o = 0; o < out_; ++o)
-            grad[o] += T(sums[o]);
-    }
+    if (has_bias_) add_bias_grad(dy.data(), NcsView{dy.shape()[0], out_, 1}, bias_grad_);
     Array<T> dx = Array<T>::from_shape({dy.shape()[0], in_});
     xt::blas::gemm(dy, weight_, dx);
     return dx;

@@ -812,6 +812,33 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     const std::size_t cps = sets.channels_per_set;
     const double inv_m = 1.0 / double(sets.set_size(v));
 
+    if (dense_across_batch(v, sets) && center && cps == 1 && row_blocks(v) == 1) {
+        // A batch of one block of rows (the few samples of Batch-Layer Norm's batch branch, a
+        // column per channel and position): each range of columns is summed and finished while
+        // its sums are still in this core's cache, and row 0 is the shift itself. The same sums
+        // as column_sums_by_blocks's (one block, groups of kFloatSteps rows, ranges of
+        // column_range), finished as below: the same bits, without a copy of row 0, a zeroed
+        // pair of arrays of doubles the size of a row and a second pass over them.
+        const std::size_t range = column_range(v.c, std::size_t(omp_get_max_threads()));
+        const std::size_t ranges = (v.c + range - 1) / range;
+        parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
+            double* s1 = scratch(kTotal1, range, false);
+            double* s2 = scratch(kTotal2, range, false);
+            const auto [first, end] = team.share(ranges);
+            for (std::size_t r = first; r < end; ++r) {
+                const std::size_t c0 = r * range, width = std::min(v.c, c0 + range) - c0;
+                std::fill_n(s1, width, 0.0);
+                std::fill_n(s2, width, 0.0);
+                for_each_row_group(0, v.n, rows::kFloatSteps,
+                                   [&](std::size_t n0, std::size_t count) {
+                                       rows::column_shifted_sums(x + n0 * v.c + c0, count, v.c,
+                                                                 width, x + c0, s1, s2);
+                                   });
+                finish_columns(true, inv_m, x + c0, s1, s2, 0, width, mean + c0, var + c0);
+            }
+        });
+        return;
+    }
     if (dense_across_batch(v, sets)) {
         // Dense (N, C): blocks of rows in memory order, each into its own column partials.
         // Each set's shift is its first value in row 0, repeated over the set's channels.

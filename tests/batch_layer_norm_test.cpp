@@ -214,6 +214,80 @@ TEST(BatchLayerNorm, BatchOfOneIsTheFeatureBranchAlone) {
     }
 }
 
+// The same input twice along the batch: a batch of two identical samples.
+Tensor twice(const Tensor& x) {
+    Shape shape = shape_of(x);
+    shape[0] = 2;
+    Tensor out = Tensor::from_shape(shape);
+    std::copy(x.begin(), x.end(), out.begin());
+    std::copy(x.begin(), x.end(), out.begin() + std::ptrdiff_t(x.size()));
+    return out;
+}
+
+// At a batch of one the batch branch's sets are single values, x̂_B = (x − x)·s = 0, and the
+// layer does not form that branch. Two identical samples make the same zero through the general
+// path (each set's mean is the value, its variance 0; in the backward ḡ = g and Σg·x̂ = 0), with
+// the same weights (batch_size = 1 configured): y must be the same bits, dx the same values (a
+// zero's sign aside), dγ and dβ exactly twice the batch of one's, also on the vector paths and
+// threads of wider shapes and in inference from the input's statistics.
+TEST(BatchLayerNorm, BatchOfOneEqualsTwoIdenticalSamples) {
+    for (const Shape& shape :
+         {Shape{1, 6}, Shape{1, 300}, Shape{1, 4, 5}, Shape{1, 16, 9, 9}, Shape{1, 64, 40, 40}}) {
+        const std::size_t c = shape[1];
+        const BatchLayerNormOptions options{.batch_size = 1,
+                                            .batch_moving_mean = false,
+                                            .batch_moving_var = false,
+                                            .track_running_stats = false};
+        BatchLayerNorm<float> one(c, options), two(c, options);
+        const Tensor gamma = xt::cast<float>(random_array({c}, 3, 0.2, 1.0));  // some negative
+        const Tensor beta = xt::cast<float>(random_array({c}, 4, 0.0, 0.5));
+        for (auto* layer : {&one, &two}) {
+            *layer->parameters()[0].value = gamma;
+            *layer->parameters()[1].value = beta;
+        }
+        const Tensor x = xt::cast<float>(random_array(shape, 5, 0.5, 2.0));
+        const Tensor dy = xt::cast<float>(random_array(shape, 6));
+        const std::string what = format_shape(shape);
+
+        const Tensor y1 = one.forward(x, Mode::train);
+        const Tensor y2 = two.forward(twice(x), Mode::train);
+        EXPECT_EQ(twice(y1), y2) << what;
+        const Tensor dx1 = one.backward(dy);
+        const Tensor dx2 = two.backward(twice(dy));
+        EXPECT_EQ(twice(dx1), dx2) << what;  // == compares −0 and +0 equal
+        for (std::size_t i = 0; i < 2; ++i)
+            EXPECT_EQ(Tensor(2.0f * *one.parameters()[i].grad), *two.parameters()[i].grad)
+                << what << (i == 0 ? " dgamma" : " dbeta");
+        EXPECT_EQ(one.forward(x, Mode::eval, Grad::none), y1) << what;
+        EXPECT_EQ(two.forward(twice(x), Mode::eval, Grad::none), y2) << what;
+    }
+}
+
+// At a batch of one the epoch's sums take each batch statistic as the general path would: the
+// means are the input itself, the variances exactly 0.
+TEST(BatchLayerNorm, BatchOfOneAddsTheInputToTheEpochsBatchMeans) {
+    BatchLayerNorm<float> layer(
+        8, {.batch_size = 1, .batch_moving_var = false, .feature_moving_var = false});
+    const Tensor x1 = xt::cast<float>(random_array({1, 8, 33}, 7, 0.5, 2.0));
+    const Tensor x2 = xt::cast<float>(random_array({1, 8, 33}, 8, -0.5, 1.0));
+    layer.forward(x1, Mode::train, Grad::none);
+    layer.forward(x2, Mode::train, Grad::none);
+    const auto buffers = layer.buffers();
+    const auto buffer = [&](const std::string& name) {
+        for (const auto& b : buffers)
+            if (b.name == name) return Tensor(*b.value);
+        ADD_FAILURE() << "no buffer " << name;
+        return Tensor();
+    };
+    const Tensor sum_mean = buffer("epoch_sum_batch_mean");
+    const Tensor sum_var = buffer("epoch_sum_batch_var");
+    ASSERT_EQ(sum_mean.size(), x1.size());
+    for (std::size_t k = 0; k < x1.size(); ++k) {
+        EXPECT_EQ(sum_mean.data()[k], x1.data()[k] + x2.data()[k]) << k;
+        EXPECT_EQ(sum_var.data()[k], 0.0f) << k;
+    }
+}
+
 TEST(BatchLayerNorm, GradientsMatchFiniteDifferencesInTraining) {
     for (const Shape& shape : shapes()) {
         BatchLayerNorm<double> layer(6);
@@ -635,6 +709,27 @@ TEST(BatchLayerNorm, NonFiniteInputIsRefusedAndStateIsUntouched) {
         EXPECT_EQ(layer.epoch_steps(), 2);
         EXPECT_EQ(layer.saved_contexts(), 0u);
     }
+
+    // At a batch of one the batch statistics are the input itself: the first bad value names
+    // its set.
+    BatchLayerNorm<float> single(4, {.batch_size = 1, .batch_moving_var = false});
+    const Tensor good = xt::cast<float>(random_array({1, 4, 3}, 6));
+    single.forward(good, Mode::train, Grad::none);
+    const Tensor sums_before = *single.buffers()[4].value;
+    Tensor x = good;
+    x(0, 1, 2) = std::numeric_limits<float>::infinity();
+    x(0, 3, 0) = std::numeric_limits<float>::quiet_NaN();
+    try {
+        single.forward(x, Mode::train);
+        FAIL() << "expected NonFiniteError";
+    } catch (const NonFiniteError& e) {
+        EXPECT_EQ(std::string(e.what()),
+                  "batch_layer_norm(4): batch statistics of the input are not finite (set 5 of "
+                  "12): the input of shape (1, 4, 3) contains NaN or Inf; nothing was updated");
+    }
+    EXPECT_EQ(*single.buffers()[4].value, sums_before);
+    EXPECT_EQ(single.epoch_steps(), 1);
+    EXPECT_EQ(single.saved_contexts(), 0u);
 }
 
 }  // namespace

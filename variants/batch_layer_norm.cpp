@@ -74,23 +74,38 @@ Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& call
     return m;
 }
 
-// shift = mean and inv_std = 1/√(var + eps) for sets [begin, end) (kernels::inverse_std: the
-// batch branch on conv input has a set per channel and position). Returns whether the moments
-// taken from the input there (checked_mean and checked_var; null when the branch took none) are
-// all finite.
+// Sets per step of scale_sets: the variances read by inverse_std are read again by all_finite
+// from the L1 cache, not from memory (the batch branch on conv input has a set per channel and
+// position: 800 KB of each statistic on (2, 64, 56, 56)).
+constexpr std::size_t kScaleStep = 1024;
+
+// inv_std = 1/√(var + eps) for sets [begin, end) (kernels::inverse_std). Returns whether the
+// moments taken from the input there (checked_mean and checked_var; null when the branch took
+// none) are all finite.
 template <class T>
-bool scale_sets(const T* mean, const T* var, double eps, const T* checked_mean,
-                const T* checked_var, std::size_t begin, std::size_t end, T* shift, T* inv_std) {
-    std::copy(mean + begin, mean + end, shift + begin);
-    kernels::inverse_std(var + begin, end - begin, eps, inv_std + begin);
-    return !checked_mean ||
-           kernels::all_finite(checked_mean + begin, checked_var + begin, end - begin);
+bool scale_sets(const T* var, double eps, const T* checked_mean, const T* checked_var,
+                std::size_t begin, std::size_t end, T* inv_std) {
+    bool finite = true;
+    for (std::size_t k0 = begin; k0 < end; k0 += kScaleStep) {
+        const std::size_t count = std::min(kScaleStep, end - k0);
+        kernels::inverse_std(var + k0, count, eps, inv_std + k0);
+        if (checked_mean)
+            finite = kernels::all_finite(checked_mean + k0, checked_var + k0, count) && finite;
+    }
+    return finite;
 }
 
-// The epoch's sums of the statistics += this call's, for sets [begin, end), in every ISA clone.
+// The epoch's sums of the statistics += this call's, for sets [begin, end), in every ISA clone;
+// the means alone where var is null.
 template <class T>
 NORMLAB_ISA_CLONES void add_sets(const T* mean, const T* var, std::size_t begin, std::size_t end,
                                  T* sum_mean, T* sum_var) {
+    if (!var) {
+#pragma omp simd
+        for (std::size_t k = begin; k < end; ++k)
+            sum_mean[k] += mean[k];
+        return;
+    }
 #pragma omp simd
     for (std::size_t k = begin; k < end; ++k) {
         sum_mean[k] += mean[k];
@@ -98,26 +113,23 @@ NORMLAB_ISA_CLONES void add_sets(const T* mean, const T* var, std::size_t begin,
     }
 }
 
-// Shift and scale of one branch from the current moments and the population constants;
-// `current_finite` says whether the current moments (where the branch took them) are finite.
+// Scale of one branch from the current moments and the population constants, for the shift
+// `shift` (the current mean or the population mean); `current_finite` says whether the current
+// moments (where the branch took them) are finite.
 template <class T>
-BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
-                         const T* population_var, bool mean_from_input, bool var_from_input,
-                         std::size_t num_sets, double eps, SetValues<T>& shift,
-                         bool& current_finite) {
+BlnBranch<T> make_branch(const Moments<T>& current, const T* shift, const T* population_var,
+                         bool mean_from_input, bool var_from_input, std::size_t num_sets,
+                         double eps, bool& current_finite) {
     BlnBranch<T> b;
     b.mean_from_input = mean_from_input;
     b.var_from_input = var_from_input;
     b.inv_std.resize(num_sets);
-    shift.resize(num_sets);
-    const T* mean = mean_from_input ? current.mean.data() : population_mean;
     const T* var = var_from_input ? current.var.data() : population_var;
     const bool checks = !current.mean.empty();
     std::atomic<bool> finite{true};
     kernels::for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
-        if (!scale_sets(mean, var, eps, checks ? current.mean.data() : nullptr,
-                        checks ? current.var.data() : nullptr, begin, end, shift.data(),
-                        b.inv_std.data()))
+        if (!scale_sets(var, eps, checks ? current.mean.data() : nullptr,
+                        checks ? current.var.data() : nullptr, begin, end, b.inv_std.data()))
             finite.store(false, std::memory_order_relaxed);
     });
     current_finite = finite.load();
@@ -127,6 +139,15 @@ BlnBranch<T> make_branch(const Moments<T>& current, const T* population_mean,
             b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(b.inv_std[k]));
     }
     return b;
+}
+
+// A branch's shift as the saved context keeps it: the current mean itself (taken over), or a
+// copy of the population mean, which a later end_epoch may change before the backward.
+template <class T>
+SetValues<T> kept_shift(Moments<T>& current, const T* population_mean, bool mean_from_input,
+                        std::size_t num_sets) {
+    if (mean_from_input) return std::move(current.mean);
+    return SetValues<T>(population_mean, population_mean + num_sets);
 }
 
 // One branch's backward coefficients per set: dx_branch = cg·(g − c1 − cx·x̂)
@@ -316,9 +337,10 @@ struct RunXhat {
     const T* mf;
     const T* sf;
 
+    // batch.shift is null where the batch branch vanishes (BlnBranch::vanishes).
     RunXhat(RunSets k, BranchScale<T> batch, BranchScale<T> feature)
-        : mb(batch.shift + k.batch),
-          sb(batch.inv_std + k.batch),
+        : mb(batch.shift ? batch.shift + k.batch : nullptr),
+          sb(batch.shift ? batch.inv_std + k.batch : nullptr),
           mf(feature.shift + k.feature),
           sf(feature.inv_std + k.feature) {}
     __attribute__((always_inline)) T batch(T x, std::size_t j) const {
@@ -331,8 +353,10 @@ struct RunXhat {
     }
 };
 
-// The mixing pass over one run (standardize_and_mix), in every ISA clone.
-template <class T, bool rows, bool keeps>
+// The mixing pass over one run (standardize_and_mix), in every ISA clone. Where the batch branch
+// vanishes its x̂ is the +0 that (x − x)·inv_std is for a finite x, and is still weighed by cb, so
+// that y has the bits of the general formula.
+template <class T, bool rows, bool keeps, bool batch_vanishes>
 NORMLAB_ISA_CLONES void mix_run(const T* x, std::size_t count, RunXhat<T> run, const T* gc,
                                 const T* bc, T cf, T cb, T* kept, T* y) {
     // What stays the same over the run (a row's one feature set; otherwise the channel's γ and
@@ -342,7 +366,7 @@ NORMLAB_ISA_CLONES void mix_run(const T* x, std::size_t count, RunXhat<T> run, c
             channel_beta = bc[0];
 #pragma omp simd
     for (std::size_t j = 0; j < count; ++j) {
-        const T hb = run.batch(x[j], j);
+        const T hb = batch_vanishes ? T(0) : run.batch(x[j], j);
         const T hf =
             rows ? kernels::standardized(x[j], row_shift, row_scale) : run.feature(x[j], j);
         const T gj = rows ? gc[j] : channel_gamma;
@@ -364,16 +388,18 @@ void standardize_and_mix(const T* x, const NcsView& v, BranchScale<T> batch, Bra
     std::vector<T> ones, zeros;
     const T* g = kernels::or_constant(gamma, ones, v.c, T(1));
     const T* b = kernels::or_constant(beta, zeros, v.c, T(0));
-    // Specialized on whether the run is a row (per-element γ, β and batch set, one feature set)
-    // and on whether x is copied, so that each loop vectorizes.
-    const auto pass = [&](auto rows, auto keeps) {
+    // Specialized on whether the run is a row (per-element γ, β and batch set, one feature set),
+    // on whether x is copied and on whether the batch branch vanishes (batch.shift null), so that
+    // each loop vectorizes.
+    const auto pass = [&](auto rows, auto keeps, auto batch_vanishes) {
         for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t c) {
-            mix_run<T, decltype(rows)::value, decltype(keeps)::value>(
+            mix_run<T, decltype(rows)::value, decltype(keeps)::value,
+                    decltype(batch_vanishes)::value>(
                 x + i, count, RunXhat<T>(RunSets(v, i), batch, feature), g + c, b + c, cf, cb,
                 keeps ? kept + i : nullptr, y + i);
         });
     };
-    with_flags(pass, v.s == 1, kept != nullptr);
+    with_flags(pass, v.s == 1, kept != nullptr, batch.shift == nullptr);
 }
 
 // One branch's backward coefficients at a run's first set.
@@ -389,10 +415,26 @@ struct RunGrad {
 // terms of dβ and dγ), read from dy and formed in registers, so that dγ takes no pass of its own.
 enum class Extra { none, mixed, affine_sums };
 
+// What the batch branch adds to dx: nothing, where it vanishes (BlnBranch::vanishes: a set of
+// one value, whose dx_B = cg·(g − ḡ − cx·x̂) is a zero of either sign, ḡ being g itself and x̂
+// 0); cg·g, where its statistics were population constants; cg·(g − c1 − cx·x̂) otherwise.
+enum class BatchTerms { vanish, scaled, projected };
+
+template <class F>
+void with_batch_terms(BatchTerms terms, F&& f) {
+    using T = BatchTerms;
+    if (terms == T::vanish)
+        f(std::integral_constant<T, T::vanish>{});
+    else if (terms == T::scaled)
+        f(std::integral_constant<T, T::scaled>{});
+    else
+        f(std::integral_constant<T, T::projected>{});
+}
+
 // The backward's pass over one run (apply_and_mix), in every ISA clone. g = γ ⊙ dy is formed from
 // dy in registers: with the run's γ (`gamma`, Extra::affine_sums) or a row's γ per value
 // (`gammas`, Extra::mixed); without γ (Extra::none) g is dy.
-template <class T, bool rows, bool batch_xhat, bool feature_xhat, Extra extra>
+template <class T, bool rows, BatchTerms batch_terms, bool feature_xhat, Extra extra>
 NORMLAB_ISA_CLONES void apply_run(const T* dy, const T* x, std::size_t count, RunXhat<T> run,
                                   RunGrad<T> batch, RunGrad<T> feature, T cf, T cb, T gamma,
                                   const T* gammas, T* dx, T* mixed, double* sums) {
@@ -408,21 +450,23 @@ NORMLAB_ISA_CLONES void apply_run(const T* dy, const T* x, std::size_t count, Ru
 #pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
     for (std::size_t j = 0; j < count; ++j) {
         const T g = sums_run ? dy[j] * gamma : extra == Extra::mixed ? dy[j] * gammas[j] : dy[j];
-        const T hb = run.batch(x[j], j);
+        constexpr bool vanishes = batch_terms == BatchTerms::vanish;
+        const T hb = vanishes ? T(0) : run.batch(x[j], j);
         const T hf =
             rows ? kernels::standardized(x[j], row_shift, row_scale) : run.feature(x[j], j);
         const T fcg = rows ? row_cg : feature.cg[j];
-        T db, df;
-        if constexpr (batch_xhat)
-            db = kernels::applied(batch.cg[j], T(1), g, batch.c1[j], batch.cx[j], hb);
-        else
-            db = kernels::applied(batch.cg[j], T(1), g, T(0));
+        T df;
         if constexpr (feature_xhat)
             df = kernels::applied(fcg, T(1), g, rows ? row_c1 : feature.c1[j],
                                   rows ? row_cx : feature.cx[j], hf);
         else
             df = kernels::applied(fcg, T(1), g, T(0));
-        dx[j] = db + df;
+        if constexpr (batch_terms == BatchTerms::projected)
+            dx[j] = kernels::applied(batch.cg[j], T(1), g, batch.c1[j], batch.cx[j], hb) + df;
+        else if constexpr (batch_terms == BatchTerms::scaled)
+            dx[j] = kernels::applied(batch.cg[j], T(1), g, T(0)) + df;
+        else
+            dx[j] = df;
         if constexpr (extra == Extra::mixed) mixed[j] = cf * hf + cb * hb;
         if constexpr (sums_run) {
             sum_dy += double(dy[j]);
@@ -448,18 +492,22 @@ void apply_and_mix(const T* dy, T* x, const NcsView& v, BranchScale<T> batch_sca
                    const BranchGrad<T>& feature, T cf, T cb, const T* gamma, T* dx, double* sum_dy,
                    double* sum_dy_xhat) {
     const bool sums = gamma != nullptr;
-    const auto run_at = [&](auto rows, auto batch_xhat, auto feature_xhat, auto extra,
-                            std::size_t i, std::size_t count, T gamma_c, double* run_sums) {
+    const BatchTerms batch_terms = batch.cg.empty()   ? BatchTerms::vanish
+                                   : batch.cx.empty() ? BatchTerms::scaled
+                                                      : BatchTerms::projected;
+    const auto run_at = [&](auto rows, auto terms, auto feature_xhat, auto extra, std::size_t i,
+                            std::size_t count, T gamma_c, double* run_sums) {
         const RunSets k(v, i);
         const auto at = [](const SetValues<T>& values, bool present, std::size_t set) {
             return present ? values.data() + set : nullptr;
         };
         constexpr Extra e = decltype(extra)::value;
-        apply_run<T, decltype(rows)::value, decltype(batch_xhat)::value,
-                  decltype(feature_xhat)::value, e>(
+        constexpr BatchTerms bt = decltype(terms)::value;
+        apply_run<T, decltype(rows)::value, bt, decltype(feature_xhat)::value, e>(
             dy + i, x + i, count, RunXhat<T>(k, batch_scale, feature_scale),
-            RunGrad<T>{batch.cg.data() + k.batch, at(batch.c1, batch_xhat, k.batch),
-                       at(batch.cx, batch_xhat, k.batch)},
+            RunGrad<T>{at(batch.cg, bt != BatchTerms::vanish, k.batch),
+                       at(batch.c1, bt == BatchTerms::projected, k.batch),
+                       at(batch.cx, bt == BatchTerms::projected, k.batch)},
             RunGrad<T>{feature.cg.data() + k.feature, at(feature.c1, feature_xhat, k.feature),
                        at(feature.cx, feature_xhat, k.feature)},
             cf, cb, gamma_c, e == Extra::mixed ? gamma : nullptr, dx + i,
@@ -468,18 +516,20 @@ void apply_and_mix(const T* dy, T* x, const NcsView& v, BranchScale<T> batch_sca
     if (sums && v.s > 1) {
         const PositionPieces pieces(v);
         std::vector<double> piece_sums(2 * pieces.count);
-        with_flags(
-            [&](auto batch_xhat, auto feature_xhat) {
-                for_each_piece(
-                    v, [&](std::size_t p, std::size_t c, std::size_t s0, std::size_t count) {
-                        for (std::size_t n = 0; n < v.n; ++n)
-                            run_at(std::false_type{}, batch_xhat, feature_xhat,
-                                   std::integral_constant<Extra, Extra::affine_sums>{},
-                                   (n * v.c + c) * v.s + s0, count, gamma[c],
-                                   piece_sums.data() + 2 * p);
-                    });
-            },
-            !batch.cx.empty(), !feature.cx.empty());
+        with_batch_terms(batch_terms, [&](auto terms) {
+            with_flags(
+                [&](auto feature_xhat) {
+                    for_each_piece(
+                        v, [&](std::size_t p, std::size_t c, std::size_t s0, std::size_t count) {
+                            for (std::size_t n = 0; n < v.n; ++n)
+                                run_at(std::false_type{}, terms, feature_xhat,
+                                       std::integral_constant<Extra, Extra::affine_sums>{},
+                                       (n * v.c + c) * v.s + s0, count, gamma[c],
+                                       piece_sums.data() + 2 * p);
+                        });
+                },
+                !feature.cx.empty());
+        });
         for (std::size_t c = 0; c < v.c; ++c) {
             sum_dy[c] = sum_dy_xhat[c] = 0;
             for (std::size_t q = 0; q < pieces.per_channel; ++q) {
@@ -489,16 +539,19 @@ void apply_and_mix(const T* dy, T* x, const NcsView& v, BranchScale<T> batch_sca
         }
         return;
     }
-    with_flags(
-        [&](auto rows, auto batch_xhat, auto feature_xhat, auto mixes) {
-            // Only rows get here with γ (the mixed x̂ then): no clones for runs that mix.
-            constexpr bool writes_mixed = decltype(rows)::value && decltype(mixes)::value;
-            using E = std::integral_constant<Extra, writes_mixed ? Extra::mixed : Extra::none>;
-            for_each_piece_across_samples(v, [&](std::size_t i, std::size_t count, std::size_t) {
-                run_at(rows, batch_xhat, feature_xhat, E{}, i, count, T(1), nullptr);
-            });
-        },
-        v.s == 1, !batch.cx.empty(), !feature.cx.empty(), sums);
+    with_batch_terms(batch_terms, [&](auto terms) {
+        with_flags(
+            [&](auto rows, auto feature_xhat, auto mixes) {
+                // Only rows get here with γ (the mixed x̂ then): no clones for runs that mix.
+                constexpr bool writes_mixed = decltype(rows)::value && decltype(mixes)::value;
+                using E = std::integral_constant<Extra, writes_mixed ? Extra::mixed : Extra::none>;
+                for_each_piece_across_samples(
+                    v, [&](std::size_t i, std::size_t count, std::size_t) {
+                        run_at(rows, terms, feature_xhat, E{}, i, count, T(1), nullptr);
+                    });
+            },
+            v.s == 1, !feature.cx.empty(), sums);
+    });
     if (sums) kernels::channel_sums(dy, static_cast<const T*>(x), v, sum_dy, sum_dy_xhat);
 }
 
@@ -651,36 +704,50 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     const bool batch_var_in = train || !options_.batch_moving_var;
     const bool feature_mean_in = train || !options_.feature_moving_mean;
     const bool feature_var_in = train || !options_.feature_moving_var;
+    // At a batch of one, a batch branch that takes its statistics from the input has sets of one
+    // value (BlnBranch::vanishes): its means are x itself and its variances exactly 0.
+    const bool batch_vanishes = v.n == 1 && batch_mean_in && batch_var_in;
     const auto b_calls = batch_calls(v);
     const auto f_calls = feature_calls(v);
     const std::size_t b_sets = v.c * v.s, f_sets = v.n * v.s;
     Moments<T> b_cur, f_cur;
-    if (batch_mean_in || batch_var_in) b_cur = branch_moments(x, b_calls, b_sets);
+    if ((batch_mean_in || batch_var_in) && !batch_vanishes)
+        b_cur = branch_moments(x, b_calls, b_sets);
     if (feature_mean_in || feature_var_in) f_cur = branch_moments(x, f_calls, f_sets);
     // make_branch checks the current moments in its pass over the sets; the search for the
     // first non-finite set runs only on failure.
-    auto refuse_non_finite = [&](const Moments<T>& m, const char* branch) {
-        const std::size_t n = m.mean.size();
+    // (var null: the variances are 0, a vanishing batch branch's.)
+    auto refuse_non_finite = [&](const T* mean, const T* var, std::size_t n, const char* branch) {
         for (std::size_t k = 0; k < n; ++k)
-            if (!std::isfinite(m.mean[k]) || !std::isfinite(m.var[k]))
+            if (!std::isfinite(mean[k]) || (var && !std::isfinite(var[k])))
                 throw NonFiniteError(this->label() + ": " + branch +
                                      " statistics of the input are not finite (set " +
-                                     std::to_string(k) + " of " + std::to_string(m.mean.size()) +
+                                     std::to_string(k) + " of " + std::to_string(n) +
                                      "): the input of shape " + format_shape(shape_of(x)) +
                                      " contains NaN or Inf; nothing was updated");
     };
     // The population statistics a branch reads exist (check_call): in training, where the first
     // call may still allocate them below, both branches take the input's.
     SavedBln<T> ctx;
-    SetValues<T> b_shift, f_shift;
+    // Each branch is shifted by its current mean, or by the population mean.
+    // (A vanishing batch branch has none: null.)
+    const T* b_shift = batch_vanishes  ? nullptr
+                       : batch_mean_in ? b_cur.mean.data()
+                                       : moving_batch_mean_.data();
+    const T* f_shift = feature_mean_in ? f_cur.mean.data() : moving_feature_mean_.data();
     bool finite = true;
-    ctx.batch = make_branch(b_cur, moving_batch_mean_.data(), moving_batch_var_.data(),
-                            batch_mean_in, batch_var_in, b_sets, options_.eps, b_shift, finite);
-    if (!finite) refuse_non_finite(b_cur, "batch");
-    ctx.feature =
-        make_branch(f_cur, moving_feature_mean_.data(), moving_feature_var_.data(), feature_mean_in,
-                    feature_var_in, f_sets, options_.eps, f_shift, finite);
-    if (!finite) refuse_non_finite(f_cur, "feature");
+    if (batch_vanishes) {
+        ctx.batch.vanishes = true;
+        if (!kernels::all_finite(x.data(), static_cast<const T*>(nullptr), x.size()))
+            refuse_non_finite(x.data(), nullptr, b_sets, "batch");
+    } else {
+        ctx.batch = make_branch(b_cur, b_shift, moving_batch_var_.data(), batch_mean_in,
+                                batch_var_in, b_sets, options_.eps, finite);
+        if (!finite) refuse_non_finite(b_cur.mean.data(), b_cur.var.data(), b_sets, "batch");
+    }
+    ctx.feature = make_branch(f_cur, f_shift, moving_feature_var_.data(), feature_mean_in,
+                              feature_var_in, f_sets, options_.eps, finite);
+    if (!finite) refuse_non_finite(f_cur.mean.data(), f_cur.var.data(), f_sets, "feature");
 
     // Every check passed: fix what the first call decides.
     const bool fixes_buffers = tracking && (options_.batch_size == 0 || options_.positions == 0);
@@ -699,12 +766,10 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     const bool copies = keeps && !handed_over;
     if (copies) ctx.input = Array<T>::from_shape(x.shape());
     Array<T> y = Array<T>::from_shape(x.shape());
-    standardize_and_mix(x.data(), v, BranchScale<T>{b_shift.data(), ctx.batch.inv_std.data()},
-                        BranchScale<T>{f_shift.data(), ctx.feature.inv_std.data()},
-                        ctx.coef_feature, ctx.coef_batch, this->gamma(), this->beta(),
-                        copies ? ctx.input.data() : nullptr, y.data());
-    ctx.shift_batch = std::move(b_shift);
-    ctx.shift_feature = std::move(f_shift);
+    standardize_and_mix(
+        x.data(), v, BranchScale<T>{b_shift, batch_vanishes ? nullptr : ctx.batch.inv_std.data()},
+        BranchScale<T>{f_shift, ctx.feature.inv_std.data()}, ctx.coef_feature, ctx.coef_batch,
+        this->gamma(), this->beta(), copies ? ctx.input.data() : nullptr, y.data());
 
     if (train && tracking) {
         const auto accumulate = [](Array<T>& sum_mean, Array<T>& sum_var,
@@ -715,11 +780,22 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
                                                      end, sum_mean.data(), sum_var.data());
                                         });
         };
-        accumulate(sum_batch_mean_, sum_batch_var_, b_cur);
+        if (batch_vanishes)
+            // The means are x; adding the variances, +0, would change no sum.
+            kernels::for_each_set_range(b_sets, [&](std::size_t begin, std::size_t end) {
+                add_sets(x.data(), static_cast<const T*>(nullptr), begin, end,
+                         sum_batch_mean_.data(), sum_batch_var_.data());
+            });
+        else
+            accumulate(sum_batch_mean_, sum_batch_var_, b_cur);
         accumulate(sum_feature_mean_, sum_feature_var_, f_cur);
         ++epoch_steps_;
     }
     if (grad == Grad::keep) {
+        // The current means were last read above; the context takes them over.
+        if (!batch_vanishes)
+            ctx.shift_batch = kept_shift(b_cur, moving_batch_mean_.data(), batch_mean_in, b_sets);
+        ctx.shift_feature = kept_shift(f_cur, moving_feature_mean_.data(), feature_mean_in, f_sets);
         ctx.shape = shape_of(x);
         this->save(std::move(ctx), grad);
     }
@@ -741,18 +817,22 @@ Array<T> BatchLayerNorm<T>::backward(const Array<T>& dy) {
     SetValues<T> gamma_by_set;
     ViewWeights<T> batch_weights, feature_weights;
     if (gamma && v.s > 1) {
-        gamma_by_set.resize(v.c * v.s);
-        for (std::size_t c = 0; c < v.c; ++c)
-            std::fill_n(gamma_by_set.begin() + std::ptrdiff_t(c * v.s), v.s, gamma[c]);
-        batch_weights.columns = gamma_by_set.data();
+        if (!ctx.batch.vanishes) {
+            gamma_by_set.resize(v.c * v.s);
+            for (std::size_t c = 0; c < v.c; ++c)
+                std::fill_n(gamma_by_set.begin() + std::ptrdiff_t(c * v.s), v.s, gamma[c]);
+            batch_weights.columns = gamma_by_set.data();
+        }
         feature_weights.rows = gamma;
     } else if (gamma) {
         batch_weights.columns = feature_weights.columns = gamma;
     }
 
     T* const x = ctx.input.data();
-    const BranchGrad<T> batch = branch_grad(dy.data(), batch_weights, x, ctx.shift_batch.data(),
-                                            batch_calls(v), ctx.batch, ctx.coef_batch, v.c * v.s);
+    const BranchGrad<T> batch =
+        ctx.batch.vanishes ? BranchGrad<T>{}
+                           : branch_grad(dy.data(), batch_weights, x, ctx.shift_batch.data(),
+                                         batch_calls(v), ctx.batch, ctx.coef_batch, v.c * v.s);
     const BranchGrad<T> feature =
         branch_grad(dy.data(), feature_weights, x, ctx.shift_feature.data(), feature_calls(v),
                     ctx.feature, ctx.coef_feature, v.n * v.s);

@@ -263,6 +263,47 @@ TEST(BatchLayerNorm, BatchOfOneEqualsTwoIdenticalSamples) {
     }
 }
 
+// Inference on a single sample with population batch statistics (trained at a batch of two):
+// with the population variance and the sample's own mean, x̂_B = 0 again and the branch is not
+// formed; with the population mean and the sample's own variance (exactly 0), every set has the
+// same inv_std. Two identical samples take the general path to the same values: y bit for bit,
+// dx equal, dγ and dβ exactly twice.
+TEST(BatchLayerNorm, InferenceOnOneSampleEqualsTwoIdenticalSamples) {
+    for (const Shape& shape : {Shape{1, 300}, Shape{1, 16, 9, 9}, Shape{1, 64, 40, 40}}) {
+        const std::size_t c = shape[1];
+        Shape pair_shape = shape;
+        pair_shape[0] = 2;
+        for (const bool population_mean : {false, true}) {
+            const BatchLayerNormOptions options{.batch_size = 2,
+                                                .batch_moving_mean = population_mean,
+                                                .batch_moving_var = !population_mean};
+            BatchLayerNorm<float> one(c, options), two(c, options);
+            const Tensor gamma = xt::cast<float>(random_array({c}, 3, 0.2, 1.0));
+            const Tensor beta = xt::cast<float>(random_array({c}, 4, 0.0, 0.5));
+            for (auto* layer : {&one, &two}) {
+                *layer->parameters()[0].value = gamma;
+                *layer->parameters()[1].value = beta;
+                for (unsigned step = 0; step < 3; ++step)
+                    layer->forward(xt::cast<float>(random_array(pair_shape, 10 + step, 0.3, 1.5)),
+                                   Mode::train, Grad::none);
+                layer->end_epoch();
+            }
+            const Tensor x = xt::cast<float>(random_array(shape, 5, 0.5, 2.0));
+            const Tensor dy = xt::cast<float>(random_array(shape, 6));
+            const std::string what =
+                format_shape(shape) + (population_mean ? ", population mean" : ", population var");
+            const Tensor y1 = one.forward(x, Mode::eval);
+            const Tensor y2 = two.forward(twice(x), Mode::eval);
+            EXPECT_EQ(twice(y1), y2) << what;
+            EXPECT_EQ(twice(one.backward(dy)), two.backward(twice(dy))) << what;
+            for (std::size_t i = 0; i < 2; ++i)
+                EXPECT_EQ(Tensor(2.0f * *one.parameters()[i].grad), *two.parameters()[i].grad)
+                    << what << (i == 0 ? " dgamma" : " dbeta");
+            EXPECT_EQ(one.forward(x, Mode::eval, Grad::none), y1) << what;
+        }
+    }
+}
+
 // At a batch of one the epoch's sums take each batch statistic as the general path would: the
 // means are the input itself, the variances exactly 0.
 TEST(BatchLayerNorm, BatchOfOneAddsTheInputToTheEpochsBatchMeans) {

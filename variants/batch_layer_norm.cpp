@@ -74,21 +74,48 @@ Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& call
     return m;
 }
 
+// The moments of sets of one value each (the batch branch at a batch of one), in every ISA
+// clone: each mean is the value plus 0 (which makes −0 the +0 that the shifted sums give), each
+// variance exactly 0, as kernels::collect_moments gives them for sets of one value.
+template <class T>
+NORMLAB_ISA_CLONES void single_values(const T* x, std::size_t begin, std::size_t end, T* mean,
+                                      T* var) {
+#pragma omp simd
+    for (std::size_t k = begin; k < end; ++k) {
+        mean[k] = x[k] + T(0);
+        var[k] = T(0);
+    }
+}
+
+template <class T>
+Moments<T> single_value_moments(const T* x, std::size_t num_sets) {
+    Moments<T> m;
+    m.mean.resize(num_sets);
+    m.var.resize(num_sets);
+    kernels::for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
+        single_values(x, begin, end, m.mean.data(), m.var.data());
+    });
+    return m;
+}
+
 // Sets per step of scale_sets: the variances read by inverse_std are read again by all_finite
 // from the L1 cache, not from memory (the batch branch on conv input has a set per channel and
 // position: 800 KB of each statistic on (2, 64, 56, 56)).
 constexpr std::size_t kScaleStep = 1024;
 
-// inv_std = 1/√(var + eps) for sets [begin, end) (kernels::inverse_std). Returns whether the
-// moments taken from the input there (checked_mean and checked_var; null when the branch took
-// none) are all finite.
+// inv_std = 1/√(var + eps) for sets [begin, end) (kernels::inverse_std), or, with var null,
+// `unit` for every set (variances all 0). Returns whether the moments taken from the input there
+// (checked_mean and checked_var; null when the branch took none) are all finite.
 template <class T>
-bool scale_sets(const T* var, double eps, const T* checked_mean, const T* checked_var,
+bool scale_sets(const T* var, T unit, double eps, const T* checked_mean, const T* checked_var,
                 std::size_t begin, std::size_t end, T* inv_std) {
     bool finite = true;
     for (std::size_t k0 = begin; k0 < end; k0 += kScaleStep) {
         const std::size_t count = std::min(kScaleStep, end - k0);
-        kernels::inverse_std(var + k0, count, eps, inv_std + k0);
+        if (var)
+            kernels::inverse_std(var + k0, count, eps, inv_std + k0);
+        else
+            std::fill_n(inv_std + k0, count, unit);
         if (checked_mean)
             finite = kernels::all_finite(checked_mean + k0, checked_var + k0, count) && finite;
     }
@@ -113,27 +140,49 @@ NORMLAB_ISA_CLONES void add_sets(const T* mean, const T* var, std::size_t begin,
     }
 }
 
-// Scale of one branch from the current moments and the population constants, for the shift
-// `shift` (the current mean or the population mean); `current_finite` says whether the current
-// moments (where the branch took them) are finite.
+// Where a branch's statistics come from: `shift` is the current mean or the population mean;
+// the variance is the current one or `population_var`. single_values: the current moments are
+// of sets of one value each (the batch branch at a batch of one), so the current variances are
+// all exactly 0.
 template <class T>
-BlnBranch<T> make_branch(const Moments<T>& current, const T* shift, const T* population_var,
-                         bool mean_from_input, bool var_from_input, std::size_t num_sets,
-                         double eps, bool& current_finite) {
+struct BranchSource {
+    const T* shift;
+    const T* population_var;
+    bool mean_from_input, var_from_input, single_values;
+};
+
+// Scale of one branch from the current moments and the population constants; `delta` only
+// `for_backward`. `current_finite` says whether the current moments (where the branch took
+// them) are finite.
+template <class T>
+BlnBranch<T> make_branch(const Moments<T>& current, const BranchSource<T>& source,
+                         std::size_t num_sets, double eps, bool for_backward,
+                         bool& current_finite) {
+    const T* shift = source.shift;
+    const bool mean_from_input = source.mean_from_input, var_from_input = source.var_from_input;
     BlnBranch<T> b;
     b.mean_from_input = mean_from_input;
     b.var_from_input = var_from_input;
     b.inv_std.resize(num_sets);
-    const T* var = var_from_input ? current.var.data() : population_var;
+    // Sets of one value share one inv_std, 1/√(0 + eps), formed by the same kernel.
+    const bool unit_sets = var_from_input && source.single_values;
+    const T* var = unit_sets        ? nullptr
+                   : var_from_input ? current.var.data()
+                                    : source.population_var;
+    T unit = 0;
+    if (unit_sets) {
+        const T zero = 0;
+        kernels::inverse_std(&zero, 1, eps, &unit);
+    }
     const bool checks = !current.mean.empty();
     std::atomic<bool> finite{true};
     kernels::for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
-        if (!scale_sets(var, eps, checks ? current.mean.data() : nullptr,
+        if (!scale_sets(var, unit, eps, checks ? current.mean.data() : nullptr,
                         checks ? current.var.data() : nullptr, begin, end, b.inv_std.data()))
             finite.store(false, std::memory_order_relaxed);
     });
     current_finite = finite.load();
-    if (var_from_input && !mean_from_input) {
+    if (for_backward && var_from_input && !mean_from_input) {
         b.delta.resize(num_sets);
         for (std::size_t k = 0; k < num_sets; ++k)
             b.delta[k] = T((double(shift[k]) - double(current.mean[k])) * double(b.inv_std[k]));
@@ -354,8 +403,8 @@ struct RunXhat {
 };
 
 // The mixing pass over one run (standardize_and_mix), in every ISA clone. Where the batch branch
-// vanishes its x̂ is the +0 that (x − x)·inv_std is for a finite x, and is still weighed by cb, so
-// that y has the bits of the general formula.
+// vanishes its x̂ is the 0 that (x − x)·inv_std is for a finite x, still weighed by cb, so that y
+// has the bits of the general formula (but for the sign of a zero y where x is −0).
 template <class T, bool rows, bool keeps, bool batch_vanishes>
 NORMLAB_ISA_CLONES void mix_run(const T* x, std::size_t count, RunXhat<T> run, const T* gc,
                                 const T* bc, T cf, T cb, T* kept, T* y) {
@@ -704,14 +753,17 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     const bool batch_var_in = train || !options_.batch_moving_var;
     const bool feature_mean_in = train || !options_.feature_moving_mean;
     const bool feature_var_in = train || !options_.feature_moving_var;
-    // At a batch of one, a batch branch that takes its statistics from the input has sets of one
-    // value (BlnBranch::vanishes): its means are x itself and its variances exactly 0.
-    const bool batch_vanishes = v.n == 1 && batch_mean_in && batch_var_in;
+    // At a batch of one the batch branch has sets of one value: their means are x itself and
+    // their variances exactly 0. Shifted by its own mean, each x̂ is 0 (BlnBranch::vanishes,
+    // whatever the variance); shifted by the population mean, every set has the same inv_std.
+    const bool batch_vanishes = v.n == 1 && batch_mean_in;
     const auto b_calls = batch_calls(v);
     const auto f_calls = feature_calls(v);
     const std::size_t b_sets = v.c * v.s, f_sets = v.n * v.s;
     Moments<T> b_cur, f_cur;
-    if ((batch_mean_in || batch_var_in) && !batch_vanishes)
+    if (v.n == 1 && batch_var_in && !batch_mean_in)
+        b_cur = single_value_moments(x.data(), b_sets);
+    else if ((batch_mean_in || batch_var_in) && !batch_vanishes)
         b_cur = branch_moments(x, b_calls, b_sets);
     if (feature_mean_in || feature_var_in) f_cur = branch_moments(x, f_calls, f_sets);
     // make_branch checks the current moments in its pass over the sets; the search for the
@@ -736,17 +788,23 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
                                        : moving_batch_mean_.data();
     const T* f_shift = feature_mean_in ? f_cur.mean.data() : moving_feature_mean_.data();
     bool finite = true;
+    const bool keeps = grad == Grad::keep;
     if (batch_vanishes) {
         ctx.batch.vanishes = true;
+        ctx.batch.var_from_input = batch_var_in;
         if (!kernels::all_finite(x.data(), static_cast<const T*>(nullptr), x.size()))
             refuse_non_finite(x.data(), nullptr, b_sets, "batch");
     } else {
-        ctx.batch = make_branch(b_cur, b_shift, moving_batch_var_.data(), batch_mean_in,
-                                batch_var_in, b_sets, options_.eps, finite);
+        ctx.batch = make_branch(b_cur,
+                                BranchSource<T>{b_shift, moving_batch_var_.data(), batch_mean_in,
+                                                batch_var_in, v.n == 1},
+                                b_sets, options_.eps, keeps, finite);
         if (!finite) refuse_non_finite(b_cur.mean.data(), b_cur.var.data(), b_sets, "batch");
     }
-    ctx.feature = make_branch(f_cur, f_shift, moving_feature_var_.data(), feature_mean_in,
-                              feature_var_in, f_sets, options_.eps, finite);
+    ctx.feature = make_branch(f_cur,
+                              BranchSource<T>{f_shift, moving_feature_var_.data(), feature_mean_in,
+                                              feature_var_in, false},
+                              f_sets, options_.eps, keeps, finite);
     if (!finite) refuse_non_finite(f_cur.mean.data(), f_cur.var.data(), f_sets, "feature");
 
     // Every check passed: fix what the first call decides.
@@ -760,7 +818,6 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     const double root_c = std::sqrt(double(v.c));
     ctx.coef_batch = T(w.batch / root_c);
     ctx.coef_feature = T(w.feature / root_c);
-    const bool keeps = grad == Grad::keep;
     // The backward forms both x̂ again from the input: a handed-over input is kept as it is,
     // another is copied by the pass below.
     const bool copies = keeps && !handed_over;

@@ -104,9 +104,9 @@ struct BlnBranch {
     SetValues<T> delta;
     bool mean_from_input = true;
     bool var_from_input = true;
-    // Every set is one value with its own statistics (the batch branch at a batch of one, from
-    // the input): x̂ = (x − x)·inv_std = 0 for each value, so the branch adds exactly zero to y
-    // and to dx and is not formed; inv_std and delta are empty.
+    // Every set is one value shifted by its own mean (the batch branch at a batch of one, with
+    // the input's mean): x̂ = (x − x)·inv_std = 0 for each value, so the branch adds exactly zero
+    // to y and to dx and is not formed; inv_std and delta are empty.
     bool vanishes = false;
 };
 

@@ -17,7 +17,7 @@ namespace {
 
 // Per-call temporaries that grow with N·C, kept per calling thread and reused: freshly allocated,
 // each would be mapped and page-faulted in again on every call. Each use has its own slot.
-enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kTotal1, kTotal2, kSlots };
+enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kTotal1, kTotal2, kTask1, kTask2, kSlots };
 
 // Zeroed by the threads, in parallel from kParallelMin values on (the per-run sums of a large
 // tensor run to megabytes). The dense column partials are not zeroed here: each task zeroes its
@@ -516,7 +516,7 @@ bool few_row_blocks(const NcsView& v, std::size_t per_thread) {
 // The column sums of a dense (N, C) input, block by block: rows are split into fixed blocks of
 // kRowBlock, each block into groups of rows_per_group rows; group(n0, count, c0, c1, part1, part2)
 // adds the sums of columns [c0, c1) of rows n0 .. n0 + count into its block's partials (pointers
-// at the block's column 0; part2 null without `second`), and the partials are added in block
+// at column c0; part2 null without `second`), and the partials are added in block
 // order into s1, s2 (each written whole; s2 all zeros without `second`). The threads share the
 // blocks by their rows (TeamSlot::share_by_weight), as the last block may be short: by count,
 // (258, 1024) gave one thread three blocks, 192 rows, and the other 66, and LayerNorm's and
@@ -527,9 +527,16 @@ bool few_row_blocks(const NcsView& v, std::size_t per_thread) {
 // they go into s1, s2 directly (the same values: adding a partial to zero changes no bit),
 // which spares a small batch of many columns (Batch-Layer Norm's batch branch: 200k columns on
 // (2, 64, 56, 56)) two arrays of doubles the size of s1, s2 zeroed, written and read again.
-template <class Group>
-void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool second,
-                           bool split_columns, double* s1, double* s2, Group&& group) {
+// With done given and a single block, each task's sums go instead into its thread's scratch, in
+// L1, and done(c0, c1, t1, t2) takes them right after the task (t1[i], t2[i] the sums of column
+// c0 + i; t2 null without `second`), so that they are finished while still in that cache: s1, s2
+// are then not written. Returns whether done took every column's sums; if not, they are in s1,
+// s2 (several blocks of rows).
+template <class Group, class Done = std::nullptr_t>
+bool column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool second,
+                           bool split_columns, double* s1, double* s2, Group&& group,
+                           Done&& done = nullptr) {
+    constexpr bool has_done = !std::is_same_v<std::decay_t<Done>, std::nullptr_t>;
     const std::size_t blocks = row_blocks(v);
     const auto threads = std::size_t(omp_get_max_threads());
     const auto rows_before = [&](std::size_t b) { return std::min(v.n, b * kRowBlock); };
@@ -544,7 +551,8 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
                (rows_before(b + 1) - rows_before(b)) * std::min(v.c, r * range);
     };
     const bool into_sums = blocks == 1 && s1 && (!second || s2);
-    if (into_sums && !second && s2) zero_fill(s2, v.c);
+    const bool to_done = has_done && into_sums;
+    if (into_sums && !to_done && !second && s2) zero_fill(s2, v.c);
     // Each task zeroes its own partials right before it adds to them (on its thread, into its
     // cache) instead of all of them zeroed up front.
     double* part1 = into_sums ? s1 : scratch(kPart1, blocks * v.c, false);
@@ -555,19 +563,24 @@ void column_sums_by_blocks(const NcsView& v, std::size_t rows_per_group, bool se
         // read last, still in this core's cache; and this pass starts on the rows the layer
         // before wrote last. The partials, and so the sums, are the same in any order.
         const auto [first, end] = team.share_by_weight(blocks * ranges, values_before);
+        double* task1 = to_done ? scratch(kTask1, range, false) : nullptr;
+        double* task2 = to_done && second ? scratch(kTask2, range, false) : nullptr;
         for (std::size_t task = end; task-- > first;) {
             const std::size_t b = task / ranges, c0 = (task % ranges) * range;
             const std::size_t c1 = std::min(v.c, c0 + range);
-            std::fill(part1 + b * v.c + c0, part1 + b * v.c + c1, 0.0);
-            if (part2) std::fill(part2 + b * v.c + c0, part2 + b * v.c + c1, 0.0);
-            for_each_row_group(b * kRowBlock, block_end(v, b * kRowBlock), rows_per_group,
-                               [&](std::size_t n0, std::size_t count) {
-                                   group(n0, count, c0, c1, part1 + b * v.c,
-                                         part2 ? part2 + b * v.c : nullptr);
-                               });
+            double* p1 = to_done ? task1 : part1 + b * v.c + c0;
+            double* p2 = !part2 ? nullptr : to_done ? task2 : part2 + b * v.c + c0;
+            std::fill(p1, p1 + (c1 - c0), 0.0);
+            if (p2) std::fill(p2, p2 + (c1 - c0), 0.0);
+            for_each_row_group(
+                b * kRowBlock, block_end(v, b * kRowBlock), rows_per_group,
+                [&](std::size_t n0, std::size_t count) { group(n0, count, c0, c1, p1, p2); });
+            if constexpr (has_done)
+                if (to_done) done(c0, c1, static_cast<const double*>(p1), p2);
         }
     });
     if (!into_sums) add_partials(part1, part2, blocks, v.c, s1, s2);
+    return to_done;
 }
 
 // Σdy and Σdy·x̂ per column of a dense (N, C) input. per_row(n, x̂ of row n or null) runs first
@@ -589,7 +602,6 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
         [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1, double* part1,
             double* part2) {
             const std::size_t at = n0 * v.c + c0, width = c1 - c0;
-            double* p2 = part2 ? part2 + c0 : nullptr;
             // The group's stored x̂ (null when formed from the input, or when there is none).
             const T* h = !direct && xhat.present() ? stored_xhat_rows(xhat, v, n0) : nullptr;
             if constexpr (has_per_row)
@@ -602,7 +614,7 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                     rows::column_grad_sums_from_input<T, decltype(weighted)::value>(
                         dy + at, xhat.x + at, count, v.c, width, by_row ? xhat.shift + n0 : nullptr,
                         by_row ? xhat.scale + n0 : nullptr, by_row ? nullptr : xhat.shift + c0,
-                        by_row ? nullptr : xhat.scale + c0, part1 + c0, p2,
+                        by_row ? nullptr : xhat.scale + c0, part1, part2,
                         rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)),
                         row_weight ? row_weight + n0 : nullptr,
                         column_weight ? column_weight + c0 : nullptr);
@@ -610,8 +622,7 @@ void dense_column_sums(const T* dy, const XhatSource<T>& xhat, const NcsView& v,
                 rows::with_flag(row_weight || column_weight, sums);
                 return;
             }
-            rows::column_grad_sums(dy + at, h ? h + c0 : nullptr, count, v.c, width, part1 + c0,
-                                   p2);
+            rows::column_grad_sums(dy + at, h ? h + c0 : nullptr, count, v.c, width, part1, part2);
         });
 }
 
@@ -812,60 +823,45 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     const std::size_t cps = sets.channels_per_set;
     const double inv_m = 1.0 / double(sets.set_size(v));
 
-    if (dense_across_batch(v, sets) && center && cps == 1 && row_blocks(v) == 1) {
-        // A batch of one block of rows (the few samples of Batch-Layer Norm's batch branch, a
-        // column per channel and position): each range of columns is summed and finished while
-        // its sums are still in this core's cache, and row 0 is the shift itself. The same sums
-        // as column_sums_by_blocks's (one block, groups of kFloatSteps rows, ranges of
-        // column_range), finished as below: the same bits, without a copy of row 0, a zeroed
-        // pair of arrays of doubles the size of a row and a second pass over them.
-        const std::size_t range = column_range(v.c, std::size_t(omp_get_max_threads()));
-        const std::size_t ranges = (v.c + range - 1) / range;
-        parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
-            double* s1 = scratch(kTotal1, range, false);
-            double* s2 = scratch(kTotal2, range, false);
-            const auto [first, end] = team.share(ranges);
-            for (std::size_t r = first; r < end; ++r) {
-                const std::size_t c0 = r * range, width = std::min(v.c, c0 + range) - c0;
-                std::fill_n(s1, width, 0.0);
-                std::fill_n(s2, width, 0.0);
-                for_each_row_group(0, v.n, rows::kFloatSteps,
-                                   [&](std::size_t n0, std::size_t count) {
-                                       rows::column_shifted_sums(x + n0 * v.c + c0, count, v.c,
-                                                                 width, x + c0, s1, s2);
-                                   });
-                finish_columns(true, inv_m, x + c0, s1, s2, 0, width, mean + c0, var + c0);
-            }
-        });
-        return;
-    }
     if (dense_across_batch(v, sets)) {
         // Dense (N, C): blocks of rows in memory order, each into its own column partials.
-        // Each set's shift is its first value in row 0, repeated over the set's channels.
-        std::vector<T> shift;
-        if (center && cps == 1) {
-            shift.assign(x, x + v.c);
-        } else {
-            shift.assign(v.c, T(0));
+        // Each set's shift is its first value in row 0, repeated over the set's channels: with
+        // a channel per set, row 0 itself (no copy of it: 800 KB on Batch-Layer Norm's batch
+        // branch on (2, 64, 56, 56)).
+        std::vector<T> shift_copy;
+        const T* shift = x;
+        if (!center || cps > 1) {
+            shift_copy.assign(v.c, T(0));
             if (center)
                 for (std::size_t k = 0; k < num_sets; ++k)
-                    std::fill_n(shift.begin() + std::ptrdiff_t(k * cps), cps, x[k * cps]);
+                    std::fill_n(shift_copy.begin() + std::ptrdiff_t(k * cps), cps, x[k * cps]);
+            shift = shift_copy.data();
         }
         double* s1 = scratch(kTotal1, v.c, false);
         double* s2 = scratch(kTotal2, v.c, false);
-        column_sums_by_blocks(v, rows::kFloatSteps, true, true, s1, s2,
-                              [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1,
-                                  double* part1, double* part2) {
-                                  rows::column_shifted_sums(x + n0 * v.c + c0, count, v.c, c1 - c0,
-                                                            shift.data() + c0, part1 + c0,
-                                                            part2 + c0);
-                              });
+        const auto group = [&](std::size_t n0, std::size_t count, std::size_t c0, std::size_t c1,
+                               double* part1, double* part2) {
+            rows::column_shifted_sums(x + n0 * v.c + c0, count, v.c, c1 - c0, shift + c0, part1,
+                                      part2);
+        };
         if (cps == 1) {
-            for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
-                finish_columns(center, inv_m, shift.data(), s1, s2, begin, end, mean, var);
-            });
+            // A batch of one block of rows (the few samples of Batch-Layer Norm's batch branch,
+            // a column per channel and position) finishes each range of columns while its sums
+            // are still in this core's L1, instead of in a second pass over arrays of doubles the
+            // size of a row.
+            const bool finished = column_sums_by_blocks(
+                v, rows::kFloatSteps, true, true, s1, s2, group,
+                [&](std::size_t c0, std::size_t c1, const double* t1, const double* t2) {
+                    finish_columns(center, inv_m, shift + c0, t1, t2, 0, c1 - c0, mean + c0,
+                                   var + c0);
+                });
+            if (!finished)
+                for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
+                    finish_columns(center, inv_m, shift, s1, s2, begin, end, mean, var);
+                });
             return;
         }
+        column_sums_by_blocks(v, rows::kFloatSteps, true, true, s1, s2, group);
         parallel_for(num_sets, num_sets >= kParallelSets, [&](std::size_t k) {
             double t1 = 0, t2 = 0;
             for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
@@ -1402,7 +1398,7 @@ void backward_fused(const T* dy, XhatArg<T> xhat, const NcsView& v, const SetSpe
             const std::size_t at = n0 * v.c + c0;
             rows::apply_rows_summing_columns(
                 dy + at, xhat.x + at, count, v.c, c1 - c0, xhat.shift + n0, xhat.scale + n0,
-                coef_g + n0, g + c0, c1s, cxs, dx + at, part1 + c0, part2 + c0,
+                coef_g + n0, g + c0, c1s, cxs, dx + at, part1, part2,
                 rows_ahead<T>(v, n0 + count, grad_row_group<T>(v), block_end(v, n0)));
         };
         if (few_row_blocks(v, 1)) {

@@ -74,30 +74,6 @@ Moments<T> branch_moments(const Array<T>& x, const std::vector<BranchCall>& call
     return m;
 }
 
-// The moments of sets of one value each (the batch branch at a batch of one), in every ISA
-// clone: each mean is the value plus 0 (which makes −0 the +0 that the shifted sums give), each
-// variance exactly 0, as kernels::collect_moments gives them for sets of one value.
-template <class T>
-NORMLAB_ISA_CLONES void single_values(const T* x, std::size_t begin, std::size_t end, T* mean,
-                                      T* var) {
-#pragma omp simd
-    for (std::size_t k = begin; k < end; ++k) {
-        mean[k] = x[k] + T(0);
-        var[k] = T(0);
-    }
-}
-
-template <class T>
-Moments<T> single_value_moments(const T* x, std::size_t num_sets) {
-    Moments<T> m;
-    m.mean.resize(num_sets);
-    m.var.resize(num_sets);
-    kernels::for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
-        single_values(x, begin, end, m.mean.data(), m.var.data());
-    });
-    return m;
-}
-
 // Sets per step of scale_sets: the variances read by inverse_std are read again by all_finite
 // from the L1 cache, not from memory (the batch branch on conv input has a set per channel and
 // position: 800 KB of each statistic on (2, 64, 56, 56)).
@@ -761,9 +737,7 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     const auto f_calls = feature_calls(v);
     const std::size_t b_sets = v.c * v.s, f_sets = v.n * v.s;
     Moments<T> b_cur, f_cur;
-    if (v.n == 1 && batch_var_in && !batch_mean_in)
-        b_cur = single_value_moments(x.data(), b_sets);
-    else if ((batch_mean_in || batch_var_in) && !batch_vanishes)
+    if ((batch_mean_in || batch_var_in) && !batch_vanishes)
         b_cur = branch_moments(x, b_calls, b_sets);
     if (feature_mean_in || feature_var_in) f_cur = branch_moments(x, f_calls, f_sets);
     // make_branch checks the current moments in its pass over the sets; the search for the

@@ -25,14 +25,12 @@ namespace {
 template <class T>
 void check_finite(const std::vector<T>& mean, const std::vector<T>& var, const std::string& label,
                   const Shape& shape) {
-    if (kernels::all_finite(mean.data(), var.data(), mean.size())) return;
-    for (std::size_t i = 0; i < mean.size(); ++i) {
-        if (!std::isfinite(mean[i]) || !std::isfinite(var[i]))
-            throw NonFiniteError(label + ": statistics of the input are not finite (set " +
-                                 std::to_string(i) + " of " + std::to_string(mean.size()) +
-                                 "): the input of shape " + format_shape(shape) +
-                                 " contains NaN or Inf; nothing was updated");
-    }
+    const std::size_t i = kernels::first_non_finite(mean.data(), var.data(), mean.size());
+    if (i < mean.size())
+        throw NonFiniteError(label + ": statistics of the input are not finite (set " +
+                             std::to_string(i) + " of " + std::to_string(mean.size()) +
+                             "): the input of shape " + format_shape(shape) +
+                             " contains NaN or Inf; nothing was updated");
 }
 
 }  // namespace

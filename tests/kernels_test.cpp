@@ -202,6 +202,8 @@ TEST(Kernels, InverseStdAndFiniteChecksMatchTheScalarFormulas) {
         }
         EXPECT_TRUE(kernels::all_finite(a.data(), b.data(), n)) << n;
         EXPECT_TRUE(kernels::all_finite(a.data(), static_cast<const float*>(nullptr), n)) << n;
+        EXPECT_EQ(kernels::first_non_finite(a.data(), b.data(), n), n);
+        EXPECT_EQ(kernels::first_non_finite(a.data(), static_cast<const float*>(nullptr), n), n);
         for (float bad :
              {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
               -std::numeric_limits<float>::infinity()})
@@ -214,10 +216,22 @@ TEST(Kernels, InverseStdAndFiniteChecksMatchTheScalarFormulas) {
                 EXPECT_FALSE(
                     kernels::all_finite(a_bad.data(), static_cast<const float*>(nullptr), n))
                     << n << " " << at;
+                // The first bad value is the one named, in either array, also with a second
+                // one after it.
+                EXPECT_EQ(kernels::first_non_finite(a.data(), b_bad.data(), n), at) << n;
+                EXPECT_EQ(
+                    kernels::first_non_finite(a_bad.data(), static_cast<const float*>(nullptr), n),
+                    at)
+                    << n;
+                a_bad[n - 1] = bad;
+                EXPECT_EQ(kernels::first_non_finite(a_bad.data(), b.data(), n), at) << n;
             }
     }
     EXPECT_TRUE(kernels::all_finite(static_cast<const float*>(nullptr),
                                     static_cast<const float*>(nullptr), 0));
+    EXPECT_EQ(kernels::first_non_finite(static_cast<const float*>(nullptr),
+                                        static_cast<const float*>(nullptr), 0),
+              0u);
 }
 
 // Items of unequal weight (blocks of rows, the last one short) are shared by weight: contiguous

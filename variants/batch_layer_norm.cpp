@@ -741,16 +741,14 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
         b_cur = branch_moments(x, b_calls, b_sets);
     if (feature_mean_in || feature_var_in) f_cur = branch_moments(x, f_calls, f_sets);
     // make_branch checks the current moments in its pass over the sets; the search for the
-    // first non-finite set runs only on failure.
-    // (var null: the variances are 0, a vanishing batch branch's.)
+    // first non-finite set runs only on failure. (var null: the variances are 0, a vanishing
+    // batch branch's.)
     auto refuse_non_finite = [&](const T* mean, const T* var, std::size_t n, const char* branch) {
-        for (std::size_t k = 0; k < n; ++k)
-            if (!std::isfinite(mean[k]) || (var && !std::isfinite(var[k])))
-                throw NonFiniteError(this->label() + ": " + branch +
-                                     " statistics of the input are not finite (set " +
-                                     std::to_string(k) + " of " + std::to_string(n) +
-                                     "): the input of shape " + format_shape(shape_of(x)) +
-                                     " contains NaN or Inf; nothing was updated");
+        if (const std::size_t k = kernels::first_non_finite(mean, var, n); k < n)
+            throw NonFiniteError(
+                this->label() + ": " + branch + " statistics of the input are not finite (set " +
+                std::to_string(k) + " of " + std::to_string(n) + "): the input of shape " +
+                format_shape(shape_of(x)) + " contains NaN or Inf; nothing was updated");
     };
     // The population statistics a branch reads exist (check_call): in training, where the first
     // call may still allocate them below, both branches take the input's.
@@ -766,8 +764,7 @@ Array<T> BatchLayerNorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad,
     if (batch_vanishes) {
         ctx.batch.vanishes = true;
         ctx.batch.var_from_input = batch_var_in;
-        if (!kernels::all_finite(x.data(), static_cast<const T*>(nullptr), x.size()))
-            refuse_non_finite(x.data(), nullptr, b_sets, "batch");
+        refuse_non_finite(x.data(), nullptr, b_sets, "batch");
     } else {
         ctx.batch = make_branch(b_cur,
                                 BranchSource<T>{b_shift, moving_batch_var_.data(), batch_mean_in,

@@ -141,13 +141,13 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
         batch_var.resize(channels);
         kernels::collect_moments(x.data(), v, kChannelSets, true, batch_mean.data(),
                                  batch_var.data());
-        if (!kernels::all_finite(batch_mean.data(), batch_var.data(), channels))
-            for (std::size_t c = 0; c < channels; ++c)
-                if (!std::isfinite(batch_mean[c]) || !std::isfinite(batch_var[c]))
-                    throw NonFiniteError(
-                        this->label() + ": statistics of the input are not finite (channel " +
-                        std::to_string(c) + "): the input of shape " + format_shape(shape_of(x)) +
-                        " contains NaN or Inf; nothing was updated");
+        if (const std::size_t c =
+                kernels::first_non_finite(batch_mean.data(), batch_var.data(), channels);
+            c < channels)
+            throw NonFiniteError(
+                this->label() + ": statistics of the input are not finite (channel " +
+                std::to_string(c) + "): the input of shape " + format_shape(shape_of(x)) +
+                " contains NaN or Inf; nothing was updated");
         ctx.r.resize(channels);
         ctx.d.resize(channels);
         correct_channels(batch_mean.data(), batch_var.data(), options_.eps, moving_mean_.data(),

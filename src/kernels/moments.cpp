@@ -1701,9 +1701,18 @@ bool all_finite(const T* a, const T* b, std::size_t n) {
     return all_finite_clones(a, b, n);
 }
 
+template <class T>
+std::size_t first_non_finite(const T* a, const T* b, std::size_t n) {
+    if (all_finite(a, b, n)) return n;
+    for (std::size_t k = 0; k < n; ++k)
+        if (!std::isfinite(a[k]) || (b && !std::isfinite(b[k]))) return k;
+    return n;
+}
+
 #define NORMLAB_INSTANTIATE_KERNELS(T)                                                             \
     template void inverse_std<T>(const T*, std::size_t, double, T*);                               \
     template bool all_finite<T>(const T*, const T*, std::size_t);                                  \
+    template std::size_t first_non_finite<T>(const T*, const T*, std::size_t);                     \
     template void collect_moments<T>(const T*, const NcsView&, const SetSpec&, bool, T*, T*);      \
     template void normalize_affine<T>(const T*, const NcsView&, const SetSpec&, const T*,          \
                                       const T*, const T*, const T*, const T*, T*, T*, bool);       \

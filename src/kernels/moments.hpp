@@ -67,6 +67,11 @@ void inverse_std(const T* var, std::size_t n, double eps, T* inv_std);
 template <class T>
 bool all_finite(const T* a, const T* b, std::size_t n);
 
+// The first k < n where a[k] or b[k] (b may be null) is NaN or infinite, or n where none is: the
+// statistic an error names. all_finite first, so a finite array costs no branch per value.
+template <class T>
+std::size_t first_non_finite(const T* a, const T* b, std::size_t n);
+
 // Stage 2. x̂ = (x − shift[k])·scale[k], y = gamma[c]·(x̂ + offset[k]) + beta[c], with k the set
 // of the element. offset, gamma, beta may be null (0, 1, 0); xhat may be null (not stored). The
 // stored x̂ is without the offset: the x̂ that backward forms again from the input. `inference`:

@@ -79,17 +79,17 @@ GlobalMoments allreduce_moments(const Communicator& comm, const std::string& lab
         if (v.n > 0) {
             std::vector<T> mean(channels), var(channels);
             kernels::collect_moments(x.data(), v, kChannelSets, true, mean.data(), var.data());
+            if (const std::size_t c = kernels::first_non_finite(mean.data(), var.data(), channels);
+                c < channels)
+                throw NonFiniteError(label +
+                                     ": statistics of this rank's input are not "
+                                     "finite (channel " +
+                                     std::to_string(c) + "): the input of shape " +
+                                     format_shape(shape) +
+                                     " contains NaN or Inf; nothing was updated");
             const double count = double(v.n * v.s);
-            for (std::size_t c = 0; c < channels; ++c) {
-                if (!std::isfinite(mean[c]) || !std::isfinite(var[c]))
-                    throw NonFiniteError(label +
-                                         ": statistics of this rank's input are not "
-                                         "finite (channel " +
-                                         std::to_string(c) + "): the input of shape " +
-                                         format_shape(shape) +
-                                         " contains NaN or Inf; nothing was updated");
+            for (std::size_t c = 0; c < channels; ++c)
                 partials[c] = {count, double(mean[c]), double(var[c]) * count};
-            }
         }
     } catch (...) {
         failure = std::current_exception();

@@ -4,11 +4,18 @@ docs/benchmarks.md.
 
 Every number in the page comes from these files; nothing is typed by hand. Usage (run.sh does
 this): report.py --normlab a.json [--onednn b.json] [--pytorch c.json] [--pytorch-paired d.json]
---machine "..." --out F
+--machine "..." --command "..." --out F [--data F.json]
+
+--data also writes the run's data: the fields of those files that the page is made from, with the
+machine and the command, in one JSON file beside the page (docs/benchmarks.json). The page is
+made from exactly that data, so `report.py --from-data docs/benchmarks.json --out F` makes the
+committed page again, byte for byte, on any machine (tests/benchmark_report_test.py checks it).
 """
 import argparse
+import gzip
 import json
 import os
+import sys
 import statistics
 from collections import defaultdict
 
@@ -30,11 +37,95 @@ ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
 
 
 def read_json(path):
+    """A benchmark program's JSON document, from its file or as the run's data holds it (a dict)."""
+    if isinstance(path, dict):
+        return path
     # A program whose filter matched nothing (BENCH_FILTER) leaves an empty file.
     if not path or not os.path.exists(path) or os.path.getsize(path) == 0:
         return {}
     with open(path) as fh:
         return json.load(fh)
+
+
+# What the run's data keeps of each benchmark entry: every field the page reads, and the
+# programs' own checks and counters that a reader of the data would look for (the paired cases'
+# two medians, the largest difference between the implementations' outputs, bandwidths).
+ENTRY_FIELDS = ("name", "run_type", "aggregate_name", "error_occurred", "error_message",
+                "real_time", "time_unit", "call_median_us", "roofline", "roofline_dram",
+                "bytes_per_second", "paired_ratio", "normlab_median_us", "onednn_median_us",
+                "pytorch_median_us", "max_abs_diff", "bandwidth_GBps", "bytes", "threads",
+                "overhead", "examples_per_second")
+# ... and of each program's context: what the page reads and what describes the machine.
+CONTEXT_FIELDS = ("date", "num_cpus", "mhz_per_cpu", "caches", "library_build_type",
+                  "memory_locked", "onednn_blocked_layout", "planned_cache_mib",
+                  "planned_cache_from", "chain_output_streamed")
+# The implementations' lists of files, as main's arguments and the data's "inputs" name them.
+INPUTS = ("normlab", "onednn", "pytorch", "pytorch_paired", "training")
+DATA_FORMAT = 1
+
+
+def kept_fields(document):
+    """The part of one program's JSON document that the run's data keeps (ENTRY_FIELDS,
+    CONTEXT_FIELDS)."""
+    context = document.get("context", {})
+    return {"context": {k: context[k] for k in CONTEXT_FIELDS if k in context},
+            "benchmarks": [{k: e[k] for k in ENTRY_FIELDS if k in e}
+                           for e in document.get("benchmarks", [])]}
+
+
+class DataError(Exception):
+    """A run's data file that cannot be read as one."""
+
+
+def read_data(path):
+    """The run's data that --data wrote: {"rounds", "machine", "command", "inputs": {impl: [doc]}}.
+    Gzip-compressed if its name ends in .gz."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt") as fh:
+            data = json.load(fh)
+    except OSError as err:
+        raise DataError(f"cannot read the benchmark data {path}: {err}") from err
+    except (ValueError, EOFError) as err:
+        raise DataError(f"{path} is not a complete JSON file of benchmark data "
+                        f"(truncated or damaged?): {err}") from err
+    if not isinstance(data, dict) or data.get("format") != DATA_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path}: expected benchmark data of format {DATA_FORMAT} (written by "
+                        f"report.py --data), found format {found!r}")
+    missing = [k for k in ("rounds", "machine", "command", "inputs") if k not in data]
+    if missing or not isinstance(data["inputs"], dict) or not data["inputs"].get("normlab"):
+        raise DataError(f"{path}: benchmark data without "
+                        + (", ".join(missing) if missing else "normlab's results"))
+    for impl, documents in data["inputs"].items():
+        if impl not in INPUTS or not isinstance(documents, list) or not all(
+                isinstance(d, dict) and isinstance(d.get("benchmarks"), list) for d in documents):
+            raise DataError(f"{path}: inputs[{impl!r}] is not a list of benchmark results of one "
+                            f"of {', '.join(INPUTS)}")
+    return data
+
+
+def write_data(path, rounds, machine, command, inputs):
+    """The run's data, one benchmark entry per line (readable, and a diff between two runs shows
+    the cases that changed)."""
+    lines = ['{"format": %d, "rounds": %s, "machine": %s, "command": %s, "inputs": {'
+             % (DATA_FORMAT, json.dumps(rounds), json.dumps(machine), json.dumps(command))]
+    impls = [impl for impl in INPUTS if inputs.get(impl)]
+    for i, impl in enumerate(impls):
+        lines.append(f" {json.dumps(impl)}: [")
+        for j, doc in enumerate(inputs[impl]):
+            lines.append('  {"context": %s, "benchmarks": [' % json.dumps(doc["context"],
+                                                                          sort_keys=True))
+            entries = doc["benchmarks"]
+            lines += ["   " + json.dumps(e) + ("," if k + 1 < len(entries) else "")
+                      for k, e in enumerate(entries)]
+            lines.append("  ]}" + ("," if j + 1 < len(inputs[impl]) else ""))
+        lines.append(" ]" + ("," if i + 1 < len(impls) else ""))
+    lines.append("}}")
+    text = "\n".join(lines) + "\n"
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wt") as fh:
+        fh.write(text)
 
 
 def load(path):
@@ -201,17 +292,47 @@ def main():
     # JSON files of every round for each implementation (a round may be split into several
     # files, one per group of cases); each case's value is its median over the rounds.
     ap.add_argument("--rounds", type=int, help="number of rounds (default: one per file)")
-    ap.add_argument("--normlab", required=True, nargs="+")
+    ap.add_argument("--normlab", nargs="+")
     ap.add_argument("--onednn", nargs="*")
     ap.add_argument("--pytorch", nargs="*")
     ap.add_argument("--pytorch-paired", nargs="*",
                     help="torch_bench JSON of every round: PyTorch timed in turn with normlab")
-    ap.add_argument("--machine", required=True)
-    ap.add_argument("--command", required=True)
+    ap.add_argument("--machine")
+    ap.add_argument("--command")
     ap.add_argument("--training", nargs="*",
                     help="training_bench JSON of every round: whole-model examples/s")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--data", help="also write the run's data (the kept fields of every input, "
+                    "the machine and the command) to this JSON file (.gz: compressed)")
+    ap.add_argument("--from-data", metavar="FILE",
+                    help="make the page from a run's data (written by --data) instead of files")
     args = ap.parse_args()
+    if args.from_data:
+        # The run's data names the machine, the command and every input itself.
+        if args.normlab or args.onednn or args.pytorch or args.pytorch_paired or args.training:
+            ap.error("--from-data takes the place of --normlab, --onednn, --pytorch, "
+                     "--pytorch-paired and --training")
+        try:
+            data = read_data(args.from_data)
+        except DataError as err:
+            sys.exit(f"report.py: {err}")
+        args.rounds, args.machine, args.command = data["rounds"], data["machine"], data["command"]
+        for impl in INPUTS:
+            setattr(args, impl, data["inputs"].get(impl) or None)
+    else:
+        missing = [flag for flag, value in (("--normlab", args.normlab),
+                                            ("--machine", args.machine),
+                                            ("--command", args.command)) if value is None]
+        if missing:
+            ap.error("the following arguments are required: " + ", ".join(missing)
+                     + " (or --from-data)")
+        # The page is made from the kept fields only, as it would be from the written data.
+        for impl in INPUTS:
+            paths = getattr(args, impl)
+            setattr(args, impl, [kept_fields(read_json(p)) for p in paths] if paths else None)
+        if args.data:
+            write_data(args.data, args.rounds, args.machine, args.command,
+                       {impl: getattr(args, impl) for impl in INPUTS})
 
     times, counters, triad, files, spread, per_file, peaks = collect_rounds(args.normlab)
     rounds = args.rounds or files

@@ -4,6 +4,9 @@
 #   BENCH_ROUNDS=5 bash benchmarks/run.sh      # more rounds (default 3; medians over rounds)
 #   BENCH_FILTER=conv bash benchmarks/run.sh   # a subset (Google Benchmark regex / substring)
 #   BENCH_DOC=docs/benchmarks-mine.md bash benchmarks/run.sh   # the report elsewhere
+# Beside the report it writes the run's data (docs/benchmarks.json: what the report is made of),
+# from which `python3 benchmarks/report.py --from-data docs/benchmarks.json --out F` makes the
+# same report again.
 #   NORMLAB_LAST_LEVEL_CACHE=32M bash benchmarks/run.sh     # the kernels plan for a 32 MiB cache
 #   NORMLAB_LAST_LEVEL_CACHE=measure bash benchmarks/run.sh # ... for the cache `normlab cache` finds
 # Set THREADS (default: all cores). Run on a quiet machine: the numbers are wall-clock medians.
@@ -83,5 +86,5 @@ BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^B
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
   --pytorch "${PYTORCH_FILES[@]}" --pytorch-paired "${TORCH_PAIRED_FILES[@]}" --training "${TRAINING_FILES[@]}" --machine "$MACHINE" \
   --command "${CACHE_SETTING:+NORMLAB_LAST_LEVEL_CACHE=$CACHE_SETTING }THREADS=$THREADS${FILTER:+ BENCH_FILTER=$FILTER}$([ "$ROUNDS" != 3 ] && echo " BENCH_ROUNDS=$ROUNDS")${BENCH_DOC:+ BENCH_DOC=$BENCH_DOC} bash benchmarks/run.sh" \
-  --out "$DOC"
-echo "wrote $DOC (raw JSON in $OUT)"
+  --out "$DOC" --data "${DOC%.md}.json"
+echo "wrote $DOC and its data ${DOC%.md}.json (the programs' JSON in $OUT)"

@@ -399,5 +399,146 @@ class Page(unittest.TestCase):
         self.assertIn("| at least 1.5× faster than PyTorch 1.13 | 0 of 0 |", page)
 
 
+def run_report(*args):
+    """report.py with these arguments: (exit code, stderr)."""
+    done = subprocess.run([sys.executable, os.path.join(HERE, "..", "benchmarks", "report.py"),
+                           *args], capture_output=True, text=True)
+    return done.returncode, done.stderr
+
+
+class RunData(unittest.TestCase):
+    """--data writes what the page is made of; --from-data makes the same page from it."""
+
+    def files(self, d):
+        ours = write(d, "normlab.json", [
+            entry("normlab/batch_norm/conv/fwd_train", 0, median=100.0, roofline=0.75,
+                  roofline_dram=1.0, cpu_time=180.0, iterations=12),
+            entry("normlab/layer_norm/mlp/bwd", 0, median=40.0, roofline=0.5,
+                  roofline_dram=0.9),
+            {"name": "triad/conv_fwd/threads:2", "run_type": "iteration",
+             "bandwidth_GBps": 50.0, "bytes": 5.0e7},
+        ], context={"memory_locked": "yes", "host_name": "builder-7", "date": "2026-12-05"})
+        second = write(d, "normlab2.json", [
+            entry("normlab/batch_norm/conv/fwd_train", 0, median=110.0, roofline=0.7,
+                  roofline_dram=0.95),
+            entry("normlab/layer_norm/mlp/bwd", 0, median=44.0, roofline=0.45,
+                  roofline_dram=0.8),
+        ])
+        onednn = write(d, "onednn.json", [
+            entry("onednn_plain/batch_norm/conv/fwd_train", 0, median=400.0),
+            entry("onednn_blocked/batch_norm/conv/fwd_train", 0, median=120.0),
+            {"name": "paired/onednn_blocked/batch_norm/conv/fwd_train/min_time:0.100",
+             "run_type": "iteration", "paired_ratio": 1.1, "normlab_median_us": 101.0,
+             "onednn_median_us": 111.1},
+        ], context={"onednn_blocked_layout": "nChw8c"})
+        empty = os.path.join(d, "onednn2.json")
+        open(empty, "w").close()  # a round whose filter matched nothing
+        torch = write(d, "pytorch.json", [entry("pytorch/batch_norm/conv/fwd_train", 160.0)])
+        training = write(d, "training.json", [
+            {"name": "mlp_epoch/identity", "run_type": "iteration",
+             "examples_per_second": 1000.0},
+            {"name": "mlp_epoch/batch_norm", "run_type": "iteration",
+             "examples_per_second": 800.0},
+        ])
+        return ["--rounds", "2", "--normlab", ours, second, "--onednn", onednn, empty,
+                "--pytorch", torch, "--training", training, "--machine", "test machine\n",
+                "--command", "THREADS=2 bash benchmarks/run.sh"]
+
+    def test_the_page_again_from_the_data(self):
+        for name in ("run.json", "run.json.gz"):
+            with self.subTest(name), tempfile.TemporaryDirectory() as d:
+                data = os.path.join(d, name)
+                page = report_page(d, *self.files(d), "--data", data)
+                # The files are gone: the data alone makes the page.
+                for f in os.listdir(d):
+                    if f.endswith(".json") and f != name:
+                        os.remove(os.path.join(d, f))
+                self.assertEqual(report_page(d, "--from-data", data), page)
+                self.assertIn("| conv (32, 64, 56, 56) | fwd_train | 105 | 1.10× |", page)
+                self.assertIn("test machine", page)
+                self.assertIn("Command: `THREADS=2 bash benchmarks/run.sh`", page)
+                self.assertIn("## Whole-model training speed", page)
+
+    def test_the_data_keeps_what_the_page_reads_and_the_programs_checks(self):
+        with tempfile.TemporaryDirectory() as d:
+            data_path = os.path.join(d, "run.json")
+            report_page(d, *self.files(d), "--data", data_path)
+            with open(data_path) as fh:
+                data = json.load(fh)
+        self.assertEqual(data["rounds"], 2)
+        self.assertEqual(data["machine"], "test machine\n")
+        self.assertEqual(sorted(data["inputs"]),
+                         ["normlab", "onednn", "pytorch", "training"])
+        first = data["inputs"]["normlab"][0]
+        # The context keeps what the page reads and what describes the machine, not the host.
+        self.assertEqual(first["context"], {"memory_locked": "yes", "date": "2026-12-05"})
+        self.assertEqual(first["benchmarks"][0],
+                         {"name": "normlab/batch_norm/conv/fwd_train/min_time:0.100/manual_time",
+                          "run_type": "iteration", "real_time": 0, "time_unit": "us",
+                          "call_median_us": 100.0, "roofline": 0.75, "roofline_dram": 1.0})
+        paired = data["inputs"]["onednn"][0]["benchmarks"][2]
+        self.assertEqual((paired["normlab_median_us"], paired["onednn_median_us"]),
+                         (101.0, 111.1))
+        # The empty round keeps its place, so rounds are still told apart by position.
+        self.assertEqual(data["inputs"]["onednn"][1], {"context": {}, "benchmarks": []})
+
+    def test_unreadable_truncated_or_foreign_data_is_refused_by_name(self):
+        with tempfile.TemporaryDirectory() as d:
+            data = os.path.join(d, "run.json")
+            report_page(d, *self.files(d), "--data", data)
+            with open(data) as fh:
+                text = fh.read()
+            out = os.path.join(d, "refused.md")
+            cases = {
+                "truncated.json": (text[: len(text) // 2],
+                                   "is not a complete JSON file of benchmark data"),
+                "program.json": (json.dumps({"context": {}, "benchmarks": []}),
+                                 "expected benchmark data of format 1"),
+                "no_normlab.json": (text.replace('"normlab"', '"normlabx"'),
+                                    "benchmark data without normlab's results"),
+                "foreign.json": (text.replace('"pytorch"', '"tensorflow"'),
+                                 "inputs['tensorflow'] is not a list of benchmark results"),
+            }
+            for name, (content, message) in cases.items():
+                with self.subTest(name):
+                    path = os.path.join(d, name)
+                    with open(path, "w") as fh:
+                        fh.write(content)
+                    code, err = run_report("--from-data", path, "--out", out)
+                    self.assertNotEqual(code, 0)
+                    self.assertIn(path, err)
+                    self.assertIn(message, err)
+                    self.assertFalse(os.path.exists(out))
+            code, err = run_report("--from-data", os.path.join(d, "missing.json"), "--out", out)
+            self.assertNotEqual(code, 0)
+            self.assertIn("cannot read the benchmark data", err)
+            code, err = run_report("--from-data", data, "--normlab", data, "--out", out)
+            self.assertNotEqual(code, 0)
+            self.assertIn("--from-data takes the place of --normlab", err)
+            code, err = run_report("--out", out)
+            self.assertNotEqual(code, 0)
+            self.assertIn("--normlab, --machine, --command", err)
+
+
+class CommittedPages(unittest.TestCase):
+    """Every benchmark page in docs/ that has its run's data beside it (docs/X.json for
+    docs/X.md) is what report.py makes of that data: its figures came from the run, not by hand."""
+
+    def test_each_page_is_made_from_its_data(self):
+        docs = os.path.join(HERE, "..", "docs")
+        for name in sorted(os.listdir(docs)):
+            stem = name[: -len(".json.gz")] if name.endswith(".json.gz") else (
+                name[: -len(".json")] if name.endswith(".json") else None)
+            page = os.path.join(docs, f"{stem}.md") if stem else None
+            if not stem or not name.startswith("benchmarks") or not os.path.exists(page):
+                continue
+            with self.subTest(page), tempfile.TemporaryDirectory() as d:
+                made = report_page(d, "--from-data", os.path.join(docs, name))
+                with open(page) as fh:
+                    committed = fh.read()
+                self.assertEqual(made, committed, f"{page} differs from what report.py makes of "
+                                 f"docs/{name}; regenerate it with report.py --from-data")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -221,6 +221,8 @@ class Page(unittest.TestCase):
         self.assertIn("| conv_fwd | 50.0 MB | 28.0 | 50.0 | — | — |", page)
         # No paired cases in the oneDNN file: no paired row in the summary.
         self.assertNotIn("(`oneDNN paired`)", page)
+        # Without --data, the page names no data file.
+        self.assertNotIn("The run's data", page)
         self.assertNotIn("(`PyTorch paired`)", page)
 
     def test_plain_loops_beside_the_layers_and_the_roofline_misses(self):
@@ -458,6 +460,9 @@ class RunData(unittest.TestCase):
                 self.assertIn("test machine", page)
                 self.assertIn("Command: `THREADS=2 bash benchmarks/run.sh`", page)
                 self.assertIn("## Whole-model training speed", page)
+                self.assertIn(f"The run's data, from which `python3 benchmarks/report.py "
+                              f"--from-data {name} --out page.md` makes this page again, is in "
+                              f"`{name}` beside it.", page)
 
     def test_the_data_keeps_what_the_page_reads_and_the_programs_checks(self):
         with tempfile.TemporaryDirectory() as d:

@@ -531,6 +531,8 @@ class CommittedPages(unittest.TestCase):
 
     def test_each_page_is_made_from_its_data(self):
         docs = os.path.join(HERE, "..", "docs")
+        # The main report's run is published with it.
+        self.assertTrue(os.path.exists(os.path.join(docs, "benchmarks.json")))
         for name in sorted(os.listdir(docs)):
             stem = name[: -len(".json.gz")] if name.endswith(".json.gz") else (
                 name[: -len(".json")] if name.endswith(".json") else None)

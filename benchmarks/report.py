@@ -32,6 +32,7 @@ TWO_PASSES = ("plain", "two_passes")  # the plain loop after a plain read of its
 # statistics need the whole tensor read before any output is written.
 ACROSS_BATCH = ("batch_norm", "batch_renorm", "batch_layer_norm")
 ROW_SHAPES = ("mlp", "seq", "transformer")  # (N, C): each channel a column down every row
+ACCURACY = "accuracy/"  # torch_bench's accuracy/<variant>/<shape>/offset:<m> cases
 ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
                     ("layer_norm", "conv"), ("layer_norm", "transformer")}
 
@@ -54,7 +55,8 @@ ENTRY_FIELDS = ("name", "run_type", "aggregate_name", "error_occurred", "error_m
                 "real_time", "time_unit", "call_median_us", "roofline", "roofline_dram",
                 "bytes_per_second", "paired_ratio", "normlab_median_us", "onednn_median_us",
                 "pytorch_median_us", "max_abs_diff", "bandwidth_GBps", "bytes", "threads",
-                "overhead", "examples_per_second")
+                "overhead", "examples_per_second", "normlab_max_error", "pytorch_max_error",
+                "offset")
 # ... and of each program's context: what the page reads and what describes the machine.
 CONTEXT_FIELDS = ("date", "num_cpus", "mhz_per_cpu", "caches", "library_build_type",
                   "memory_locked", "onednn_blocked_layout", "planned_cache_mib",
@@ -165,6 +167,8 @@ def collect(entries):
             kind, label, threads = name.split("/")[:3]
             triad[(kind, label, threads)] = (e.get("bandwidth_GBps"), e.get("bytes"))
             continue
+        if name.startswith(ACCURACY):
+            continue  # errors, not times (accuracy_section)
         if name.startswith("paired/"):
             # paired/<oneDNN or PyTorch case>: the peer's median over normlab's, timed in turn in
             # one process, kept among the times (per round, medians over rounds) as a ratio.
@@ -590,6 +594,7 @@ def main():
     triad_lines += plain_section(times, counters)
     insert_at = lines.index(f"## `{variants[0]}`") if variants else len(lines)
     lines[insert_at:insert_at] = head + triad_lines
+    lines += accuracy_section(args.pytorch_paired)
     context = load_context(args.normlab[0])
     planned, streamed = context.get("planned_cache_mib"), context.get("chain_output_streamed")
     lines += chain_section(times, int(planned) if planned else None,
@@ -649,6 +654,49 @@ def plain_section(times, counters):
                 cells.append(ratio(times.get(("normlab", "batch_norm", shape, p)), t2))
             out.append(f"| {shape} {SHAPE_TEXT[shape]} | {p} | {fmt_us(t)} | {percent(roof)} | "
                        f"{percent(dram)} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def accuracy_section(documents):
+    """The accuracy cases of torch_bench (accuracy/<variant>/<shape>/offset:<m>): each
+    implementation's largest error in the training forward against PyTorch in float64, the
+    median over the rounds (the cases are deterministic; a round that differs shows in the
+    median only)."""
+    errors = defaultdict(lambda: ([], []))
+    for doc in documents or []:
+        for e in read_json(doc).get("benchmarks", []):
+            if not e["name"].startswith(ACCURACY) or e.get("error_occurred"):
+                continue
+            if "normlab_max_error" not in e or "pytorch_max_error" not in e:
+                continue
+            variant, shape, offset = e["name"].split("/")[1:4]
+            ours, theirs = errors[(variant, shape, int(offset.split(":")[1]))]
+            ours.append(e["normlab_max_error"])
+            theirs.append(e["pytorch_max_error"])
+    if not errors:
+        return []
+    out = ["## Accuracy beside speed", "",
+           "The largest absolute difference between each implementation's training-forward output "
+           "(float32, batch statistics, γ = 1, β = 0) and PyTorch's in float64 on the same float32 "
+           "input (`accuracy/` in `torch_bench`): the suite's input (normal, mean 1, standard "
+           "deviation 2), and the same input plus 100, as activations far from zero mean are. The "
+           "outputs are of order 1, so these are errors relative to their scale. float32's "
+           "spacing is 1.2e-07 near 1 and 7.6e-06 near 100: an output formed as (x − μ)/σ in "
+           "float32, μ rounded to float32, is off by up to half that spacing over σ (1.9e-06 "
+           "at x + 100, σ = 2) however μ was summed. normlab accumulates the statistics in double, from sums "
+           "shifted by each set's first value (docs/design.md, \"Precision\"): what its column "
+           "sums cost BatchNorm on (N, C) rows in time buys these digits. The cases are computed "
+           "once per round, not timed.", "",
+           "| layer | shape | input | normlab | PyTorch | PyTorch / normlab |",
+           "|---|---|---|---:|---:|---:|"]
+    order = {s: i for i, s in enumerate(SHAPES)}
+    for (variant, shape, offset) in sorted(errors, key=lambda k: (k[0], order.get(k[1], 99),
+                                                                   k[1], k[2])):
+        ours, theirs = (statistics.median(v) for v in errors[(variant, shape, offset)])
+        ratio_cell = f"{theirs / ours:.1f}×" if ours > 0 else "—"
+        out.append(f"| `{variant}` | {shape} {SHAPE_TEXT.get(shape, '')} | "
+                   f"{'x + ' + str(offset) if offset else 'x'} | {ours:.2e} | {theirs:.2e} | "
+                   f"{ratio_cell} |")
     return out + [""]
 
 

@@ -7,9 +7,13 @@
 // the same ops, flags and protocol (input handed anew to training passes, an untimed training
 // forward before each backward, autograd's grad for x, γ and β), without the Python
 // interpreter's overhead per call.
+// Beside the timings, "accuracy/..." gives what each implementation's numerics cost in digits:
+// both training forwards against PyTorch's in float64, on the suite's input and on the same input
+// far from zero mean (run_accuracy).
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <string>
@@ -166,7 +170,59 @@ void run_paired(benchmark::State& state, const std::string& variant, const Shape
     state.counters["pytorch_threads"] = at::get_num_threads();
 }
 
+// The inputs of the accuracy cases: the suite's input (normal, mean 1, std 2) moved by these
+// offsets. Activations far from zero mean (the input of a network's first layer, or of a layer
+// after a ReLU without a normalizer before it) are where statistics in float lose digits.
+constexpr float kAccuracyOffsets[] = {0.0f, 100.0f};
+
+// How far each implementation's training-forward output (float32; γ = 1, β = 0, batch
+// statistics) lies from PyTorch's in float64 on the same float32 values: the largest absolute
+// difference over the tensor, `normlab_max_error` and `pytorch_max_error` (y is of order 1, so
+// these are errors relative to its scale). Computed once; the case's time is not a measurement.
+void run_accuracy(benchmark::State& state, const std::string& variant, const ShapeCase& shape,
+                  float offset) {
+    const std::string spec = spec_for(variant, shape);
+    NormlabCase same_data(spec, shape);
+    normlab::Tensor x = same_data.input() + offset;
+    const Tensor x_torch = to_torch(x);
+    const int64_t c = x_torch.size(1);
+    const Layer layer = pytorch_layer(variant, shape);
+    torch::NoGradGuard no_grad;
+    const auto training_output = [&](torch::ScalarType type) {
+        return layer(x_torch.to(type), torch::ones({c}, type), torch::zeros({c}, type),
+                     torch::zeros({c}, type), torch::ones({c}, type), true);
+    };
+    const Tensor reference = training_output(torch::kFloat64);
+    const auto max_error = [&](const Tensor& y) {
+        return (y.to(torch::kFloat64) - reference).abs().max().item<double>();
+    };
+    auto norm = make_normalizer(spec, shape.dims[1]);
+    const normlab::Tensor normlab_y = norm->forward(x, Mode::train, Grad::none);
+    const double normlab_error = max_error(to_torch(normlab_y));
+    const double pytorch_error = max_error(training_output(torch::kFloat32));
+    for (auto _ : state)
+        benchmark::DoNotOptimize(normlab_error + pytorch_error);
+    if (!std::isfinite(normlab_error) || !std::isfinite(pytorch_error)) {
+        state.SkipWithError("an output is not finite");
+        return;
+    }
+    state.counters["normlab_max_error"] = normlab_error;
+    state.counters["pytorch_max_error"] = pytorch_error;
+    state.counters["offset"] = offset;
+}
+
 void register_all() {
+    for (const std::string variant : {"batch_norm", "layer_norm"})
+        for (const auto& shape : shape_suite())
+            for (float offset : kAccuracyOffsets)
+                benchmark::RegisterBenchmark(("accuracy/" + variant + "/" + shape.name +
+                                              "/offset:" + std::to_string(int(offset)))
+                                                 .c_str(),
+                                             [variant, shape, offset](benchmark::State& s) {
+                                                 run_accuracy(s, variant, shape, offset);
+                                             })
+                    ->Iterations(1)
+                    ->Unit(benchmark::kMicrosecond);
     for (const std::string variant :
          {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}) {
         for (const auto& shape : shape_suite()) {

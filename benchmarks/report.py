@@ -32,7 +32,7 @@ TWO_PASSES = ("plain", "two_passes")  # the plain loop after a plain read of its
 # statistics need the whole tensor read before any output is written.
 ACROSS_BATCH = ("batch_norm", "batch_renorm", "batch_layer_norm")
 ROW_SHAPES = ("mlp", "seq", "transformer")  # (N, C): each channel a column down every row
-ACCURACY = "accuracy/"  # torch_bench's accuracy/<variant>/<shape>/offset:<m> cases
+ACCURACY = "accuracy/"  # torch_bench's accuracy/<variant>/<shape>/<pass>/offset:<m> cases
 ROOFLINE_TARGETS = {("batch_norm", "conv"), ("batch_norm", "transformer"),
                     ("layer_norm", "conv"), ("layer_norm", "transformer")}
 
@@ -658,8 +658,9 @@ def plain_section(times, counters):
 
 
 def accuracy_section(documents):
-    """The accuracy cases of torch_bench (accuracy/<variant>/<shape>/offset:<m>): each
-    implementation's largest error in the training forward against PyTorch in float64, the
+    """The accuracy cases of torch_bench (accuracy/<variant>/<shape>/<pass>/offset:<m>): each
+    implementation's largest error in the training forward or backward against PyTorch in
+    float64, the
     median over the rounds (the cases are deterministic; a round that differs shows in the
     median only)."""
     errors = defaultdict(lambda: ([], []))
@@ -669,32 +670,35 @@ def accuracy_section(documents):
                 continue
             if "normlab_max_error" not in e or "pytorch_max_error" not in e:
                 continue
-            variant, shape, offset = e["name"].split("/")[1:4]
-            ours, theirs = errors[(variant, shape, int(offset.split(":")[1]))]
+            variant, shape, pass_name, offset = e["name"].split("/")[1:5]
+            ours, theirs = errors[(variant, shape, pass_name, int(offset.split(":")[1]))]
             ours.append(e["normlab_max_error"])
             theirs.append(e["pytorch_max_error"])
     if not errors:
         return []
     out = ["## Accuracy beside speed", "",
-           "The largest absolute difference between each implementation's training-forward output "
-           "(float32, batch statistics, γ = 1, β = 0) and PyTorch's in float64 on the same float32 "
-           "input (`accuracy/` in `torch_bench`): the suite's input (normal, mean 1, standard "
-           "deviation 2), and the same input plus 100, as activations far from zero mean are. The "
-           "outputs are of order 1, so these are errors relative to their scale. float32's "
+           "The largest absolute difference between each implementation's output in training "
+           "(float32, batch statistics, γ = 1, β = 0; y of the forward, dx of the backward for "
+           "the suite's dy) and PyTorch's in float64 on the same float32 input (`accuracy/` in "
+           "`torch_bench`): the suite's input (normal, mean 1, standard deviation 2), and the "
+           "same input plus 100, as activations far from zero mean are. y is of order 1 and dx "
+           "of order 1/σ = 0.5, so these are errors relative to their scale. float32's "
            "spacing is 1.2e-07 near 1 and 7.6e-06 near 100: an output formed as (x − μ)/σ in "
            "float32, μ rounded to float32, is off by up to half that spacing over σ (1.9e-06 "
            "at x + 100, σ = 2) however μ was summed. normlab accumulates the statistics in double, from sums "
            "shifted by each set's first value (docs/design.md, \"Precision\"): what its column "
            "sums cost BatchNorm on (N, C) rows in time buys these digits. The cases are computed "
            "once per round, not timed.", "",
-           "| layer | shape | input | normlab | PyTorch | PyTorch / normlab |",
-           "|---|---|---|---:|---:|---:|"]
+           "| layer | shape | pass | input | normlab | PyTorch | PyTorch / normlab |",
+           "|---|---|---|---|---:|---:|---:|"]
     order = {s: i for i, s in enumerate(SHAPES)}
-    for (variant, shape, offset) in sorted(errors, key=lambda k: (k[0], order.get(k[1], 99),
-                                                                   k[1], k[2])):
-        ours, theirs = (statistics.median(v) for v in errors[(variant, shape, offset)])
+    passes = {p: i for i, p in enumerate(PASSES)}
+    for key in sorted(errors, key=lambda k: (k[0], order.get(k[1], 99), k[1],
+                                             passes.get(k[2], 99), k[2], k[3])):
+        variant, shape, pass_name, offset = key
+        ours, theirs = (statistics.median(v) for v in errors[key])
         ratio_cell = f"{theirs / ours:.1f}×" if ours > 0 else "—"
-        out.append(f"| `{variant}` | {shape} {SHAPE_TEXT.get(shape, '')} | "
+        out.append(f"| `{variant}` | {shape} {SHAPE_TEXT.get(shape, '')} | {pass_name} | "
                    f"{'x + ' + str(offset) if offset else 'x'} | {ours:.2e} | {theirs:.2e} | "
                    f"{ratio_cell} |")
     return out + [""]

@@ -8,8 +8,8 @@
 // forward before each backward, autograd's grad for x, γ and β), without the Python
 // interpreter's overhead per call.
 // Beside the timings, "accuracy/..." gives what each implementation's numerics cost in digits:
-// both training forwards against PyTorch's in float64, on the suite's input and on the same input
-// far from zero mean (run_accuracy).
+// both training forwards and backwards against PyTorch's in float64, on the suite's input and on
+// the same input far from zero mean (run_accuracy).
 #include <torch/torch.h>
 
 #include <chrono>
@@ -175,31 +175,35 @@ void run_paired(benchmark::State& state, const std::string& variant, const Shape
 // after a ReLU without a normalizer before it) are where statistics in float lose digits.
 constexpr float kAccuracyOffsets[] = {0.0f, 100.0f};
 
-// How far each implementation's training-forward output (float32; γ = 1, β = 0, batch
-// statistics) lies from PyTorch's in float64 on the same float32 values: the largest absolute
-// difference over the tensor, `normlab_max_error` and `pytorch_max_error` (y is of order 1, so
-// these are errors relative to its scale). Computed once; the case's time is not a measurement.
+// How far each implementation's training forward y (float32; γ = 1, β = 0, batch statistics),
+// or its dx for the suite's dy, lies from PyTorch's in float64 on the same float32 values: the
+// largest absolute difference over the tensor, `normlab_max_error` and `pytorch_max_error` (y is
+// of order 1, dx of order 1/σ, so these are errors relative to their scale). Computed once; the
+// case's time is not a measurement.
 void run_accuracy(benchmark::State& state, const std::string& variant, const ShapeCase& shape,
-                  float offset) {
+                  Pass pass, float offset) {
     const std::string spec = spec_for(variant, shape);
     NormlabCase same_data(spec, shape);
     normlab::Tensor x = same_data.input() + offset;
-    const Tensor x_torch = to_torch(x);
+    const Tensor x_torch = to_torch(x), dy_torch = to_torch(same_data.grad_output());
     const int64_t c = x_torch.size(1);
     const Layer layer = pytorch_layer(variant, shape);
-    torch::NoGradGuard no_grad;
-    const auto training_output = [&](torch::ScalarType type) {
-        return layer(x_torch.to(type), torch::ones({c}, type), torch::zeros({c}, type),
-                     torch::zeros({c}, type), torch::ones({c}, type), true);
+    const bool backward = pass == Pass::bwd;
+    const auto pytorch_output = [&](torch::ScalarType type) {
+        Tensor input = x_torch.to(type).requires_grad_(backward);
+        Tensor y = layer(input, torch::ones({c}, type), torch::zeros({c}, type),
+                         torch::zeros({c}, type), torch::ones({c}, type), true);
+        return backward ? torch::autograd::grad({y}, {input}, {dy_torch.to(type)})[0] : y;
     };
-    const Tensor reference = training_output(torch::kFloat64);
-    const auto max_error = [&](const Tensor& y) {
-        return (y.to(torch::kFloat64) - reference).abs().max().item<double>();
+    const Tensor reference = pytorch_output(torch::kFloat64);
+    const auto max_error = [&](const Tensor& out) {
+        return (out.to(torch::kFloat64) - reference).abs().max().item<double>();
     };
     auto norm = make_normalizer(spec, shape.dims[1]);
-    const normlab::Tensor normlab_y = norm->forward(x, Mode::train, Grad::none);
-    const double normlab_error = max_error(to_torch(normlab_y));
-    const double pytorch_error = max_error(training_output(torch::kFloat32));
+    normlab::Tensor out = norm->forward(x, Mode::train, backward ? Grad::keep : Grad::none);
+    if (backward) out = norm->backward(same_data.grad_output());
+    const double normlab_error = max_error(to_torch(out));
+    const double pytorch_error = max_error(pytorch_output(torch::kFloat32));
     for (auto _ : state)
         benchmark::DoNotOptimize(normlab_error + pytorch_error);
     if (!std::isfinite(normlab_error) || !std::isfinite(pytorch_error)) {
@@ -214,15 +218,17 @@ void run_accuracy(benchmark::State& state, const std::string& variant, const Sha
 void register_all() {
     for (const std::string variant : {"batch_norm", "layer_norm"})
         for (const auto& shape : shape_suite())
-            for (float offset : kAccuracyOffsets)
-                benchmark::RegisterBenchmark(("accuracy/" + variant + "/" + shape.name +
-                                              "/offset:" + std::to_string(int(offset)))
-                                                 .c_str(),
-                                             [variant, shape, offset](benchmark::State& s) {
-                                                 run_accuracy(s, variant, shape, offset);
-                                             })
-                    ->Iterations(1)
-                    ->Unit(benchmark::kMicrosecond);
+            for (Pass pass : {Pass::fwd_train, Pass::bwd})
+                for (float offset : kAccuracyOffsets)
+                    benchmark::RegisterBenchmark(
+                        ("accuracy/" + variant + "/" + shape.name + "/" + pass_name(pass) +
+                         "/offset:" + std::to_string(int(offset)))
+                            .c_str(),
+                        [variant, shape, pass, offset](benchmark::State& s) {
+                            run_accuracy(s, variant, shape, pass, offset);
+                        })
+                        ->Iterations(1)
+                        ->Unit(benchmark::kMicrosecond);
     for (const std::string variant :
          {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}) {
         for (const auto& shape : shape_suite()) {

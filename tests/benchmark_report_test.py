@@ -412,21 +412,25 @@ class Accuracy(unittest.TestCase):
                 entry("normlab/batch_norm/transformer/fwd_train", 0, median=800.0,
                       roofline=0.3, roofline_dram=1.0)])
             rounds = [write(d, f"torch_{r}.json", [
-                case("batch_norm/transformer/offset:100", 2.0e-6 + r * r * 1e-7, 8.0e-5),
-                case("batch_norm/transformer/offset:0", 6.0e-7, 3.0e-6),
-                case("layer_norm/mlp/offset:0", 9.0e-7, 6.3e-7),
-                case("layer_norm/conv/offset:0", 1.0, 1.0, error_occurred=True),
+                case("batch_norm/transformer/bwd/offset:0", 4.0e-7, 2.0e-6),
+                case("batch_norm/transformer/fwd_train/offset:100", 2.0e-6 + r * r * 1e-7, 8.0e-5),
+                case("batch_norm/transformer/fwd_train/offset:0", 6.0e-7, 3.0e-6),
+                case("layer_norm/mlp/fwd_train/offset:0", 9.0e-7, 6.3e-7),
+                case("layer_norm/conv/fwd_train/offset:0", 1.0, 1.0, error_occurred=True),
             ]) for r in range(3)]
             page = report_page(d, "--normlab", ours, "--pytorch-paired", *rounds,
                                "--machine", "test machine", "--command", "test")
         section = page[page.index("## Accuracy beside speed"):]
         rows = [line for line in section.splitlines() if line.startswith("| `")]
-        # Medians over the rounds (2.1e-06 for normlab at x + 100), layers and shapes in the
-        # suite's order, the offset input after the suite's; a failed case is left out.
+        # Medians over the rounds (2.1e-06 for normlab at x + 100), layers, shapes and passes in
+        # the suite's order, the offset input after the suite's; a failed case is left out.
         self.assertEqual(rows, [
-            "| `batch_norm` | transformer (4096, 768) | x | 6.00e-07 | 3.00e-06 | 5.0× |",
-            "| `batch_norm` | transformer (4096, 768) | x + 100 | 2.10e-06 | 8.00e-05 | 38.1× |",
-            "| `layer_norm` | mlp (256, 1024) | x | 9.00e-07 | 6.30e-07 | 0.7× |",
+            "| `batch_norm` | transformer (4096, 768) | fwd_train | x | 6.00e-07 | 3.00e-06 | "
+            "5.0× |",
+            "| `batch_norm` | transformer (4096, 768) | fwd_train | x + 100 | 2.10e-06 | "
+            "8.00e-05 | 38.1× |",
+            "| `batch_norm` | transformer (4096, 768) | bwd | x | 4.00e-07 | 2.00e-06 | 5.0× |",
+            "| `layer_norm` | mlp (256, 1024) | fwd_train | x | 9.00e-07 | 6.30e-07 | 0.7× |",
         ])
         # Errors are not times: no layer table or summary counts come from them.
         self.assertNotIn("## `layer_norm`", page)

@@ -500,9 +500,9 @@ class RunData(unittest.TestCase):
                 self.assertIn("test machine", page)
                 self.assertIn("Command: `THREADS=2 bash benchmarks/run.sh`", page)
                 self.assertIn("## Whole-model training speed", page)
-                self.assertIn(f"The run's data, from which `python3 benchmarks/report.py "
-                              f"--from-data {name} --out page.md` makes this page again, is in "
-                              f"`{name}` beside it.", page)
+                self.assertIn(f"The run's data is in `{name}` beside this page, from which "
+                              "`python3 benchmarks/report.py --from-data <that file> --out "
+                              "page.md` makes the page again.", page)
 
     def test_the_data_keeps_what_the_page_reads_and_the_programs_checks(self):
         with tempfile.TemporaryDirectory() as d:

@@ -665,7 +665,7 @@ def accuracy_section(documents):
     in the median only)."""
     errors = defaultdict(lambda: ([], []))
     for doc in documents or []:
-        for e in read_json(doc).get("benchmarks", []):
+        for e in load(doc):
             if not e["name"].startswith(ACCURACY) or e.get("error_occurred"):
                 continue
             if "normlab_max_error" not in e or "pytorch_max_error" not in e:
@@ -685,8 +685,9 @@ def accuracy_section(documents):
            "of order 1/σ = 0.5, so these are errors relative to their scale. float32's "
            "spacing is 1.2e-07 near 1 and 7.6e-06 near 100: an output formed as (x − μ)/σ in "
            "float32, μ rounded to float32, is off by up to half that spacing over σ (1.9e-06 "
-           "at x + 100, σ = 2) however μ was summed. normlab accumulates the statistics in double, from sums "
-           "shifted by each set's first value (docs/design.md, \"Precision\"): what its column "
+           "at x + 100, σ = 2) however μ was summed. normlab accumulates the statistics in "
+           "double, from sums shifted by each set's first value (docs/design.md, "
+           "\"Precision\"): what its column "
            "sums cost BatchNorm on (N, C) rows in time buys these digits. The cases are computed "
            "once per round, not timed.", "",
            "| layer | shape | pass | input | normlab | PyTorch | PyTorch / normlab |",

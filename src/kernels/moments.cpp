@@ -846,16 +846,17 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     }
     if (dense_across_batch(v, sets)) {
         // Dense (N, C): blocks of rows in memory order, each into its own column partials.
-        // Each set's shift is its first value in row 0, repeated over the set's channels: with
-        // a channel per set, row 0 itself (no copy of it: 800 KB on Batch-Layer Norm's batch
-        // branch on (2, 64, 56, 56)).
+        // Each set's shift (set_shift of its channels in row 0) repeated over the set's
+        // channels: with a channel per set, row 0 itself (no copy of it: 800 KB on Batch-Layer
+        // Norm's batch branch on (2, 64, 56, 56)).
         std::vector<T> shift_copy;
         const T* shift = x;
         if (!center || cps > 1) {
             shift_copy.assign(v.c, T(0));
             if (center)
                 for (std::size_t k = 0; k < num_sets; ++k)
-                    std::fill_n(shift_copy.begin() + std::ptrdiff_t(k * cps), cps, x[k * cps]);
+                    std::fill_n(shift_copy.begin() + std::ptrdiff_t(k * cps), cps,
+                                set_shift(x + k * cps, cps));
             shift = shift_copy.data();
         }
         double* s1 = scratch(kTotal1, v.c, false);
@@ -897,15 +898,15 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     const std::size_t block_len = cps * v.s;
     if (sets.across_batch) {
         // Sets spread over every sample: sum each run of S values in memory order (threads
-        // stream through contiguous memory), each shifted by its set's first value, then add
+        // stream through contiguous memory), each shifted by its set's shift (set_shift), then add
         // the runs of a set in a fixed order.
         const std::size_t runs = v.n * v.c;
         double* run1 = scratch(kRun1, runs);
         double* run2 = scratch(kRun2, runs);
-        // Each channel's shift is its set's: the set's first value (set k's at shift[k·cps]).
+        // Each channel's shift is its set's (set k's at shift[k·cps]).
         std::vector<double> shift(v.c);
         for (std::size_t c = 0; c < v.c; ++c)
-            shift[c] = center ? double(x[(c / cps) * block_len]) : 0.0;
+            shift[c] = center ? double(set_shift(x + (c / cps) * block_len, block_len)) : 0.0;
         for_each_run_piece<T>(v, kMemoryOrder, [&](std::size_t r0, std::size_t count) {
             rows::runs_shifted_sums(x + r0 * v.s, v.s, count, shift.data() + r0 % v.c, run1 + r0,
                                     run2 + r0);
@@ -933,7 +934,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     }
     parallel_for(num_sets, v.size() >= kParallelMin, [&](std::size_t k) {
         const T* first = x + k * block_len;
-        const double shift = center ? double(first[0]) : 0.0;
+        const double shift = center ? double(set_shift(first, block_len)) : 0.0;
         double s1 = 0, s2 = 0;
         rows::shifted_sums(first, block_len, shift, s1, s2);
         finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
@@ -1042,8 +1043,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         // The sums of a thread's next group of sets are taken in the same pass that normalizes
         // the current group (rows::affine_summing_next, set k with set k + group), so reads from
         // memory and writes overlap.
-        const auto first_value = [&](std::size_t k) {
-            return center ? double(x[k * cps * v.s]) : 0.0;
+        const auto shift_of = [&](std::size_t k) {
+            return center ? double(set_shift(x + k * cps * v.s, cps * v.s)) : 0.0;
         };
         const bool stream_y = stream && !xhat && rows::aligned16(y) && v.s % 4 == 0;
         const std::size_t group = sets_per_pass<T>(v, sets);
@@ -1052,14 +1053,14 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             [&](std::size_t k, double& s1, double& s2) {
                 for (std::size_t n = 0; n < v.n; ++n)
                     for (std::size_t c = k * cps; c < (k + 1) * cps; ++c)
-                        rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, first_value(k), s1, s2);
+                        rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, shift_of(k), s1, s2);
             },
             [&](std::size_t k, double t1, double t2) {
-                finish_standardized(center, inv_m, eps, first_value(k), t1, t2, mean[k], var[k],
+                finish_standardized(center, inv_m, eps, shift_of(k), t1, t2, mean[k], var[k],
                                     inv_std[k]);
             },
             [&](std::size_t n, std::size_t k, bool has_next, double& s1, double& s2) {
-                const double next_shift = has_next ? first_value(k + group) : 0.0;
+                const double next_shift = has_next ? shift_of(k + group) : 0.0;
                 for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
                     const std::size_t base = (n * v.c + c) * v.s;
                     T* h = xhat ? xhat + base : nullptr;
@@ -1084,15 +1085,16 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     // Each set (one contiguous run) is normalized right after its statistics, while it is
     // still in cache. With trailing dimensions, a thread's next set is summed in the same pass
     // (rows::affine_channels_summing_next), so reads from memory overlap the writes.
-    const auto first_value = [&](std::size_t k) { return center ? double(x[k * block_len]) : 0.0; };
+    const auto shift_of = [&](std::size_t k) {
+        return center ? double(set_shift(x + k * block_len, block_len)) : 0.0;
+    };
     const bool stream_y = stream && !xhat;
     const std::size_t cps = sets.channels_per_set;
     const auto sum = [&](std::size_t k, double& s1, double& s2) {
-        rows::shifted_sums(x + k * block_len, block_len, first_value(k), s1, s2);
+        rows::shifted_sums(x + k * block_len, block_len, shift_of(k), s1, s2);
     };
     const auto finish = [&](std::size_t k, double s1, double s2) {
-        finish_standardized(center, inv_m, eps, first_value(k), s1, s2, mean[k], var[k],
-                            inv_std[k]);
+        finish_standardized(center, inv_m, eps, shift_of(k), s1, s2, mean[k], var[k], inv_std[k]);
     };
     if constexpr (std::is_same_v<T, float>) {
         if (v.s == 1 && rows::short_set(block_len) && num_sets > v.n) {
@@ -1133,7 +1135,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                 rows::affine_summing_next(x + k * block_len, block_len, mean[k], inv_std[k], g + c0,
                                           b + c0, 1, xhat ? xhat + k * block_len : nullptr,
                                           y + k * block_len, false, x + next * block_len,
-                                          first_value(next), s1, s2);
+                                          shift_of(next), s1, s2);
             },
             1);
         return;
@@ -1169,7 +1171,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             for_each_set_chunk(team, num_sets, spp, chunk, [&](std::size_t k0, std::size_t k1) {
                 const std::size_t count = k1 - k0, at = k0 * v.s, c0 = k0 % spp;
                 for (std::size_t j = 0; j < count; ++j) {
-                    shift[j] = first_value(k0 + j);
+                    shift[j] = shift_of(k0 + j);
                     s1[j] = s2[j] = 0;
                 }
                 rows::runs_shifted_sums(x + at, v.s, count, shift, s1, s2);
@@ -1206,8 +1208,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             const std::size_t start = k * block_len, c0 = (k % sets.sets_per_sample(v)) * cps;
             rows::affine_channels_summing_next(x + start, v.s, cps, mean[k], inv_std[k], g + c0,
                                                b + c0, xhat ? xhat + start : nullptr, y + start,
-                                               stream_y, x + start + block_len, first_value(k + 1),
-                                               s1, s2);
+                                               stream_y, x + start + block_len, shift_of(k + 1), s1,
+                                               s2);
         },
         1);
 }

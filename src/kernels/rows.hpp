@@ -1645,7 +1645,7 @@ __attribute__((always_inline)) inline void four_set_sums(std::size_t k, std::siz
 }
 
 // Sets of `len` floats each, one after the other (GroupNorm's sets on a row), short_set(len):
-// each set's shifted sums (as shifted_sums, shifted by its first value when center), moments and
+// each set's shifted sums (as shifted_sums, shifted by set_shift when center), moments and
 // inv_std (finish_standardized), and x̂ (if xhat), y = x̂·g + b with g, b per element (as
 // affine) — the same bits as those calls, set by set. Four sets at a time: their totals
 // (four_set_sums) and their moments, square roots and divisions are taken together, set j in
@@ -1658,13 +1658,19 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
                                                const T* b, T* mean, T* var, T* inv_std, T* xhat,
                                                T* y) {
     static_assert(std::is_same_v<T, float>, "float sets only");
-    // The deviations of the values of set k from its shift.
+    // The shifts of the four sets from k0 on (set_shift), and the deviations of the values of
+    // set k from its shift.
+    float shift4[4] = {};
+    std::size_t k0 = 0;
     const auto deviation = [&](std::size_t k, std::size_t i) __attribute__((always_inline)) {
-        const Float8 d = load_floats(x + i) - splat<Float8>(center ? x[k * len] : 0.0f);
+        const Float8 d = load_floats(x + i) - splat<Float8>(shift4[k - k0]);
         return std::pair{d, d};
     };
     std::size_t k = 0;
     for (; k + 4 <= sets; k += 4) {
+        k0 = k;
+        for (std::size_t j = 0; j < 4; ++j)
+            shift4[j] = center ? set_shift(x + (k + j) * len, len) : 0.0f;
         Double4 s1, s2;
         four_set_sums(k, len, deviation, s1, s2);
         // finish_standardized for the four sets, lane by lane the same operations.
@@ -1673,8 +1679,8 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         Double4 m2 = s2;
         Float4 mean4 = {};
         if (center) {
-            const Double4 shift = {double(x[k * len]), double(x[(k + 1) * len]),
-                                   double(x[(k + 2) * len]), double(x[(k + 3) * len])};
+            const Double4 shift = {double(shift4[0]), double(shift4[1]), double(shift4[2]),
+                                   double(shift4[3])};
             mean4 = __builtin_convertvector(shift + cm, Float4);
             m2 = s2 - s1 * cm;
         }
@@ -1688,7 +1694,7 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         std::memcpy(inv_std + k, &inv_std4, sizeof inv_std4);
     }
     for (; k < sets; ++k) {
-        const double shift = center ? double(x[k * len]) : 0.0;
+        const double shift = center ? double(set_shift(x + k * len, len)) : 0.0;
         double s1 = 0, s2 = 0;
         shifted_sums(x + k * len, len, shift, s1, s2);
         finish_standardized(center, inv_m, eps, shift, s1, s2, mean[k], var[k], inv_std[k]);

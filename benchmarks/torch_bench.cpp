@@ -216,8 +216,10 @@ void run_accuracy(benchmark::State& state, const std::string& variant, const Sha
 }
 
 void register_all() {
-    for (const std::string variant : {"batch_norm", "layer_norm"})
-        for (const auto& shape : shape_suite())
+    for (const std::string variant :
+         {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"})
+        for (const auto& shape : shape_suite()) {
+            if (!pytorch_layer(variant, shape)) continue;
             for (Pass pass : {Pass::fwd_train, Pass::bwd})
                 for (float offset : kAccuracyOffsets)
                     benchmark::RegisterBenchmark(
@@ -229,6 +231,7 @@ void register_all() {
                         })
                         ->Iterations(1)
                         ->Unit(benchmark::kMicrosecond);
+        }
     for (const std::string variant :
          {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}) {
         for (const auto& shape : shape_suite()) {

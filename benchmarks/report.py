@@ -686,7 +686,7 @@ def accuracy_section(documents):
            "spacing is 1.2e-07 near 1 and 7.6e-06 near 100: an output formed as (x − μ)/σ in "
            "float32, μ rounded to float32, is off by up to half that spacing over σ (1.9e-06 "
            "at x + 100, σ = 2) however μ was summed. normlab accumulates the statistics in "
-           "double, from sums shifted by each set's first value (docs/design.md, "
+           "double, from sums shifted by the mean of each set's first values (docs/design.md, "
            "\"Precision\"): what its column "
            "sums cost BatchNorm on (N, C) rows in time buys these digits. GroupNorm's sets on "
            "rows are C/32 values (16 to 32 here), whose own σ can be well under 2, and that "

@@ -943,8 +943,8 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
     const std::size_t block_len = cps * v.s;
     if (sets.across_batch) {
         // Sets spread over every sample: sum each run of S values in memory order (threads
-        // stream through contiguous memory), each shifted by its set's shift (set_shift), then add
-        // the runs of a set in a fixed order.
+        // stream through contiguous memory), each shifted by its set's set_shift, then add the
+        // runs of a set in a fixed order.
         const std::size_t runs = v.n * v.c;
         double* run1 = scratch(kRun1, runs);
         double* run2 = scratch(kRun2, runs);
@@ -1096,9 +1096,10 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         grouped_sets(
             num_sets, group, v.size() >= kParallelMin,
             [&](std::size_t k, double& s1, double& s2) {
+                const double shift = shift_of(k);
                 for (std::size_t n = 0; n < v.n; ++n)
                     for (std::size_t c = k * cps; c < (k + 1) * cps; ++c)
-                        rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, shift_of(k), s1, s2);
+                        rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, shift, s1, s2);
             },
             [&](std::size_t k, double t1, double t2) {
                 finish_standardized(center, inv_m, eps, shift_of(k), t1, t2, mean[k], var[k],

@@ -44,13 +44,22 @@ __attribute__((always_inline)) inline V applied(V cg, V g, V dy, V c1) {
 // block is one value, takes the mean of its first rows instead (moments.cpp, column_shifts).
 inline constexpr std::size_t kShiftValues = 8;
 
+// Eight values are added in pairs, value i with value i + 4, then (p0 + p1) + (p2 + p3) (as
+// rows::total8 adds a float vector's lanes): a chain of three dependent adds instead of seven,
+// and an order that column_shifts takes across columns in vectors. Fewer values (a set shorter
+// than eight) are added in order.
 template <class T>
 T set_shift(const T* first, std::size_t block_len) {
-    const std::size_t count = std::min(block_len, kShiftValues);
+    if (block_len >= kShiftValues) {
+        double pair[4];
+        for (std::size_t i = 0; i < 4; ++i)
+            pair[i] = double(first[i]) + double(first[i + 4]);
+        return T(((pair[0] + pair[1]) + (pair[2] + pair[3])) * (1.0 / double(kShiftValues)));
+    }
     double sum = 0;
-    for (std::size_t i = 0; i < count; ++i)
+    for (std::size_t i = 0; i < block_len; ++i)
         sum += double(first[i]);
-    return T(sum / double(count));
+    return T(sum / double(block_len));
 }
 
 // Mean and variance (or mean square) of one set from its shifted sums.

@@ -494,27 +494,22 @@ NORMLAB_ISA_CLONES void single_values(const T* x, std::size_t begin, std::size_t
 // The fewest rows whose columns are shifted by column_shifts (collect_moments).
 constexpr std::size_t kColumnShiftRows = 32;
 
-// set_shift of each column c in [begin, end) of `rows` rows of `columns` values (a column is a
-// set of BatchNorm on (N, C) rows): the mean of its first min(kShiftValues, rows) values, added
-// in row order in double and rounded to T, as set_shift adds a block. Rows outer, a chunk of
-// columns at a time, so that the adds vectorize across columns.
+// set_shift of each column c in [begin, end) of `rows` rows (rows >= kShiftValues) of
+// `columns` values (a column is a set of BatchNorm on (N, C) rows): the mean of its first
+// kShiftValues values, added in set_shift's order (row r with row r + 4, then those pairs) in
+// double and rounded to T, columns side by side so that the adds vectorize.
 template <class T>
-NORMLAB_ISA_CLONES void column_shifts(const T* x, std::size_t rows, std::size_t columns,
-                                      std::size_t begin, std::size_t end, T* shift) {
-    constexpr std::size_t kChunk = 256;
-    const std::size_t count = std::min(rows, kShiftValues);
-    double sum[kChunk];
-    for (std::size_t c0 = begin; c0 < end; c0 += kChunk) {
-        const std::size_t width = std::min(kChunk, end - c0);
-        std::fill_n(sum, width, 0.0);
-        for (std::size_t r = 0; r < count; ++r) {
-            const T* row = x + r * columns + c0;
+NORMLAB_ISA_CLONES void column_shifts(const T* x, std::size_t columns, std::size_t begin,
+                                      std::size_t end, T* shift) {
+    static_assert(kShiftValues == 8, "the pairs below are of eight rows");
+    const auto row = [&](std::size_t r) { return x + r * columns; };
 #pragma omp simd
-            for (std::size_t j = 0; j < width; ++j)
-                sum[j] += double(row[j]);
-        }
-        for (std::size_t j = 0; j < width; ++j)
-            shift[c0 + j] = T(sum[j] / double(count));
+    for (std::size_t c = begin; c < end; ++c) {
+        const double p0 = double(row(0)[c]) + double(row(4)[c]);
+        const double p1 = double(row(1)[c]) + double(row(5)[c]);
+        const double p2 = double(row(2)[c]) + double(row(6)[c]);
+        const double p3 = double(row(3)[c]) + double(row(7)[c]);
+        shift[c] = T(((p0 + p1) + (p2 + p3)) * (1.0 / double(kShiftValues)));
     }
 }
 
@@ -895,7 +890,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         if (center && cps == 1 && v.n >= kColumnShiftRows) {
             T* const shifts = shift_scratch<T>(v.c);
             for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
-                column_shifts(x, v.n, v.c, begin, end, shifts);
+                column_shifts(x, v.c, begin, end, shifts);
             });
             shift = shifts;
         } else if (!center || cps > 1) {

@@ -17,7 +17,20 @@ namespace {
 
 // Per-call temporaries that grow with N·C, kept per calling thread and reused: freshly allocated,
 // each would be mapped and page-faulted in again on every call. Each use has its own slot.
-enum Slot { kPart1, kPart2, kRun1, kRun2, kRow1, kRow2, kTotal1, kTotal2, kTask1, kTask2, kSlots };
+enum Slot {
+    kPart1,
+    kPart2,
+    kRun1,
+    kRun2,
+    kRow1,
+    kRow2,
+    kTotal1,
+    kTotal2,
+    kTask1,
+    kTask2,
+    kShift,
+    kSlots
+};
 
 // Zeroed by the threads, in parallel from kParallelMin values on (the per-run sums of a large
 // tensor run to megabytes). The dense column partials are not zeroed here: each task zeroes its
@@ -1082,9 +1095,11 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         const std::size_t num_sets = sets.num_sets(v);
         // The sums of a thread's next group of sets are taken in the same pass that normalizes
         // the current group (rows::affine_summing_next, set k with set k + group), so reads from
-        // memory and writes overlap.
+        // memory and writes overlap. Each set's shift is taken where its sums start and kept
+        // (shifts[k]) for the rest of its sums and its finish.
+        double* const shifts = scratch(kShift, num_sets, false);
         const auto shift_of = [&](std::size_t k) {
-            return center ? double(set_shift(x + k * cps * v.s, cps * v.s)) : 0.0;
+            return shifts[k] = center ? double(set_shift(x + k * cps * v.s, cps * v.s)) : 0.0;
         };
         const bool stream_y = stream && !xhat && rows::aligned16(y) && v.s % 4 == 0;
         const std::size_t group = sets_per_pass<T>(v, sets);
@@ -1097,11 +1112,13 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                         rows::shifted_sums(x + (n * v.c + c) * v.s, v.s, shift, s1, s2);
             },
             [&](std::size_t k, double t1, double t2) {
-                finish_standardized(center, inv_m, eps, shift_of(k), t1, t2, mean[k], var[k],
+                finish_standardized(center, inv_m, eps, shifts[k], t1, t2, mean[k], var[k],
                                     inv_std[k]);
             },
             [&](std::size_t n, std::size_t k, bool has_next, double& s1, double& s2) {
-                const double next_shift = has_next ? shift_of(k + group) : 0.0;
+                // The next set's sums start with sample 0.
+                const double next_shift =
+                    !has_next ? 0.0 : (n == 0 ? shift_of(k + group) : shifts[k + group]);
                 for (std::size_t c = k * cps; c < (k + 1) * cps; ++c) {
                     const std::size_t base = (n * v.c + c) * v.s;
                     T* h = xhat ? xhat + base : nullptr;
@@ -1126,8 +1143,10 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     // Each set (one contiguous run) is normalized right after its statistics, while it is
     // still in cache. With trailing dimensions, a thread's next set is summed in the same pass
     // (rows::affine_channels_summing_next), so reads from memory overlap the writes.
+    // Each set's shift is taken where its sums are taken and kept (shifts[k]) for its finish.
+    double* const shifts = scratch(kShift, num_sets, false);
     const auto shift_of = [&](std::size_t k) {
-        return center ? double(set_shift(x + k * block_len, block_len)) : 0.0;
+        return shifts[k] = center ? double(set_shift(x + k * block_len, block_len)) : 0.0;
     };
     const bool stream_y = stream && !xhat;
     const std::size_t cps = sets.channels_per_set;
@@ -1135,7 +1154,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         rows::shifted_sums(x + k * block_len, block_len, shift_of(k), s1, s2);
     };
     const auto finish = [&](std::size_t k, double s1, double s2) {
-        finish_standardized(center, inv_m, eps, shift_of(k), s1, s2, mean[k], var[k], inv_std[k]);
+        finish_standardized(center, inv_m, eps, shifts[k], s1, s2, mean[k], var[k], inv_std[k]);
     };
     if constexpr (std::is_same_v<T, float>) {
         if (v.s == 1 && rows::short_set(block_len) && num_sets > v.n) {
@@ -1208,14 +1227,14 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         // One channel per set: a sample's consecutive sets a chunk at a time (takes_chunks).
         const std::size_t spp = sets.sets_per_sample(v), chunk = runs_per_chunk<T>(v);
         parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
-            double shift[kMaxChunkRuns], s1[kMaxChunkRuns], s2[kMaxChunkRuns];
+            double s1[kMaxChunkRuns], s2[kMaxChunkRuns];
             for_each_set_chunk(team, num_sets, spp, chunk, [&](std::size_t k0, std::size_t k1) {
                 const std::size_t count = k1 - k0, at = k0 * v.s, c0 = k0 % spp;
                 for (std::size_t j = 0; j < count; ++j) {
-                    shift[j] = shift_of(k0 + j);
+                    shift_of(k0 + j);
                     s1[j] = s2[j] = 0;
                 }
-                rows::runs_shifted_sums(x + at, v.s, count, shift, s1, s2);
+                rows::runs_shifted_sums(x + at, v.s, count, shifts + k0, s1, s2);
                 for (std::size_t j = 0; j < count; ++j)
                     finish(k0 + j, s1[j], s2[j]);
                 rows::runs_affine(x + at, v.s, count, mean + k0, inv_std + k0,

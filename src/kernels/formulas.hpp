@@ -33,28 +33,32 @@ __attribute__((always_inline)) inline V applied(V cg, V g, V dy, V c1) {
 }
 
 // The shift of a set's sums: the mean of the first values of its first contiguous block
-// (`first`, block_len values: the set's values in sample 0), up to kShiftValues of them, in
-// double and rounded to T. Any value is a valid shift, but the sums are partly taken in float
-// (rows::paired_sums), and the squares of the deviations from the shift then lose digits as
-// (d² + σ²)/σ², d the shift's distance from the set's mean: shifted by its first value alone, a
-// set of GroupNorm(32) on (4096, 768) whose first value lay 3.4σ out gave y off by 1.6e-06 where
-// float rounding of y itself is 2e-07 (PyTorch's float32 kernel 6.6e-07). One set gets the same
-// shift on every path; a set whose values are all equal still gets exactly that value (mean and
-// variance exact), and a set of one value that value. A column of (N, C) rows, whose first
-// block is one value, takes the mean of its first rows instead (moments.cpp, column_shifts).
+// (`first`, block_len values: the set's values in sample 0), up to kShiftValues of them. Any
+// value is a valid shift, but the sums are partly taken in float (rows::paired_sums), and the
+// squares of the deviations from the shift then lose digits as (d² + σ²)/σ², d the shift's
+// distance from the set's mean: shifted by its first value alone, a set of GroupNorm(32) on
+// (4096, 768) whose first value lay 3.4σ out gave y off by 1.6e-06 where float rounding of y
+// itself is 2e-07 (PyTorch's float32 kernel 6.6e-07). One set gets the same shift on every path;
+// a set whose values are all equal still gets exactly that value (mean and variance exact), and
+// a set of one value that value. A column of (N, C) rows, whose first block is one value, takes
+// the mean of its first rows instead (moments.cpp, column_shifts).
 inline constexpr std::size_t kShiftValues = 8;
 
-// Eight values are added in pairs, value i with value i + 4, then (p0 + p1) + (p2 + p3) (as
-// rows::total8 adds a float vector's lanes): a chain of three dependent adds instead of seven,
-// and an order that column_shifts takes across columns in vectors. Fewer values (a set shorter
-// than eight) are added in order.
+// Eight values are taken in T: each scaled by 1/8 (exact, and the sum of eight cannot overflow),
+// value i added to value i + 4, then (p0 + p1) + (p2 + p3): a chain of three dependent adds, and
+// the order that column_shifts takes across columns in vectors and
+// rows::standardize_short_sets across four sets (the lanes of a vector of eight folded in
+// halves). In T rather than double, because a shift needs no more than to lie near the mean, and
+// GroupNorm's short sets on rows pay for every instruction of it (below 32 values a set takes
+// about 40 in all). Fewer values (a set shorter than eight) are added in order in double.
 template <class T>
 T set_shift(const T* first, std::size_t block_len) {
     if (block_len >= kShiftValues) {
-        double pair[4];
+        const T eighth = T(1) / T(kShiftValues);
+        T pair[4];
         for (std::size_t i = 0; i < 4; ++i)
-            pair[i] = double(first[i]) + double(first[i + 4]);
-        return T(((pair[0] + pair[1]) + (pair[2] + pair[3])) * (1.0 / double(kShiftValues)));
+            pair[i] = first[i] * eighth + first[i + 4] * eighth;
+        return (pair[0] + pair[1]) + (pair[2] + pair[3]);
     }
     double sum = 0;
     for (std::size_t i = 0; i < block_len; ++i)

@@ -509,20 +509,21 @@ constexpr std::size_t kColumnShiftRows = 32;
 
 // set_shift of each column c in [begin, end) of `rows` rows (rows >= kShiftValues) of
 // `columns` values (a column is a set of BatchNorm on (N, C) rows): the mean of its first
-// kShiftValues values, added in set_shift's order (row r with row r + 4, then those pairs) in
-// double and rounded to T, columns side by side so that the adds vectorize.
+// kShiftValues values, in set_shift's order (row r with row r + 4, then those pairs), columns
+// side by side so that the adds vectorize.
 template <class T>
 NORMLAB_ISA_CLONES void column_shifts(const T* x, std::size_t columns, std::size_t begin,
                                       std::size_t end, T* shift) {
     static_assert(kShiftValues == 8, "the pairs below are of eight rows");
     const auto row = [&](std::size_t r) { return x + r * columns; };
+    const T eighth = T(1) / T(kShiftValues);
 #pragma omp simd
     for (std::size_t c = begin; c < end; ++c) {
-        const double p0 = double(row(0)[c]) + double(row(4)[c]);
-        const double p1 = double(row(1)[c]) + double(row(5)[c]);
-        const double p2 = double(row(2)[c]) + double(row(6)[c]);
-        const double p3 = double(row(3)[c]) + double(row(7)[c]);
-        shift[c] = T(((p0 + p1) + (p2 + p3)) * (1.0 / double(kShiftValues)));
+        const T p0 = row(0)[c] * eighth + row(4)[c] * eighth;
+        const T p1 = row(1)[c] * eighth + row(5)[c] * eighth;
+        const T p2 = row(2)[c] * eighth + row(6)[c] * eighth;
+        const T p3 = row(3)[c] * eighth + row(7)[c] * eighth;
+        shift[c] = (p0 + p1) + (p2 + p3);
     }
 }
 

@@ -958,13 +958,13 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         double* run1 = scratch(kRun1, runs);
         double* run2 = scratch(kRun2, runs);
         // Each channel's shift is its set's (set k's at shift[k·cps]).
-        std::vector<double> shift(v.c);
+        double* const shift = shift_scratch<double>(v.c);
         for (std::size_t c = 0; c < v.c; ++c)
             shift[c] = !center        ? 0.0
                        : c % cps == 0 ? double(set_shift(x + (c / cps) * block_len, block_len))
                                       : shift[c - 1];
         for_each_run_piece<T>(v, kMemoryOrder, [&](std::size_t r0, std::size_t count) {
-            rows::runs_shifted_sums(x + r0 * v.s, v.s, count, shift.data() + r0 % v.c, run1 + r0,
+            rows::runs_shifted_sums(x + r0 * v.s, v.s, count, shift + r0 % v.c, run1 + r0,
                                     run2 + r0);
         });
         if (cps == 1) {

@@ -46,14 +46,25 @@ inline std::unique_ptr<Normalizer> trained_on(const std::string& spec, const Ten
     return norm;
 }
 
-// The normalizer of `spec` on `shape`'s input x (normal, mean 1, std 2) and gradient dy (standard
-// normal), seeded alike in every program.
+// `shape`'s input x (normal, mean 1, std 2) and gradient dy (standard normal), seeded alike in
+// every program.
+struct SuiteData {
+    Tensor x;
+    Tensor dy;
+};
+
+inline SuiteData suite_data(const ShapeCase& shape) {
+    xt::random::seed(1);
+    Tensor x = xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
+    Tensor dy = xt::random::randn<float>(shape.dims);
+    return {std::move(x), std::move(dy)};
+}
+
+// The normalizer of `spec` on `shape`'s suite_data.
 class NormlabCase {
   public:
     NormlabCase(const std::string& spec, const ShapeCase& shape)
-        : x_(seeded_input(shape)),
-          dy_(xt::random::randn<float>(shape.dims)),
-          norm_(trained_on(spec, x_)) {}
+        : NormlabCase(spec, suite_data(shape)) {}
 
     // The seconds of one call of `pass`, after its untimed preparation. Training forwards are
     // handed their input, as Sequential hands each layer the output of the one before (the copy
@@ -94,10 +105,8 @@ class NormlabCase {
     }
 
   private:
-    static Tensor seeded_input(const ShapeCase& shape) {
-        xt::random::seed(1);
-        return xt::random::randn<float>(shape.dims, 1.0f, 2.0f);
-    }
+    NormlabCase(const std::string& spec, SuiteData data)
+        : x_(std::move(data.x)), dy_(std::move(data.dy)), norm_(trained_on(spec, x_)) {}
 
     Tensor x_;
     Tensor dy_;

@@ -183,9 +183,9 @@ constexpr float kAccuracyOffsets[] = {0.0f, 100.0f};
 void run_accuracy(benchmark::State& state, const std::string& variant, const ShapeCase& shape,
                   Pass pass, float offset) {
     const std::string spec = spec_for(variant, shape);
-    NormlabCase same_data(spec, shape);
-    normlab::Tensor x = same_data.input() + offset;
-    const Tensor x_torch = to_torch(x), dy_torch = to_torch(same_data.grad_output());
+    const SuiteData data = suite_data(shape);
+    normlab::Tensor x = data.x + offset;
+    const Tensor x_torch = to_torch(x), dy_torch = to_torch(data.dy);
     const int64_t c = x_torch.size(1);
     const Layer layer = pytorch_layer(variant, shape);
     const bool backward = pass == Pass::bwd;
@@ -201,7 +201,7 @@ void run_accuracy(benchmark::State& state, const std::string& variant, const Sha
     };
     auto norm = make_normalizer(spec, shape.dims[1]);
     normlab::Tensor out = norm->forward(x, Mode::train, backward ? Grad::keep : Grad::none);
-    if (backward) out = norm->backward(same_data.grad_output());
+    if (backward) out = norm->backward(data.dy);
     const double normlab_error = max_error(to_torch(out));
     const double pytorch_error = max_error(pytorch_output(torch::kFloat32));
     for (auto _ : state)

@@ -44,13 +44,14 @@ __attribute__((always_inline)) inline V applied(V cg, V g, V dy, V c1) {
 // the mean of its first rows instead (moments.cpp, column_shifts).
 inline constexpr std::size_t kShiftValues = 8;
 
-// Eight values are taken in T: each scaled by 1/8 (exact, and the sum of eight cannot overflow),
-// value i added to value i + 4, then (p0 + p1) + (p2 + p3): a chain of three dependent adds, and
-// the order that column_shifts takes across columns in vectors and
-// rows::standardize_short_sets across four sets (the lanes of a vector of eight folded in
-// halves). In T rather than double, because a shift needs no more than to lie near the mean, and
-// GroupNorm's short sets on rows pay for every instruction of it (below 32 values a set takes
-// about 40 in all). Fewer values (a set shorter than eight) are added in order in double.
+// Eight values are taken in T: each scaled by 1/8 (exact but for subnormal values, which need no
+// better shift; the sum of eight scaled values cannot overflow), value i added to value i + 4,
+// then (p0 + p1) + (p2 + p3): a chain of three dependent adds, and the order that column_shifts
+// takes across columns in vectors and rows::four_set_shifts across four sets (the lanes of a
+// vector of eight folded in halves). In T rather than double, because a shift needs no more than
+// to lie near the mean, and GroupNorm's short sets on rows pay for every instruction of it (below
+// 32 values a set takes about 40 in all). Fewer values (a set shorter than eight) are added in
+// order in double.
 template <class T>
 T set_shift(const T* first, std::size_t block_len) {
     if (block_len >= kShiftValues) {

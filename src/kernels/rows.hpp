@@ -265,6 +265,44 @@ __attribute__((always_inline)) inline void add_widened(double* out, Float16 f) {
     }
 }
 
+// The float blocks of paired_sums (n >= kShortRun): sixteen lanes of floats combined kRunSteps
+// at a time and widened into a and q, while sixteen values remain; returns where they end.
+template <class Term, class After>
+__attribute__((always_inline)) inline std::size_t float_block_sums(std::size_t n, Term&& term,
+                                                                   Sum16& a, Sum16& q,
+                                                                   After&& after) {
+    const bool wide = wide_vectors();
+    std::size_t i = 0;
+    while (i + kLanes <= n) {
+        const std::size_t begin = i;
+        const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
+        if (wide) {
+            Float16 fa = {}, fq = {};
+            for (; i < end; i += kLanes) {
+                const auto [u, w] = term(Float16{}, i);
+                fa += u;
+                fq += u * w;
+            }
+            add_widened(a, low8(fa), high8(fa));
+            add_widened(q, low8(fq), high8(fq));
+        } else {
+            Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
+            for (; i < end; i += kLanes) {
+                const auto [u0, w0] = term(Float8{}, i);
+                const auto [u1, w1] = term(Float8{}, i + 8);
+                fa0 += u0;
+                fa1 += u1;
+                fq0 += u0 * w0;
+                fq1 += u1 * w1;
+            }
+            add_widened(a, fa0, fa1);
+            add_widened(q, fq0, fq1);
+        }
+        after(begin, end);
+    }
+    return i;
+}
+
 // s1 += Σ u_i, s2 += Σ u_i·w_i for i < n, with (u, w) = term(V{}, i) giving the values at i (a
 // vector of V's width, or one value for V = T): sixteen lanes in a fixed order, float lanes
 // combined in float kRunSteps at a time and widened, a scalar tail in double (float runs shorter
@@ -276,7 +314,6 @@ __attribute__((always_inline)) inline void add_widened(double* out, Float16 f) {
 template <class T, class Term, class After>
 __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& term, double& s1,
                                                        double& s2, After&& after) {
-    const bool wide = wide_vectors();
     Sum16 a, q;
     double ta = 0, tq = 0;
     std::size_t i = 0;
@@ -294,33 +331,7 @@ __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& ter
             }
         }
     } else if constexpr (std::is_same_v<T, float>) {
-        while (i + kLanes <= n) {
-            const std::size_t begin = i;
-            const std::size_t end = std::min(n - n % kLanes, i + kFloatBlock);
-            if (wide) {
-                Float16 fa = {}, fq = {};
-                for (; i < end; i += kLanes) {
-                    const auto [u, w] = term(Float16{}, i);
-                    fa += u;
-                    fq += u * w;
-                }
-                add_widened(a, low8(fa), high8(fa));
-                add_widened(q, low8(fq), high8(fq));
-            } else {
-                Float8 fa0 = {}, fa1 = {}, fq0 = {}, fq1 = {};
-                for (; i < end; i += kLanes) {
-                    const auto [u0, w0] = term(Float8{}, i);
-                    const auto [u1, w1] = term(Float8{}, i + 8);
-                    fa0 += u0;
-                    fa1 += u1;
-                    fq0 += u0 * w0;
-                    fq1 += u1 * w1;
-                }
-                add_widened(a, fa0, fa1);
-                add_widened(q, fq0, fq1);
-            }
-            after(begin, end);
-        }
+        i = float_block_sums(n, term, a, q, after);
     } else {
         for (; i + kLanes <= n; i += kLanes)
             for (int k = 0; k < 4; ++k) {
@@ -350,6 +361,27 @@ __attribute__((always_inline)) inline void paired_sums(std::size_t n, Term&& ter
     paired_sums<T>(n, term, s1, s2, [](std::size_t, std::size_t) {});
 }
 
+// What paired_sums adds up for a run of floats whose length is a multiple of sixteen from
+// kShortRun (lanes_only(n)), before it adds it up: the lane pairs (lane_pairs16) of its sixteen
+// lanes of Σu (a) and of Σu·w (q). total() of them, or four_totals of four runs' at once, gives
+// paired_sums' s1 and s2 (which has no scalar tail there).
+struct LanePairs {
+    Double4 a_lo, a_hi, q_lo, q_hi;
+};
+
+constexpr bool lanes_only(std::size_t n) {
+    return n >= kShortRun && n % kLanes == 0;
+}
+
+template <class Term>
+__attribute__((always_inline)) inline void paired_lane_pairs(std::size_t n, Term&& term,
+                                                             LanePairs& out) {
+    Sum16 a, q;
+    float_block_sums(n, term, a, q, [](std::size_t, std::size_t) {});
+    lane_pairs16(a, out.a_lo, out.a_hi);
+    lane_pairs16(q, out.q_lo, out.q_hi);
+}
+
 // s1 += Σ(p − shift), s2 += Σ(p − shift)².
 template <class T>
 NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, double& s1,
@@ -362,6 +394,20 @@ NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, do
             return std::pair{d, d};
         },
         s1, s2);
+}
+
+// The lane pairs of shifted_sums(p, n, shift) for lanes_only(n) floats.
+template <class T>
+NORMLAB_ISA_CLONES void shifted_lane_pairs(const T* p, std::size_t n, T shift, LanePairs& out) {
+    static_assert(std::is_same_v<T, float>, "float runs only");
+    paired_lane_pairs(
+        n,
+        [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            const V d = load_as<V>(p + i) - splat<V>(shift);
+            return std::pair{d, d};
+        },
+        out);
 }
 
 // g = w·dy with w = gamma[i] (or 1 when gamma is null) at i.
@@ -766,36 +812,38 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
 // read path idle during the normalization; on rows in cache it also fills the vector units
 // that each loop alone leaves half idle (the sums are add-bound, the normalization load-bound).
 // y is streamed when `stream` (x̂ must then be null and y 16-byte aligned).
-template <class T>
-NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, const T* g,
-                                            const T* b, std::size_t g_step, T* xhat, T* y,
-                                            bool stream, const T* next, double shift, double& s1,
-                                            double& s2) {
+// With Lanes, the lane pairs of next's sums into *lanes instead (lanes_only(n) floats).
+template <bool Lanes, class T>
+__attribute__((always_inline)) inline void affine_summing_next_into(
+    const T* x, std::size_t n, T m, T sc, const T* g, const T* b, std::size_t g_step, T* xhat, T* y,
+    bool stream, const T* next, double shift, double& s1, double& s2, LanePairs* lanes) {
     const Splat<T> mk{m}, sck{sc}, gk{g[0]}, bk{b[0]}, shiftk{T(shift)};
+    const auto sums = [&](auto&& term) __attribute__((always_inline)) {
+        if constexpr (Lanes)
+            paired_lane_pairs(n, term, *lanes);
+        else
+            paired_sums<T>(n, term, s1, s2);
+    };
     const auto run = [&](auto stores_xhat, auto streams, auto one_g)
         __attribute__((always_inline)) {
-        paired_sums<T>(
-            n,
-            [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-                using V = decltype(tag);
-                // The next run's values are loaded before this step's stores. Loaded after them,
-                // where x and y lie at the same offset within a 4 KiB page (as large allocations
-                // often do) each load matched the store just issued in its low twelve address bits,
-                // and the core held it back as if it read that store (4K aliasing): LayerNorm's
-                // training forward on (128, 1024), one thread, 2-vCPU Intel Xeon VM, the two
-                // orders alternated call by call, took 0.91 of the time with y at x's page offset,
-                // 0.96-0.99 at eleven other offsets.
-                const V d = load_as<V>(next + i) - shiftk.template as<V>();
-                const V h =
-                    standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
-                if constexpr (stores_xhat) store_as<V>(xhat + i, h, false);
-                if constexpr (one_g)
-                    store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), streams);
-                else
-                    store_as<V>(y + i, h * load_as<V>(g + i) + load_as<V>(b + i), streams);
-                return std::pair{d, d};
-            },
-            s1, s2);
+        sums([&](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            // The next run's values are loaded before this step's stores. Loaded after them,
+            // where x and y lie at the same offset within a 4 KiB page (as large allocations
+            // often do) each load matched the store just issued in its low twelve address bits,
+            // and the core held it back as if it read that store (4K aliasing): LayerNorm's
+            // training forward on (128, 1024), one thread, 2-vCPU Intel Xeon VM, the two
+            // orders alternated call by call, took 0.91 of the time with y at x's page offset,
+            // 0.96-0.99 at eleven other offsets.
+            const V d = load_as<V>(next + i) - shiftk.template as<V>();
+            const V h = standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
+            if constexpr (stores_xhat) store_as<V>(xhat + i, h, false);
+            if constexpr (one_g)
+                store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), streams);
+            else
+                store_as<V>(y + i, h * load_as<V>(g + i) + load_as<V>(b + i), streams);
+            return std::pair{d, d};
+        });
     };
     with_flags(
         xhat != nullptr,
@@ -805,6 +853,27 @@ NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc
                     run(stores_xhat, streams, one_g);
                 });
         });
+}
+
+template <class T>
+NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, const T* g,
+                                            const T* b, std::size_t g_step, T* xhat, T* y,
+                                            bool stream, const T* next, double shift, double& s1,
+                                            double& s2) {
+    affine_summing_next_into<false>(x, n, m, sc, g, b, g_step, xhat, y, stream, next, shift, s1, s2,
+                                    nullptr);
+}
+
+// affine_summing_next of lanes_only(n) floats, next's sums as their lane pairs.
+template <class T>
+NORMLAB_ISA_CLONES void affine_summing_next_lanes(const T* x, std::size_t n, T m, T sc, const T* g,
+                                                  const T* b, std::size_t g_step, T* xhat, T* y,
+                                                  bool stream, const T* next, T shift,
+                                                  LanePairs& lanes) {
+    static_assert(std::is_same_v<T, float>, "float runs only");
+    double unused1 = 0, unused2 = 0;
+    affine_summing_next_into<true>(x, n, m, sc, g, b, g_step, xhat, y, stream, next, shift, unused1,
+                                   unused2, &lanes);
 }
 
 // y (and x̂) of [begin, end) of one channel: affine with g_step 0, y streamed when `stream`
@@ -1644,6 +1713,73 @@ __attribute__((always_inline)) inline void four_set_sums(std::size_t k, std::siz
     t2 = four_totals(q_lo, q_hi);
 }
 
+// finish_standardized of four sets, set j's from lane j of s1 and s2 and from shift[j], lane by
+// lane the same operations: their mean, var and inv_std into mean[0..3], var[0..3],
+// inv_std[0..3]. Four square roots and divisions in vectors, where a set at a time waits on
+// each.
+__attribute__((always_inline)) inline void finish_four_standardized(bool center, double inv_m,
+                                                                    double eps, const float* shift,
+                                                                    Double4 s1, Double4 s2,
+                                                                    float* mean, float* var,
+                                                                    float* inv_std) {
+    const Double4 inv_mv = splat<Double4>(inv_m);
+    const Double4 cm = s1 * inv_mv;
+    Double4 m2 = s2;
+    Float4 mean4 = {};
+    if (center) {
+        const Double4 shift4 = {double(shift[0]), double(shift[1]), double(shift[2]),
+                                double(shift[3])};
+        mean4 = __builtin_convertvector(shift4 + cm, Float4);
+        m2 = s2 - s1 * cm;
+    }
+    const Float4 var4 = __builtin_convertvector((m2 < 0.0 ? Double4{} : m2) * inv_mv, Float4);
+    Double4 root = __builtin_convertvector(var4, Double4) + splat<Double4>(eps);
+    for (int j = 0; j < 4; ++j)
+        root[j] = std::sqrt(root[j]);
+    const Float4 inv_std4 = __builtin_convertvector(splat<Double4>(1.0) / root, Float4);
+    std::memcpy(mean, &mean4, sizeof mean4);
+    std::memcpy(var, &var4, sizeof var4);
+    std::memcpy(inv_std, &inv_std4, sizeof inv_std4);
+}
+
+// finish_standardized of `count` (1 to 4) sets from their lane pairs (set j's from lanes[j] and
+// shift[j]) into mean[0..count), var, inv_std: the same bits as finish_standardized of the
+// totals paired_sums forms from them. Four sets' totals and finish in vectors (four_totals,
+// finish_four_standardized), where one set at a time took a chain of sixteen dependent adds, a
+// square root and a division per set.
+template <class T>
+NORMLAB_ISA_CLONES void finish_lane_pairs(const LanePairs* lanes, std::size_t count, bool center,
+                                          double inv_m, double eps, const T* shift, T* mean, T* var,
+                                          T* inv_std) {
+    static_assert(std::is_same_v<T, float>, "float sets only");
+    if (count == 4) {
+        Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
+        for (std::size_t j = 0; j < 4; ++j) {
+            a_lo[j] = lanes[j].a_lo;
+            a_hi[j] = lanes[j].a_hi;
+            q_lo[j] = lanes[j].q_lo;
+            q_hi[j] = lanes[j].q_hi;
+        }
+        finish_four_standardized(center, inv_m, eps, shift, four_totals(a_lo, a_hi),
+                                 four_totals(q_lo, q_hi), mean, var, inv_std);
+        return;
+    }
+    for (std::size_t j = 0; j < count; ++j) {
+        // total()'s order: lane pairs 0–3 of lo, then of hi, added to 0.
+        double ta = 0, tq = 0;
+        for (int i = 0; i < 4; ++i) {
+            ta += lanes[j].a_lo[i];
+            tq += lanes[j].q_lo[i];
+        }
+        for (int i = 0; i < 4; ++i) {
+            ta += lanes[j].a_hi[i];
+            tq += lanes[j].q_hi[i];
+        }
+        finish_standardized(center, inv_m, eps, double(shift[j]), ta, tq, mean[j], var[j],
+                            inv_std[j]);
+    }
+}
+
 // set_shift of the four sets of `len` (>= kShiftValues) floats each from `x` on, set j's in
 // lane j: each set's first eight values scaled by 1/8, folded in halves (value i with value
 // i + 4), and the four sets' pairs transposed so that (p0 + p1) + (p2 + p3) is taken for all
@@ -1702,25 +1838,8 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         }
         Double4 s1, s2;
         four_set_sums(k, len, deviation, s1, s2);
-        // finish_standardized for the four sets, lane by lane the same operations.
-        const Double4 inv_mv = splat<Double4>(inv_m);
-        const Double4 cm = s1 * inv_mv;
-        Double4 m2 = s2;
-        Float4 mean4 = {};
-        if (center) {
-            const Double4 shift = {double(shift4[0]), double(shift4[1]), double(shift4[2]),
-                                   double(shift4[3])};
-            mean4 = __builtin_convertvector(shift + cm, Float4);
-            m2 = s2 - s1 * cm;
-        }
-        const Float4 var4 = __builtin_convertvector((m2 < 0.0 ? Double4{} : m2) * inv_mv, Float4);
-        Double4 root = __builtin_convertvector(var4, Double4) + splat<Double4>(eps);
-        for (int j = 0; j < 4; ++j)
-            root[j] = std::sqrt(root[j]);
-        const Float4 inv_std4 = __builtin_convertvector(splat<Double4>(1.0) / root, Float4);
-        std::memcpy(mean + k, &mean4, sizeof mean4);
-        std::memcpy(var + k, &var4, sizeof var4);
-        std::memcpy(inv_std + k, &inv_std4, sizeof inv_std4);
+        finish_four_standardized(center, inv_m, eps, shift4, s1, s2, mean + k, var + k,
+                                 inv_std + k);
     }
     for (; k < sets; ++k) {
         const double shift = center ? double(set_shift(x + k * len, len)) : 0.0;

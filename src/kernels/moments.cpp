@@ -790,37 +790,61 @@ std::size_t per_sample_sets_per_pass(const NcsView& v, const SetSpec& sets) {
 }
 
 // The calling thread's share of `count` sets (static_share) in groups of `group` (at most
-// kMaxLookaheadSets), each group's sums taken in the pass that writes the group before it:
-// sum(k, s1, s2) adds the sums of set k alone (the share's first group); finish(k, t1, t2)
-// takes set k's sums before its group is written; write(n, k, has_next, next1, next2) writes
-// sample n's runs of set k and, when has_next, adds the sums of the same runs of set k + group
-// (the next group) into next1, next2. The pass goes over the samples (0 .. samples), and within
-// each over the group's sets, so every set's runs are still summed and written in sample order.
-// Sets that are contiguous blocks take samples 1: each group's pass sums the group after it, so
-// that reads from memory and writes overlap; rows take a group of a few sets, whose
-// finishes (each a serial chain of a total, a square root and a division) overlap each other.
-template <class Sum, class Finish, class Write>
-void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum, Finish&& finish,
-                  Write&& write, std::size_t samples) {
+// kMaxLookaheadSets), each group's sums taken in the pass that writes the group before it, each
+// set's sums in an Acc: sum(k, acc) takes the sums of set k alone into acc (the share's first
+// group); finish(g0, g1, accs) takes the sums of sets g0 .. g1 (accs[0] onwards) before their
+// group is written; write(n, k, has_next, next) writes sample n's runs of set k and, when
+// has_next, takes the sums of the same runs of set k + group (the next group) into next, sample
+// 0's starting them and the others' added to them. The pass goes over the samples (0 .. samples),
+// and within each over the group's sets, so every set's runs are still summed and written in sample
+// order. Sets that are contiguous blocks take samples 1: each group's pass sums the group after it,
+// so that reads from memory and writes overlap; rows take a group of a few sets, whose finishes
+// (each a serial chain of a total, a square root and a division) overlap each other.
+template <class Acc, class Sum, class Finish, class Write>
+void grouped_sets_of(std::size_t count, std::size_t group, bool parallel, Sum&& sum,
+                     Finish&& finish, Write&& write, std::size_t samples) {
     parallel_region(parallel, [&](const TeamSlot& team) {
         const auto [k0, k1] = team.share(count);
-        double s1[kMaxLookaheadSets], s2[kMaxLookaheadSets];
-        std::fill_n(s1, group, 0.0);
-        std::fill_n(s2, group, 0.0);
+        Acc accs[kMaxLookaheadSets];
         for (std::size_t k = k0; k < std::min(k1, k0 + group); ++k)
-            sum(k, s1[k - k0], s2[k - k0]);
+            sum(k, accs[k - k0]);
         for (std::size_t g0 = k0; g0 < k1; g0 += group) {
             const std::size_t g1 = std::min(k1, g0 + group);
-            for (std::size_t k = g0; k < g1; ++k) {
-                finish(k, s1[k - g0], s2[k - g0]);
-                s1[k - g0] = s2[k - g0] = 0;
-            }
+            finish(g0, g1, static_cast<const Acc*>(accs));
             for (std::size_t n = 0; n < samples; ++n)
                 for (std::size_t k = g0; k < g1; ++k)
-                    write(n, k, k + group < k1, s1[k - g0], s2[k - g0]);
+                    write(n, k, k + group < k1, accs[k - g0]);
         }
         rows::fence_streamed_stores();
     });
+}
+
+// A set's two sums in grouped_sets.
+struct SetSums {
+    double s1, s2;
+};
+
+// grouped_sets_of with a set's sums as two doubles, s1 and s2, that start from 0 and are finished
+// set by set: sum(k, s1, s2) adds the sums of set k; finish(k, t1, t2) takes them; write(n, k,
+// has_next, next1, next2) adds those of sample n's runs of set k + group.
+template <class Sum, class Finish, class Write>
+void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum, Finish&& finish,
+                  Write&& write, std::size_t samples) {
+    grouped_sets_of<SetSums>(
+        count, group, parallel,
+        [&](std::size_t k, SetSums& s) {
+            s = SetSums{};
+            sum(k, s.s1, s.s2);
+        },
+        [&](std::size_t g0, std::size_t g1, const SetSums* s) {
+            for (std::size_t k = g0; k < g1; ++k)
+                finish(k, s[k - g0].s1, s[k - g0].s2);
+        },
+        [&](std::size_t n, std::size_t k, bool has_next, SetSums& next) {
+            if (n == 0) next = SetSums{};
+            write(n, k, has_next, next.s1, next.s2);
+        },
+        samples);
 }
 
 // Normalizes set k of a per-sample SetSpec: one contiguous run of channels_per_set·S values.
@@ -958,7 +982,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         double* run1 = scratch(kRun1, runs);
         double* run2 = scratch(kRun2, runs);
         // Each channel's shift is its set's (set k's at shift[k·cps]).
-        double* const shift = shift_scratch<double>(v.c);
+        double* const shift = scratch(kShift, v.c, false);
         for (std::size_t c = 0; c < v.c; ++c)
             shift[c] = !center        ? 0.0
                        : c % cps == 0 ? double(set_shift(x + (c / cps) * block_len, block_len))
@@ -1193,33 +1217,32 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                 // two 117-126 -> 113-119; (4096, 768) 606-678 -> 607-651; GroupNorm(4) on
                 // (1792, 512) 223-233 -> 216-222; (256, 1024) the same (AMD EPYC VM, the two
                 // builds alternated).
-                parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
-                    const auto [k0, k1] = team.share(num_sets);
-                    rows::LanePairs lanes[kSetsInFlight];
-                    for (std::size_t k = k0; k < std::min(k1, k0 + kSetsInFlight); ++k)
+                grouped_sets_of<rows::LanePairs>(
+                    num_sets, kSetsInFlight, v.size() >= kParallelMin,
+                    [&](std::size_t k, rows::LanePairs& lanes) {
                         rows::shifted_lane_pairs(x + k * block_len, block_len, T(shift_of(k)),
-                                                 lanes[k - k0]);
-                    for (std::size_t g0 = k0; g0 < k1; g0 += kSetsInFlight) {
-                        const std::size_t g1 = std::min(k1, g0 + kSetsInFlight);
+                                                 lanes);
+                    },
+                    [&](std::size_t g0, std::size_t g1, const rows::LanePairs* lanes) {
                         T group_shift[kSetsInFlight];
                         for (std::size_t k = g0; k < g1; ++k)
                             group_shift[k - g0] = T(shifts[k]);
                         rows::finish_lane_pairs(lanes, g1 - g0, center, inv_m, eps, group_shift,
                                                 mean + g0, var + g0, inv_std + g0);
-                        for (std::size_t k = g0; k < g1; ++k) {
-                            const std::size_t next = k + kSetsInFlight;
-                            if (next >= k1) {
-                                normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
-                                continue;
-                            }
-                            const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
-                            rows::affine_summing_next_lanes(
-                                x + k * block_len, block_len, mean[k], inv_std[k], g + c0, b + c0,
-                                1, xhat ? xhat + k * block_len : nullptr, y + k * block_len, false,
-                                x + next * block_len, T(shift_of(next)), lanes[k - g0]);
+                    },
+                    [&](std::size_t, std::size_t k, bool has_next, rows::LanePairs& next_lanes) {
+                        if (!has_next) {
+                            normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+                            return;
                         }
-                    }
-                });
+                        const std::size_t next = k + kSetsInFlight;
+                        const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
+                        rows::affine_summing_next_lanes(
+                            x + k * block_len, block_len, mean[k], inv_std[k], g + c0, b + c0, 1,
+                            xhat ? xhat + k * block_len : nullptr, y + k * block_len, false,
+                            x + next * block_len, T(shift_of(next)), next_lanes);
+                    },
+                    1);
                 return;
             }
         }

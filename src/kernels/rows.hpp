@@ -92,17 +92,22 @@ __attribute__((always_inline)) inline void lane_pairs16(const Sum16& s, Double4&
     hi = s.lane[1] + s.lane[3];
 }
 
-// Σ over the lanes in a fixed order: lane j with lane j + 8 (lane_pairs16), then those pairs in
-// order.
-__attribute__((always_inline)) inline double total(const Sum16& s) {
-    Double4 lo, hi;
-    lane_pairs16(s, lo, hi);
+// Σ of lane pairs (lane_pairs16) in order: pairs 0–3 of lo, then of hi, added to 0.
+__attribute__((always_inline)) inline double total(Double4 lo, Double4 hi) {
     double t = 0;
     for (int j = 0; j < 4; ++j)
         t += lo[j];
     for (int j = 0; j < 4; ++j)
         t += hi[j];
     return t;
+}
+
+// Σ over the lanes in a fixed order: lane j with lane j + 8 (lane_pairs16), then those pairs in
+// order.
+__attribute__((always_inline)) inline double total(const Sum16& s) {
+    Double4 lo, hi;
+    lane_pairs16(s, lo, hi);
+    return total(lo, hi);
 }
 
 // Float data is first combined in float, up to kRunSteps vectors per lane along a run (up to
@@ -1764,20 +1769,10 @@ NORMLAB_ISA_CLONES void finish_lane_pairs(const LanePairs* lanes, std::size_t co
                                  four_totals(q_lo, q_hi), mean, var, inv_std);
         return;
     }
-    for (std::size_t j = 0; j < count; ++j) {
-        // total()'s order: lane pairs 0–3 of lo, then of hi, added to 0.
-        double ta = 0, tq = 0;
-        for (int i = 0; i < 4; ++i) {
-            ta += lanes[j].a_lo[i];
-            tq += lanes[j].q_lo[i];
-        }
-        for (int i = 0; i < 4; ++i) {
-            ta += lanes[j].a_hi[i];
-            tq += lanes[j].q_hi[i];
-        }
-        finish_standardized(center, inv_m, eps, double(shift[j]), ta, tq, mean[j], var[j],
-                            inv_std[j]);
-    }
+    for (std::size_t j = 0; j < count; ++j)
+        finish_standardized(center, inv_m, eps, double(shift[j]),
+                            total(lanes[j].a_lo, lanes[j].a_hi),
+                            total(lanes[j].q_lo, lanes[j].q_hi), mean[j], var[j], inv_std[j]);
 }
 
 // set_shift of the four sets of `len` (>= kShiftValues) floats each from `x` on, set j's in

@@ -81,7 +81,7 @@ Array<T> SyncBatchRenorm<T>::backward(const Array<T>& dy) {
         failure = std::current_exception();
     }
     std::vector<double> sum_dy, sum_dy_xhat;
-    const Array<T> dx = sync_channel_backward(
+    Array<T> dx = sync_channel_backward(
         comm_, this->label(), this->num_features(), ctx.shape, failure, ctx.batch_stats,
         ++backward_calls_, dy, ctx.xhat, this->gamma(), ctx.scale, ctx.count,
         [&ctx](std::size_t c, double mean_g, double mean_g_xhat, T& coef_1, T& coef_xhat) {

@@ -277,11 +277,12 @@ TEST(BatchRenorm, PerChannelCorrectionsOnManyChannelsAreTheScalarFormulas) {
     const Array<float> moving_mean = layer.moving_mean(), moving_std = layer.moving_std();
     const NcsView v{shape[0], shape[1], shape[2]};
     std::vector<float> batch_mean(kChannels), batch_var(kChannels);
+    std::vector<double> residual(kChannels);
     kernels::collect_moments(x.data(), v, SetSpec{true, 1}, true, batch_mean.data(),
-                             batch_var.data());
+                             batch_var.data(), residual.data());
     const double eps = layer.options().eps;
     const RenormClip clip = layer.clip();
-    std::vector<float> shift(kChannels), scale(kChannels), offset(kChannels);
+    std::vector<float> shift(kChannels), scale(kChannels), offset(kChannels), beta(kChannels);
     Array<float> expected_mean = moving_mean, expected_std = moving_std;
     int clipped_r = 0, clipped_d = 0;
     for (std::size_t c = 0; c < kChannels; ++c) {
@@ -293,6 +294,9 @@ TEST(BatchRenorm, PerChannelCorrectionsOnManyChannelsAreTheScalarFormulas) {
         shift[c] = batch_mean[c];
         scale[c] = float(k.r / sigma_b);
         offset[c] = float(k.d);
+        // β less what rounding the batch mean to float took off x̂·γ.
+        beta[c] = float(double((*params[1].value)(c)) -
+                        residual[c] * double(scale[c]) * double((*params[0].value)(c)));
         renorm_update_moving(expected_mean(c), expected_std(c), double(batch_mean[c]), sigma_b,
                              0.3);
     }
@@ -302,7 +306,7 @@ TEST(BatchRenorm, PerChannelCorrectionsOnManyChannelsAreTheScalarFormulas) {
     EXPECT_LT(clipped_d, int(kChannels));
     Array<float> expected_y = Array<float>::from_shape(shape);
     kernels::normalize_affine(x.data(), v, SetSpec{true, 1}, shift.data(), scale.data(),
-                              offset.data(), params[0].value->data(), params[1].value->data(),
+                              offset.data(), params[0].value->data(), beta.data(),
                               static_cast<float*>(nullptr), expected_y.data());
     const Array<float> y = layer.forward(x, Mode::train, Grad::none);
     EXPECT_EQ(y, expected_y);

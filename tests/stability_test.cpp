@@ -88,6 +88,41 @@ TEST_P(Invariants, AnOutlyingFirstValueCostsNoDigits) {
     }
 }
 
+// Input far from zero mean, float against the same layer in double: each set's mean is rounded
+// to float, by up to half of float's spacing at 100 (3.8e-06), which over σ = 2 moved y by up to
+// 2.4e-06 on these shapes (γ up to 1.125), where one unit in the last place of the largest |y|
+// is 2.4e-07 or 4.8e-07. Layers whose γ and β are one value per set (sets over the batch) take
+// that rounding into β (kernels::beta_for_mean), and y is off by its own roundings only, x̂'s,
+// 1/σ's and the final ones: at most 4.3e-07 here. The per-sample layers, whose γ and β vary
+// within a set, keep the rounding (it would cost them a value per element).
+TEST(Stability, AMeanFarFromZeroCostsSetsOverTheBatchNoDigits) {
+    for (const char* spec : {"batch_norm", "batch_renorm(rmax=1,dmax=0)"})
+        for (const Shape& shape : {Shape{64, 48}, Shape{16, 6, 7, 7}, Shape{3, 6, 500}}) {
+            const Array<double> x64 = testing::random_array(shape, 5, 100.0, 2.0);
+            const Array<float> x = xt::cast<float>(x64);
+            auto norm = make_normalizer<float>(spec, shape[1]);
+            auto twin = make_normalizer<double>(spec, shape[1]);
+            for (std::size_t c = 0; c < shape[1]; ++c) {
+                // Affine parameters away from 1 and 0, the same values in both.
+                const double g = 0.75 + 0.125 * double(c % 4), b = -0.5 + 0.25 * double(c % 3);
+                (*norm->parameters()[0].value)(c) = float(g);
+                (*norm->parameters()[1].value)(c) = float(b);
+                (*twin->parameters()[0].value)(c) = g;
+                (*twin->parameters()[1].value)(c) = b;
+            }
+            const Array<float> y = norm->forward(x, Mode::train, Grad::none);
+            const Array<double> reference =
+                twin->forward(xt::cast<double>(x), Mode::train, Grad::none);
+            double worst = 0, largest = 0;
+            for (std::size_t i = 0; i < y.size(); ++i) {
+                worst = std::max(worst, std::abs(double(y.data()[i]) - reference.data()[i]));
+                largest = std::max(largest, std::abs(reference.data()[i]));
+            }
+            const double ulp = std::nextafter(float(largest), 1e30f) - float(largest);
+            EXPECT_LT(worst, 2 * ulp) << spec << " on " << format_shape(shape);
+        }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     CentredVariants, Invariants,
     ::testing::Values(Case{"batch_norm(affine=false)", SetSpec{true, 1}},

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <utility>
 
+#include "kernels/formulas.hpp"
 #include "kernels/moments.hpp"
 #include "kernels/set_backward.hpp"
 #include "kernels/vector_width.hpp"
@@ -125,6 +126,8 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
     ctx.scale.resize(channels);
     std::vector<T> shift(channels), offset(channels, T(0));
     std::vector<T> batch_mean, batch_var;
+    // In training, β with each channel's mean residual, as BatchNorm's (beta_for_mean).
+    std::vector<T> betas;
 
     if (mode == Mode::eval) {
         for (std::size_t c = 0; c < channels; ++c) {
@@ -139,8 +142,9 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
                              format_shape(shape_of(x)));
         batch_mean.resize(channels);
         batch_var.resize(channels);
+        std::vector<double> residual(channels);
         kernels::collect_moments(x.data(), v, kChannelSets, true, batch_mean.data(),
-                                 batch_var.data());
+                                 batch_var.data(), residual.data());
         if (const std::size_t c =
                 kernels::first_non_finite(batch_mean.data(), batch_var.data(), channels);
             c < channels)
@@ -153,6 +157,10 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
         correct_channels(batch_mean.data(), batch_var.data(), options_.eps, moving_mean_.data(),
                          moving_std_.data(), clip_at(step_), channels, ctx.r.data(), ctx.d.data(),
                          shift.data(), ctx.scale.data(), offset.data());
+        betas.resize(channels);
+        for (std::size_t c = 0; c < channels; ++c)
+            kernels::set_betas_for_mean(c, 1, residual[c], ctx.scale[c], this->gamma(),
+                                        this->beta(), betas.data());
     }
 
     Array<T> y = Array<T>::from_shape(x.shape());
@@ -163,7 +171,8 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
     if (stores_xhat) ctx.xhat = Array<T>::from_shape(x.shape());
     kernels::normalize_affine(
         x.data(), v, kChannelSets, shift.data(), ctx.scale.data(), offset.data(), this->gamma(),
-        this->beta(), stores_xhat ? ctx.xhat.data() : nullptr, y.data(), grad != Grad::keep);
+        betas.empty() ? this->beta() : static_cast<const T*>(betas.data()),
+        stores_xhat ? ctx.xhat.data() : nullptr, y.data(), grad != Grad::keep);
     if (grad == Grad::keep && !stores_xhat) ctx.shift = std::move(shift);
 
     if (mode == Mode::train) {

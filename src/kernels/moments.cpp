@@ -66,20 +66,25 @@ T* shift_scratch(std::size_t n) {
 }
 
 // finish_moments of sets [begin, end), set k from s1[k], s2[k] and shift[k], each added to 0 as
-// a set's sum over its columns starts from 0.
+// a set's sum over its columns starts from 0; with `residual`, each set's mean_residual too.
 template <class T>
 NORMLAB_ISA_CLONES void finish_columns(bool center, double inv_m, const T* shift, const double* s1,
                                        const double* s2, std::size_t begin, std::size_t end,
-                                       T* mean, T* var) {
+                                       T* mean, T* var, double* residual) {
     if (center) {
 #pragma omp simd
         for (std::size_t k = begin; k < end; ++k)
             finish_moments(true, inv_m, double(shift[k]), 0.0 + s1[k], 0.0 + s2[k], mean[k],
                            var[k]);
+        if (residual)
+#pragma omp simd
+            for (std::size_t k = begin; k < end; ++k)
+                residual[k] = mean_residual(true, inv_m, double(shift[k]), 0.0 + s1[k], mean[k]);
     } else {
 #pragma omp simd
         for (std::size_t k = begin; k < end; ++k)
             finish_moments(false, inv_m, 0.0, 0.0 + s1[k], 0.0 + s2[k], mean[k], var[k]);
+        if (residual) std::fill(residual + begin, residual + end, 0.0);
     }
 }
 
@@ -865,6 +870,23 @@ void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_
                    h ? h + j * v.s : nullptr, y + start + j * v.s);
 }
 
+// set_betas_for_mean of sets [0, num_sets), in every ISA clone: a channel per set (BatchNorm)
+// as one loop over the channels (a call per channel took 2-3 us of BatchNorm's training forward
+// on (256, 1024)).
+template <class T>
+NORMLAB_ISA_CLONES void betas_for_means(std::size_t num_sets, std::size_t cps,
+                                        const double* residual, const T* inv_std, const T* gamma,
+                                        const T* beta, T* out) {
+    if (cps == 1 && gamma && beta) {
+#pragma omp simd
+        for (std::size_t c = 0; c < num_sets; ++c)
+            out[c] = beta_for_mean(beta[c], residual[c], inv_std[c], gamma[c]);
+        return;
+    }
+    for (std::size_t k = 0; k < num_sets; ++k)
+        set_betas_for_mean(k, cps, residual[k], inv_std[k], gamma, beta, out);
+}
+
 }  // namespace
 
 template <class T>
@@ -900,10 +922,14 @@ void weighted_column_sums(const T* dy, XhatArg<T> xhat, const NcsView& v, const 
 
 template <class T>
 void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool center, T* mean,
-                     T* var) {
+                     T* var, double* residual) {
     const std::size_t num_sets = sets.num_sets(v);
     const std::size_t cps = sets.channels_per_set;
     const double inv_m = 1.0 / double(sets.set_size(v));
+    const auto finish = [&](std::size_t k, double shift, double s1, double s2) {
+        finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
+        if (residual) residual[k] = mean_residual(center, inv_m, shift, s1, mean[k]);
+    };
 
     if (dense_across_batch(v, sets) && v.n == 1 && center && cps == 1) {
         // One row (Batch-Layer Norm's batch branch at a batch of one): sets of one value, whose
@@ -912,6 +938,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
             single_values(x, begin, end, mean, var);
         });
+        if (residual) std::fill_n(residual, num_sets, 0.0);  // each mean is its one value
         return;
     }
     if (dense_across_batch(v, sets)) {
@@ -953,11 +980,11 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
                 v, rows::kFloatSteps, true, true, s1, s2, group,
                 [&](std::size_t c0, std::size_t c1, const double* t1, const double* t2) {
                     finish_columns(center, inv_m, shift + c0, t1, t2, 0, c1 - c0, mean + c0,
-                                   var + c0);
+                                   var + c0, residual ? residual + c0 : nullptr);
                 });
             if (!finished)
                 for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
-                    finish_columns(center, inv_m, shift, s1, s2, begin, end, mean, var);
+                    finish_columns(center, inv_m, shift, s1, s2, begin, end, mean, var, residual);
                 });
             return;
         }
@@ -968,7 +995,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
                 t1 += s1[c];
                 t2 += s2[c];
             }
-            finish_moments(center, inv_m, double(shift[k * cps]), t1, t2, mean[k], var[k]);
+            finish(k, double(shift[k * cps]), t1, t2);
         });
         return;
     }
@@ -998,7 +1025,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
             add_rows<T>(run1, v, nullptr, s1);
             add_rows<T>(run2, v, nullptr, s2);
             for (std::size_t k = 0; k < num_sets; ++k)
-                finish_moments(center, inv_m, shift[k], s1[k], s2[k], mean[k], var[k]);
+                finish(k, shift[k], s1[k], s2[k]);
             return;
         }
         for (std::size_t k = 0; k < num_sets; ++k) {
@@ -1008,7 +1035,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
                     s1 += run1[n * v.c + c];
                     s2 += run2[n * v.c + c];
                 }
-            finish_moments(center, inv_m, shift[k * cps], s1, s2, mean[k], var[k]);
+            finish(k, shift[k * cps], s1, s2);
         }
         return;
     }
@@ -1017,7 +1044,7 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         const double shift = center ? double(set_shift(first, block_len)) : 0.0;
         double s1 = 0, s2 = 0;
         rows::shifted_sums(first, block_len, shift, s1, s2);
-        finish_moments(center, inv_m, shift, s1, s2, mean[k], var[k]);
+        finish(k, shift, s1, s2);
     });
 }
 
@@ -1104,22 +1131,30 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         sets.across_batch && (v.s == 1 || (!cached && short_runs<T>(v)) ||
                               (cached && v.size() >= kParallelMin && omp_get_max_threads() > 1));
     if (in_memory_order) {
-        collect_moments(x, v, sets, center, mean, var);
-        inverse_std(var, sets.num_sets(v), eps, inv_std);
-        normalize_affine(x, v, sets, mean, inv_std, static_cast<const T*>(nullptr), gamma, beta,
-                         xhat, y);
+        // Sets over the batch: β of each channel takes its set's mean residual (beta_for_mean).
+        const std::size_t num_sets = sets.num_sets(v);
+        std::vector<double> residual(num_sets);
+        collect_moments(x, v, sets, center, mean, var, residual.data());
+        inverse_std(var, num_sets, eps, inv_std);
+        std::vector<T> betas(v.c);
+        betas_for_means(num_sets, sets.channels_per_set, residual.data(), inv_std, gamma, beta,
+                        betas.data());
+        normalize_affine(x, v, sets, mean, inv_std, static_cast<const T*>(nullptr), gamma,
+                         static_cast<const T*>(betas.data()), xhat, y);
         return;
     }
     if (sets.across_batch) {
         // Each set's runs (one per sample and channel of the set) are summed in sample order and
         // normalized right after, while the set is still in this core's cache: x comes from
         // memory once instead of twice.
-        std::vector<T> ones, zeros;
+        std::vector<T> ones;
         const T* g = or_constant(gamma, ones, v.c, T(1));
-        const T* b = or_constant(beta, zeros, v.c, T(0));
         const std::size_t cps = sets.channels_per_set;
         const double inv_m = 1.0 / double(sets.set_size(v));
         const std::size_t num_sets = sets.num_sets(v);
+        // β of each channel with its set's mean residual, set where the set is finished.
+        std::vector<T> betas(v.c);
+        T* const b = betas.data();
         // The sums of a thread's next group of sets are taken in the same pass that normalizes
         // the current group (rows::affine_summing_next, set k with set k + group), so reads from
         // memory and writes overlap. Each set's shift is taken where its sums start and kept
@@ -1141,6 +1176,8 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             [&](std::size_t k, double t1, double t2) {
                 finish_standardized(center, inv_m, eps, shifts[k], t1, t2, mean[k], var[k],
                                     inv_std[k]);
+                set_betas_for_mean(k, cps, mean_residual(center, inv_m, shifts[k], t1, mean[k]),
+                                   inv_std[k], gamma, beta, b);
             },
             [&](std::size_t n, std::size_t k, bool has_next, double& s1, double& s2) {
                 // The next set's sums start with sample 0.
@@ -1842,7 +1879,8 @@ std::size_t first_non_finite(const T* a, const T* b, std::size_t n) {
     template void inverse_std<T>(const T*, std::size_t, double, T*);                               \
     template bool all_finite<T>(const T*, const T*, std::size_t);                                  \
     template std::size_t first_non_finite<T>(const T*, const T*, std::size_t);                     \
-    template void collect_moments<T>(const T*, const NcsView&, const SetSpec&, bool, T*, T*);      \
+    template void collect_moments<T>(const T*, const NcsView&, const SetSpec&, bool, T*, T*,       \
+                                     double*);                                                     \
     template void normalize_affine<T>(const T*, const NcsView&, const SetSpec&, const T*,          \
                                       const T*, const T*, const T*, const T*, T*, T*, bool);       \
     template void standardize<T>(const T*, const NcsView&, const SetSpec&, bool, double, const T*, \

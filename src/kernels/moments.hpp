@@ -52,9 +52,10 @@ const T* or_constant(const T* p, std::vector<T>& storage, std::size_t n, T value
 // Stage 1. Per set: mean and biased variance (center = true), or mean = 0 and the mean square
 // (center = false, RMSNorm). Sums are shifted by the set's set_shift and accumulated in double,
 // so a large common offset (mean 1e4, std 1) costs no precision; there is no E[x²]−E[x]².
+// With `residual`, each set's mean_residual (what rounding its mean to T took off it) too.
 template <class T>
 void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool center, T* mean,
-                     T* var);
+                     T* var, double* residual = nullptr);
 
 // inv_std[k] = 1/√(var[k] + eps) for k < n, in double as finish_standardized forms it (the same
 // bits), vectorized in every ISA clone: a layer finishing its statistics per channel spends

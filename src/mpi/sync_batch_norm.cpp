@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/formulas.hpp"
 #include "kernels/set_backward.hpp"
 #include "sync_statistics.hpp"
 
@@ -24,7 +25,7 @@ template <class T>
 Array<T> SyncBatchNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     const std::size_t channels = this->num_features();
     SavedSyncNormalization<T> ctx;
-    std::vector<T> mean(channels);
+    std::vector<T> mean(channels), betas;
     ctx.inv_std.resize(channels);
     NcsView v;
     if (mode == Mode::eval && options_.track_running_stats) {
@@ -38,18 +39,25 @@ Array<T> SyncBatchNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         v = this->view_of(shape_of(x));
         ctx.batch_stats = true;
         ctx.count = global.count;
+        // As in BatchNorm: β takes what rounding each mean to T took off it (beta_for_mean).
+        betas.resize(channels);
         for (std::size_t c = 0; c < channels; ++c) {
             mean[c] = T(global.mean[c]);
             ctx.inv_std[c] = T(1.0 / std::sqrt(global.var[c] + options_.eps));
+            kernels::set_betas_for_mean(c, 1, global.mean[c] - double(mean[c]), ctx.inv_std[c],
+                                        this->gamma(), this->beta(), betas.data());
         }
         if (mode == Mode::train && options_.track_running_stats) {
             // As in BatchNorm: normalize with the biased variance, store the unbiased one — of
-            // the global count, so every rank stores the same values.
+            // the global count, so every rank stores the same values — and the mean as rounded
+            // to T, as BatchNorm stores its batch mean.
             const double bessel = double(global.count) / double(global.count - 1);
-            std::vector<double> var(channels);
-            for (std::size_t c = 0; c < channels; ++c)
+            std::vector<double> batch_mean(channels), var(channels);
+            for (std::size_t c = 0; c < channels; ++c) {
+                batch_mean[c] = double(mean[c]);
                 var[c] = global.var[c] * bessel;
-            running_.update(options_.momentum, global.mean, var);
+            }
+            running_.update(options_.momentum, batch_mean, var);
         }
     }
     Array<T> y = Array<T>::from_shape(x.shape());
@@ -59,7 +67,8 @@ Array<T> SyncBatchNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     }
     if (v.n > 0)
         kernels::normalize_affine(x.data(), v, kChannelSets, mean.data(), ctx.inv_std.data(),
-                                  static_cast<const T*>(nullptr), this->gamma(), this->beta(),
+                                  static_cast<const T*>(nullptr), this->gamma(),
+                                  betas.empty() ? this->beta() : betas.data(),
                                   grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
     this->save(std::move(ctx), grad);
     return y;

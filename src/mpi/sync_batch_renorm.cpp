@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/formulas.hpp"
 #include "kernels/set_backward.hpp"
 #include "sync_statistics.hpp"
 
@@ -24,7 +25,7 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     SavedSyncRenorm<T> ctx;
     ctx.batch_stats = mode == Mode::train;
     ctx.scale.resize(channels);
-    std::vector<T> shift(channels), offset(channels, T(0));
+    std::vector<T> shift(channels), offset(channels, T(0)), betas;
     NcsView v;
     if (mode == Mode::eval) {
         v = sync_view(this->label(), shape_of(x), channels);
@@ -41,20 +42,25 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         const RenormClip clip = renorm_clip(options_, step_);
         ctx.r.resize(channels);
         ctx.d.resize(channels);
+        // The mean as rounded to T for r, d and the moving averages, as batch_renorm takes its
+        // batch mean; β takes what that rounding took off it (beta_for_mean).
+        betas.resize(channels);
         for (std::size_t c = 0; c < channels; ++c) {
+            shift[c] = T(global.mean[c]);
             const double sigma_b = std::sqrt(global.var[c] + options_.eps);
-            const auto [r, d] = renorm_correction(global.mean[c], sigma_b, double(moving_mean_(c)),
-                                                  double(moving_std_(c)), clip);
+            const auto [r, d] = renorm_correction(
+                double(shift[c]), sigma_b, double(moving_mean_(c)), double(moving_std_(c)), clip);
             ctx.r[c] = r;
             ctx.d[c] = d;
-            shift[c] = T(global.mean[c]);
             ctx.scale[c] = T(r / sigma_b);
             offset[c] = T(d);
+            kernels::set_betas_for_mean(c, 1, global.mean[c] - double(shift[c]), ctx.scale[c],
+                                        this->gamma(), this->beta(), betas.data());
         }
         // After r and d: the correction uses the moving averages of the previous steps.
         const double a = options_.momentum;
         for (std::size_t c = 0; c < channels; ++c)
-            renorm_update_moving(moving_mean_(c), moving_std_(c), global.mean[c],
+            renorm_update_moving(moving_mean_(c), moving_std_(c), double(shift[c]),
                                  std::sqrt(global.var[c] + options_.eps), a);
         ++step_;
     }
@@ -65,7 +71,8 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
     }
     if (v.n > 0)
         kernels::normalize_affine(x.data(), v, kChannelSets, shift.data(), ctx.scale.data(),
-                                  offset.data(), this->gamma(), this->beta(),
+                                  offset.data(), this->gamma(),
+                                  betas.empty() ? this->beta() : betas.data(),
                                   grad == Grad::keep ? ctx.xhat.data() : nullptr, y.data());
     this->save(std::move(ctx), grad);
     return y;

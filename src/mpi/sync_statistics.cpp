@@ -78,7 +78,9 @@ GlobalMoments allreduce_moments(const Communicator& comm, const std::string& lab
         v = sync_view(label, shape, channels);
         if (v.n > 0) {
             std::vector<T> mean(channels), var(channels);
-            kernels::collect_moments(x.data(), v, kChannelSets, true, mean.data(), var.data());
+            std::vector<double> residual(channels);
+            kernels::collect_moments(x.data(), v, kChannelSets, true, mean.data(), var.data(),
+                                     residual.data());
             if (const std::size_t c = kernels::first_non_finite(mean.data(), var.data(), channels);
                 c < channels)
                 throw NonFiniteError(label +
@@ -89,7 +91,7 @@ GlobalMoments allreduce_moments(const Communicator& comm, const std::string& lab
                                      " contains NaN or Inf; nothing was updated");
             const double count = double(v.n * v.s);
             for (std::size_t c = 0; c < channels; ++c)
-                partials[c] = {count, double(mean[c]), double(var[c]) * count};
+                partials[c] = {count, double(mean[c]) + residual[c], double(var[c]) * count};
         }
     } catch (...) {
         failure = std::current_exception();

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <utility>
 
-#include "kernels/formulas.hpp"
 #include "kernels/moments.hpp"
 #include "kernels/set_backward.hpp"
 #include "kernels/vector_width.hpp"
@@ -158,9 +157,8 @@ Array<T> BatchRenorm<T>::run_forward(const Array<T>& x, Mode mode, Grad grad, bo
                          moving_std_.data(), clip_at(step_), channels, ctx.r.data(), ctx.d.data(),
                          shift.data(), ctx.scale.data(), offset.data());
         betas.resize(channels);
-        for (std::size_t c = 0; c < channels; ++c)
-            kernels::set_betas_for_mean(c, 1, residual[c], ctx.scale[c], this->gamma(),
-                                        this->beta(), betas.data());
+        kernels::betas_for_means(channels, 1, residual.data(), ctx.scale.data(), this->gamma(),
+                                 this->beta(), betas.data());
     }
 
     Array<T> y = Array<T>::from_shape(x.shape());

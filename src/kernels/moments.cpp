@@ -870,13 +870,12 @@ void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_
                    h ? h + j * v.s : nullptr, y + start + j * v.s);
 }
 
-// set_betas_for_mean of sets [0, num_sets), in every ISA clone: a channel per set (BatchNorm)
-// as one loop over the channels (a call per channel took 2-3 us of BatchNorm's training forward
-// on (256, 1024)).
+// The body of kernels::betas_for_means (moments.hpp), in every ISA clone: a channel per set
+// (BatchNorm) with γ and β as one vectorized loop over the channels, other sets set by set.
 template <class T>
-NORMLAB_ISA_CLONES void betas_for_means(std::size_t num_sets, std::size_t cps,
-                                        const double* residual, const T* inv_std, const T* gamma,
-                                        const T* beta, T* out) {
+NORMLAB_ISA_CLONES void betas_for_means_clones(std::size_t num_sets, std::size_t cps,
+                                               const double* residual, const T* inv_std,
+                                               const T* gamma, const T* beta, T* out) {
     if (cps == 1 && gamma && beta) {
 #pragma omp simd
         for (std::size_t c = 0; c < num_sets; ++c)
@@ -1868,6 +1867,12 @@ bool all_finite(const T* a, const T* b, std::size_t n) {
 }
 
 template <class T>
+void betas_for_means(std::size_t num_sets, std::size_t cps, const double* residual, const T* scale,
+                     const T* gamma, const T* beta, T* out) {
+    betas_for_means_clones(num_sets, cps, residual, scale, gamma, beta, out);
+}
+
+template <class T>
 std::size_t first_non_finite(const T* a, const T* b, std::size_t n) {
     if (all_finite(a, b, n)) return n;
     for (std::size_t k = 0; k < n; ++k)
@@ -1878,6 +1883,8 @@ std::size_t first_non_finite(const T* a, const T* b, std::size_t n) {
 #define NORMLAB_INSTANTIATE_KERNELS(T)                                                             \
     template void inverse_std<T>(const T*, std::size_t, double, T*);                               \
     template bool all_finite<T>(const T*, const T*, std::size_t);                                  \
+    template void betas_for_means<T>(std::size_t, std::size_t, const double*, const T*, const T*,  \
+                                     const T*, T*);                                                \
     template std::size_t first_non_finite<T>(const T*, const T*, std::size_t);                     \
     template void collect_moments<T>(const T*, const NcsView&, const SetSpec&, bool, T*, T*,       \
                                      double*);                                                     \

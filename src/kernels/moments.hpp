@@ -57,6 +57,13 @@ template <class T>
 void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool center, T* mean,
                      T* var, double* residual = nullptr);
 
+// β of every channel of sets [0, num_sets) of `cps` channels (sets over the batch), set k
+// normalized with scale[k] and its mean off by residual[k] (collect_moments): beta_for_mean
+// (formulas.hpp) into out[0 .. num_sets·cps), gamma and beta null taken as 1 and 0.
+template <class T>
+void betas_for_means(std::size_t num_sets, std::size_t cps, const double* residual, const T* scale,
+                     const T* gamma, const T* beta, T* out);
+
 // inv_std[k] = 1/√(var[k] + eps) for k < n, in double as finish_standardized forms it (the same
 // bits), vectorized in every ISA clone: a layer finishing its statistics per channel spends
 // most of that time on the square roots and divisions, which AVX2's vectors take four at a time.

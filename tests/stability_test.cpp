@@ -22,6 +22,22 @@ void PrintTo(const Case& c, std::ostream* os) {
 
 constexpr std::size_t kChannels = 6;
 
+// A float output against the same layer's in double: the largest |y − reference|, and one unit
+// in the last place of float at the largest |reference|.
+struct FloatError {
+    double worst = 0;
+    double ulp = 0;
+};
+
+FloatError float_error(const Array<float>& y, const Array<double>& reference) {
+    double worst = 0, largest = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) {
+        worst = std::max(worst, std::abs(double(y.data()[i]) - reference.data()[i]));
+        largest = std::max(largest, std::abs(reference.data()[i]));
+    }
+    return {worst, std::nextafter(float(largest), 1e30f) - float(largest)};
+}
+
 class Invariants : public ::testing::TestWithParam<Case> {};
 
 TEST_P(Invariants, EachSetHasZeroMeanAndUnitVariance) {
@@ -76,15 +92,10 @@ TEST_P(Invariants, AnOutlyingFirstValueCostsNoDigits) {
             make_normalizer<float>(GetParam().spec, shape[1])->forward(x, Mode::train, Grad::none);
         const Array<double> reference = make_normalizer<double>(GetParam().spec, shape[1])
                                             ->forward(xt::cast<double>(x), Mode::train, Grad::none);
-        double worst = 0, largest = 0;
-        for (std::size_t i = 0; i < y.size(); ++i) {
-            worst = std::max(worst, std::abs(double(y.data()[i]) - reference.data()[i]));
-            largest = std::max(largest, std::abs(reference.data()[i]));
-        }
         // Three units in the last place of the largest |y|: the roundings of x − μ, of 1/σ and
         // of their product give up to half of one each, μ's and σ²'s a little more.
-        const double ulp = std::nextafter(float(largest), 1e30f) - float(largest);
-        EXPECT_LT(worst, 3 * ulp) << format_shape(shape);
+        const FloatError error = float_error(y, reference);
+        EXPECT_LT(error.worst, 3 * error.ulp) << format_shape(shape);
     }
 }
 
@@ -113,13 +124,8 @@ TEST(Stability, AMeanFarFromZeroCostsSetsOverTheBatchNoDigits) {
             const Array<float> y = norm->forward(x, Mode::train, Grad::none);
             const Array<double> reference =
                 twin->forward(xt::cast<double>(x), Mode::train, Grad::none);
-            double worst = 0, largest = 0;
-            for (std::size_t i = 0; i < y.size(); ++i) {
-                worst = std::max(worst, std::abs(double(y.data()[i]) - reference.data()[i]));
-                largest = std::max(largest, std::abs(reference.data()[i]));
-            }
-            const double ulp = std::nextafter(float(largest), 1e30f) - float(largest);
-            EXPECT_LT(worst, 2 * ulp) << spec << " on " << format_shape(shape);
+            const FloatError error = float_error(y, reference);
+            EXPECT_LT(error.worst, 2 * error.ulp) << spec << " on " << format_shape(shape);
         }
 }
 

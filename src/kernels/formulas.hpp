@@ -89,9 +89,9 @@ double mean_residual(bool center, double inv_m, double shift, double s1, T mean)
 // (x − μ)·scale·γ + β for the set's unrounded mean μ, to the roundings of the expression. With the
 // input far from zero mean this rounding dominated y's error: at mean 100 and σ = 2, float's
 // spacing at 100 is 7.6e-06, half of it over σ 1.9e-06, eight times y's own rounding. Only where
-// γ and β are one value per set or run (sets over the batch, BatchNorm's), so that it costs a
-// value per channel, not per element; x̂ (and what backward forms from the input) stays
-// (x − mean)·scale.
+// γ and β are one value per run of a set (sets over the batch, a value per channel; per-sample
+// sets on feature maps, a value per sample and channel), not per element; x̂ (and what backward
+// forms from the input) stays (x − mean)·scale.
 template <class T>
 T beta_for_mean(T beta, double residual, T scale, T gamma) {
     return T(double(beta) - residual * double(scale) * double(gamma));

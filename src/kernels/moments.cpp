@@ -55,11 +55,14 @@ double* scratch(Slot slot, std::size_t n, bool zeroed = true) {
     return p;
 }
 
-// The calling thread's array of n shifts, kept from call to call: a new one per call was
-// allocated and faulted in again (800 KB on Batch-Layer Norm's batch branch on
+// What an array of the element type kept from call to call holds (typed_scratch).
+enum class TypedSlot { kColumnShifts, kRunBetas };
+
+// The calling thread's array of n values for `slot`, kept from call to call: a new one per call
+// was allocated and faulted in again (800 KB of shifts on Batch-Layer Norm's batch branch on
 // (2, 64, 56, 56)).
-template <class T>
-T* shift_scratch(std::size_t n) {
+template <class T, TypedSlot slot>
+T* typed_scratch(std::size_t n) {
     thread_local std::vector<T> buffer;
     if (buffer.size() < n) buffer.resize(n);
     return buffer.data();
@@ -67,10 +70,11 @@ T* shift_scratch(std::size_t n) {
 
 // finish_moments of sets [begin, end), set k from s1[k], s2[k] and shift[k], each added to 0 as
 // a set's sum over its columns starts from 0; with `residual`, each set's mean_residual too.
-template <class T>
-NORMLAB_ISA_CLONES void finish_columns(bool center, double inv_m, const T* shift, const double* s1,
-                                       const double* s2, std::size_t begin, std::size_t end,
-                                       T* mean, T* var, double* residual) {
+// (The shifts are of the element type, or in double holding one.)
+template <class T, class Shift>
+NORMLAB_ISA_CLONES void finish_columns(bool center, double inv_m, const Shift* shift,
+                                       const double* s1, const double* s2, std::size_t begin,
+                                       std::size_t end, T* mean, T* var, double* residual) {
     if (center) {
 #pragma omp simd
         for (std::size_t k = begin; k < end; ++k)
@@ -852,38 +856,58 @@ void grouped_sets(std::size_t count, std::size_t group, bool parallel, Sum&& sum
         samples);
 }
 
-// Normalizes set k of a per-sample SetSpec: one contiguous run of channels_per_set·S values.
+// Normalizes set k of a per-sample SetSpec: one contiguous run of channels_per_set·S values,
+// with the γ and β of its channels from g[0] and b[0].
 template <class T>
 void normalize_set(const T* x, const NcsView& v, const SetSpec& sets, std::size_t k, T m, T sc,
                    const T* g, const T* b, T* xhat, T* y) {
     const std::size_t cps = sets.channels_per_set;
     const std::size_t start = k * cps * v.s;
-    const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
     T* h = xhat ? xhat + start : nullptr;
     if (v.s == 1) {
-        rows::affine(x + start, cps, m, sc, T(0), g + c0, b + c0, 1, h, y + start);
+        rows::affine(x + start, cps, m, sc, T(0), g, b, 1, h, y + start);
         return;
     }
     const bool stream = streams<T>(v);
     for (std::size_t j = 0; j < cps; ++j)
-        affine_run(stream, x + start + j * v.s, v.s, m, sc, T(0), g[c0 + j], b[c0 + j],
+        affine_run(stream, x + start + j * v.s, v.s, m, sc, T(0), g[j], b[j],
                    h ? h + j * v.s : nullptr, y + start + j * v.s);
 }
 
-// The body of kernels::betas_for_means (moments.hpp), in every ISA clone: a channel per set
-// (BatchNorm) with γ and β as one vectorized loop over the channels, other sets set by set.
+// The body of kernels::betas_for_means (moments.hpp), in every ISA clone: one vectorized loop
+// over the channels with a channel per set (BatchNorm), else one over each set's channels (the
+// per-sample sets of a feature map, whose γ and β are per run).
 template <class T>
 NORMLAB_ISA_CLONES void betas_for_means_clones(std::size_t num_sets, std::size_t cps,
                                                const double* residual, const T* inv_std,
                                                const T* gamma, const T* beta, T* out) {
-    if (cps == 1 && gamma && beta) {
+    const auto fill = [&](auto gamma_at, auto beta_at) __attribute__((always_inline)) {
+        if (cps == 1) {
 #pragma omp simd
-        for (std::size_t c = 0; c < num_sets; ++c)
-            out[c] = beta_for_mean(beta[c], residual[c], inv_std[c], gamma[c]);
-        return;
-    }
-    for (std::size_t k = 0; k < num_sets; ++k)
-        set_betas_for_mean(k, cps, residual[k], inv_std[k], gamma, beta, out);
+            for (std::size_t c = 0; c < num_sets; ++c)
+                out[c] = beta_for_mean(beta_at(c), residual[c], inv_std[c], gamma_at(c));
+            return;
+        }
+        for (std::size_t k = 0; k < num_sets; ++k) {
+            const double set_residual = residual[k];
+            const T scale = inv_std[k];
+#pragma omp simd
+            for (std::size_t c = k * cps; c < (k + 1) * cps; ++c)
+                out[c] = beta_for_mean(beta_at(c), set_residual, scale, gamma_at(c));
+        }
+    };
+    const auto gamma_of = [&](std::size_t c) { return gamma[c]; };
+    const auto beta_of = [&](std::size_t c) { return beta[c]; };
+    const auto one = [](std::size_t) { return T(1); };
+    const auto zero = [](std::size_t) { return T(0); };
+    if (gamma && beta)
+        fill(gamma_of, beta_of);
+    else if (gamma)
+        fill(gamma_of, zero);
+    else if (beta)
+        fill(one, beta_of);
+    else
+        fill(one, zero);
 }
 
 }  // namespace
@@ -952,13 +976,13 @@ void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool cen
         // √(N − 1)·σ from the mean): 2 at a batch of two.
         const T* shift = x;
         if (center && cps == 1 && v.n >= kColumnShiftRows) {
-            T* const shifts = shift_scratch<T>(v.c);
+            T* const shifts = typed_scratch<T, TypedSlot::kColumnShifts>(v.c);
             for_each_set_range(num_sets, [&](std::size_t begin, std::size_t end) {
                 column_shifts(x, v.c, begin, end, shifts);
             });
             shift = shifts;
         } else if (!center || cps > 1) {
-            T* const shifts = shift_scratch<T>(v.c);
+            T* const shifts = typed_scratch<T, TypedSlot::kColumnShifts>(v.c);
             for (std::size_t k = 0; k < num_sets; ++k)
                 std::fill_n(shifts + k * cps, cps, center ? set_shift(x + k * cps, cps) : T(0));
             shift = shifts;
@@ -1212,18 +1236,33 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         return shifts[k] = center ? double(set_shift(x + k * block_len, block_len)) : 0.0;
     };
     const bool stream_y = stream && !xhat;
-    const std::size_t cps = sets.channels_per_set;
+    const std::size_t cps = sets.channels_per_set, spp = sets.sets_per_sample(v);
+    // With trailing dimensions γ and β are one value per run (a sample's channel), so each run's
+    // β takes its set's mean residual (beta_for_mean) at a value per run, as over the batch;
+    // on rows they are per element, where it would cost an operation per value.
+    const bool fold_mean = center && v.s > 1;
+    T* const run_betas = fold_mean ? typed_scratch<T, TypedSlot::kRunBetas>(v.n * v.c) : nullptr;
     const auto sum = [&](std::size_t k, double& s1, double& s2) {
         rows::shifted_sums(x + k * block_len, block_len, shift_of(k), s1, s2);
     };
     const auto finish = [&](std::size_t k, double s1, double s2) {
         finish_standardized(center, inv_m, eps, shifts[k], s1, s2, mean[k], var[k], inv_std[k]);
+        if (fold_mean) {
+            const std::size_t c0 = (k % spp) * cps;
+            const double residual = mean_residual(center, inv_m, shifts[k], s1, mean[k]);
+            betas_for_means(1, cps, &residual, inv_std + k, gamma ? gamma + c0 : nullptr,
+                            beta ? beta + c0 : nullptr, run_betas + k * cps);
+        }
+    };
+    // The γ and β of set k's channels, from its first.
+    const auto set_gamma = [&](std::size_t k) { return g + (k % spp) * cps; };
+    const auto set_beta = [&](std::size_t k) {
+        return fold_mean ? static_cast<const T*>(run_betas + k * cps) : b + (k % spp) * cps;
     };
     if constexpr (std::is_same_v<T, float>) {
         if (v.s == 1 && rows::short_set(block_len) && num_sets > v.n) {
             // Rows of several short sets (GroupNorm): a row at a time, four sets' totals
             // together (rows::standardize_short_sets).
-            const std::size_t spp = sets.sets_per_sample(v);
             parallel_for(v.n, v.size() >= kParallelMin, [&](std::size_t n) {
                 const std::size_t at = n * v.c, k0 = n * spp;
                 rows::standardize_short_sets(x + at, spp, block_len, center, inv_m, eps, g, b,
@@ -1268,15 +1307,16 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                     },
                     [&](std::size_t, std::size_t k, bool has_next, rows::LanePairs& next_lanes) {
                         if (!has_next) {
-                            normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+                            normalize_set(x, v, sets, k, mean[k], inv_std[k], set_gamma(k),
+                                          set_beta(k), xhat, y);
                             return;
                         }
                         const std::size_t next = k + kSetsInFlight;
-                        const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
                         rows::affine_summing_next_lanes(
-                            x + k * block_len, block_len, mean[k], inv_std[k], g + c0, b + c0, 1,
-                            xhat ? xhat + k * block_len : nullptr, y + k * block_len, false,
-                            x + next * block_len, T(shift_of(next)), next_lanes);
+                            x + k * block_len, block_len, mean[k], inv_std[k], set_gamma(k),
+                            set_beta(k), 1, xhat ? xhat + k * block_len : nullptr,
+                            y + k * block_len, false, x + next * block_len, T(shift_of(next)),
+                            next_lanes);
                     },
                     1);
                 return;
@@ -1290,15 +1330,15 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             [&](std::size_t, std::size_t k, bool has_next, double& s1, double& s2) {
                 const std::size_t next = k + kSetsInFlight;
                 if (!fuse || !has_next) {
-                    normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+                    normalize_set(x, v, sets, k, mean[k], inv_std[k], set_gamma(k), set_beta(k),
+                                  xhat, y);
                     if (has_next) sum(next, s1, s2);
                     return;
                 }
-                const std::size_t c0 = (k % sets.sets_per_sample(v)) * cps;
-                rows::affine_summing_next(x + k * block_len, block_len, mean[k], inv_std[k], g + c0,
-                                          b + c0, 1, xhat ? xhat + k * block_len : nullptr,
-                                          y + k * block_len, false, x + next * block_len,
-                                          shift_of(next), s1, s2);
+                rows::affine_summing_next(x + k * block_len, block_len, mean[k], inv_std[k],
+                                          set_gamma(k), set_beta(k), 1,
+                                          xhat ? xhat + k * block_len : nullptr, y + k * block_len,
+                                          false, x + next * block_len, shift_of(next), s1, s2);
             },
             1);
         return;
@@ -1314,13 +1354,12 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             sum(k, s1, s2);
             finish(k, s1, s2);
         });
-        const std::size_t spp = sets.sets_per_sample(v);
         parallel_region(true, [&](const TeamSlot& team) {
             const auto [r0, r1] = team.share(v.n * v.c);
             for (std::size_t r = r0; r < r1; ++r) {
                 const std::size_t c = r % v.c, k = (r / v.c) * spp + c / cps, at = r * v.s;
-                affine_run(stream, x + at, v.s, mean[k], inv_std[k], T(0), g[c], b[c],
-                           xhat ? xhat + at : nullptr, y + at);
+                affine_run(stream, x + at, v.s, mean[k], inv_std[k], T(0), g[c],
+                           fold_mean ? run_betas[r] : b[c], xhat ? xhat + at : nullptr, y + at);
             }
             rows::fence_streamed_stores();
         });
@@ -1328,9 +1367,9 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     }
     if (cps == 1 && takes_chunks<T>(v, sets, 1)) {
         // One channel per set: a sample's consecutive sets a chunk at a time (takes_chunks).
-        const std::size_t spp = sets.sets_per_sample(v), chunk = runs_per_chunk<T>(v);
+        const std::size_t chunk = runs_per_chunk<T>(v);
         parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
-            double s1[kMaxChunkRuns], s2[kMaxChunkRuns];
+            double s1[kMaxChunkRuns], s2[kMaxChunkRuns], residual[kMaxChunkRuns];
             for_each_set_chunk(team, num_sets, spp, chunk, [&](std::size_t k0, std::size_t k1) {
                 const std::size_t count = k1 - k0, at = k0 * v.s, c0 = k0 % spp;
                 for (std::size_t j = 0; j < count; ++j) {
@@ -1338,10 +1377,20 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                     s1[j] = s2[j] = 0;
                 }
                 rows::runs_shifted_sums(x + at, v.s, count, shifts + k0, s1, s2);
-                for (std::size_t j = 0; j < count; ++j)
-                    finish(k0 + j, s1[j], s2[j]);
+                // The chunk's sets finished together, as finish does set by set (the same bits),
+                // their square roots and divisions in vectors, and their β′ in one loop: with
+                // β′ set by set, InstanceNorm's training forward on (8, 256, 14, 14), 2048 sets
+                // of 196 values, took 1.06x the time it took without β′ (medians of six
+                // processes of each build alternated, 2 threads, AMD EPYC VM); like this,
+                // 1.01-1.02x (docs/design.md, "Precision").
+                finish_columns(center, inv_m, shifts + k0, s1, s2, 0, count, mean + k0, var + k0,
+                               fold_mean ? residual : nullptr);
+                inverse_std(var + k0, count, eps, inv_std + k0);
+                if (fold_mean)
+                    betas_for_means(count, 1, residual, inv_std + k0, gamma ? gamma + c0 : nullptr,
+                                    beta ? beta + c0 : nullptr, run_betas + k0);
                 rows::runs_affine(x + at, v.s, count, mean + k0, inv_std + k0,
-                                  static_cast<const T*>(nullptr), g + c0, b + c0,
+                                  static_cast<const T*>(nullptr), g + c0, set_beta(k0),
                                   xhat ? xhat + at : nullptr, y + at);
             });
         });
@@ -1357,7 +1406,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             double s1 = 0, s2 = 0;
             sum(k, s1, s2);
             finish(k, s1, s2);
-            normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+            normalize_set(x, v, sets, k, mean[k], inv_std[k], set_gamma(k), set_beta(k), xhat, y);
         });
         return;
     }
@@ -1365,14 +1414,15 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         num_sets, 1, v.size() >= kParallelMin, sum, finish,
         [&](std::size_t, std::size_t k, bool has_next, double& s1, double& s2) {
             if (!has_next) {
-                normalize_set(x, v, sets, k, mean[k], inv_std[k], g, b, xhat, y);
+                normalize_set(x, v, sets, k, mean[k], inv_std[k], set_gamma(k), set_beta(k), xhat,
+                              y);
                 return;
             }
-            const std::size_t start = k * block_len, c0 = (k % sets.sets_per_sample(v)) * cps;
-            rows::affine_channels_summing_next(x + start, v.s, cps, mean[k], inv_std[k], g + c0,
-                                               b + c0, xhat ? xhat + start : nullptr, y + start,
-                                               stream_y, x + start + block_len, shift_of(k + 1), s1,
-                                               s2);
+            const std::size_t start = k * block_len;
+            rows::affine_channels_summing_next(x + start, v.s, cps, mean[k], inv_std[k],
+                                               set_gamma(k), set_beta(k),
+                                               xhat ? xhat + start : nullptr, y + start, stream_y,
+                                               x + start + block_len, shift_of(k + 1), s1, s2);
         },
         1);
 }

@@ -57,9 +57,11 @@ template <class T>
 void collect_moments(const T* x, const NcsView& v, const SetSpec& sets, bool center, T* mean,
                      T* var, double* residual = nullptr);
 
-// β of every channel of sets [0, num_sets) of `cps` channels (sets over the batch), set k
-// normalized with scale[k] and its mean off by residual[k] (collect_moments): beta_for_mean
-// (formulas.hpp) into out[0 .. num_sets·cps), gamma and beta null taken as 1 and 0.
+// β of every channel of sets [0, num_sets) of `cps` channels (gamma, beta and out from the first
+// set's first channel), set k normalized with scale[k] and its mean off by residual[k]
+// (collect_moments): beta_for_mean (formulas.hpp) into out[0 .. num_sets·cps), gamma and beta
+// null taken as 1 and 0. Sets over the batch take it per channel, per-sample sets on feature maps
+// per sample and channel (standardize).
 template <class T>
 void betas_for_means(std::size_t num_sets, std::size_t cps, const double* residual, const T* scale,
                      const T* gamma, const T* beta, T* out);
@@ -91,7 +93,9 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
 
 // Stages 1 and 2 fused, for statistics taken from x itself: each set's moments, then
 // inv_std = 1/sqrt(var + eps), then its normalization while its values are still in cache.
-// Fills mean, var (biased, or mean square when not centred) and inv_std per set.
+// Fills mean, var (biased, or mean square when not centred) and inv_std per set. Where γ and β
+// are one value per run of a set (sets over the batch; per-sample sets on feature maps), y takes
+// the rounding of each set's mean into β (betas_for_means); x̂ does not.
 template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
                  const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y);

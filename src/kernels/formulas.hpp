@@ -97,6 +97,14 @@ T beta_for_mean(T beta, double residual, T scale, T gamma) {
     return T(double(beta) - residual * double(scale) * double(gamma));
 }
 
+// Where γ and β vary within the set (per-sample sets on (N, C) rows), the same correction as an
+// offset of x̂ instead: y = γ·(x̂ + offset) + β with offset = −residual·scale rounded to T, an
+// operation per value (x̂ stays (x − mean)·scale). −0 without a residual, which leaves x̂ as it is.
+template <class T>
+T offset_for_mean(double residual, T scale) {
+    return T(-(residual * double(scale)));
+}
+
 // beta_for_mean of set k's channels [k·cps, (k + 1)·cps) into out (gamma, beta null: 1 and 0),
 // set k scaled by `scale`.
 template <class T>

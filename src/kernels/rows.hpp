@@ -820,16 +820,17 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
 // With Lanes, the lane pairs of next's sums into *lanes instead (lanes_only(n) floats).
 template <bool Lanes, class T>
 __attribute__((always_inline)) inline void affine_summing_next_into(
-    const T* x, std::size_t n, T m, T sc, const T* g, const T* b, std::size_t g_step, T* xhat, T* y,
-    bool stream, const T* next, double shift, double& s1, double& s2, LanePairs* lanes) {
-    const Splat<T> mk{m}, sck{sc}, gk{g[0]}, bk{b[0]}, shiftk{T(shift)};
+    const T* x, std::size_t n, T m, T sc, T off, const T* g, const T* b, std::size_t g_step,
+    T* xhat, T* y, bool stream, const T* next, double shift, double& s1, double& s2,
+    LanePairs* lanes) {
+    const Splat<T> mk{m}, sck{sc}, offk{off}, gk{g[0]}, bk{b[0]}, shiftk{T(shift)};
     const auto sums = [&](auto&& term) __attribute__((always_inline)) {
         if constexpr (Lanes)
             paired_lane_pairs(n, term, *lanes);
         else
             paired_sums<T>(n, term, s1, s2);
     };
-    const auto run = [&](auto stores_xhat, auto streams, auto one_g)
+    const auto run = [&](auto stores_xhat, auto streams, auto one_g, auto offset)
         __attribute__((always_inline)) {
         sums([&](auto tag, std::size_t i) __attribute__((always_inline)) {
             using V = decltype(tag);
@@ -843,42 +844,45 @@ __attribute__((always_inline)) inline void affine_summing_next_into(
             const V d = load_as<V>(next + i) - shiftk.template as<V>();
             const V h = standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
             if constexpr (stores_xhat) store_as<V>(xhat + i, h, false);
+            V hy = h;
+            if constexpr (offset) hy = h + offk.template as<V>();
             if constexpr (one_g)
-                store_as<V>(y + i, h * gk.template as<V>() + bk.template as<V>(), streams);
+                store_as<V>(y + i, hy * gk.template as<V>() + bk.template as<V>(), streams);
             else
-                store_as<V>(y + i, h * load_as<V>(g + i) + load_as<V>(b + i), streams);
+                store_as<V>(y + i, hy * load_as<V>(g + i) + load_as<V>(b + i), streams);
             return std::pair{d, d};
         });
     };
     with_flags(
         xhat != nullptr,
         stream, [&](auto stores_xhat, auto streams) __attribute__((always_inline)) {
-            with_flag(
-                g_step == 0, [&](auto one_g) __attribute__((always_inline)) {
-                    run(stores_xhat, streams, one_g);
+            with_flags(
+                g_step == 0,
+                off != T(0), [&](auto one_g, auto offset) __attribute__((always_inline)) {
+                    run(stores_xhat, streams, one_g, offset);
                 });
         });
 }
 
 template <class T>
-NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, const T* g,
+NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc, T off, const T* g,
                                             const T* b, std::size_t g_step, T* xhat, T* y,
                                             bool stream, const T* next, double shift, double& s1,
                                             double& s2) {
-    affine_summing_next_into<false>(x, n, m, sc, g, b, g_step, xhat, y, stream, next, shift, s1, s2,
-                                    nullptr);
+    affine_summing_next_into<false>(x, n, m, sc, off, g, b, g_step, xhat, y, stream, next, shift,
+                                    s1, s2, nullptr);
 }
 
 // affine_summing_next of lanes_only(n) floats, next's sums as their lane pairs.
 template <class T>
-NORMLAB_ISA_CLONES void affine_summing_next_lanes(const T* x, std::size_t n, T m, T sc, const T* g,
-                                                  const T* b, std::size_t g_step, T* xhat, T* y,
-                                                  bool stream, const T* next, T shift,
-                                                  LanePairs& lanes) {
+NORMLAB_ISA_CLONES void affine_summing_next_lanes(const T* x, std::size_t n, T m, T sc, T off,
+                                                  const T* g, const T* b, std::size_t g_step,
+                                                  T* xhat, T* y, bool stream, const T* next,
+                                                  T shift, LanePairs& lanes) {
     static_assert(std::is_same_v<T, float>, "float runs only");
     double unused1 = 0, unused2 = 0;
-    affine_summing_next_into<true>(x, n, m, sc, g, b, g_step, xhat, y, stream, next, shift, unused1,
-                                   unused2, &lanes);
+    affine_summing_next_into<true>(x, n, m, sc, off, g, b, g_step, xhat, y, stream, next, shift,
+                                   unused1, unused2, &lanes);
 }
 
 // y (and x̂) of [begin, end) of one channel: affine with g_step 0, y streamed when `stream`
@@ -1722,11 +1726,9 @@ __attribute__((always_inline)) inline void four_set_sums(std::size_t k, std::siz
 // lane the same operations: their mean, var and inv_std into mean[0..3], var[0..3],
 // inv_std[0..3]. Four square roots and divisions in vectors, where a set at a time waits on
 // each.
-__attribute__((always_inline)) inline void finish_four_standardized(bool center, double inv_m,
-                                                                    double eps, const float* shift,
-                                                                    Double4 s1, Double4 s2,
-                                                                    float* mean, float* var,
-                                                                    float* inv_std) {
+__attribute__((always_inline)) inline void finish_four_standardized(
+    bool center, double inv_m, double eps, const float* shift, Double4 s1, Double4 s2, float* mean,
+    float* var, float* inv_std, float* offset = nullptr) {
     const Double4 inv_mv = splat<Double4>(inv_m);
     const Double4 cm = s1 * inv_mv;
     Double4 m2 = s2;
@@ -1745,17 +1747,30 @@ __attribute__((always_inline)) inline void finish_four_standardized(bool center,
     std::memcpy(mean, &mean4, sizeof mean4);
     std::memcpy(var, &var4, sizeof var4);
     std::memcpy(inv_std, &inv_std4, sizeof inv_std4);
+    if (offset) {
+        // offset_for_mean of each set's mean_residual, lane by lane the same operations.
+        Double4 residual = {};
+        if (center) {
+            const Double4 shift4 = {double(shift[0]), double(shift[1]), double(shift[2]),
+                                    double(shift[3])};
+            residual = (shift4 + cm) - __builtin_convertvector(mean4, Double4);
+        }
+        const Float4 offset4 = __builtin_convertvector(
+            -(residual * __builtin_convertvector(inv_std4, Double4)), Float4);
+        std::memcpy(offset, &offset4, sizeof offset4);
+    }
 }
 
 // finish_standardized of `count` (1 to 4) sets from their lane pairs (set j's from lanes[j] and
-// shift[j]) into mean[0..count), var, inv_std: the same bits as finish_standardized of the
-// totals paired_sums forms from them. Four sets' totals and finish in vectors (four_totals,
+// shift[j]) into mean[0..count), var, inv_std, and with `offset` each set's offset_for_mean of
+// its mean_residual: the same bits as finish_standardized of the totals paired_sums forms from
+// them. Four sets' totals and finish in vectors (four_totals,
 // finish_four_standardized), where one set at a time took a chain of sixteen dependent adds, a
 // square root and a division per set.
 template <class T>
 NORMLAB_ISA_CLONES void finish_lane_pairs(const LanePairs* lanes, std::size_t count, bool center,
                                           double inv_m, double eps, const T* shift, T* mean, T* var,
-                                          T* inv_std) {
+                                          T* inv_std, T* offset) {
     static_assert(std::is_same_v<T, float>, "float sets only");
     if (count == 4) {
         Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
@@ -1766,13 +1781,17 @@ NORMLAB_ISA_CLONES void finish_lane_pairs(const LanePairs* lanes, std::size_t co
             q_hi[j] = lanes[j].q_hi;
         }
         finish_four_standardized(center, inv_m, eps, shift, four_totals(a_lo, a_hi),
-                                 four_totals(q_lo, q_hi), mean, var, inv_std);
+                                 four_totals(q_lo, q_hi), mean, var, inv_std, offset);
         return;
     }
-    for (std::size_t j = 0; j < count; ++j)
-        finish_standardized(center, inv_m, eps, double(shift[j]),
-                            total(lanes[j].a_lo, lanes[j].a_hi),
+    for (std::size_t j = 0; j < count; ++j) {
+        const double s1 = total(lanes[j].a_lo, lanes[j].a_hi);
+        finish_standardized(center, inv_m, eps, double(shift[j]), s1,
                             total(lanes[j].q_lo, lanes[j].q_hi), mean[j], var[j], inv_std[j]);
+        if (offset)
+            offset[j] = offset_for_mean(mean_residual(center, inv_m, double(shift[j]), s1, mean[j]),
+                                        inv_std[j]);
+    }
 }
 
 // set_shift of the four sets of `len` (>= kShiftValues) floats each from `x` on, set j's in
@@ -1804,8 +1823,9 @@ __attribute__((always_inline)) inline Float4 four_set_shifts(const float* x, std
 
 // Sets of `len` floats each, one after the other (GroupNorm's sets on a row), short_set(len):
 // each set's shifted sums (as shifted_sums, shifted by set_shift when center), moments and
-// inv_std (finish_standardized), and x̂ (if xhat), y = x̂·g + b with g, b per element (as
-// affine) — the same bits as those calls, set by set. Four sets at a time: their totals
+// inv_std (finish_standardized), with `offset` each set's offset_for_mean, and x̂ (if xhat),
+// y = (x̂ + offset)·g + b with g, b per element (as affine) — the same bits as those calls, set
+// by set. Four sets at a time: their totals
 // (four_set_sums) and their moments, square roots and divisions are taken together, set j in
 // lane j of one vector; the row is then written while it is in L1. Set by set, each set of 16–24
 // values cost two horizontal totals, a scalar square root and a division (GroupNorm(32) training
@@ -1813,8 +1833,8 @@ __attribute__((always_inline)) inline Float4 four_set_shifts(const float* x, std
 template <class T>
 NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std::size_t len,
                                                bool center, double inv_m, double eps, const T* g,
-                                               const T* b, T* mean, T* var, T* inv_std, T* xhat,
-                                               T* y) {
+                                               const T* b, T* mean, T* var, T* inv_std, T* offset,
+                                               T* xhat, T* y) {
     static_assert(std::is_same_v<T, float>, "float sets only");
     // The shifts of the four sets from k0 on (set_shift), and the deviations of the values of
     // set k from its shift.
@@ -1833,23 +1853,32 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         }
         Double4 s1, s2;
         four_set_sums(k, len, deviation, s1, s2);
-        finish_four_standardized(center, inv_m, eps, shift4, s1, s2, mean + k, var + k,
-                                 inv_std + k);
+        finish_four_standardized(center, inv_m, eps, shift4, s1, s2, mean + k, var + k, inv_std + k,
+                                 offset ? offset + k : nullptr);
     }
     for (; k < sets; ++k) {
         const double shift = center ? double(set_shift(x + k * len, len)) : 0.0;
         double s1 = 0, s2 = 0;
         shifted_sums(x + k * len, len, shift, s1, s2);
         finish_standardized(center, inv_m, eps, shift, s1, s2, mean[k], var[k], inv_std[k]);
+        if (offset)
+            offset[k] =
+                offset_for_mean(mean_residual(center, inv_m, shift, s1, mean[k]), inv_std[k]);
     }
-    for (k = 0; k < sets; ++k) {
-        const Float8 m = splat<Float8>(mean[k]), sc = splat<Float8>(inv_std[k]);
-        for (std::size_t i = k * len; i < (k + 1) * len; i += kShortVector) {
-            const Float8 h = standardized(load_floats(x + i), m, sc);
-            if (xhat) store_as<Float8>(xhat + i, h, false);
-            store_as<Float8>(y + i, h * load_floats(g + i) + load_floats(b + i), false);
-        }
-    }
+    with_flag(
+        offset != nullptr, [&](auto offsets) __attribute__((always_inline)) {
+            for (k = 0; k < sets; ++k) {
+                const Float8 m = splat<Float8>(mean[k]), sc = splat<Float8>(inv_std[k]);
+                const Float8 off = splat<Float8>(offsets ? offset[k] : 0.0f);
+                for (std::size_t i = k * len; i < (k + 1) * len; i += kShortVector) {
+                    const Float8 h = standardized(load_floats(x + i), m, sc);
+                    if (xhat) store_as<Float8>(xhat + i, h, false);
+                    Float8 hy = h;
+                    if constexpr (offsets) hy = h + off;
+                    store_as<Float8>(y + i, hy * load_floats(g + i) + load_floats(b + i), false);
+                }
+            }
+        });
 }
 
 // Sets of `len` floats each, one after the other, short_set(len), as in standardize_short_sets:

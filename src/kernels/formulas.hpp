@@ -105,15 +105,6 @@ T offset_for_mean(double residual, T scale) {
     return T(-(residual * double(scale)));
 }
 
-// beta_for_mean of set k's channels [k·cps, (k + 1)·cps) into out (gamma, beta null: 1 and 0),
-// set k scaled by `scale`.
-template <class T>
-void set_betas_for_mean(std::size_t k, std::size_t cps, double residual, T scale, const T* gamma,
-                        const T* beta, T* out) {
-    for (std::size_t c = k * cps; c < (k + 1) * cps; ++c)
-        out[c] = beta_for_mean(beta ? beta[c] : T(0), residual, scale, gamma ? gamma[c] : T(1));
-}
-
 // finish_moments, then the set's inv_std = 1/√(var + eps), as standardize normalizes with it.
 template <class T>
 void finish_standardized(bool center, double inv_m, double eps, double shift, double s1, double s2,

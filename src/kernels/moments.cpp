@@ -1200,8 +1200,10 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
             [&](std::size_t k, double t1, double t2) {
                 finish_standardized(center, inv_m, eps, shifts[k], t1, t2, mean[k], var[k],
                                     inv_std[k]);
-                set_betas_for_mean(k, cps, mean_residual(center, inv_m, shifts[k], t1, mean[k]),
-                                   inv_std[k], gamma, beta, b);
+                const double residual = mean_residual(center, inv_m, shifts[k], t1, mean[k]);
+                const std::size_t c0 = k * cps;
+                betas_for_means(1, cps, &residual, inv_std + k, gamma ? gamma + c0 : nullptr,
+                                beta ? beta + c0 : nullptr, b + c0);
             },
             [&](std::size_t n, std::size_t k, bool has_next, double& s1, double& s2) {
                 // The next set's sums start with sample 0.

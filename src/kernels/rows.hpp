@@ -1732,11 +1732,13 @@ __attribute__((always_inline)) inline void finish_four_standardized(
     const Double4 inv_mv = splat<Double4>(inv_m);
     const Double4 cm = s1 * inv_mv;
     Double4 m2 = s2;
+    Double4 unrounded_mean = {};  // shift + s1/m, before rounding to float
     Float4 mean4 = {};
     if (center) {
         const Double4 shift4 = {double(shift[0]), double(shift[1]), double(shift[2]),
                                 double(shift[3])};
-        mean4 = __builtin_convertvector(shift4 + cm, Float4);
+        unrounded_mean = shift4 + cm;
+        mean4 = __builtin_convertvector(unrounded_mean, Float4);
         m2 = s2 - s1 * cm;
     }
     const Float4 var4 = __builtin_convertvector((m2 < 0.0 ? Double4{} : m2) * inv_mv, Float4);
@@ -1749,12 +1751,8 @@ __attribute__((always_inline)) inline void finish_four_standardized(
     std::memcpy(inv_std, &inv_std4, sizeof inv_std4);
     if (offset) {
         // offset_for_mean of each set's mean_residual, lane by lane the same operations.
-        Double4 residual = {};
-        if (center) {
-            const Double4 shift4 = {double(shift[0]), double(shift[1]), double(shift[2]),
-                                    double(shift[3])};
-            residual = (shift4 + cm) - __builtin_convertvector(mean4, Double4);
-        }
+        const Double4 residual =
+            center ? unrounded_mean - __builtin_convertvector(mean4, Double4) : Double4{};
         const Float4 offset4 = __builtin_convertvector(
             -(residual * __builtin_convertvector(inv_std4, Double4)), Float4);
         std::memcpy(offset, &offset4, sizeof offset4);

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/formulas.hpp"
+#include "kernels/moments.hpp"
 #include "kernels/set_backward.hpp"
 #include "sync_statistics.hpp"
 
@@ -40,13 +40,15 @@ Array<T> SyncBatchNorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         ctx.batch_stats = true;
         ctx.count = global.count;
         // As in BatchNorm: β takes what rounding each mean to T took off it (beta_for_mean).
-        betas.resize(channels);
+        std::vector<double> residual(channels);
         for (std::size_t c = 0; c < channels; ++c) {
             mean[c] = T(global.mean[c]);
             ctx.inv_std[c] = T(1.0 / std::sqrt(global.var[c] + options_.eps));
-            kernels::set_betas_for_mean(c, 1, global.mean[c] - double(mean[c]), ctx.inv_std[c],
-                                        this->gamma(), this->beta(), betas.data());
+            residual[c] = global.mean[c] - double(mean[c]);
         }
+        betas.resize(channels);
+        kernels::betas_for_means(channels, 1, residual.data(), ctx.inv_std.data(), this->gamma(),
+                                 this->beta(), betas.data());
         if (mode == Mode::train && options_.track_running_stats) {
             // As in BatchNorm: normalize with the biased variance, store the unbiased one — of
             // the global count, so every rank stores the same values — and the mean as rounded

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/formulas.hpp"
+#include "kernels/moments.hpp"
 #include "kernels/set_backward.hpp"
 #include "sync_statistics.hpp"
 
@@ -44,7 +44,7 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
         ctx.d.resize(channels);
         // The mean as rounded to T for r, d and the moving averages, as batch_renorm takes its
         // batch mean; β takes what that rounding took off it (beta_for_mean).
-        betas.resize(channels);
+        std::vector<double> residual(channels);
         for (std::size_t c = 0; c < channels; ++c) {
             shift[c] = T(global.mean[c]);
             const double sigma_b = std::sqrt(global.var[c] + options_.eps);
@@ -54,9 +54,11 @@ Array<T> SyncBatchRenorm<T>::forward(const Array<T>& x, Mode mode, Grad grad) {
             ctx.d[c] = d;
             ctx.scale[c] = T(r / sigma_b);
             offset[c] = T(d);
-            kernels::set_betas_for_mean(c, 1, global.mean[c] - double(shift[c]), ctx.scale[c],
-                                        this->gamma(), this->beta(), betas.data());
+            residual[c] = global.mean[c] - double(shift[c]);
         }
+        betas.resize(channels);
+        kernels::betas_for_means(channels, 1, residual.data(), ctx.scale.data(), this->gamma(),
+                                 this->beta(), betas.data());
         // After r and d: the correction uses the moving averages of the previous steps.
         const double a = options_.momentum;
         for (std::size_t c = 0; c < channels; ++c)

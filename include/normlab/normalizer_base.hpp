@@ -23,6 +23,10 @@ struct SavedNormalization {
     // the per-set mean it was centred with: x̂ = (input − mean)·inv_std, recomputed in backward.
     Array<T> input;
     std::vector<T> mean;
+    // Per set, for per-sample sets on rows: the rounding of the set's float mean as an offset of
+    // x̂ (x̂ + mean_offset is the x̂ y was formed from), which backward takes into the set's
+    // coefficients. Empty: none.
+    std::vector<T> mean_offset;
     bool keeps_input = false;  // the input moves in once the variant's forward has returned
 };
 

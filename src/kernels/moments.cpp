@@ -1138,7 +1138,8 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
 
 template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
-                 const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y) {
+                 const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y,
+                 T* mean_offset) {
     const bool stream = streams<T>(v);
     // Sets spread over the batch in two passes in memory order, statistics and then the
     // normalization: on dense (N, C) inputs, whose sets span every row; and on tensors with
@@ -1251,8 +1252,9 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     // (1792, 512), 0.99-1.06x on (4096, 768).
     const bool fold_mean = center && v.s > 1, offsets_mean = center && v.s == 1;
     T* const run_betas = fold_mean ? typed_scratch<T, TypedSlot::kRunBetas>(v.n * v.c) : nullptr;
-    T* const set_offsets =
-        offsets_mean ? typed_scratch<T, TypedSlot::kSetOffsets>(num_sets) : nullptr;
+    T* const set_offsets = !offsets_mean ? nullptr
+                           : mean_offset ? mean_offset
+                                         : typed_scratch<T, TypedSlot::kSetOffsets>(num_sets);
     const auto sum = [&](std::size_t k, double& s1, double& s2) {
         rows::shifted_sums(x + k * block_len, block_len, shift_of(k), s1, s2);
     };
@@ -1960,7 +1962,7 @@ std::size_t first_non_finite(const T* a, const T* b, std::size_t n) {
     template void normalize_affine<T>(const T*, const NcsView&, const SetSpec&, const T*,          \
                                       const T*, const T*, const T*, const T*, T*, T*, bool);       \
     template void standardize<T>(const T*, const NcsView&, const SetSpec&, bool, double, const T*, \
-                                 const T*, T*, T*, T*, T*, T*);                                    \
+                                 const T*, T*, T*, T*, T*, T*, T*);                                \
     template void backward_reduce<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,         \
                                      const T*, double*, double*, double*, double*);                \
     template void backward_apply<T>(const T*, XhatArg<T>, const NcsView&, const SetSpec&,          \

@@ -95,10 +95,14 @@ void normalize_affine(const T* x, const NcsView& v, const SetSpec& sets, const T
 // inv_std = 1/sqrt(var + eps), then its normalization while its values are still in cache.
 // Fills mean, var (biased, or mean square when not centred) and inv_std per set. Where γ and β
 // are one value per run of a set (sets over the batch; per-sample sets on feature maps), y takes
-// the rounding of each set's mean into β (betas_for_means); x̂ does not.
+// the rounding of each set's mean into β (betas_for_means); x̂ does not. Per-sample sets on rows
+// (γ and β vary within a set) take it as an offset of x̂ in y (offset_for_mean), and
+// `mean_offset` (may be null) receives those offsets there, for the backward's coefficients; it
+// is not written elsewhere.
 template <class T>
 void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center, double eps,
-                 const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y);
+                 const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y,
+                 T* mean_offset = nullptr);
 
 // Where stages 3 and 4 read x̂: the x̂ forward stored, or the input x forward kept instead with
 // the per-set shift and scale it normalized with, x̂ = (x − shift[k])·scale[k] (computed exactly as

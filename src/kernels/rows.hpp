@@ -819,7 +819,7 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
 // bytes past x. LayerNorm's training forward on rows (rows::affine_summing_next_lanes), 2
 // threads, AMD EPYC VM, with and without (a switch tested outside the loops, alternated call by
 // call in one process), y 16 bytes past x's offset: (256, 1024) 37.8 -> 34.1 us, (1792, 512)
-// 129.6 -> 115.5, (4096, 768) 426 -> 398; y at x's offset or half a page from it 0.99-1.01x.
+// 129.6 -> 115.5, (4096, 768) 426 -> 398; y at x's offset or half a page from it 0.99-1.02x.
 // Against oneDNN timed in turn (onednn_bench, paired), three processes each: (256, 1024)
 // 0.90-0.92 -> 0.95-0.97, (1792, 512) 0.84-0.88 -> 0.96-1.01.
 template <class T>

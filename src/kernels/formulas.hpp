@@ -113,4 +113,13 @@ void finish_standardized(bool center, double inv_m, double eps, double shift, do
     inv_std = T(1.0 / std::sqrt(double(var) + eps));
 }
 
+// finish_standardized, and with `offset` (may be null) the set's offset_for_mean of its
+// mean_residual: a per-sample set on rows finished on its own.
+template <class T>
+void finish_standardized(bool center, double inv_m, double eps, double shift, double s1, double s2,
+                         T& mean, T& var, T& inv_std, T* offset) {
+    finish_standardized(center, inv_m, eps, shift, s1, s2, mean, var, inv_std);
+    if (offset) *offset = offset_for_mean(mean_residual(center, inv_m, shift, s1, mean), inv_std);
+}
+
 }  // namespace normlab::kernels

@@ -1259,13 +1259,10 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         rows::shifted_sums(x + k * block_len, block_len, shift_of(k), s1, s2);
     };
     const auto finish = [&](std::size_t k, double s1, double s2) {
-        finish_standardized(center, inv_m, eps, shifts[k], s1, s2, mean[k], var[k], inv_std[k]);
-        if (!fold_mean && !offsets_mean) return;
+        finish_standardized(center, inv_m, eps, shifts[k], s1, s2, mean[k], var[k], inv_std[k],
+                            set_offsets ? set_offsets + k : nullptr);
+        if (!fold_mean) return;
         const double residual = mean_residual(center, inv_m, shifts[k], s1, mean[k]);
-        if (offsets_mean) {
-            set_offsets[k] = offset_for_mean(residual, inv_std[k]);
-            return;
-        }
         const std::size_t c0 = (k % spp) * cps;
         betas_for_means(1, cps, &residual, inv_std + k, gamma ? gamma + c0 : nullptr,
                         beta ? beta + c0 : nullptr, run_betas + k * cps);

@@ -1843,14 +1843,11 @@ NORMLAB_ISA_CLONES void finish_lane_pairs(const LanePairs* lanes, std::size_t co
                                  four_totals(q_lo, q_hi), mean, var, inv_std, offset);
         return;
     }
-    for (std::size_t j = 0; j < count; ++j) {
-        const double s1 = total(lanes[j].a_lo, lanes[j].a_hi);
-        finish_standardized(center, inv_m, eps, double(shift[j]), s1,
-                            total(lanes[j].q_lo, lanes[j].q_hi), mean[j], var[j], inv_std[j]);
-        if (offset)
-            offset[j] = offset_for_mean(mean_residual(center, inv_m, double(shift[j]), s1, mean[j]),
-                                        inv_std[j]);
-    }
+    for (std::size_t j = 0; j < count; ++j)
+        finish_standardized(center, inv_m, eps, double(shift[j]),
+                            total(lanes[j].a_lo, lanes[j].a_hi),
+                            total(lanes[j].q_lo, lanes[j].q_hi), mean[j], var[j], inv_std[j],
+                            offset ? offset + j : nullptr);
 }
 
 // set_shift of the four sets of `len` (>= kShiftValues) floats each from `x` on, set j's in
@@ -1919,10 +1916,8 @@ NORMLAB_ISA_CLONES void standardize_short_sets(const T* x, std::size_t sets, std
         const double shift = center ? double(set_shift(x + k * len, len)) : 0.0;
         double s1 = 0, s2 = 0;
         shifted_sums(x + k * len, len, shift, s1, s2);
-        finish_standardized(center, inv_m, eps, shift, s1, s2, mean[k], var[k], inv_std[k]);
-        if (offset)
-            offset[k] =
-                offset_for_mean(mean_residual(center, inv_m, shift, s1, mean[k]), inv_std[k]);
+        finish_standardized(center, inv_m, eps, shift, s1, s2, mean[k], var[k], inv_std[k],
+                            offset ? offset + k : nullptr);
     }
     with_flag(
         offset != nullptr, [&](auto offsets) __attribute__((always_inline)) {

@@ -138,9 +138,13 @@ Array<T> SetNormalizer<T>::backward(const Array<T>& dy) {
         dy, xhat, this->view_of(ctx.shape), sets_, this->gamma(), ctx.inv_std, ctx.batch_stats,
         [center, mean_offset](std::size_t k, double mean_g, double mean_g_xhat, T& coef_1,
                               T& coef_xhat) {
-            const double offset = mean_offset ? double(mean_offset[k]) : 0.0;
-            const double c = mean_g_xhat + offset * mean_g;
-            coef_1 = center ? T(mean_g + c * offset) : T(0);
+            double c1 = mean_g, c = mean_g_xhat;
+            if (mean_offset) {
+                const double offset = double(mean_offset[k]);
+                c += offset * mean_g;
+                c1 += c * offset;
+            }
+            coef_1 = center ? T(c1) : T(0);
             coef_xhat = T(c);
         },
         sum_dy, sum_dy_xhat, kept_input ? std::move(ctx.input) : std::move(ctx.xhat));

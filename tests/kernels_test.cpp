@@ -15,6 +15,7 @@
 
 #include "gradient_check.hpp"
 #include "guarded_output.hpp"
+#include "kernels/rows.hpp"
 #include "kernels/set_backward.hpp"
 #include "kernels/vector_width.hpp"
 #include "normlab/normlab.hpp"
@@ -1290,6 +1291,70 @@ TEST(Kernels, ResultsDoNotDependOnWhereTheArraysLie) {
             for (const auto& [name, field] : sums)
                 EXPECT_EQ(other.*field, first.*field) << name << ", " << what;
         }
+    }
+}
+
+// The dense kernels on rows in cache take their columns from the last to the first where an
+// output lies just above an input modulo 4 KiB (rows::columns_backward), and load a group's rows
+// before storing any. Every value is computed alone, so outputs at every 4-byte step from 64
+// bytes below to 64 bytes above the input (modulo 4 KiB), on shapes with a partial group of rows
+// and columns before the first line and past the last vector, come out as far from it.
+TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
+    constexpr std::size_t kPage = 4096, kFloatsPerPage = kPage / sizeof(float);
+    for (const Shape& shape : {Shape{67, 1027}, Shape{300, 1024}, Shape{37, 48}, Shape{9, 512}}) {
+        const NcsView v = view_of(shape);
+        const SetSpec sets{true, 1};
+        const std::size_t n = v.size(), pages = (n + kFloatsPerPage - 1) / kFloatsPerPage + 2;
+        const Tensor x_data = xt::cast<float>(testing::random_array(shape, 61, 1.0, 2.0));
+        const Tensor dy_data = xt::cast<float>(testing::random_array(shape, 62));
+        const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 63, 1.0, 0.5));
+        const Tensor beta = xt::cast<float>(testing::random_array({v.c}, 64));
+        // x and dy 64 bytes into their pages, each output in its own pages at a chosen offset.
+        std::vector<float> x_store((pages + 1) * kFloatsPerPage),
+            dy_store((pages + 1) * kFloatsPerPage), out_store((pages + 1) * kFloatsPerPage);
+        const auto page_start = [&](std::vector<float>& store) {
+            const auto addr = reinterpret_cast<std::uintptr_t>(store.data());
+            return store.data() + ((kPage - addr % kPage) % kPage) / sizeof(float);
+        };
+        float* x = page_start(x_store) + 16;
+        float* dy = page_start(dy_store) + 16;
+        std::copy(x_data.begin(), x_data.end(), x);
+        std::copy(dy_data.begin(), dy_data.end(), dy);
+        std::vector<float> mean(v.c), var(v.c), inv_std(v.c), c1(v.c), cx(v.c);
+        const auto run = [&](std::ptrdiff_t offset_floats) {
+            float* out = page_start(out_store) + 16 + kFloatsPerPage + offset_floats;
+            std::vector<float> results;
+            const auto keep = [&] { results.insert(results.end(), out, out + n); };
+            kernels::standardize(x, v, sets, true, 1e-5, gamma.data(), beta.data(), mean.data(),
+                                 var.data(), inv_std.data(), static_cast<float*>(nullptr), out);
+            keep();
+            kernels::normalize_affine(x, v, sets, mean.data(), inv_std.data(),
+                                      static_cast<const float*>(nullptr), gamma.data(), beta.data(),
+                                      static_cast<float*>(nullptr), out, true);
+            keep();
+            for (std::size_t c = 0; c < v.c; ++c) {
+                c1[c] = 0.25f * float(c % 7);
+                cx[c] = 0.5f - 0.125f * float(c % 5);
+            }
+            kernels::backward_apply(dy, kernels::XhatSource<float>(x, mean.data(), inv_std.data()),
+                                    v, sets, gamma.data(), inv_std.data(), c1.data(), cx.data(),
+                                    out);
+            keep();
+            // x standing in for a stored x̂.
+            kernels::backward_apply(dy, kernels::XhatSource<float>(x), v, sets, gamma.data(),
+                                    inv_std.data(), c1.data(), cx.data(), out);
+            keep();
+            return results;
+        };
+        const std::vector<float> far = run(std::ptrdiff_t(kFloatsPerPage / 2));
+        std::size_t walked_left = 0;
+        for (std::ptrdiff_t d = -16; d <= 16; ++d) {
+            const float* out = page_start(out_store) + 16 + kFloatsPerPage + d;
+            walked_left += kernels::rows::columns_backward({out}, {x}) ? 1 : 0;
+            EXPECT_EQ(run(d), far) << format_shape(shape) << ", output " << d * 4
+                                   << " bytes from the input modulo 4 KiB";
+        }
+        EXPECT_EQ(walked_left, 15u) << "outputs 4 to 60 bytes above the input walk to the left";
     }
 }
 

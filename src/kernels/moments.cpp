@@ -368,7 +368,7 @@ void add_rows(const double* __restrict sums, const NcsView& v, const T* __restri
 // 15 -> 20 us and (1792, 512) 43-48 -> 58 a row at a time). A call per row cost about 20 ns a
 // row there (AMD EPYC VM, 2 threads, (4096, 768), builds alternated: inference 481-517 ->
 // 437-453 us, training forward 684-728 -> 667-705, backward 1053-1161 -> 952-998).
-constexpr std::size_t kDenseRows = 4;
+constexpr std::size_t kDenseRows = rows::kColumnGroupRows;
 
 template <class T, class F>
 void for_each_dense_rows(const NcsView& v, F&& f) {

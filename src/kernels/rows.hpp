@@ -1134,26 +1134,26 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
             down_columns<T>(
                 rows, n, y,
                 [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-            using V = decltype(tag);
-            const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i), gv = load_as<V>(g + i),
-                    bv = load_as<V>(b + i);
-            V offv{};
-            if constexpr (offset) offv = load_as<V>(off + i);
-            return std::pair{[=](std::size_t r) __attribute__((always_inline)){
-                const V h = standardized(load_as<V>(x + r * stride + i), mv, scv);
-            V yv = h;
-            if constexpr (offset) yv = yv + offv;
-            return std::pair{h, yv * gv + bv};
-                        },
-                        [=](std::size_t r, const std::pair<V, V>& hy)
-                            __attribute__((always_inline)) {
-            const std::size_t at = r * stride + i;
-            if constexpr (stores_xhat) store_as<V>(xhat + at, hy.first, false);
-            store_as<V>(y + at, hy.second, false);
-                            }};
-},
+                    using V = decltype(tag);
+                    const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i),
+                            gv = load_as<V>(g + i), bv = load_as<V>(b + i);
+                    V offv{};
+                    if constexpr (offset) offv = load_as<V>(off + i);
+                    const auto value = [=](std::size_t r) __attribute__((always_inline)) {
+                        const V h = standardized(load_as<V>(x + r * stride + i), mv, scv);
+                        const V shifted = offset ? h + offv : h;
+                        return std::pair{h, shifted * gv + bv};
+                    };
+                    const auto store = [=](std::size_t r, const std::pair<V, V>& h_y)
+                        __attribute__((always_inline)) {
+                        const std::size_t at = r * stride + i;
+                        if constexpr (stores_xhat) store_as<V>(xhat + at, h_y.first, false);
+                        store_as<V>(y + at, h_y.second, false);
+                    };
+                    return std::pair{value, store};
+                },
                 row_by_row, columns_backward({y, xhat}, {x}));
-});
+        });
 }
 
 // dx = applied(cg, g, dy, c1, cx, x̂), g per element (g_step 1) or one value (g_step 0); null
@@ -1577,22 +1577,24 @@ NORMLAB_ISA_CLONES void apply_columns_from_input(const T* dy, const T* x, std::s
             down_columns<T>(
                 rows, n, dx,
                 [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-            using V = decltype(tag);
-            const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i), cgv = load_as<V>(cg + i),
-                    gv = load_as<V>(g + i), c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
-            return std::pair{[=
-            ](std::size_t r) __attribute__((always_inline)){const std::size_t at = r * stride + i;
-            if constexpr (prefetches)
-                if (r + 1 < rows) prefetch_ahead<V>(dy + at, x + at, 1, 1, stride, 0);
-            const V h = standardized(load_as<V>(x + at), mv, scv);
-            return applied(cgv, gv, load_as<V>(dy + at), c1v, cxv, h);
-                        },
-                        [=](std::size_t r, V d) __attribute__((always_inline)) {
-            store_as<V>(dx + r * stride + i, d, false);
-                        }};
-},
+                    using V = decltype(tag);
+                    const V mv = load_as<V>(m + i), scv = load_as<V>(sc + i),
+                            cgv = load_as<V>(cg + i), gv = load_as<V>(g + i),
+                            c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
+                    const auto value = [=](std::size_t r) __attribute__((always_inline)) {
+                        const std::size_t at = r * stride + i;
+                        if (prefetches && r + 1 < rows)
+                            prefetch_ahead<V>(dy + at, x + at, 1, 1, stride, 0);
+                        const V h = standardized(load_as<V>(x + at), mv, scv);
+                        return applied(cgv, gv, load_as<V>(dy + at), c1v, cxv, h);
+                    };
+                    const auto store = [=](std::size_t r, V d) __attribute__((always_inline)) {
+                        store_as<V>(dx + r * stride + i, d, false);
+                    };
+                    return std::pair{value, store};
+                },
                 row_by_row, columns_backward({dx}, {dy, x}));
-});
+        });
 }
 
 // apply_from_input (γ per column) of `rows` consecutive rows (at most kFloatSteps, as for
@@ -1783,23 +1785,24 @@ NORMLAB_ISA_CLONES void apply_columns(const T* dy, const T* xhat, std::size_t ro
             down_columns<T>(
                 rows, n, dx,
                 [&](auto tag, std::size_t i) __attribute__((always_inline)) {
-            using V = decltype(tag);
-            const V cgv = load_as<V>(cg + i), gv = load_as<V>(g + i), c1v = load_as<V>(c1 + i),
-                    cxv = load_as<V>(cx + i);
-            return std::pair{[=
-            ](std::size_t r) __attribute__((always_inline)){const std::size_t at = r * stride + i;
-            const V d = load_as<V>(dy + at);
-            if constexpr (reads_xhat)
-                return applied(cgv, gv, d, c1v, cxv, load_as<V>(xhat + at));
-            else
-                return applied(cgv, gv, d, c1v);
-                        },
-                        [=](std::size_t r, V d) __attribute__((always_inline)) {
-            store_as<V>(dx + r * stride + i, d, false);
-                        }};
-},
+                    using V = decltype(tag);
+                    const V cgv = load_as<V>(cg + i), gv = load_as<V>(g + i),
+                            c1v = load_as<V>(c1 + i), cxv = load_as<V>(cx + i);
+                    const auto value = [=](std::size_t r) __attribute__((always_inline)) {
+                        const std::size_t at = r * stride + i;
+                        const V d = load_as<V>(dy + at);
+                        if constexpr (reads_xhat)
+                            return applied(cgv, gv, d, c1v, cxv, load_as<V>(xhat + at));
+                        else
+                            return applied(cgv, gv, d, c1v);
+                    };
+                    const auto store = [=](std::size_t r, V d) __attribute__((always_inline)) {
+                        store_as<V>(dx + r * stride + i, d, false);
+                    };
+                    return std::pair{value, store};
+                },
                 row_by_row, columns_backward({dx}, {dy, xhat}));
-});
+        });
 }
 
 // Sets of this many floats or fewer, a multiple of eight under kShortRun or of sixteen from it,

@@ -14,6 +14,14 @@ ratio of packed to scalar instructions tells the two apart, while the count of a
 scalar drops to a fraction (affine_columns' AVX2 clone from 126 to 18 with its vector loops
 removed).
 
+It also counts each clone's moves of vector registers to and from the stack: a change that
+makes the compiler keep a loop's vectors in memory (lambdas holding vectors, copied instead of
+built in place) keeps the packed arithmetic and every value, and ran BatchNorm's inference on
+(4096, 768) ten times as long; its dense kernels' clones went from 0 to 30-88 such moves
+(AVX-512) and from 28 to 72 (AVX2 apply_columns_from_input). A clone with more than 1.5 times
+its recorded count plus 16 fails. Both counts only change where a kernel changes: record them
+again with --update after checking the benchmarks.
+
 Usage: vectorized_kernels_test.py LIBRARY COMPILER_ID_AND_VERSION [--update] [--objdump PATH]
 Exits 77 (skipped) when the recorded counts are for another compiler; --update records them.
 """
@@ -32,6 +40,9 @@ CLONES = {"avx2": "ymm", "avx512f": "zmm"}
 PACKED = {clone: re.compile(rf"\bv(?:add|sub|mul|div|max|min|sqrt|fmadd\w*)ps\b.*%{reg}\d")
           for clone, reg in CLONES.items()}
 KERNEL = re.compile(r"normlab::kernels::rows::(\w+)<(float[^(]*)>\(")
+# Vector registers moved to or from the stack (spills, vectors kept in memory).
+STACK = {clone: re.compile(rf"%{reg}\d+.*\(%rsp\)|\(%rsp\).*%{reg}\d+")
+         for clone, reg in CLONES.items()}
 SKIPPED = 77
 
 
@@ -48,18 +59,28 @@ def functions(disassembly):
     return found
 
 
-def packed_counts(found):
-    """{"clone/kernel<args>": packed float arithmetic instructions on the clone's registers}."""
+def clone_counts(found, patterns):
+    """{"clone/kernel<args>": instructions of each kernel clone that match its clone's pattern}."""
     counts = {}
     for symbol, lines in found.items():
         match = KERNEL.search(symbol)
         if not match:
             continue
-        for clone, packed in PACKED.items():
+        for clone, pattern in patterns.items():
             if symbol.endswith(f"[clone .{clone}]"):
                 key = f"{clone}/{match.group(1)}<{match.group(2)}>"
-                counts[key] = counts.get(key, 0) + sum(1 for l in lines if packed.search(l))
+                counts[key] = counts.get(key, 0) + sum(1 for l in lines if pattern.search(l))
     return counts
+
+
+def packed_counts(found):
+    """{"clone/kernel<args>": packed float arithmetic instructions on the clone's registers}."""
+    return clone_counts(found, PACKED)
+
+
+def stack_counts(found):
+    """{"clone/kernel<args>": moves of the clone's vector registers to or from the stack}."""
+    return clone_counts(found, STACK)
 
 
 def compare(recorded, counts):
@@ -75,6 +96,16 @@ def compare(recorded, counts):
     return failures
 
 
+def compare_stack(recorded, counts):
+    """The failures of the stack moves, one line each."""
+    failures = []
+    for key, expected in sorted(recorded.items()):
+        if key in counts and counts[key] > 1.5 * expected + 16:
+            failures.append(f"{key}: {counts[key]} moves of vector registers to or from the "
+                            f"stack, recorded {expected}: its vectors are kept in memory")
+    return failures
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("library")
@@ -84,11 +115,12 @@ def main(argv):
     args = parser.parse_args(argv[1:])
     disassembly = subprocess.run([args.objdump, "-d", "-C", "--no-show-raw-insn", args.library],
                                  check=True, capture_output=True, text=True).stdout
-    counts = packed_counts(functions(disassembly))
+    found = functions(disassembly)
+    counts, stack = packed_counts(found), stack_counts(found)
     if args.update:
         with open(RECORD, "w") as fh:
-            json.dump({"compiler": args.compiler, "packed_float_instructions": counts}, fh,
-                      indent=1, sort_keys=True)
+            json.dump({"compiler": args.compiler, "packed_float_instructions": counts,
+                       "stack_vector_moves": stack}, fh, indent=1, sort_keys=True)
             fh.write("\n")
         print(f"recorded {len(counts)} kernel clones for {args.compiler} in {RECORD}")
         return 0
@@ -99,7 +131,8 @@ def main(argv):
               f"{args.compiler} (run with --update to record them for it)")
         return SKIPPED
     recorded = record["packed_float_instructions"]
-    failures = compare(recorded, counts)
+    failures = compare(recorded, counts) + compare_stack(record.get("stack_vector_moves", {}),
+                                                         stack)
     if not counts:
         failures.append("no float kernel clones found: is the library built with "
                         "NORMLAB_ISA_CLONES?")

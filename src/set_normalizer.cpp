@@ -85,7 +85,8 @@ Array<T> SetNormalizer<T>::standardize_batch(const Array<T>& x, const NcsView& v
     ctx.inv_std.resize(k);
     Array<T> y = Array<T>::from_shape(x.shape());
     T* xhat = prepare_saved(ctx, x, v, grad);
-    if (grad == Grad::keep && center_ && v.s == 1 && !sets_.across_batch) ctx.mean_offset.resize(k);
+    if (grad == Grad::keep && kernels::takes_mean_offsets(v, sets_, center_))
+        ctx.mean_offset.resize(k);
     kernels::standardize(x.data(), v, sets_, center_, eps_, this->gamma(), this->beta(),
                          m.mean.data(), m.var.data(), ctx.inv_std.data(), xhat, y.data(),
                          ctx.mean_offset.empty() ? nullptr : ctx.mean_offset.data());

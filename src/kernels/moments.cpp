@@ -1250,7 +1250,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
     // 1.01-1.02x (1.00-1.02x on (1792, 512), 0.99-1.01x on (4096, 768)); GroupNorm(32), whose
     // sets of 16 to 32 values take an offset each, 1.06-1.07x on (256, 1024), 1.10-1.11x on
     // (1792, 512), 0.99-1.06x on (4096, 768).
-    const bool fold_mean = center && v.s > 1, offsets_mean = center && v.s == 1;
+    const bool fold_mean = center && v.s > 1, offsets_mean = takes_mean_offsets(v, sets, center);
     T* const run_betas = fold_mean ? typed_scratch<T, TypedSlot::kRunBetas>(v.n * v.c) : nullptr;
     T* const set_offsets = !offsets_mean ? nullptr
                            : mean_offset ? mean_offset

@@ -104,6 +104,12 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                  const T* gamma, const T* beta, T* mean, T* var, T* inv_std, T* xhat, T* y,
                  T* mean_offset = nullptr);
 
+// Whether standardize forms y from x̂ plus an offset per set, and so fills `mean_offset`:
+// centred per-sample sets on rows.
+inline bool takes_mean_offsets(const NcsView& v, const SetSpec& sets, bool center) {
+    return center && v.s == 1 && !sets.across_batch;
+}
+
 // Where stages 3 and 4 read x̂: the x̂ forward stored, or the input x forward kept instead with
 // the per-set shift and scale it normalized with, x̂ = (x − shift[k])·scale[k] (computed exactly as
 // forward computed it), formed in registers as the backward stages read it — so forward need not

@@ -1321,8 +1321,16 @@ TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
         std::copy(x_data.begin(), x_data.end(), x);
         std::copy(dy_data.begin(), dy_data.end(), dy);
         std::vector<float> mean(v.c), var(v.c), inv_std(v.c), c1(v.c), cx(v.c);
+        for (std::size_t c = 0; c < v.c; ++c) {
+            c1[c] = 0.25f * float(c % 7);
+            cx[c] = 0.5f - 0.125f * float(c % 5);
+        }
+        // The output `offset_floats` from the input's page offset, a page past the store's start.
+        const auto output_at = [&](std::ptrdiff_t offset_floats) {
+            return page_start(out_store) + 16 + kFloatsPerPage + offset_floats;
+        };
         const auto run = [&](std::ptrdiff_t offset_floats) {
-            float* out = page_start(out_store) + 16 + kFloatsPerPage + offset_floats;
+            float* out = output_at(offset_floats);
             std::vector<float> results;
             const auto keep = [&] { results.insert(results.end(), out, out + n); };
             kernels::standardize(x, v, sets, true, 1e-5, gamma.data(), beta.data(), mean.data(),
@@ -1332,10 +1340,6 @@ TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
                                       static_cast<const float*>(nullptr), gamma.data(), beta.data(),
                                       static_cast<float*>(nullptr), out, true);
             keep();
-            for (std::size_t c = 0; c < v.c; ++c) {
-                c1[c] = 0.25f * float(c % 7);
-                cx[c] = 0.5f - 0.125f * float(c % 5);
-            }
             kernels::backward_apply(dy, kernels::XhatSource<float>(x, mean.data(), inv_std.data()),
                                     v, sets, gamma.data(), inv_std.data(), c1.data(), cx.data(),
                                     out);
@@ -1349,8 +1353,7 @@ TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
         const std::vector<float> far = run(std::ptrdiff_t(kFloatsPerPage / 2));
         std::size_t walked_left = 0;
         for (std::ptrdiff_t d = -16; d <= 16; ++d) {
-            const float* out = page_start(out_store) + 16 + kFloatsPerPage + d;
-            walked_left += kernels::rows::columns_backward({out}, {x}) ? 1 : 0;
+            walked_left += kernels::rows::columns_backward({output_at(d)}, {x}) ? 1 : 0;
             EXPECT_EQ(run(d), far) << format_shape(shape) << ", output " << d * 4
                                    << " bytes from the input modulo 4 KiB";
         }

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -952,6 +953,74 @@ TEST(Kernels, ShortSetsOnRowsEqualSetsAloneBitForBit) {
                         << threads << " threads";
                 }
         }
+    }
+}
+
+// Sets on rows of a multiple of sixteen values from 32 (LayerNorm's rows, GroupNorm's long sets
+// on rows) are standardized a thread's share at a time: four sets' totals, square roots and
+// divisions together, each set written while the set four places on is summed
+// (rows::standardize_lane_sets). Each set's statistics, offset, x̂ and y must be the same bits as
+// the set's values taken alone (one set, finished by itself and written without a partner),
+// centred or not, with x̂ stored or not, on 1 and 2 threads, for shares that end in a partial
+// group of four, with a set far from 0 (offset) and a constant set (offset 0). (Each shape but
+// (3, 128) is large enough to be shared between threads: kernels::kParallelMin values.)
+TEST(Kernels, SetsOnRowsStandardizedTogetherEqualEachSetAloneBitForBit) {
+    struct Case {
+        std::size_t rows, channels, cps;
+    };
+    for (const auto& [rows, channels, cps] :
+         {Case{75, 512, 512}, Case{3, 128, 128}, Case{1100, 32, 32}, Case{119, 288, 96}}) {
+        const NcsView v{rows, channels, 1};
+        const SetSpec sets{false, cps};
+        const std::size_t num_sets = sets.num_sets(v);
+        Tensor x = xt::cast<float>(testing::random_array({rows, channels}, 28, 1.0, 2.0));
+        for (std::size_t c = 0; c < cps; ++c) {
+            x(1, c) += 1e4f;
+            x(rows - 1, c) = 0.25f;
+        }
+        const Tensor gamma = xt::cast<float>(testing::random_array({channels}, 29, 1.0, 0.5));
+        const Tensor beta = xt::cast<float>(testing::random_array({channels}, 30));
+        for (const bool center : {true, false})
+            for (const bool with_xhat : {true, false})
+                for (const int threads : {1, 2}) {
+                    ThreadCount tc(threads);
+                    Tensor y = Tensor::from_shape({rows, channels});
+                    Tensor xhat = Tensor::from_shape({rows, channels});
+                    std::vector<float> mean(num_sets), var(num_sets), inv_std(num_sets),
+                        offset(num_sets, -1.0f);
+                    kernels::standardize(x.data(), v, sets, center, 1e-5, gamma.data(), beta.data(),
+                                         mean.data(), var.data(), inv_std.data(),
+                                         with_xhat ? xhat.data() : nullptr, y.data(),
+                                         offset.data());
+                    ThreadCount one(1);
+                    for (std::size_t k = 0; k < num_sets; ++k) {
+                        const std::size_t at = k * cps, c0 = at % channels;
+                        float m1, v1, s1, o1 = -1.0f;
+                        std::vector<float> y1(cps), h1(cps);
+                        kernels::standardize(x.data() + at, NcsView{1, cps, 1}, sets, center, 1e-5,
+                                             gamma.data() + c0, beta.data() + c0, &m1, &v1, &s1,
+                                             h1.data(), y1.data(), &o1);
+                        const std::string where =
+                            std::to_string(rows) + " rows of " + std::to_string(channels) +
+                            ", set " + std::to_string(k) + " of " + std::to_string(cps) +
+                            (center ? "" : ", not centred") + (with_xhat ? ", x̂ stored" : "") +
+                            ", " + std::to_string(threads) + " threads";
+                        ASSERT_EQ(m1, mean[k]) << where;
+                        ASSERT_EQ(v1, var[k]) << where;
+                        ASSERT_EQ(s1, inv_std[k]) << where;
+                        ASSERT_EQ(o1, offset[k]) << where;
+                        for (std::size_t i = 0; i < cps; ++i) {
+                            ASSERT_EQ(std::bit_cast<std::uint32_t>(y1[i]),
+                                      std::bit_cast<std::uint32_t>(y.data()[at + i]))
+                                << where << ", value " << i;
+                            if (with_xhat) {
+                                ASSERT_EQ(std::bit_cast<std::uint32_t>(h1[i]),
+                                          std::bit_cast<std::uint32_t>(xhat.data()[at + i]))
+                                    << where << ", x̂ value " << i;
+                            }
+                        }
+                    }
+                }
     }
 }
 

@@ -1296,7 +1296,7 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
         // each other's vector work. The fused pass keeps both the adders (the sums) and the
         // loads and stores (the normalization) busy, and reads the next rows from memory while
         // the current ones are written.
-        constexpr std::size_t kSetsInFlight = 4;
+        constexpr std::size_t kSetsInFlight = rows::kSetsInFlight;
         if constexpr (std::is_same_v<T, float>) {
             if (rows::lanes_only(block_len)) {
                 // Sets of a multiple of sixteen floats (LayerNorm's rows): as the fused pass
@@ -1307,35 +1307,19 @@ void standardize(const T* x, const NcsView& v, const SetSpec& sets, bool center,
                 // LayerNorm's training forward on (1792, 512): one thread 237-255 -> 219-231 us,
                 // two 117-126 -> 113-119; (4096, 768) 606-678 -> 607-651; GroupNorm(4) on
                 // (1792, 512) 223-233 -> 216-222; (256, 1024) the same (AMD EPYC VM, the two
-                // builds alternated).
-                grouped_sets_of<rows::LanePairs>(
-                    num_sets, kSetsInFlight, v.size() >= kParallelMin,
-                    [&](std::size_t k, rows::LanePairs& lanes) {
-                        rows::shifted_lane_pairs(x + k * block_len, block_len, T(shift_of(k)),
-                                                 lanes);
-                    },
-                    [&](std::size_t g0, std::size_t g1, const rows::LanePairs* lanes) {
-                        T group_shift[kSetsInFlight];
-                        for (std::size_t k = g0; k < g1; ++k)
-                            group_shift[k - g0] = T(shifts[k]);
-                        rows::finish_lane_pairs(lanes, g1 - g0, center, inv_m, eps, group_shift,
-                                                mean + g0, var + g0, inv_std + g0,
-                                                offsets_mean ? set_offsets + g0 : nullptr);
-                    },
-                    [&](std::size_t, std::size_t k, bool has_next, rows::LanePairs& next_lanes) {
-                        if (!has_next) {
-                            normalize_set(x, v, sets, k, mean[k], inv_std[k], set_offset(k),
-                                          set_gamma(k), set_beta(k), xhat, y);
-                            return;
-                        }
-                        const std::size_t next = k + kSetsInFlight;
-                        rows::affine_summing_next_lanes(
-                            x + k * block_len, block_len, mean[k], inv_std[k], set_offset(k),
-                            set_gamma(k), set_beta(k), 1, xhat ? xhat + k * block_len : nullptr,
-                            y + k * block_len, false, x + next * block_len, T(shift_of(next)),
-                            next_lanes);
-                    },
-                    1);
+                // builds alternated). Each thread's share is one call
+                // (rows::standardize_lane_sets), where a call per set cost about 100 cycles a
+                // set. LayerNorm's forward (kernels::standardize of both builds alternated in one
+                // process, the same bits; AMD EPYC VM, medians), one thread / two: (1792, 512)
+                // 0.85 / 0.85-0.88 of the time (with x̂ stored 0.88 / 0.89), (256, 1024)
+                // 0.88-0.91 / 0.88-0.89, (4096, 768) 0.92-0.94 / 0.88-0.94, (7168, 128)
+                // 0.67-0.74 / 0.69-0.74; GroupNorm(6) on (1792, 576), sets of 96, 0.73.
+                parallel_region(v.size() >= kParallelMin, [&](const TeamSlot& team) {
+                    const auto [k0, k1] = team.share(num_sets);
+                    rows::standardize_lane_sets(x, k0, k1, block_len, spp, center, inv_m, eps, g, b,
+                                                mean, var, inv_std,
+                                                offsets_mean ? set_offsets : nullptr, xhat, y);
+                });
                 return;
             }
         }

@@ -404,7 +404,8 @@ NORMLAB_ISA_CLONES void shifted_sums(const T* p, std::size_t n, double shift, do
 
 // The lane pairs of shifted_sums(p, n, shift) for lanes_only(n) floats.
 template <class T>
-NORMLAB_ISA_CLONES void shifted_lane_pairs(const T* p, std::size_t n, T shift, LanePairs& out) {
+__attribute__((always_inline)) inline void shifted_lane_pairs(const T* p, std::size_t n, T shift,
+                                                              LanePairs& out) {
     static_assert(std::is_same_v<T, float>, "float runs only");
     paired_lane_pairs(
         n,
@@ -817,7 +818,7 @@ NORMLAB_ISA_CLONES void affine_streamed(const T* x, std::size_t n, T m, T sc, T 
 // then loads what matches the store just issued in its low twelve address bits, and the core
 // holds the loads back as if they read it (4 KiB aliasing). Issued one vector late, the store
 // before a load of x[i..] wrote y[i-16..i-8), 16-48 bytes below it in the page for y 0-32
-// bytes past x. LayerNorm's training forward on rows (rows::affine_summing_next_lanes), 2
+// bytes past x. LayerNorm's training forward on rows (rows::standardize_lane_sets), 2
 // threads, AMD EPYC VM, with and without (a switch tested outside the loops, alternated call by
 // call in one process), y 16 bytes past x's offset: (256, 1024) 37.8 -> 34.1 us, (1792, 512)
 // 129.6 -> 115.5, (4096, 768) 426 -> 398; y at x's offset or half a page from it 0.99-1.02x.
@@ -847,7 +848,10 @@ class LateStores {
     __attribute__((always_inline)) void flush() {
         if constexpr (std::is_same_v<T, float>) {
             store_as<Float8>(at8_, v8_, false);
-            store_as<Float16>(at16_, v16_, false);
+            // Sixteen-float vectors are put only where the AVX-512 loops run; elsewhere the
+            // flush of that slot was a 64-byte copy through the stack on every call
+            // (LayerNorm's forward on (1792, 512), one thread: 0.95-0.97 of the time without it).
+            if (at16_ != sink_) store_as<Float16>(at16_, v16_, false);
         } else {
             store_as<Double4>(at4_, v4_, false);
         }
@@ -873,57 +877,42 @@ class LateStores {
 // that each loop alone leaves half idle (the sums are add-bound, the normalization load-bound).
 // y is streamed when `stream` (x̂ must then be null and y 16-byte aligned).
 // With Lanes, the lane pairs of next's sums into *lanes instead (lanes_only(n) floats).
-template <bool Lanes, class T>
-__attribute__((always_inline)) inline void affine_summing_next_into(
-    const T* x, std::size_t n, T m, T sc, T off, const T* g, const T* b, std::size_t g_step,
-    T* xhat, T* y, bool stream, const T* next, double shift, double& s1, double& s2,
-    LanePairs* lanes) {
+template <bool Lanes, bool StoresXhat, bool Streams, bool OneG, bool Offset, class T>
+__attribute__((always_inline)) inline void affine_summing_next_with(
+    const T* x, std::size_t n, T m, T sc, T off, const T* g, const T* b, T* xhat, T* y,
+    const T* next, double shift, double& s1, double& s2, LanePairs* lanes) {
     const Splat<T> mk{m}, sck{sc}, offk{off}, gk{g[0]}, bk{b[0]}, shiftk{T(shift)};
-    const auto sums = [&](auto&& term) __attribute__((always_inline)) {
-        if constexpr (Lanes)
-            paired_lane_pairs(n, term, *lanes);
+    LateStores<T> late_y, late_xhat;
+    const auto term = [&](auto tag, std::size_t i) __attribute__((always_inline)) {
+        using V = decltype(tag);
+        // The next run's values are loaded before this step's stores. Loaded after them,
+        // where x and y lie at the same offset within a 4 KiB page (as large allocations
+        // often do) each load matched the store just issued in its low twelve address bits,
+        // and the core held it back as if it read that store (4K aliasing): LayerNorm's
+        // training forward on (128, 1024), one thread, 2-vCPU Intel Xeon VM, the two
+        // orders alternated call by call, took 0.91 of the time with y at x's page offset,
+        // 0.96-0.99 at eleven other offsets.
+        const V d = load_as<V>(next + i) - shiftk.template as<V>();
+        const V h = standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
+        if constexpr (StoresXhat) late_xhat.put(xhat + i, h);
+        V hy = h;
+        if constexpr (Offset) hy = h + offk.template as<V>();
+        if constexpr (OneG)
+            hy = hy * gk.template as<V>() + bk.template as<V>();
         else
-            paired_sums<T>(n, term, s1, s2);
+            hy = hy * load_as<V>(g + i) + load_as<V>(b + i);
+        if constexpr (Streams)
+            store_as<V>(y + i, hy, true);
+        else
+            late_y.put(y + i, hy);
+        return std::pair{d, d};
     };
-    const auto run = [&](auto stores_xhat, auto streams, auto one_g, auto offset)
-        __attribute__((always_inline)) {
-        LateStores<T> late_y, late_xhat;
-        sums([&](auto tag, std::size_t i) __attribute__((always_inline)) {
-            using V = decltype(tag);
-            // The next run's values are loaded before this step's stores. Loaded after them,
-            // where x and y lie at the same offset within a 4 KiB page (as large allocations
-            // often do) each load matched the store just issued in its low twelve address bits,
-            // and the core held it back as if it read that store (4K aliasing): LayerNorm's
-            // training forward on (128, 1024), one thread, 2-vCPU Intel Xeon VM, the two
-            // orders alternated call by call, took 0.91 of the time with y at x's page offset,
-            // 0.96-0.99 at eleven other offsets.
-            const V d = load_as<V>(next + i) - shiftk.template as<V>();
-            const V h = standardized(load_as<V>(x + i), mk.template as<V>(), sck.template as<V>());
-            if constexpr (stores_xhat) late_xhat.put(xhat + i, h);
-            V hy = h;
-            if constexpr (offset) hy = h + offk.template as<V>();
-            if constexpr (one_g)
-                hy = hy * gk.template as<V>() + bk.template as<V>();
-            else
-                hy = hy * load_as<V>(g + i) + load_as<V>(b + i);
-            if constexpr (streams)
-                store_as<V>(y + i, hy, true);
-            else
-                late_y.put(y + i, hy);
-            return std::pair{d, d};
-        });
-        if constexpr (stores_xhat) late_xhat.flush();
-        if constexpr (!streams) late_y.flush();
-    };
-    with_flags(
-        xhat != nullptr,
-        stream, [&](auto stores_xhat, auto streams) __attribute__((always_inline)) {
-            with_flags(
-                g_step == 0,
-                off != T(0), [&](auto one_g, auto offset) __attribute__((always_inline)) {
-                    run(stores_xhat, streams, one_g, offset);
-                });
-        });
+    if constexpr (Lanes)
+        paired_lane_pairs(n, term, *lanes);
+    else
+        paired_sums<T>(n, term, s1, s2);
+    if constexpr (StoresXhat) late_xhat.flush();
+    if constexpr (!Streams) late_y.flush();
 }
 
 template <class T>
@@ -931,20 +920,18 @@ NORMLAB_ISA_CLONES void affine_summing_next(const T* x, std::size_t n, T m, T sc
                                             const T* b, std::size_t g_step, T* xhat, T* y,
                                             bool stream, const T* next, double shift, double& s1,
                                             double& s2) {
-    affine_summing_next_into<false>(x, n, m, sc, off, g, b, g_step, xhat, y, stream, next, shift,
-                                    s1, s2, nullptr);
-}
-
-// affine_summing_next of lanes_only(n) floats, next's sums as their lane pairs.
-template <class T>
-NORMLAB_ISA_CLONES void affine_summing_next_lanes(const T* x, std::size_t n, T m, T sc, T off,
-                                                  const T* g, const T* b, std::size_t g_step,
-                                                  T* xhat, T* y, bool stream, const T* next,
-                                                  T shift, LanePairs& lanes) {
-    static_assert(std::is_same_v<T, float>, "float runs only");
-    double unused1 = 0, unused2 = 0;
-    affine_summing_next_into<true>(x, n, m, sc, off, g, b, g_step, xhat, y, stream, next, shift,
-                                   unused1, unused2, &lanes);
+    with_flags(
+        xhat != nullptr,
+        stream, [&](auto stores_xhat, auto streams) __attribute__((always_inline)) {
+            with_flags(
+                g_step == 0,
+                off != T(0), [&](auto one_g, auto offset) __attribute__((always_inline)) {
+                    affine_summing_next_with<false, decltype(stores_xhat)::value,
+                                             decltype(streams)::value, decltype(one_g)::value,
+                                             decltype(offset)::value>(
+                        x, n, m, sc, off, g, b, xhat, y, next, shift, s1, s2, nullptr);
+                });
+        });
 }
 
 // y (and x̂) of [begin, end) of one channel: affine with g_step 0, y streamed when `stream`
@@ -1921,9 +1908,11 @@ __attribute__((always_inline)) inline void finish_four_standardized(
 // finish_four_standardized), where one set at a time took a chain of sixteen dependent adds, a
 // square root and a division per set.
 template <class T>
-NORMLAB_ISA_CLONES void finish_lane_pairs(const LanePairs* lanes, std::size_t count, bool center,
-                                          double inv_m, double eps, const T* shift, T* mean, T* var,
-                                          T* inv_std, T* offset) {
+__attribute__((always_inline)) inline void finish_lane_pairs(const LanePairs* lanes,
+                                                             std::size_t count, bool center,
+                                                             double inv_m, double eps,
+                                                             const T* shift, T* mean, T* var,
+                                                             T* inv_std, T* offset) {
     static_assert(std::is_same_v<T, float>, "float sets only");
     if (count == 4) {
         Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
@@ -1942,6 +1931,75 @@ NORMLAB_ISA_CLONES void finish_lane_pairs(const LanePairs* lanes, std::size_t co
                             total(lanes[j].a_lo, lanes[j].a_hi),
                             total(lanes[j].q_lo, lanes[j].q_hi), mean[j], var[j], inv_std[j],
                             offset ? offset + j : nullptr);
+}
+
+// How many sets standardize_lane_sets (and kernels::standardize on rows) finish together and
+// keep in flight: each set is written while the set this many places on is summed.
+inline constexpr std::size_t kSetsInFlight = 4;
+
+// Sets [k0, k1) of `len` floats each, one after the other, lanes_only(len) (LayerNorm's rows,
+// GroupNorm's sets of a multiple of sixteen), `sets_per_row` to a row: each set's shift
+// (set_shift, when center), moments and inv_std (finish_standardized), with `offset` its
+// offset_for_mean, and x̂ (if xhat) and y = (x̂ + offset)·g + b with g and b per element from the
+// set's place in its row: the same bits as shifted_sums, finish_standardized and affine set by
+// set. The sets go in groups of kSetsInFlight: a group's totals, square roots and divisions
+// are taken together in vectors (finish_lane_pairs), then each set of the group is written while
+// the set kSetsInFlight places on is summed (affine_summing_next_with), so that the reads of the
+// next sets overlap the writes and the serial end of a group's sums overlaps vector work. One
+// call takes a thread's whole share: a call per set (its flags tested, its coefficients broadcast
+// and its pending stores set up in a frame of several KiB) cost about 100 cycles a set, and
+// LayerNorm's forward on (1792, 512), one thread, took 1.5x the time of a plain loop of the same
+// fused pass in float (2.3x on (7168, 128)); with one call per share 1.4x and 1.8x (widening
+// each block's sums to double, as here, took that plain loop 1.15x and 1.3x the time).
+template <class T>
+NORMLAB_ISA_CLONES void standardize_lane_sets(const T* x, std::size_t k0, std::size_t k1,
+                                              std::size_t len, std::size_t sets_per_row,
+                                              bool center, double inv_m, double eps, const T* g,
+                                              const T* b, T* mean, T* var, T* inv_std, T* offset,
+                                              T* xhat, T* y) {
+    static_assert(std::is_same_v<T, float>, "float sets only");
+    constexpr std::size_t group = kSetsInFlight;
+    // Set j of a group (set g0 + j): its sums and shift, replaced by those of set j of the next
+    // group as the group is written.
+    LanePairs lanes[group];
+    T shifts[group];
+    const auto shift_of = [&](std::size_t k) __attribute__((always_inline)) {
+        return center ? set_shift(x + k * len, len) : T(0);
+    };
+    for (std::size_t k = k0; k < std::min(k1, k0 + group); ++k) {
+        shifts[k - k0] = shift_of(k);
+        shifted_lane_pairs(x + k * len, len, shifts[k - k0], lanes[k - k0]);
+    }
+    with_flag(
+        xhat != nullptr, [&](auto stores_xhat) __attribute__((always_inline)) {
+            constexpr bool kStoresXhat = decltype(stores_xhat)::value;
+            for (std::size_t g0 = k0; g0 < k1; g0 += group) {
+                const std::size_t g1 = std::min(k1, g0 + group);
+                finish_lane_pairs(lanes, g1 - g0, center, inv_m, eps, shifts, mean + g0, var + g0,
+                                  inv_std + g0, offset ? offset + g0 : nullptr);
+                for (std::size_t k = g0; k < g1; ++k) {
+                    const std::size_t at = k * len, c0 = (k % sets_per_row) * len;
+                    const T off = offset ? offset[k] : T(0);
+                    T* const h = kStoresXhat ? xhat + at : nullptr;
+                    const std::size_t next = k + group;
+                    if (next >= k1) {
+                        affine_inline(x + at, len, mean[k], inv_std[k], off, g + c0, b + c0, 1, h,
+                                      y + at);
+                        continue;
+                    }
+                    const std::size_t j = k - g0;
+                    shifts[j] = shift_of(next);
+                    double unused1 = 0, unused2 = 0;
+                    with_flag(
+                        off != T(0), [&](auto offset_flag) __attribute__((always_inline)) {
+                            affine_summing_next_with<true, kStoresXhat, false, false,
+                                                     decltype(offset_flag)::value>(
+                                x + at, len, mean[k], inv_std[k], off, g + c0, b + c0, h, y + at,
+                                x + next * len, shifts[j], unused1, unused2, &lanes[j]);
+                        });
+                }
+            }
+        });
 }
 
 // set_shift of the four sets of `len` (>= kShiftValues) floats each from `x` on, set j's in

@@ -1258,6 +1258,53 @@ __attribute__((always_inline)) inline Double4 four_totals(const Double4 (&lo)[4]
     return t;
 }
 
+// grad_sums_from_input of `rows` rows of n values, row r at r·stride with m[r], sc[r]: s1[r] =
+// Σγ·dy and s2[r] = Σγ·dy·x̂ of row r (set, not added to), the same bits as a call per row into
+// sums starting from 0. Rows of lanes_only(n) floats are taken four at a time, their totals
+// side by side in vectors (four_totals), where a row's totals were a chain of sixteen dependent
+// adds after its loop.
+template <class T>
+NORMLAB_ISA_CLONES void rows_grad_sums_from_input(const T* dy, const T* x, std::size_t rows,
+                                                  std::size_t stride, const T* m, const T* sc,
+                                                  const T* gamma, std::size_t n, double* s1,
+                                                  double* s2) {
+    const auto row_term = [&](std::size_t r) __attribute__((always_inline)) {
+        const T* const dy_row = dy + r * stride;
+        const T* const x_row = x + r * stride;
+        const T mr = m[r], scr = sc[r];
+        return [=](auto tag, std::size_t i) __attribute__((always_inline)) {
+            using V = decltype(tag);
+            const V h = standardized(load_as<V>(x_row + i), splat<V>(mr), splat<V>(scr));
+            return std::pair{weighted<V>(dy_row, gamma, i), h};
+        };
+    };
+    std::size_t r = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        if (lanes_only(n)) {
+            for (; r + 4 <= rows; r += 4) {
+                Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
+                for (std::size_t j = 0; j < 4; ++j) {
+                    LanePairs lanes;
+                    paired_lane_pairs(n, row_term(r + j), lanes);
+                    a_lo[j] = lanes.a_lo;
+                    a_hi[j] = lanes.a_hi;
+                    q_lo[j] = lanes.q_lo;
+                    q_hi[j] = lanes.q_hi;
+                }
+                const Double4 t1 = four_totals(a_lo, a_hi), t2 = four_totals(q_lo, q_hi);
+                std::memcpy(s1 + r, &t1, sizeof t1);
+                std::memcpy(s2 + r, &t2, sizeof t2);
+            }
+        }
+    }
+    for (; r < rows; ++r) {
+        double a = 0, b = 0;
+        paired_sums<T>(n, row_term(r), a, b);
+        s1[r] = a;
+        s2[r] = b;
+    }
+}
+
 // paired_sums of R runs of n floats at once (n >= kShortRun), run j's (u, w) = term(V{}, j, i),
 // added to s1[j], s2[j]: the same lanes, blocks, totals and tail as R calls of paired_sums, so
 // the same bits. One run's float lanes are a chain of dependent adds through each block, and its

@@ -1430,5 +1430,61 @@ TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
     }
 }
 
+// A streamed run lying 1-255 bytes above its input modulo 4 KiB is written from its end to its
+// start (rows::streams_backward). Every value is computed alone, so BatchNorm's inference with
+// y at every 4-byte step from 64 bytes below to 320 bytes above x (modulo 4 KiB; aligned and
+// not, runs with a head before the first 16-byte boundary and a tail past the last vector), at
+// both vector widths, comes out as far from it.
+TEST(Kernels, StreamedRunsNearTheInputModuloAPageEqualRunsFarFromItBitForBit) {
+    constexpr std::size_t kPage = 4096, kFloatsPerPage = kPage / sizeof(float);
+    // Outputs of 60 KB and more are streamed.
+    CacheSize small(std::size_t{64} << 10);
+    const bool machine_width = kernels::wide_vectors();
+    for (const Shape& shape : {Shape{3, 5, 1003}, Shape{2, 4, 64, 33}}) {
+        const NcsView v = view_of(shape);
+        const SetSpec sets{true, 1};
+        const std::size_t n = v.size(), pages = (n + kFloatsPerPage - 1) / kFloatsPerPage + 2;
+        const Tensor x_data = xt::cast<float>(testing::random_array(shape, 65, 1.0, 2.0));
+        std::vector<float> x_store((pages + 1) * kFloatsPerPage),
+            out_store((pages + 2) * kFloatsPerPage);
+        const auto page_start = [&](std::vector<float>& store) {
+            const auto addr = reinterpret_cast<std::uintptr_t>(store.data());
+            return store.data() + ((kPage - addr % kPage) % kPage) / sizeof(float);
+        };
+        float* x = page_start(x_store) + 16;
+        std::copy(x_data.begin(), x_data.end(), x);
+        std::vector<float> mean(v.c), inv_std(v.c), gamma(v.c), beta(v.c);
+        for (std::size_t c = 0; c < v.c; ++c) {
+            mean[c] = 0.75f + 0.125f * float(c);
+            inv_std[c] = 1.5f - 0.0625f * float(c);
+            gamma[c] = 0.5f + 0.25f * float(c % 3);
+            beta[c] = 0.125f * float(c % 5) - 0.25f;
+        }
+        const auto output_at = [&](std::ptrdiff_t offset_floats) {
+            return page_start(out_store) + 16 + kFloatsPerPage + offset_floats;
+        };
+        const auto run = [&](std::ptrdiff_t offset_floats) {
+            float* out = output_at(offset_floats);
+            kernels::normalize_affine(x, v, sets, mean.data(), inv_std.data(),
+                                      static_cast<const float*>(nullptr), gamma.data(), beta.data(),
+                                      static_cast<float*>(nullptr), out, true);
+            return std::vector<float>(out, out + n);
+        };
+        for (const bool wide : {false, true}) {
+            kernels::set_wide_vectors(wide);
+            const std::vector<float> far = run(std::ptrdiff_t(kFloatsPerPage / 2));
+            std::size_t walked_back = 0;
+            for (std::ptrdiff_t d = -16; d <= 80; ++d) {
+                walked_back += kernels::rows::streams_backward(output_at(d), x) ? 1 : 0;
+                ASSERT_EQ(run(d), far)
+                    << format_shape(shape) << ", output " << d * 4
+                    << " bytes from the input modulo 4 KiB" << (wide ? ", wide vectors" : "");
+            }
+            EXPECT_EQ(walked_back, 63u) << "outputs 4 to 252 bytes above the input walk back";
+        }
+        kernels::set_wide_vectors(machine_width);
+    }
+}
+
 }  // namespace
 }  // namespace normlab

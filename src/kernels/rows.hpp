@@ -734,6 +734,14 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
     }
 }
 
+// How far `output` lies above `input` modulo a 4 KiB page (0 to 4095 bytes): where the core
+// compares a load's address with earlier stores by their low twelve bits (4 KiB aliasing).
+inline constexpr std::uintptr_t kPage = 4096;
+inline std::uintptr_t bytes_above_in_page(const void* output, const void* input) {
+    return (reinterpret_cast<std::uintptr_t>(output) - reinterpret_cast<std::uintptr_t>(input)) %
+           kPage;
+}
+
 // Whether a run whose output is streamed is walked from its end to its start: where the output
 // lies 1-255 bytes above the input modulo 4 KiB. Walked forward, each load of x then matches in
 // its low twelve address bits a streamed store to y issued a few vectors before, and the core
@@ -745,10 +753,8 @@ __attribute__((always_inline)) inline void store_as(T* p, V v, bool stream) {
 // against 1024 bytes above; 0-32 bytes below, as far: glibc often places an output allocated
 // right after its input 16 bytes further.
 inline bool streams_backward(const void* output, const void* input) {
-    constexpr std::uintptr_t kPage = 4096, kNear = 256;
-    const std::uintptr_t d =
-        (reinterpret_cast<std::uintptr_t>(output) - reinterpret_cast<std::uintptr_t>(input)) %
-        kPage;
+    constexpr std::uintptr_t kNear = 256;
+    const std::uintptr_t d = bytes_above_in_page(output, input);
     return d > 0 && d < kNear;
 }
 
@@ -1052,14 +1058,12 @@ NORMLAB_ISA_CLONES void affine_channels_summing_next(const T* x, std::size_t s,
 // rows taken one by one from memory, where a walk to the left ran 10-15% slower ((4096, 768)).
 inline bool columns_backward(std::initializer_list<const void*> outputs,
                              std::initializer_list<const void*> inputs) {
-    constexpr std::uintptr_t kPage = 4096, kNear = 64;
+    constexpr std::uintptr_t kNear = 64;
     bool above = false, below = false;
     for (const void* out : outputs)
         for (const void* in : inputs) {
             if (!out || !in) continue;
-            const std::uintptr_t d =
-                (reinterpret_cast<std::uintptr_t>(out) - reinterpret_cast<std::uintptr_t>(in)) %
-                kPage;
+            const std::uintptr_t d = bytes_above_in_page(out, in);
             above = above || (d > 0 && d < kNear);
             below = below || d > kPage - kNear;
         }
@@ -1311,6 +1315,21 @@ __attribute__((always_inline)) inline Double4 four_totals(const Double4 (&lo)[4]
     return t;
 }
 
+// The totals of four runs from their lane pairs, side by side (four_totals): run j's Σu in lane j
+// of t1, its Σu·w in lane j of t2, each the same bits as total() of that run's pairs.
+__attribute__((always_inline)) inline void four_lane_totals(const LanePairs* lanes, Double4& t1,
+                                                            Double4& t2) {
+    Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
+    for (std::size_t j = 0; j < 4; ++j) {
+        a_lo[j] = lanes[j].a_lo;
+        a_hi[j] = lanes[j].a_hi;
+        q_lo[j] = lanes[j].q_lo;
+        q_hi[j] = lanes[j].q_hi;
+    }
+    t1 = four_totals(a_lo, a_hi);
+    t2 = four_totals(q_lo, q_hi);
+}
+
 // grad_sums_from_input of `rows` rows of n values, row r at r·stride with m[r], sc[r]: s1[r] =
 // Σγ·dy and s2[r] = Σγ·dy·x̂ of row r (set, not added to), the same bits as a call per row into
 // sums starting from 0. Rows of lanes_only(n) floats are taken four at a time, their totals
@@ -1335,16 +1354,11 @@ NORMLAB_ISA_CLONES void rows_grad_sums_from_input(const T* dy, const T* x, std::
     if constexpr (std::is_same_v<T, float>) {
         if (lanes_only(n)) {
             for (; r + 4 <= rows; r += 4) {
-                Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
-                for (std::size_t j = 0; j < 4; ++j) {
-                    LanePairs lanes;
-                    paired_lane_pairs(n, row_term(r + j), lanes);
-                    a_lo[j] = lanes.a_lo;
-                    a_hi[j] = lanes.a_hi;
-                    q_lo[j] = lanes.q_lo;
-                    q_hi[j] = lanes.q_hi;
-                }
-                const Double4 t1 = four_totals(a_lo, a_hi), t2 = four_totals(q_lo, q_hi);
+                LanePairs lanes[4];
+                for (std::size_t j = 0; j < 4; ++j)
+                    paired_lane_pairs(n, row_term(r + j), lanes[j]);
+                Double4 t1, t2;
+                four_lane_totals(lanes, t1, t2);
                 std::memcpy(s1 + r, &t1, sizeof t1);
                 std::memcpy(s2 + r, &t2, sizeof t2);
             }
@@ -2015,15 +2029,9 @@ __attribute__((always_inline)) inline void finish_lane_pairs(const LanePairs* la
                                                              T* inv_std, T* offset) {
     static_assert(std::is_same_v<T, float>, "float sets only");
     if (count == 4) {
-        Double4 a_lo[4], a_hi[4], q_lo[4], q_hi[4];
-        for (std::size_t j = 0; j < 4; ++j) {
-            a_lo[j] = lanes[j].a_lo;
-            a_hi[j] = lanes[j].a_hi;
-            q_lo[j] = lanes[j].q_lo;
-            q_hi[j] = lanes[j].q_hi;
-        }
-        finish_four_standardized(center, inv_m, eps, shift, four_totals(a_lo, a_hi),
-                                 four_totals(q_lo, q_hi), mean, var, inv_std, offset);
+        Double4 t1, t2;
+        four_lane_totals(lanes, t1, t2);
+        finish_four_standardized(center, inv_m, eps, shift, t1, t2, mean, var, inv_std, offset);
         return;
     }
     for (std::size_t j = 0; j < count; ++j)

@@ -782,23 +782,24 @@ template <class Body>
 __attribute__((always_inline)) inline void aligned_vectors(std::size_t begin, std::size_t end,
                                                            const float* out, bool streamed,
                                                            Body&& body, bool descending = false) {
+    // The pieces: single values up to a 16-byte boundary (head); streamed and wide, eights up to
+    // the first line, then a four if the line is 4 or 12 values on, and sixteens on lines; then
+    // eights, a four (streamed) and single values to the end.
+    std::size_t head = begin;
+    while (head < end && !aligned16(out + head))
+        ++head;
+    std::size_t eights_end = head, first_line = head, lines_end = head;
+    if (streamed && wide_vectors() && head + kLanes <= end) {
+        // Both 16-byte aligned: the first line is 0, 4, 8 or 12 values on.
+        first_line = head + values_before_line(out + head, end - head);
+        eights_end = head + (first_line - head) / 8 * 8;
+        lines_end = first_line + (end - first_line) / kLanes * kLanes;
+    }
+    const bool four_before_line = eights_end < first_line;
+    const std::size_t rest_eights_end = lines_end + (end - lines_end) / 8 * 8;
+    const bool four_after = streamed && rest_eights_end + 4 <= end;
+    const std::size_t tail = rest_eights_end + (four_after ? 4 : 0);
     if (descending) {
-        std::size_t head = begin;
-        while (head < end && !aligned16(out + head))
-            ++head;
-        // Eights up to the first line, a four, sixteens on lines (streamed, wide), then eights,
-        // a four (streamed) and single values: where the ascending walk puts them.
-        std::size_t eights_end = head, first_line = head, lines_end = head;
-        bool four_before_line = false;
-        if (streamed && wide_vectors() && head + kLanes <= end) {
-            first_line = head + values_before_line(out + head, end - head);
-            eights_end = head + (first_line - head) / 8 * 8;
-            four_before_line = eights_end < first_line;
-            lines_end = first_line + (end - first_line) / kLanes * kLanes;
-        }
-        const std::size_t rest_eights_end = lines_end + (end - lines_end) / 8 * 8;
-        const bool four_after = streamed && rest_eights_end + 4 <= end;
-        const std::size_t tail = rest_eights_end + (four_after ? 4 : 0);
         for (std::size_t i = end; i > tail; --i)
             body(float{}, i - 1);
         if (four_after) body(Float4{}, rest_eights_end);
@@ -813,35 +814,17 @@ __attribute__((always_inline)) inline void aligned_vectors(std::size_t begin, st
             body(float{}, i - 1);
         return;
     }
-    std::size_t i = begin;
-    for (; i < end && !aligned16(out + i); ++i)
+    for (std::size_t i = begin; i < head; ++i)
         body(float{}, i);
-    if (streamed) {
-        if (wide_vectors() && i + kLanes <= end) {
-            // Both 16-byte aligned: the first line is 0, 4, 8 or 12 values on.
-            const std::size_t first_line = i + values_before_line(out + i, end - i);
-            for (; i + 8 <= first_line; i += 8)
-                body(Float8{}, i);
-            if (i < first_line) {
-                body(Float4{}, i);
-                i += 4;
-            }
-            for (; i + kLanes <= end; i += kLanes)
-                body(Float16{}, i);
-        }
-        for (; i + 8 <= end; i += 8)
-            body(Float8{}, i);
-        if (i + 4 <= end) {
-            body(Float4{}, i);
-            i += 4;
-        }
-        for (; i < end; ++i)
-            body(float{}, i);
-        return;
-    }
-    for (; i + 8 <= end; i += 8)
+    for (std::size_t i = head; i < eights_end; i += 8)
         body(Float8{}, i);
-    for (; i < end; ++i)
+    if (four_before_line) body(Float4{}, eights_end);
+    for (std::size_t i = first_line; i < lines_end; i += kLanes)
+        body(Float16{}, i);
+    for (std::size_t i = lines_end; i < rest_eights_end; i += 8)
+        body(Float8{}, i);
+    if (four_after) body(Float4{}, rest_eights_end);
+    for (std::size_t i = tail; i < end; ++i)
         body(float{}, i);
 }
 

@@ -1363,43 +1363,56 @@ TEST(Kernels, ResultsDoNotDependOnWhereTheArraysLie) {
     }
 }
 
+// Arrays of n floats laid out against 4 KiB pages: an input holding `values`, 64 bytes into
+// its page, and outputs placed at a chosen offset (in floats, either way) from that page offset,
+// a page past the start of their own store.
+struct PagedArrays {
+    static constexpr std::size_t kPage = 4096, kFloatsPerPage = kPage / sizeof(float);
+    explicit PagedArrays(std::size_t n)
+        : store_floats(((n + kFloatsPerPage - 1) / kFloatsPerPage + 3) * kFloatsPerPage),
+          output_store(store_floats) {}
+    std::size_t store_floats;
+    std::vector<float> output_store;
+    std::vector<std::vector<float>> input_stores;
+
+    static float* page_start(std::vector<float>& store) {
+        const auto addr = reinterpret_cast<std::uintptr_t>(store.data());
+        return store.data() + ((kPage - addr % kPage) % kPage) / sizeof(float);
+    }
+    float* input(const Tensor& values) {
+        float* in = page_start(input_stores.emplace_back(store_floats)) + 16;
+        std::copy(values.begin(), values.end(), in);
+        return in;
+    }
+    float* output_at(std::ptrdiff_t offset_floats) {
+        return page_start(output_store) + 16 + kFloatsPerPage + offset_floats;
+    }
+};
+
 // The dense kernels on rows in cache take their columns from the last to the first where an
 // output lies just above an input modulo 4 KiB (rows::columns_backward), and load a group's rows
 // before storing any. Every value is computed alone, so outputs at every 4-byte step from 64
 // bytes below to 64 bytes above the input (modulo 4 KiB), on shapes with a partial group of rows
 // and columns before the first line and past the last vector, come out as far from it.
 TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
-    constexpr std::size_t kPage = 4096, kFloatsPerPage = kPage / sizeof(float);
+    constexpr std::size_t kFloatsPerPage = PagedArrays::kFloatsPerPage;
     for (const Shape& shape : {Shape{67, 1027}, Shape{300, 1024}, Shape{37, 48}, Shape{9, 512}}) {
         const NcsView v = view_of(shape);
         const SetSpec sets{true, 1};
-        const std::size_t n = v.size(), pages = (n + kFloatsPerPage - 1) / kFloatsPerPage + 2;
-        const Tensor x_data = xt::cast<float>(testing::random_array(shape, 61, 1.0, 2.0));
-        const Tensor dy_data = xt::cast<float>(testing::random_array(shape, 62));
+        const std::size_t n = v.size();
         const Tensor gamma = xt::cast<float>(testing::random_array({v.c}, 63, 1.0, 0.5));
         const Tensor beta = xt::cast<float>(testing::random_array({v.c}, 64));
-        // x and dy 64 bytes into their pages, each output in its own pages at a chosen offset.
-        std::vector<float> x_store((pages + 1) * kFloatsPerPage),
-            dy_store((pages + 1) * kFloatsPerPage), out_store((pages + 1) * kFloatsPerPage);
-        const auto page_start = [&](std::vector<float>& store) {
-            const auto addr = reinterpret_cast<std::uintptr_t>(store.data());
-            return store.data() + ((kPage - addr % kPage) % kPage) / sizeof(float);
-        };
-        float* x = page_start(x_store) + 16;
-        float* dy = page_start(dy_store) + 16;
-        std::copy(x_data.begin(), x_data.end(), x);
-        std::copy(dy_data.begin(), dy_data.end(), dy);
+        // x and dy 64 bytes into their pages, each output at a chosen offset from them.
+        PagedArrays arrays(n);
+        const float* x = arrays.input(xt::cast<float>(testing::random_array(shape, 61, 1.0, 2.0)));
+        const float* dy = arrays.input(xt::cast<float>(testing::random_array(shape, 62)));
         std::vector<float> mean(v.c), var(v.c), inv_std(v.c), c1(v.c), cx(v.c);
         for (std::size_t c = 0; c < v.c; ++c) {
             c1[c] = 0.25f * float(c % 7);
             cx[c] = 0.5f - 0.125f * float(c % 5);
         }
-        // The output `offset_floats` from the input's page offset, a page past the store's start.
-        const auto output_at = [&](std::ptrdiff_t offset_floats) {
-            return page_start(out_store) + 16 + kFloatsPerPage + offset_floats;
-        };
         const auto run = [&](std::ptrdiff_t offset_floats) {
-            float* out = output_at(offset_floats);
+            float* out = arrays.output_at(offset_floats);
             std::vector<float> results;
             const auto keep = [&] { results.insert(results.end(), out, out + n); };
             kernels::standardize(x, v, sets, true, 1e-5, gamma.data(), beta.data(), mean.data(),
@@ -1422,7 +1435,7 @@ TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
         const std::vector<float> far = run(std::ptrdiff_t(kFloatsPerPage / 2));
         std::size_t walked_left = 0;
         for (std::ptrdiff_t d = -16; d <= 16; ++d) {
-            walked_left += kernels::rows::columns_backward({output_at(d)}, {x}) ? 1 : 0;
+            walked_left += kernels::rows::columns_backward({arrays.output_at(d)}, {x}) ? 1 : 0;
             EXPECT_EQ(run(d), far) << format_shape(shape) << ", output " << d * 4
                                    << " bytes from the input modulo 4 KiB";
         }
@@ -1436,23 +1449,16 @@ TEST(Kernels, OutputsNearTheInputModuloAPageEqualOutputsFarFromItBitForBit) {
 // not, runs with a head before the first 16-byte boundary and a tail past the last vector), at
 // both vector widths, comes out as far from it.
 TEST(Kernels, StreamedRunsNearTheInputModuloAPageEqualRunsFarFromItBitForBit) {
-    constexpr std::size_t kPage = 4096, kFloatsPerPage = kPage / sizeof(float);
+    constexpr std::size_t kFloatsPerPage = PagedArrays::kFloatsPerPage;
     // Outputs of 60 KB and more are streamed.
     CacheSize small(std::size_t{64} << 10);
     const bool machine_width = kernels::wide_vectors();
     for (const Shape& shape : {Shape{3, 5, 1003}, Shape{2, 4, 64, 33}}) {
         const NcsView v = view_of(shape);
         const SetSpec sets{true, 1};
-        const std::size_t n = v.size(), pages = (n + kFloatsPerPage - 1) / kFloatsPerPage + 2;
-        const Tensor x_data = xt::cast<float>(testing::random_array(shape, 65, 1.0, 2.0));
-        std::vector<float> x_store((pages + 1) * kFloatsPerPage),
-            out_store((pages + 2) * kFloatsPerPage);
-        const auto page_start = [&](std::vector<float>& store) {
-            const auto addr = reinterpret_cast<std::uintptr_t>(store.data());
-            return store.data() + ((kPage - addr % kPage) % kPage) / sizeof(float);
-        };
-        float* x = page_start(x_store) + 16;
-        std::copy(x_data.begin(), x_data.end(), x);
+        const std::size_t n = v.size();
+        PagedArrays arrays(n);
+        const float* x = arrays.input(xt::cast<float>(testing::random_array(shape, 65, 1.0, 2.0)));
         std::vector<float> mean(v.c), inv_std(v.c), gamma(v.c), beta(v.c);
         for (std::size_t c = 0; c < v.c; ++c) {
             mean[c] = 0.75f + 0.125f * float(c);
@@ -1460,11 +1466,8 @@ TEST(Kernels, StreamedRunsNearTheInputModuloAPageEqualRunsFarFromItBitForBit) {
             gamma[c] = 0.5f + 0.25f * float(c % 3);
             beta[c] = 0.125f * float(c % 5) - 0.25f;
         }
-        const auto output_at = [&](std::ptrdiff_t offset_floats) {
-            return page_start(out_store) + 16 + kFloatsPerPage + offset_floats;
-        };
         const auto run = [&](std::ptrdiff_t offset_floats) {
-            float* out = output_at(offset_floats);
+            float* out = arrays.output_at(offset_floats);
             kernels::normalize_affine(x, v, sets, mean.data(), inv_std.data(),
                                       static_cast<const float*>(nullptr), gamma.data(), beta.data(),
                                       static_cast<float*>(nullptr), out, true);
@@ -1475,7 +1478,7 @@ TEST(Kernels, StreamedRunsNearTheInputModuloAPageEqualRunsFarFromItBitForBit) {
             const std::vector<float> far = run(std::ptrdiff_t(kFloatsPerPage / 2));
             std::size_t walked_back = 0;
             for (std::ptrdiff_t d = -16; d <= 80; ++d) {
-                walked_back += kernels::rows::streams_backward(output_at(d), x) ? 1 : 0;
+                walked_back += kernels::rows::streams_backward(arrays.output_at(d), x) ? 1 : 0;
                 ASSERT_EQ(run(d), far)
                     << format_shape(shape) << ", output " << d * 4
                     << " bytes from the input modulo 4 KiB" << (wide ? ", wide vectors" : "");

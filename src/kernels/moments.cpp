@@ -367,7 +367,10 @@ void add_rows(const double* __restrict sums, const NcsView& v, const T* __restri
 // cache the coefficients loaded once per four rows are what counts (inference on (256, 1024)
 // 15 -> 20 us and (1792, 512) 43-48 -> 58 a row at a time). A call per row cost about 20 ns a
 // row there (AMD EPYC VM, 2 threads, (4096, 768), builds alternated: inference 481-517 ->
-// 437-453 us, training forward 684-728 -> 667-705, backward 1053-1161 -> 952-998).
+// 437-453 us, training forward 684-728 -> 667-705, backward 1053-1161 -> 952-998). The
+// normalization (rows::affine_columns) takes a share's rows as four streams a quarter of the
+// share apart (rows::down_columns): four rows far from each other, not a group's neighbours;
+// measured on the AMD EPYC VM, not on Zen 5.
 constexpr std::size_t kDenseRows = rows::kColumnGroupRows;
 
 template <class T, class F>

@@ -1081,6 +1081,21 @@ __attribute__((always_inline)) inline void down_rows(std::size_t rows, const Pai
         store(r, value(r));
 }
 
+// Rows r, r + apart, r + 2·apart and r + 3·apart at one column block (value, store as in
+// down_rows): four rows far from each other, loaded before any is stored.
+template <class Pair>
+__attribute__((always_inline)) inline void rows_apart(std::size_t r, std::size_t apart,
+                                                      const Pair& pair) {
+    static_assert(kColumnGroupRows == 4, "a group's values are named one by one");
+    const auto& [value, store] = pair;
+    const auto v0 = value(r), v1 = value(r + apart), v2 = value(r + 2 * apart),
+               v3 = value(r + 3 * apart);
+    store(r, v0);
+    store(r + apart, v1);
+    store(r + 2 * apart, v2);
+    store(r + 3 * apart, v3);
+}
+
 // Walks the columns i < n of `rows` rows: f(V{}, i) loads the coefficients of the columns at i
 // (a vector of V's width, or one value for V = T) and returns the pair (value, store) that
 // computes and writes those columns of row r from them (down_rows). For floats a vector of columns
@@ -1097,7 +1112,8 @@ template <class T, class F>
 __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::size_t n,
                                                         const T* line_of, F&& f,
                                                         bool row_by_row = false,
-                                                        bool backward = false) {
+                                                        bool backward = false,
+                                                        bool rows_in_streams = false) {
     // Columns [0, head) one by one, [head, wide_end) sixteen at a time, [wide_end, narrow_end)
     // eight, the rest one by one.
     std::size_t head = 0, wide_end = 0, narrow_end = 0;
@@ -1135,13 +1151,35 @@ __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::s
     // through the loop down the rows, every vector paid that loop's setup and GCC first loaded
     // the coefficients into registers (BatchNorm on (4096, 768), AMD EPYC VM, 2 threads, builds
     // alternated: inference 5-15% faster, backward 3-15%).
-    if (rows == 1 || row_by_row)
+    // Row by row with `rows_in_streams`, the rows go as four streams a quarter of them apart,
+    // each vector of columns' coefficients loaded once for the four (rows_apart), the rows left
+    // over one by one: one stream of rows kept too few lines of the L3 or memory in flight.
+    // BatchNorm's normalization (affine_columns) on (4096, 768), AMD EPYC VM, 2 threads, the two
+    // builds alternated call by call in one process, y placed at a fixed distance from x modulo
+    // 4 KiB: inference 0.67-0.93 of the time with y 128 bytes to 2 KiB above x or 64 bytes below
+    // (most 0.70-0.83, in fast and slow phases of the VM), but 0.85-1.17 with y 16-64 bytes
+    // above (4 KiB aliasing, which a single stream meets too: 1.8x its far time there);
+    // (8192, 1024) 0.92; training forward (kernels::standardize, statistics first) 0.89-0.98 on
+    // (4096, 768), 0.97 on (8192, 1024). Adjacent rows instead (four rows of a group, as in
+    // cache) were 0.97-1.06 of one stream in a standalone loop. The backward's apply keeps one
+    // stream: three arrays in four streams each took 1.0-1.2x its time on the same shapes.
+    if (rows == 1 || (row_by_row && (!rows_in_streams || rows < kColumnGroupRows))) {
         for (std::size_t r = 0; r < rows; ++r)
             columns([&](auto tag, std::size_t i) __attribute__((always_inline)) {
                 const auto [value, store] = f(tag, i);
                 store(r, value(r));
             });
-    else if (backward)
+    } else if (row_by_row) {
+        const std::size_t apart = rows / kColumnGroupRows;
+        for (std::size_t r = 0; r < apart; ++r)
+            columns([&](auto tag, std::size_t i)
+                        __attribute__((always_inline)) { rows_apart(r, apart, f(tag, i)); });
+        for (std::size_t r = kColumnGroupRows * apart; r < rows; ++r)
+            columns([&](auto tag, std::size_t i) __attribute__((always_inline)) {
+                const auto [value, store] = f(tag, i);
+                store(r, value(r));
+            });
+    } else if (backward)
         columns_to_the_left([&](auto tag, std::size_t i)
                                 __attribute__((always_inline)) { down_rows(rows, f(tag, i)); });
     else
@@ -1183,7 +1221,7 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
                                 store_as<V>(y + at, h_y.second, false);
                             });
                 },
-                row_by_row, columns_backward({y, xhat}, {x}));
+                row_by_row, columns_backward({y, xhat}, {x}), true);
         });
 }
 

@@ -1157,11 +1157,11 @@ __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::s
     // BatchNorm's normalization (affine_columns) on (4096, 768), AMD EPYC VM, 2 threads, the two
     // builds alternated call by call in one process, y placed at a fixed distance from x modulo
     // 4 KiB: inference 0.67-0.93 of the time with y 128 bytes to 2 KiB above x or 64 bytes below
-    // (most 0.70-0.83, in fast and slow phases of the VM), but 0.85-1.17 with y 16-64 bytes
-    // above (4 KiB aliasing, which a single stream meets too: 1.8x its far time there);
+    // (most 0.70-0.83, in fast and slow phases of the VM), 0.84-1.17 with y 16-64 bytes above
+    // (4 KiB aliasing: a store to one stream matches the next loads of all four);
     // (8192, 1024) 0.92; training forward (kernels::standardize, statistics first) 0.89-0.98 on
-    // (4096, 768), 0.97 on (8192, 1024). Adjacent rows instead (four rows of a group, as in
-    // cache) were 0.97-1.06 of one stream in a standalone loop. The backward's apply keeps one
+    // (4096, 768), 0.97 on (8192, 1024). Adjacent rows instead (two, or four of a group, as in
+    // cache) were 0.94-1.06 of one stream in a standalone loop. The backward's apply keeps one
     // stream: three arrays in four streams each took 1.0-1.2x its time on the same shapes.
     if (rows == 1 || (row_by_row && (!rows_in_streams || rows < kColumnGroupRows))) {
         for (std::size_t r = 0; r < rows; ++r)

@@ -1057,32 +1057,9 @@ inline bool columns_backward(std::initializer_list<const void*> outputs,
 // for_each_dense_rows).
 inline constexpr std::size_t kColumnGroupRows = 4;
 
-// The rows r < rows of a group at one column block, (value, store) the pair that f(V{}, i)
-// returned: value(r) loads and computes row r's columns, store(r, v) writes them. A full group
-// loads all its rows before it stores any. Rows 4 KiB apart (C = 1024 floats; every other row
-// at C = 512) match each other in the low 12 address bits, so the next row's load, issued after
-// a store to this one a few bytes from it modulo 4 KiB, was held back until the store was done.
-// BatchNorm on rows, AMD EPYC VM, 2 threads, the two alternated call by call in one process:
-// inference (256, 1024) 49 -> 36 us, (1792, 512) 169 -> 124; training forward 85 -> 72 and
-// 207 -> 195; backward 103 -> 94 and 284 -> 277 (the same values: each is computed alone).
-template <class Pair>
-__attribute__((always_inline)) inline void down_rows(std::size_t rows, const Pair& pair) {
-    static_assert(kColumnGroupRows == 4, "a group's values are named one by one");
-    const auto& [value, store] = pair;
-    if (rows == kColumnGroupRows) {
-        const auto v0 = value(0), v1 = value(1), v2 = value(2), v3 = value(3);
-        store(0, v0);
-        store(1, v1);
-        store(2, v2);
-        store(3, v3);
-        return;
-    }
-    for (std::size_t r = 0; r < rows; ++r)
-        store(r, value(r));
-}
-
-// Rows r, r + apart, r + 2·apart and r + 3·apart at one column block (value, store as in
-// down_rows): four rows far from each other, loaded before any is stored.
+// Rows r, r + apart, r + 2·apart and r + 3·apart at one column block, (value, store) the pair
+// that f(V{}, i) returned: value(r) loads and computes row r's columns, store(r, v) writes them.
+// All four are loaded before any is stored.
 template <class Pair>
 __attribute__((always_inline)) inline void rows_apart(std::size_t r, std::size_t apart,
                                                       const Pair& pair) {
@@ -1094,6 +1071,24 @@ __attribute__((always_inline)) inline void rows_apart(std::size_t r, std::size_t
     store(r + apart, v1);
     store(r + 2 * apart, v2);
     store(r + 3 * apart, v3);
+}
+
+// The rows r < rows of a group at one column block (value, store as in rows_apart). A full group
+// loads all its rows before it stores any. Rows 4 KiB apart (C = 1024 floats; every other row
+// at C = 512) match each other in the low 12 address bits, so the next row's load, issued after
+// a store to this one a few bytes from it modulo 4 KiB, was held back until the store was done.
+// BatchNorm on rows, AMD EPYC VM, 2 threads, the two alternated call by call in one process:
+// inference (256, 1024) 49 -> 36 us, (1792, 512) 169 -> 124; training forward 85 -> 72 and
+// 207 -> 195; backward 103 -> 94 and 284 -> 277 (the same values: each is computed alone).
+template <class Pair>
+__attribute__((always_inline)) inline void down_rows(std::size_t rows, const Pair& pair) {
+    if (rows == kColumnGroupRows) {
+        rows_apart(0, 1, pair);
+        return;
+    }
+    const auto& [value, store] = pair;
+    for (std::size_t r = 0; r < rows; ++r)
+        store(r, value(r));
 }
 
 // Walks the columns i < n of `rows` rows: f(V{}, i) loads the coefficients of the columns at i
@@ -1108,12 +1103,11 @@ __attribute__((always_inline)) inline void rows_apart(std::size_t r, std::size_t
 // the other instead, each along all its columns, as a single row does. With `backward`
 // (columns_backward; in groups of rows only), the columns are taken from the last to the first,
 // split as in the other direction.
-template <class T, class F>
+template <class T, bool RowsInStreams = false, class F>
 __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::size_t n,
                                                         const T* line_of, F&& f,
                                                         bool row_by_row = false,
-                                                        bool backward = false,
-                                                        bool rows_in_streams = false) {
+                                                        bool backward = false) {
     // Columns [0, head) one by one, [head, wide_end) sixteen at a time, [wide_end, narrow_end)
     // eight, the rest one by one.
     std::size_t head = 0, wide_end = 0, narrow_end = 0;
@@ -1151,7 +1145,7 @@ __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::s
     // through the loop down the rows, every vector paid that loop's setup and GCC first loaded
     // the coefficients into registers (BatchNorm on (4096, 768), AMD EPYC VM, 2 threads, builds
     // alternated: inference 5-15% faster, backward 3-15%).
-    // Row by row with `rows_in_streams`, the rows go as four streams a quarter of them apart,
+    // Row by row with RowsInStreams, the rows go as four streams a quarter of them apart,
     // each vector of columns' coefficients loaded once for the four (rows_apart), the rows left
     // over one by one: one stream of rows kept too few lines of the L3 or memory in flight.
     // BatchNorm's normalization (affine_columns) on (4096, 768), AMD EPYC VM, 2 threads, the two
@@ -1163,17 +1157,15 @@ __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::s
     // (4096, 768), 0.97 on (8192, 1024). Adjacent rows instead (two, or four of a group, as in
     // cache) were 0.94-1.06 of one stream in a standalone loop. The backward's apply keeps one
     // stream: three arrays in four streams each took 1.0-1.2x its time on the same shapes.
-    if (rows == 1 || (row_by_row && (!rows_in_streams || rows < kColumnGroupRows))) {
-        for (std::size_t r = 0; r < rows; ++r)
-            columns([&](auto tag, std::size_t i) __attribute__((always_inline)) {
-                const auto [value, store] = f(tag, i);
-                store(r, value(r));
-            });
-    } else if (row_by_row) {
-        const std::size_t apart = rows / kColumnGroupRows;
-        for (std::size_t r = 0; r < apart; ++r)
-            columns([&](auto tag, std::size_t i)
-                        __attribute__((always_inline)) { rows_apart(r, apart, f(tag, i)); });
+    if (rows == 1 || row_by_row) {
+        // The first kColumnGroupRows·apart rows go in four streams, the rest one by one.
+        std::size_t apart = 0;
+        if constexpr (RowsInStreams) {
+            apart = rows / kColumnGroupRows;
+            for (std::size_t r = 0; r < apart; ++r)
+                columns([&](auto tag, std::size_t i)
+                            __attribute__((always_inline)) { rows_apart(r, apart, f(tag, i)); });
+        }
         for (std::size_t r = kColumnGroupRows * apart; r < rows; ++r)
             columns([&](auto tag, std::size_t i) __attribute__((always_inline)) {
                 const auto [value, store] = f(tag, i);
@@ -1188,15 +1180,16 @@ __attribute__((always_inline)) inline void down_columns(std::size_t rows, std::s
 }
 
 // The dense form, every coefficient per column: `rows` rows of n values, `stride` apart, taken
-// down the columns or row by row (down_columns).
-template <class T>
-NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t stride,
-                                       std::size_t n, const T* m, const T* sc, const T* off,
-                                       const T* g, const T* b, T* xhat, T* y, bool row_by_row) {
+// down the columns or row by row (down_columns; row by row in four streams with RowsInStreams).
+template <class T, bool RowsInStreams>
+NORMLAB_ISA_CLONES void affine_columns_walk(const T* x, std::size_t rows, std::size_t stride,
+                                            std::size_t n, const T* m, const T* sc, const T* off,
+                                            const T* g, const T* b, T* xhat, T* y,
+                                            bool row_by_row) {
     with_flags(
         xhat != nullptr,
         off != nullptr, [&](auto stores_xhat, auto offset) __attribute__((always_inline)) {
-            down_columns<T>(
+            down_columns<T, RowsInStreams>(
                 rows, n, y,
                 [&](auto tag, std::size_t i) __attribute__((always_inline)) {
                     using V = decltype(tag);
@@ -1221,8 +1214,22 @@ NORMLAB_ISA_CLONES void affine_columns(const T* x, std::size_t rows, std::size_t
                                 store_as<V>(y + at, h_y.second, false);
                             });
                 },
-                row_by_row, columns_backward({y, xhat}, {x}), true);
+                row_by_row, columns_backward({y, xhat}, {x}));
         });
+}
+
+// affine_columns_walk, row by row in four streams, in groups of rows as before: with both walks
+// in one function, BatchNorm's inference in cache ((1792, 512), (256, 1024); groups of four
+// rows, a walk that did not change) took 1.04-1.16x the time (AMD EPYC VM, 2 threads,
+// alternated in one process), from the code of the four streams beside its own.
+template <class T>
+inline void affine_columns(const T* x, std::size_t rows, std::size_t stride, std::size_t n,
+                           const T* m, const T* sc, const T* off, const T* g, const T* b, T* xhat,
+                           T* y, bool row_by_row) {
+    if (row_by_row)
+        affine_columns_walk<T, true>(x, rows, stride, n, m, sc, off, g, b, xhat, y, true);
+    else
+        affine_columns_walk<T, false>(x, rows, stride, n, m, sc, off, g, b, xhat, y, false);
 }
 
 // dx = applied(cg, g, dy, c1, cx, x̂), g per element (g_step 1) or one value (g_step 0); null

@@ -19,6 +19,11 @@ DOC="${BENCH_DOC:-docs/benchmarks.md}"
 # The peers: oneDNN (its CMake package config needs OpenCL's development files) and PyTorch
 # (python3-torch for the script; libtorch-dev for torch_bench, which times it in turn with normlab).
 bash scripts/setup.sh libdnnl-dev ocl-icd-opencl-dev python3-torch libtorch-dev
+# The tree the programs are built from, taken before the build: files changed during the run do
+# not reach its programs, and the report names the ones that differ from the commit.
+COMMIT="$(git rev-parse --short HEAD)"
+CHANGED="$(git diff --name-only HEAD | tr '\n' ' ')"
+[ -n "$CHANGED" ] && COMMIT="$COMMIT+local changes (${CHANGED% })"
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNORMLAB_BUILD_BENCHMARKS=ON \
   -DNORMLAB_BUILD_TESTS=OFF -DNORMLAB_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build build-bench -j"$(nproc)" --target normalizer_bench onednn_bench torch_bench \
@@ -80,7 +85,7 @@ done
 MACHINE="$(lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L2|L3)' | sed 's/  */ /g')
 vector ISA: $(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')
 compiler: $(c++ --version | head -n1)
-threads: $THREADS   commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+local changes')   date: $(date -u +%Y-%m-%d)
+threads: $THREADS   commit: $COMMIT   date: $(date -u +%Y-%m-%d)
 oneDNN: $(dpkg-query -W -f='${Version}' libdnnl-dev)   PyTorch: $(dpkg-query -W -f='${Version}' python3-torch)
 BLAS (whole-model training): $(./build-bench/normlab blas | head -n1 | sed 's/^BLAS kernels: //')$([ -n "${OPENBLAS_CORETYPE:-}" ] && echo " (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)")   OpenBLAS: $(dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null || echo '?')   GOMP_SPINCOUNT=$TRAINING_SPINCOUNT$CACHE_LINE"
 python3 benchmarks/report.py --rounds "$ROUNDS" --normlab "${NORMLAB_FILES[@]}" --onednn "${ONEDNN_FILES[@]}" \
